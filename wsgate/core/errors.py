@@ -1,0 +1,139 @@
+"""The one exception tree of wsgate and the table of wire error codes.
+
+Owns every error a client can see: its `code` on the wire, whether a retry may succeed, and
+the WebSocket close code when the error ends the connection. Third-party exceptions (aiohttp,
+websockets, msgspec) are translated into this tree at each boundary; their text never goes on
+the wire, only the `public_message` chosen here or by the raiser. Imports nothing of wsgate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes wsgate sends (RFC 6455 §7.4; 4000-4999 are ours).
+
+    4000-4499: the client may reconnect (with backoff). 4500-4999: it must not reconnect
+    without changing something (credentials, protocol version, the request itself).
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    TRY_AGAIN_LATER = 1013
+    SLOW_CONSUMER = 4000
+    PROTOCOL_VIOLATION = 4500
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """One row of the error table: what the wire says about an error code."""
+
+    retryable: bool
+    description: str
+
+
+# The wire error codes. PROTOCOL.md documents the same table; a test keeps them equal.
+ERROR_CODES: dict[str, ErrorSpec] = {
+    "bad_frame": ErrorSpec(False, "The frame is not valid JSON or not a valid wsgate.v1 frame."),
+    "frame_too_large": ErrorSpec(False, "The frame exceeds limits.max_frame_bytes."),
+    "unsupported": ErrorSpec(False, "The frame type is reserved for a later protocol release."),
+    "stream_exists": ErrorSpec(False, "A stream with this stream_id is running on the connection."),
+    "unknown_stream": ErrorSpec(False, "No running stream has this stream_id (it may have ended)."),
+    "too_many_streams": ErrorSpec(True, "The connection already runs max_streams streams."),
+    "unknown_model": ErrorSpec(False, "No provider route serves this model."),
+    "bad_request": ErrorSpec(False, "The request cannot be sent to the provider as given."),
+    "upstream_unavailable": ErrorSpec(True, "The provider could not be reached."),
+    "upstream_timeout": ErrorSpec(True, "The provider did not answer in time."),
+    "upstream_rate_limited": ErrorSpec(True, "The provider rate-limited the request."),
+    "upstream_error": ErrorSpec(True, "The provider failed while generating."),
+    "upstream_rejected": ErrorSpec(False, "The provider refused the request (4xx)."),
+    "upstream_protocol": ErrorSpec(True, "The provider's stream could not be parsed."),
+    "upstream_line_too_long": ErrorSpec(False, "The provider sent a line over the size cap."),
+    "slow_consumer": ErrorSpec(True, "The client did not read its frames in time."),
+    "internal": ErrorSpec(True, "An internal error; the operator's logs have the details."),
+}
+
+
+class WsgateError(Exception):
+    """Base of every error wsgate raises on purpose; carries its wire code.
+
+    `public_message` is what the client reads; it must never contain exception text from a
+    library, a prompt, or a secret.
+    """
+
+    code = "internal"
+
+    def __init__(self, public_message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(public_message)
+        self.public_message = public_message
+        self.retry_after_ms = retry_after_ms
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed if the client sends it again."""
+        return ERROR_CODES[self.code].retryable
+
+
+class ProtocolError(WsgateError):
+    """A state machine was asked for a transition its table does not allow (a bug)."""
+
+    code = "internal"
+
+
+class UpstreamError(WsgateError):
+    """The provider failed; the subclass says how."""
+
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connecting to the provider failed."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The provider was silent past a configured timeout."""
+
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """HTTP 429 from the provider."""
+
+    code = "upstream_rate_limited"
+
+
+class UpstreamRejected(UpstreamError):
+    """A 4xx from the provider other than 429: the request itself is wrong."""
+
+    code = "upstream_rejected"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The provider's bytes are not the stream format it promised."""
+
+    code = "upstream_protocol"
+
+
+class UpstreamLineTooLong(UpstreamError):
+    """One SSE line grew past the decoder's cap."""
+
+    code = "upstream_line_too_long"
+
+
+class BadRequest(WsgateError):
+    """The client's request cannot be served as given."""
+
+    code = "bad_request"
+
+
+class UnknownModel(WsgateError):
+    """No route for the requested model."""
+
+    code = "unknown_model"

@@ -1,0 +1,383 @@
+"""The wsgate.v1 frames: typed definitions, decoding that never escapes, encoding that never fails.
+
+Owns the wire contract. `protocol/schema/*.json` is generated from these types
+(`wsgate schema`), and a test keeps the committed files equal to the generated ones, so a
+change here is a protocol change: update `protocol/PROTOCOL.md` and the fixtures with it.
+Fields are only ever added, never repurposed.
+
+Rules:
+1. `decode_client_frame` returns a frame or a `FrameRejected` for *any* input; no exception
+   escapes it (msgspec raises RecursionError on deep nesting, UnicodeDecodeError on bad
+   bytes, ValidationError on huge integers: all become `bad_frame`).
+2. `encode_frame` always returns valid UTF-8: a lone surrogate reaching websockets' `send()`
+   would drop the connection and every stream on it, so surrogates become U+FFFD here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+PROTOCOL: Final = "wsgate.v1"
+STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9._:\-]{1,64}$"
+MAX_STREAM_ID_LENGTH: Final = 64
+
+StreamId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=STREAM_ID_PATTERN,
+        description="Client-chosen id, unique among the connection's running streams.",
+    ),
+]
+Seq = Annotated[
+    int, msgspec.Meta(ge=1, description="Gapless per-stream sequence number, from 1.")
+]
+FinishReason = Literal[
+    "stop", "length", "tool_calls", "content_filter", "cancelled", "timeout", "error"
+]
+
+
+class _Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every frame: tagged by `type`, unknown fields rejected."""
+
+
+# --- client -> gateway ---------------------------------------------------------------
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One chat message, in the OpenAI chat-completions shape."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The generation request, in the OpenAI chat-completions shape (`stream` is implied)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    user: str | None = None
+
+
+class StartOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-stream delivery options."""
+
+    telemetry: bool = False
+
+
+class Start(_Frame, tag="start"):
+    """Begin a generation stream."""
+
+    stream_id: StreamId
+    request: ChatRequest
+    options: StartOptions = msgspec.field(default_factory=StartOptions)
+
+
+class Cancel(_Frame, tag="cancel"):
+    """Stop a running stream; its upstream call is closed."""
+
+    stream_id: StreamId
+
+
+class Auth(_Frame, tag="auth"):
+    """Reserved: authenticate from a browser. Answered with `unsupported` in this release."""
+
+    token: str
+
+
+class Resume(_Frame, tag="resume"):
+    """Reserved: continue a message after a reconnect. Answered with `unsupported`."""
+
+    message_id: str
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    stream_id: StreamId | None = None
+
+
+class ToolResult(_Frame, tag="tool_result"):
+    """Reserved: a client-side tool's result. Answered with `unsupported`."""
+
+    stream_id: StreamId
+    call_id: str
+    content: Any
+
+
+ClientFrame = Start | Cancel | Auth | Resume | ToolResult
+
+# --- gateway -> client ---------------------------------------------------------------
+
+
+class ReadyLimits(msgspec.Struct, forbid_unknown_fields=True):
+    """The limits in force on this connection."""
+
+    max_streams: int
+    max_frame_bytes: int
+    max_stream_id_length: int
+
+
+class Ready(_Frame, tag="ready"):
+    """First frame on every connection."""
+
+    conn_id: str
+    server_version: str
+    limits: ReadyLimits
+    protocol: str = PROTOCOL
+
+
+class StreamStarted(_Frame, tag="stream.started"):
+    """The stream was accepted; `message_id` names the generation (for resume)."""
+
+    stream_id: str
+    seq: Seq
+    message_id: str
+    model: str
+
+
+class DeltaRole(_Frame, tag="delta.role"):
+    """The speaking role of the answer."""
+
+    stream_id: str
+    seq: Seq
+    role: str
+
+
+class DeltaText(_Frame, tag="delta.text"):
+    """A piece of answer text; never a split code point or a lone surrogate."""
+
+    stream_id: str
+    seq: Seq
+    text: str
+
+
+class ToolCallStartFrame(_Frame, tag="tool_call.start"):
+    """A tool call began."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    index: int
+    name: str
+
+
+class ToolCallArgumentsChunk(_Frame, tag="tool_call.arguments_chunk"):
+    """A raw fragment of a tool call's JSON arguments, for progressive display."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    chunk: str
+
+
+class ToolCallEndFrame(_Frame, tag="tool_call.end"):
+    """A tool call completed with parsed arguments; exactly once per call."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    name: str
+    arguments: Any
+
+
+class UsageFrame(_Frame, tag="usage"):
+    """Token counts reported by the provider."""
+
+    stream_id: str
+    seq: Seq
+    input_tokens: int
+    output_tokens: int
+
+
+class FinishFrame(_Frame, tag="finish"):
+    """The last frame of a stream; nothing of the stream follows it."""
+
+    stream_id: str
+    seq: Seq
+    reason: FinishReason
+
+
+class ErrorFrame(_Frame, tag="error"):
+    """A typed error.
+
+    With `seq`: a stream failed; its `finish` (reason `error`) follows. With `stream_id` but
+    no `seq`: a client frame about that stream was refused; no running stream is affected.
+    With neither: a connection-level refusal.
+    """
+
+    code: str
+    message: str
+    retryable: bool
+    stream_id: str | None = None
+    seq: Seq | None = None
+    retry_after_ms: int | None = None
+
+
+class Telemetry(_Frame, tag="telemetry"):
+    """Sheddable progress figures of a stream; carries no `seq` and may be dropped."""
+
+    stream_id: str
+    tokens: int
+    tokens_per_s: float
+    ttft_ms: float | None = None
+
+
+class GoAway(_Frame, tag="goaway"):
+    """The gateway is shutting down; reconnect after the given delay."""
+
+    reason: str
+    reconnect_after_ms: int = 0
+
+
+ServerFrame = (
+    Ready
+    | StreamStarted
+    | DeltaRole
+    | DeltaText
+    | ToolCallStartFrame
+    | ToolCallArgumentsChunk
+    | ToolCallEndFrame
+    | UsageFrame
+    | FinishFrame
+    | ErrorFrame
+    | Telemetry
+    | GoAway
+)
+StreamEventFrame = (
+    StreamStarted
+    | DeltaRole
+    | DeltaText
+    | ToolCallStartFrame
+    | ToolCallArgumentsChunk
+    | ToolCallEndFrame
+    | UsageFrame
+    | FinishFrame
+    | ErrorFrame
+)
+
+RESERVED_TYPES: Final = frozenset({"auth", "resume", "tool_result"})
+CLIENT_TYPES: Final = frozenset({"start", "cancel"}) | RESERVED_TYPES
+_STREAM_ID_RE: Final = re.compile(STREAM_ID_PATTERN)
+
+# --- decoding ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """Why a client frame was refused; `stream_id` is set when it could be recovered."""
+
+    code: str
+    message: str
+    stream_id: str | None = None
+
+
+class _Probe(msgspec.Struct):
+    """The two fields worth recovering from a frame that failed validation."""
+
+    type: Any = None
+    stream_id: Any = None
+
+
+_client_decoder = msgspec.json.Decoder(ClientFrame)
+_probe_decoder = msgspec.json.Decoder(_Probe)
+_server_decoder = msgspec.json.Decoder(ServerFrame)
+
+
+def decode_client_frame(data: str | bytes, max_bytes: int) -> ClientFrame | FrameRejected:
+    """Decode one client text frame; every failure is a `FrameRejected`, never an exception."""
+    size = len(data) if isinstance(data, bytes) else _utf8_length(data)
+    if size > max_bytes:
+        return FrameRejected("frame_too_large", f"frame of {size} bytes exceeds {max_bytes}")
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        return _rejected_by_validation(data, exc)
+    except RecursionError:
+        return FrameRejected("bad_frame", "frame nests too deeply")
+    except Exception:  # DecodeError, UnicodeDecodeError, ValueError: all are malformed input
+        return FrameRejected("bad_frame", "frame is not valid JSON")
+
+
+def _utf8_length(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _rejected_by_validation(data: str | bytes, exc: msgspec.ValidationError) -> FrameRejected:
+    try:
+        probe = _probe_decoder.decode(data)
+    except Exception:  # the id is recovered on a best-effort basis
+        probe = _Probe()
+    sid = probe.stream_id
+    stream_id = sid if isinstance(sid, str) and _STREAM_ID_RE.fullmatch(sid) else None
+    if not isinstance(probe.type, str):
+        return FrameRejected("bad_frame", "frame has no string `type` field", stream_id)
+    if probe.type not in CLIENT_TYPES:
+        return FrameRejected("bad_frame", "unknown frame type", stream_id)
+    # msgspec's validation text names the path and the expected type, never the payload.
+    return FrameRejected("bad_frame", str(exc), stream_id)
+
+
+def decode_server_frame(data: str | bytes) -> ServerFrame:
+    """Decode a gateway frame (for clients and tests); raises msgspec errors on bad input."""
+    return _server_decoder.decode(data)
+
+
+# --- encoding ------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_frame(frame: ServerFrame | ClientFrame) -> bytes:
+    """Encode a frame as UTF-8 JSON; lone surrogates anywhere become U+FFFD."""
+    try:
+        return _encoder.encode(frame)
+    except UnicodeEncodeError:
+        return _encoder.encode(_scrub(msgspec.to_builtins(frame)))
+
+
+def scrub_text(text: str) -> str:
+    """Replace lone surrogates with U+FFFD, keeping well-formed pairs joined."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def json_schemas() -> dict[str, Any]:
+    """The JSON Schemas of both directions, as committed under `protocol/schema/`."""
+    out: dict[str, Any] = {}
+    for name, union in (("client", ClientFrame), ("server", ServerFrame)):
+        (schema,), components = msgspec.json.schema_components(
+            [union], ref_template="#/$defs/{name}"
+        )
+        schema = dict(schema)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://wsgate.dev/protocol/v1/{name}.schema.json"
+        schema["title"] = f"wsgate.v1 {name} frame"
+        schema["$defs"] = components
+        out[name] = schema
+    return out
