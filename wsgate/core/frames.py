@@ -32,9 +32,7 @@ StreamId = Annotated[
         description="Client-chosen id, unique among the connection's running streams.",
     ),
 ]
-Seq = Annotated[
-    int, msgspec.Meta(ge=1, description="Gapless per-stream sequence number, from 1.")
-]
+Seq = Annotated[int, msgspec.Meta(ge=1, description="Gapless per-stream sequence number, from 1.")]
 FinishReason = Literal[
     "stop", "length", "tool_calls", "content_filter", "cancelled", "timeout", "error"
 ]
@@ -322,8 +320,8 @@ def _utf8_length(text: str) -> int:
 def _rejected_by_validation(data: str | bytes, exc: msgspec.ValidationError) -> FrameRejected:
     try:
         probe = _probe_decoder.decode(data)
-    except Exception:  # the id is recovered on a best-effort basis
-        probe = _Probe()
+    except Exception:  # only a non-object fails here: the probe accepts any object
+        return FrameRejected("bad_frame", "a frame must be a JSON object")
     sid = probe.stream_id
     stream_id = sid if isinstance(sid, str) and _STREAM_ID_RE.fullmatch(sid) else None
     if not isinstance(probe.type, str):

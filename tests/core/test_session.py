@@ -1,0 +1,240 @@
+"""The per-connection session and the stream core, driven with scripted parsers."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+
+from wsgate.core import events as ev
+from wsgate.core.errors import UnknownModel, UpstreamRateLimited
+from wsgate.core.frames import (
+    DeltaRole,
+    DeltaText,
+    ErrorFrame,
+    FinishFrame,
+    Start,
+    StartOptions,
+    StreamStarted,
+    Telemetry,
+    UsageFrame,
+)
+from wsgate.core.session import (
+    CancelUpstream,
+    SendControl,
+    SendStream,
+    Session,
+    SessionLimits,
+    StartUpstream,
+)
+from wsgate.testing import FakeClock, ScriptedParser
+
+
+def make_session(parsers=None, max_streams=4, telemetry_interval=0.5):
+    parsers = parsers if parsers is not None else {}
+    ids = itertools.count(1)
+
+    def factory(request):
+        if request.model == "nope":
+            raise UnknownModel("no provider serves model 'nope'")
+        return parsers.get(request.model) or ScriptedParser()
+
+    return Session(
+        "conn_1",
+        SessionLimits(
+            max_streams=max_streams, max_frame_bytes=4096, telemetry_interval=telemetry_interval
+        ),
+        factory,
+        lambda: f"msg_{next(ids)}",
+        "test",
+    )
+
+
+def start_frame(sid="s1", model="mock", telemetry=False):
+    return orjson.dumps(
+        {
+            "type": "start",
+            "stream_id": sid,
+            "request": {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            "options": {"telemetry": telemetry},
+        }
+    )
+
+
+def refusal(actions):
+    (action,) = actions
+    assert isinstance(action, SendControl)
+    assert isinstance(action.frame, ErrorFrame)
+    assert action.frame.seq is None
+    return action.frame
+
+
+def test_ready_announces_the_limits():
+    ready = make_session().ready()
+    assert ready.protocol == "wsgate.v1"
+    assert ready.limits.max_streams == 4
+    assert ready.limits.max_stream_id_length == 64
+
+
+def test_start_emits_stream_started_with_seq_1_and_asks_for_the_upstream():
+    session = make_session()
+    actions = session.receive(start_frame(), 0.0)
+    send, up = actions
+    assert isinstance(send, SendStream)
+    assert send.output.frames == [StreamStarted("s1", 1, "msg_1", "mock")]
+    assert isinstance(up, StartUpstream)
+    assert up.message_id == "msg_1"
+    assert "s1" in session.streams
+
+
+def test_upstream_events_become_frames_with_gapless_seq_until_finish():
+    parser = ScriptedParser(
+        [
+            [ev.RoleDelta("assistant"), ev.TextDelta("Hel")],
+            [ev.TextDelta("lo"), ev.Usage(3, 2), ev.Finish("stop"), ev.TextDelta("late")],
+        ]
+    )
+    session = make_session({"mock": parser})
+    session.receive(start_frame(), 0.0)
+    first = session.upstream_data("s1", b"x", 0.1)
+    second = session.upstream_data("s1", b"y", 0.2)
+    frames = first.frames + second.frames
+    assert frames == [
+        DeltaRole("s1", 2, "assistant"),
+        DeltaText("s1", 3, "Hel"),
+        DeltaText("s1", 4, "lo"),
+        UsageFrame("s1", 5, 3, 2),
+        FinishFrame("s1", 6, "stop"),
+    ]
+    assert second.closed
+    assert "s1" not in session.streams
+    assert session.upstream_data("s1", b"z", 0.3).frames == []
+
+
+def test_cancel_produces_one_finish_cancelled_and_closes_the_upstream():
+    session = make_session()
+    session.receive(start_frame(), 0.0)
+    actions = session.receive(b'{"type":"cancel","stream_id":"s1"}', 0.1)
+    send, cancel = actions
+    assert isinstance(send, SendStream)
+    assert send.output.frames == [FinishFrame("s1", 2, "cancelled")]
+    assert cancel == CancelUpstream("s1")
+    assert session.upstream_data("s1", b"late", 0.2).frames == []
+    assert session.upstream_eof("s1", 0.3).frames == []
+
+
+def test_cancel_of_an_unknown_stream_is_refused_with_its_stream_id():
+    error = refusal(make_session().receive(b'{"type":"cancel","stream_id":"zz"}', 0.0))
+    assert (error.code, error.stream_id) == ("unknown_stream", "zz")
+
+
+def test_a_duplicate_stream_id_is_refused_and_the_running_stream_is_untouched():
+    session = make_session()
+    session.receive(start_frame(), 0.0)
+    error = refusal(session.receive(start_frame(), 0.1))
+    assert (error.code, error.stream_id) == ("stream_exists", "s1")
+    assert session.streams["s1"].last_seq == 1
+
+
+def test_streams_past_the_limit_are_refused_as_retryable():
+    session = make_session(max_streams=2)
+    session.receive(start_frame("a"), 0.0)
+    session.receive(start_frame("b"), 0.0)
+    error = refusal(session.receive(start_frame("c"), 0.0))
+    assert error.code == "too_many_streams"
+    assert error.retryable
+
+
+def test_an_unknown_model_is_refused_before_anything_starts():
+    session = make_session()
+    error = refusal(session.receive(start_frame(model="nope"), 0.0))
+    assert error.code == "unknown_model"
+    assert session.streams == {}
+
+
+@pytest.mark.parametrize("frame_type", ["auth", "resume", "tool_result"])
+def test_reserved_frames_are_answered_with_unsupported(frame_type):
+    bodies = {
+        "auth": {"token": "t"},
+        "resume": {"message_id": "m", "last_seq": 0},
+        "tool_result": {"stream_id": "s", "call_id": "c", "content": "x"},
+    }
+    data = orjson.dumps({"type": frame_type, **bodies[frame_type]})
+    error = refusal(make_session().receive(data, 0.0))
+    assert error.code == "unsupported"
+
+
+def test_binary_frames_are_refused_as_bad_frames():
+    assert refusal(make_session().receive_binary()).code == "bad_frame"
+
+
+def test_an_upstream_failure_ends_the_stream_with_error_then_finish():
+    session = make_session(
+        {"mock": ScriptedParser([UpstreamRateLimited("slow down", retry_after_ms=1500)])}
+    )
+    session.receive(start_frame(), 0.0)
+    out = session.upstream_data("s1", b"x", 0.1)
+    error, finish = out.frames
+    assert isinstance(error, ErrorFrame)
+    assert (error.code, error.seq, error.retryable, error.retry_after_ms) == (
+        "upstream_rate_limited",
+        2,
+        True,
+        1500,
+    )
+    assert finish == FinishFrame("s1", 3, "error")
+    assert out.closed
+
+
+def test_a_truncated_upstream_is_an_error_never_a_stop():
+    session = make_session({"mock": ScriptedParser([[ev.TextDelta("a")]], finished_at_eof=False)})
+    session.receive(start_frame(), 0.0)
+    session.upstream_data("s1", b"x", 0.1)
+    out = session.upstream_eof("s1", 0.2)
+    assert [type(f) for f in out.frames] == [ErrorFrame, FinishFrame]
+    assert out.frames[-1].reason == "error"
+
+
+def test_an_upstream_that_ends_cleanly_without_finish_is_still_an_error():
+    session = make_session({"mock": ScriptedParser([[ev.TextDelta("a")]], eof_events=[])})
+    session.receive(start_frame(), 0.0)
+    out = session.upstream_eof("s1", 0.2)
+    assert out.frames[0].code == "upstream_protocol"
+
+
+def test_connection_lost_cancels_every_running_stream():
+    session = make_session()
+    session.receive(start_frame("a"), 0.0)
+    session.receive(start_frame("b"), 0.0)
+    actions = session.connection_lost()
+    assert {a.stream_id for a in actions if isinstance(a, CancelUpstream)} == {"a", "b"}
+    assert session.streams == {}
+
+
+def test_telemetry_is_produced_at_most_once_per_interval_when_asked_for():
+    clock = FakeClock(0.0)
+    parser = ScriptedParser([[ev.TextDelta("a")]] * 4)
+    session = make_session({"mock": parser}, telemetry_interval=0.5)
+    session.receive(start_frame(telemetry=True), clock.now)
+    seen = []
+    for step in (0.1, 0.6, 0.1, 0.6):
+        out = session.upstream_data("s1", b"x", clock.advance(step))
+        seen.append(out.telemetry)
+    assert seen[0] is None
+    assert isinstance(seen[1], Telemetry)
+    assert seen[1].tokens == 2
+    assert seen[1].ttft_ms == pytest.approx(100.0)
+    assert seen[2] is None
+    assert isinstance(seen[3], Telemetry)
+
+
+def test_no_telemetry_unless_the_stream_asked_for_it():
+    session = make_session({"mock": ScriptedParser([[ev.TextDelta("a")]] * 3)})
+    session.receive(start_frame(), 0.0)
+    assert all(session.upstream_data("s1", b"x", t).telemetry is None for t in (1.0, 2.0, 3.0))
+
+
+def test_start_options_default_to_no_telemetry():
+    frame = Start("s", request=None)  # type: ignore[arg-type]
+    assert frame.options == StartOptions()

@@ -1,0 +1,116 @@
+"""End-to-end helpers: a schema-validating raw client and stream assertions.
+
+Every frame a test receives through `RawConn` is validated against the committed JSON
+Schema in `protocol/schema/server.schema.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+SCHEMA_DIR = Path(__file__).parents[2] / "protocol" / "schema"
+SERVER_VALIDATOR = jsonschema.Draft202012Validator(
+    json.loads((SCHEMA_DIR / "server.schema.json").read_text())
+)
+
+
+def validate_server_frame(frame: dict[str, Any]) -> None:
+    SERVER_VALIDATOR.validate(frame)
+
+
+def mock_request(script: dict[str, Any] | None = None, *, model: str = "mock", **extra) -> dict:
+    content = "hello" if script is None else json.dumps({"mock": script})
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+class RawConn:
+    """A schema-validating raw client over one WebSocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.received: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        data = frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode()
+        await self.ws.send(data)
+
+    async def start(self, stream_id: str, request: dict, options: dict | None = None) -> None:
+        frame: dict[str, Any] = {"type": "start", "stream_id": stream_id, "request": request}
+        if options is not None:
+            frame["options"] = options
+        await self.send(frame)
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            data = await self.ws.recv()
+        assert isinstance(data, str), "the gateway sends text frames only"
+        frame = orjson.loads(data)
+        validate_server_frame(frame)
+        self.received.append(frame)
+        return frame
+
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Receive frames until one matches; return all received on the way (inclusive)."""
+        out = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                out.append(frame)
+                if predicate(frame):
+                    return out
+
+    async def finishes(self, stream_ids: set[str], timeout: float = 20.0) -> dict[str, list]:
+        """Receive until every listed stream has its finish; frames grouped by stream."""
+        by_stream: dict[str, list] = {sid: [] for sid in stream_ids}
+        pending = set(stream_ids)
+        async with asyncio.timeout(timeout):
+            while pending:
+                frame = await self.recv(timeout)
+                sid = frame.get("stream_id")
+                if sid in by_stream:
+                    by_stream[sid].append(frame)
+                    if frame["type"] == "finish":
+                        pending.discard(sid)
+        return by_stream
+
+
+def stream_text(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["text"] for f in frames if f["type"] == "delta.text")
+
+
+def assert_gapless(frames: list[dict[str, Any]]) -> None:
+    seqs = [f["seq"] for f in frames if "seq" in f]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    assert frames[-1]["type"] == "finish"
+
+
+@asynccontextmanager
+async def raw_connect(url: str, **kwargs: Any) -> AsyncIterator[RawConn]:
+    async with connect(url, subprotocols=["wsgate.v1"], **kwargs) as ws:  # type: ignore[list-item]
+        conn = RawConn(ws)
+        ready = await conn.recv()
+        assert ready["type"] == "ready"
+        yield conn
+
+
+__all__ = [
+    "RawConn",
+    "assert_gapless",
+    "mock_request",
+    "raw_connect",
+    "stream_text",
+    "validate_server_frame",
+    "websockets",
+]

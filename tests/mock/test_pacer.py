@@ -1,0 +1,96 @@
+"""The Pacer releases waiters in deadline order from one timer, and forgets cancelled ones."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from wsgate.mock.pacer import Pacer
+
+
+async def test_pacer_releases_waiters_in_deadline_order():
+    pacer = Pacer()
+    now = pacer.time()
+    order: list[int] = []
+    offsets = list(range(10))
+    random.Random(7).shuffle(offsets)
+
+    async def wait(offset: int) -> None:
+        await pacer.wait_until(now + 0.01 + offset * 0.003)
+        order.append(offset)
+
+    await asyncio.gather(*(wait(offset) for offset in offsets))
+    assert order == sorted(offsets)
+    assert pacer.pending == 0
+
+
+async def test_pacer_returns_at_once_for_a_deadline_in_the_past():
+    pacer = Pacer()
+    await pacer.wait_until(pacer.time() - 1.0)
+    assert pacer.pending == 0
+    assert pacer.fired == 0
+
+
+async def test_pacer_waits_at_least_until_the_deadline():
+    pacer = Pacer()
+    start = pacer.time()
+    await pacer.wait_until(start + 0.05)
+    assert pacer.time() >= start + 0.05 - pacer.granularity
+
+
+async def test_pacer_releases_co_due_waiters_in_one_timer_callback():
+    pacer = Pacer()
+    due = pacer.time() + 0.02
+    await asyncio.gather(*(pacer.wait_until(due) for _ in range(1000)))
+    assert pacer.fired == 1
+
+
+async def test_pacer_earlier_deadline_wakes_the_timer():
+    pacer = Pacer()
+    start = pacer.time()
+    late = asyncio.create_task(pacer.wait_until(start + 5.0))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(pacer.wait_until(start + 0.02), timeout=1.0)
+    assert pacer.time() - start < 0.5
+    assert not late.done()
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
+
+
+async def test_pacer_skips_cancelled_waiters_and_still_releases_the_rest():
+    pacer = Pacer()
+    due = pacer.time() + 0.03
+    doomed = asyncio.create_task(pacer.wait_until(due - 0.02))
+    kept = asyncio.create_task(pacer.wait_until(due))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.gather(doomed, return_exceptions=True)
+    await asyncio.wait_for(kept, timeout=1.0)
+    assert doomed.cancelled()
+    assert pacer.pending == 0
+
+
+async def test_pacer_sweeps_cancelled_waiters_so_they_do_not_accumulate():
+    pacer = Pacer()
+    due = pacer.time() + 30.0
+    tasks = [asyncio.create_task(pacer.wait_until(due + i)) for i in range(300)]
+    await asyncio.sleep(0)
+    assert pacer.pending == 300
+    for task in tasks[:250]:
+        task.cancel()
+    await asyncio.gather(*tasks[:250], return_exceptions=True)
+    assert pacer.pending < 300 // 2 + 64
+    pacer.stop()
+    await asyncio.gather(*tasks[250:], return_exceptions=True)
+    assert all(task.cancelled() for task in tasks)
+    assert pacer.pending == 0
+
+
+async def test_pacer_stop_cancels_waiters_and_restarts_lazily():
+    pacer = Pacer()
+    waiter = asyncio.create_task(pacer.wait_until(pacer.time() + 10.0))
+    await asyncio.sleep(0)
+    pacer.stop()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    await asyncio.wait_for(pacer.wait_until(pacer.time() + 0.01), timeout=1.0)

@@ -1,0 +1,133 @@
+"""The composition root: the one place that wires settings, upstream, mock and gateway.
+
+Owns the order of start-up and shutdown. Every other package receives its collaborators
+from here; none of them imports another shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Mapping
+
+from wsgate import __version__
+from wsgate.config import Settings
+from wsgate.core.frames import ChatRequest
+from wsgate.core.providers import make_parser
+from wsgate.core.stream import UpstreamParser
+from wsgate.gateway.server import Gateway, GatewayOptions
+from wsgate.log import get_logger
+from wsgate.mock import MockProvider
+from wsgate.upstream.client import Route, Timeouts, UpstreamClient
+
+log = get_logger("wsgate.app")
+
+MOCK_MODEL = "mock"
+
+
+def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Route]:
+    """Model alias -> route, from the configured providers and models."""
+    routes: dict[str, Route] = {}
+    for alias, model in settings.models.items():
+        provider = settings.providers[model.provider]
+        routes[alias] = Route(
+            alias=alias,
+            provider=model.provider,
+            kind=provider.kind,
+            base_url=provider.base_url,
+            upstream_model=model.upstream_model or alias,
+            api_key=provider.resolve_api_key(environ),
+        )
+    return routes
+
+
+def gateway_options(settings: Settings) -> GatewayOptions:
+    """The gateway's options from the settings."""
+    server, limits = settings.server, settings.limits
+    return GatewayOptions(
+        host=server.host,
+        port=server.port,
+        path=server.path,
+        allowed_origins=tuple(server.allowed_origins),
+        compression=server.compression,
+        max_streams=limits.max_streams_per_connection,
+        max_frame_bytes=limits.max_frame_bytes,
+        queue_events=limits.stream_queue_events,
+        queue_bytes=limits.stream_queue_bytes,
+        send_timeout=limits.send_timeout_s,
+        telemetry_interval=limits.telemetry_interval_s,
+    )
+
+
+class App:
+    """A running wsgate: gateway, upstream pool and, when enabled, the in-process mock."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.environ = os.environ if environ is None else environ
+        self.mock: MockProvider | None = None
+        self.upstream: UpstreamClient | None = None
+        self.gateway: Gateway | None = None
+
+    async def start(self) -> None:
+        """Start the mock (if enabled), the upstream pool and the gateway, in that order."""
+        settings = self.settings
+        routes = build_routes(settings, self.environ)
+        if settings.mock_enabled:
+            self.mock = MockProvider(
+                default_ttft_ms=settings.mock.ttft_ms,
+                default_tokens_per_s=settings.mock.tokens_per_s,
+            )
+            base_url = await self.mock.start("127.0.0.1", 0)
+            routes.setdefault(
+                MOCK_MODEL, Route(MOCK_MODEL, "mock", "openai_chat", base_url, MOCK_MODEL)
+            )
+        up = settings.upstream
+        self.upstream = UpstreamClient(
+            routes,
+            Timeouts(up.connect_timeout_s, up.first_byte_timeout_s, up.idle_timeout_s),
+            pool_limit=up.pool_limit,
+        )
+        await self.upstream.start()
+        self.gateway = Gateway(
+            gateway_options(settings), self.upstream, self._parser_for, __version__
+        )
+        await self.gateway.start()
+        log.info("wsgate_started", version=__version__, models=sorted(routes))
+
+    def _parser_for(self, request: ChatRequest) -> UpstreamParser:
+        assert self.upstream is not None  # noqa: S101 - start() sets it before any connection
+        route = self.upstream.route(request.model)
+        return make_parser(route.kind, self.settings.upstream.max_line_bytes)
+
+    @property
+    def url(self) -> str:
+        """The gateway's WebSocket URL."""
+        assert self.gateway is not None  # noqa: S101 - only meaningful after start()
+        host = self.settings.server.host
+        return f"ws://{host}:{self.gateway.port}{self.settings.server.path}"
+
+    async def stop(self) -> None:
+        """Close connections (1001), then the upstream pool, then the mock."""
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self.upstream is not None:
+            await self.upstream.close()
+        if self.mock is not None:
+            await self.mock.stop()
+        log.info("wsgate_stopped")
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGINT or SIGTERM."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()

@@ -1,0 +1,167 @@
+"""The `wsgate` command line: serve, mock-upstream, chat, schema, check-config, version.
+
+Owns argument parsing, exit codes (0 ok, 1 failure, 2 usage or configuration error) and
+running coroutines on uvloop. Thin: every command is a call into `app`, `mock`, `client`
+or the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+from wsgate import __version__
+from wsgate.config import ConfigError, Settings, load_settings, settings_summary
+from wsgate.core.frames import json_schemas
+from wsgate.log import configure, get_logger
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgate", description="WebSocket gateway for LLM token streams."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_config_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="TOML settings file")
+        p.add_argument("--host", help="listen address (server.host)")
+        p.add_argument("--port", type=int, help="listen port (server.port)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        p.add_argument("--log-format", choices=["json", "console"])
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    add_config_flags(serve)
+    check = sub.add_parser("check-config", help="validate the settings and print them")
+    add_config_flags(check)
+
+    mock = sub.add_parser("mock-upstream", help="run the mock OpenAI-compatible provider")
+    add_config_flags(mock)
+
+    chat = sub.add_parser("chat", help="stream one answer from a gateway to the terminal")
+    chat.add_argument("prompt")
+    chat.add_argument("--url", default="ws://127.0.0.1:8080/v1/ws")
+    chat.add_argument("--model", default="mock")
+    chat.add_argument("--system", help="system prompt")
+
+    schema = sub.add_parser("schema", help="write the protocol's JSON Schemas")
+    schema.add_argument("--out", default="protocol/schema", help="output directory")
+    schema.add_argument("--check", action="store_true", help="fail if the files differ")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, *, mock: bool = False) -> dict[str, Any]:
+    section = "mock" if mock else "server"
+    pairs = {
+        f"{section}.host": args.host,
+        f"{section}.port": args.port,
+        "log.level": args.log_level,
+        "log.format": args.log_format,
+    }
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
+def _settings(args: argparse.Namespace, *, mock: bool = False) -> Settings:
+    return load_settings(args.config, overrides=_overrides(args, mock=mock))
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> int:
+    try:
+        result = uvloop.run(coro)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK if result is None else int(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"wsgate: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "version":
+        print(f"wsgate {__version__}")
+        return EXIT_OK
+    if command == "schema":
+        return _schema(Path(args.out), check=args.check)
+    if command == "chat":
+        from wsgate.client import chat  # noqa: PLC0415 - keep server start-up lean
+
+        return _run(chat(args.url, args.prompt, model=args.model, system=args.system))
+    if command == "check-config":
+        settings = _settings(args)
+        print(orjson.dumps(settings_summary(settings), option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    if command == "mock-upstream":
+        settings = _settings(args, mock=True)
+        configure(settings.log.level, settings.log.format)
+        return _run(_mock_upstream(settings))
+    settings = _settings(args)
+    configure(settings.log.level, settings.log.format)
+    return _run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    from wsgate.app import App  # noqa: PLC0415 - imported where it is used
+
+    get_logger("wsgate.cli").info("settings", **settings_summary(settings))
+    await App(settings).run_until_signal()
+    return EXIT_OK
+
+
+async def _mock_upstream(settings: Settings) -> int:
+    import signal  # noqa: PLC0415
+
+    from wsgate.mock import MockProvider  # noqa: PLC0415
+
+    mock = MockProvider(
+        default_ttft_ms=settings.mock.ttft_ms, default_tokens_per_s=settings.mock.tokens_per_s
+    )
+    base_url = await mock.start(settings.mock.host, settings.mock.port)
+    get_logger("wsgate.mock").info("mock_listening", base_url=base_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await mock.stop()
+    return EXIT_OK
+
+
+def _schema(out: Path, *, check: bool) -> int:
+    stale = []
+    for name, schema in json_schemas().items():
+        path = out / f"{name}.schema.json"
+        text = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        if check:
+            if not path.exists() or path.read_bytes() != text:
+                stale.append(str(path))
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text)
+    if stale:
+        print(
+            f"wsgate: schema out of date: {', '.join(stale)} (run `make schema`)", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,474 @@
+"""wsgate's one typed settings object and the loader that layers its sources.
+
+Owns every setting's name, type, default and bounds, and the precedence: defaults < TOML
+file < `WSGATE_*` environment < command-line overrides. Every value is checked where it
+enters, so a `ConfigError` names the setting and the source it came from (the file, the
+variable, the command line) in one line, and never shows a secret. API keys stay lazy:
+`ProviderSettings.resolve_api_key` reads the named variable or file only when a provider is
+used, so a config naming an unset key variable still loads. This module reads files and the
+environment it is given, nothing else; it opens no sockets and starts nothing.
+
+Environment variables: `WSGATE_<SECTION>__<FIELD>` (double underscore between levels, names
+case-insensitive), e.g. `WSGATE_SERVER__PORT=9000` or
+`WSGATE_PROVIDERS__OPENAI__BASE_URL=https://api.openai.com/v1`. Provider names and model
+aliases from the environment match an existing one case-insensitively, else are lowercased.
+Lists are comma-separated or JSON arrays; an empty value clears an optional setting. A
+`WSGATE_` variable that maps to no setting is an error, except those in
+`NON_SETTING_ENV_VARS`: `WSGATE_CONFIG` names the config file when none is given, and
+`WSGATE_REQUIRE_ALL` is read by the test suite. A higher source that sets one of a
+provider's `api_key`, `api_key_env`, `api_key_file` replaces the others set lower down.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hmac
+import os
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import msgspec
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+REDACTED: Final = "**********"
+ENV_PREFIX: Final = "WSGATE_"
+NON_SETTING_ENV_VARS: Final = frozenset({"WSGATE_CONFIG", "WSGATE_REQUIRE_ALL"})
+API_KEY_FIELDS: Final = ("api_key", "api_key_env", "api_key_file")
+
+_URL_PATTERN: Final = r"^https?://"
+_ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_PATTERN_TEXT: Final = {
+    _URL_PATTERN: "a URL starting with http:// or https://",
+    _ENV_NAME_PATTERN: "an environment variable name (letters, digits, underscores)",
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message names it and its source."""
+
+
+class Secret:
+    """A string that must never be printed or logged: repr and str show a mask."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("a Secret wraps a string")
+        self._value = value
+
+    def get(self) -> str:
+        """Return the secret value itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{REDACTED}')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+_Count = Annotated[int, msgspec.Meta(ge=1)]
+_Bytes = Annotated[int, msgspec.Meta(ge=1024)]
+_Seconds = Annotated[float, msgspec.Meta(gt=0)]
+_Rate = Annotated[float, msgspec.Meta(ge=0)]
+_HttpUrl = Annotated[str, msgspec.Meta(pattern=_URL_PATTERN)]
+_EnvName = Annotated[str, msgspec.Meta(pattern=_ENV_NAME_PATTERN)]
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The WebSocket listener."""
+
+    host: str = "127.0.0.1"
+    port: _Port = 8080  # 0 asks the OS for a free port (tests)
+    path: str = "/v1/ws"
+    allowed_origins: list[str] = []  # empty: any Origin
+    compression: bool = False
+
+
+class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Per-connection and per-stream bounds."""
+
+    max_streams_per_connection: _Count = 64
+    max_frame_bytes: _Bytes = 1_048_576
+    stream_queue_events: _Count = 256
+    stream_queue_bytes: _Bytes = 262_144
+    send_timeout_s: _Seconds = 10.0
+    telemetry_interval_s: _Seconds = 0.5
+
+
+class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The provider HTTP client."""
+
+    connect_timeout_s: _Seconds = 10.0
+    first_byte_timeout_s: _Seconds = 60.0
+    idle_timeout_s: _Seconds = 60.0
+    max_line_bytes: _Bytes = 4_194_304
+    pool_limit: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
+
+
+class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One upstream provider; at most one of the three API key sources may be set."""
+
+    kind: Literal["openai_chat"] = "openai_chat"
+    base_url: _HttpUrl
+    api_key: Secret | None = None
+    api_key_env: _EnvName | None = None
+    api_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if sum(getattr(self, name) is not None for name in API_KEY_FIELDS) > 1:
+            raise ConfigError("providers: set at most one of api_key, api_key_env, api_key_file")
+
+    def resolve_api_key(self, environ: Mapping[str, str]) -> str | None:
+        """Return the API key from whichever source is set, or None when none is."""
+        if self.api_key is not None:
+            return self.api_key.get()
+        if self.api_key_env is not None:
+            value = environ.get(self.api_key_env, "")
+            if not value:
+                raise ConfigError(f"api_key_env: environment variable {self.api_key_env} is unset")
+            return value
+        if self.api_key_file is None:
+            return None
+        path = Path(self.api_key_file).expanduser()
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"api_key_file: cannot read {path}: {reason}") from None
+        except UnicodeDecodeError:
+            # from None: the decode error holds the file's bytes, i.e. the key.
+            raise ConfigError(f"api_key_file: {path} is not UTF-8 text") from None
+        if not value:
+            raise ConfigError(f"api_key_file: {path} is empty")
+        return value
+
+
+class ModelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A model alias clients may ask for, and the provider that serves it."""
+
+    provider: str
+    upstream_model: str | None = None  # None: the alias itself
+
+
+class MockSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The built-in mock provider; `auto` turns it on when no provider is configured."""
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    host: str = "127.0.0.1"
+    port: _Port = 8090
+    ttft_ms: _Rate = 150.0
+    tokens_per_s: _Rate = 40.0
+
+
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Structured logging; prompts stay out of the logs unless `include_prompts`."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    include_prompts: bool = False
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Everything wsgate can be told; every field has a default except providers' URLs."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+    mock: MockSettings = msgspec.field(default_factory=MockSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    providers: dict[str, ProviderSettings] = {}
+    models: dict[str, ModelRoute] = {}
+
+    def __post_init__(self) -> None:
+        # load_settings checks the same with sources; this guards hand-built Settings.
+        if "" in self.providers or "" in self.models:
+            raise ConfigError("providers/models: names must not be empty")
+        for alias, route in self.models.items():
+            if route.provider not in self.providers:
+                raise ConfigError(f"models.{alias}.provider: no provider {route.provider!r}")
+
+    @property
+    def mock_enabled(self) -> bool:
+        """Whether wsgate serves from the built-in mock provider."""
+        if self.mock.enabled == "auto":
+            return not self.providers
+        return self.mock.enabled == "on"
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """Return the settings as a JSON-able dict for the startup log, secrets masked."""
+    summary: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=lambda _: REDACTED)
+    for provider in summary["providers"].values():
+        provider["base_url"] = _mask_userinfo(provider["base_url"])
+    return summary
+
+
+def _mask_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=f"{REDACTED}@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
+# --- loading ---------------------------------------------------------------------------
+
+_Key = tuple[str, ...]
+_TOML, _ENV, _FLAGS = 0, 1, 2  # layers, lowest precedence first
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Layer defaults, the TOML file, `WSGATE_*` variables and dotted overrides; validate.
+
+    `environ` defaults to `os.environ`; `WSGATE_CONFIG` in it names the file when
+    `config_file` is None. `overrides` maps dotted keys (`"server.port"`) to values, as
+    command-line flags give them (strings are converted); None values are skipped.
+    """
+    env = os.environ if environ is None else environ
+    named_by = ""
+    if config_file is None:
+        config_file = next((v for k, v in env.items() if k.upper() == "WSGATE_CONFIG" and v), None)
+        named_by = " (named by WSGATE_CONFIG)"
+    merger = _Merger()
+    if config_file is not None:
+        path = os.fspath(config_file)
+        merger.walk_table(Settings, _read_toml(path, named_by), (), path)
+    for name, raw in sorted(env.items()):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in NON_SETTING_ENV_VARS:
+            merger.set_text(_ENV, upper[len(ENV_PREFIX) :].split("__"), raw, name)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            merger.set_text(_FLAGS, dotted.split("."), value, "command line")
+    return merger.build()
+
+
+def _read_toml(path: str, named_by: str) -> dict[str, Any]:
+    where = f"config file {path}{named_by}"
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{where}: cannot read it: {reason}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line N, column M)"; it never quotes the text.
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+
+
+class _Merger:
+    """The layered values as one nested dict, with the layer and source of each key."""
+
+    def __init__(self) -> None:
+        self.tree: dict[str, Any] = {}
+        self.origins: dict[_Key, tuple[int, str]] = {}
+
+    def walk_table(self, tp: Any, table: dict[str, Any], key: _Key, source: str) -> None:
+        """Add a TOML table; its values are typed already, so they convert strictly."""
+        self._node(key, _TOML, source)
+        for name, value in table.items():
+            child = _child(tp, name, key, source)
+            if isinstance(value, dict) and _is_table(child):
+                self.walk_table(child, value, (*key, name), source)
+            else:
+                typed = _convert(value, child, (*key, name), source, strict=True)
+                self._set(_TOML, (*key, name), typed, source)
+
+    def set_text(self, layer: int, parts: list[str], value: Any, source: str) -> None:
+        """Add one value addressed by name parts, as text from the environment or a flag."""
+        tp: Any = Settings
+        key: _Key = ()
+        for part in parts:
+            name = part.lower()
+            if _dict_value(tp) is not None:
+                # Env names are upper case: match a name the file gave in another case.
+                name = next((k for k in self._node(key, layer, source) if k.lower() == name), name)
+            tp = _child(tp, name, key, source)
+            key = (*key, name)
+        if _is_table(tp):
+            raise ConfigError(f"{_dotted(key)} ({source}): is a table; set one of its fields")
+        typed = _from_text(value, tp) if isinstance(value, str) else value
+        self._set(layer, key, _convert(typed, tp, key, source, strict=False), source)
+
+    def _node(self, key: _Key, layer: int, source: str) -> dict[str, Any]:
+        node = self.tree
+        for depth, step in enumerate(key, 1):
+            if step not in node:
+                node[step] = {}
+                self.origins.setdefault(key[:depth], (layer, source))
+            node = node[step]
+        return node
+
+    def _set(self, layer: int, key: _Key, value: Any, source: str) -> None:
+        parent = self._node(key[:-1], layer, source)
+        if key[0] == "providers" and key[-1] in API_KEY_FIELDS and value is not None:
+            for other in API_KEY_FIELDS:
+                if other == key[-1] or parent.get(other) is None:
+                    continue
+                other_layer, other_source = self.origins[(*key[:-1], other)]
+                if other_layer == layer:
+                    both = source if other_source == source else f"{other_source}, {source}"
+                    raise ConfigError(
+                        f"{_dotted(key[:-1])} ({both}): set at most one of "
+                        "api_key, api_key_env, api_key_file"
+                    )
+                del parent[other]  # a higher source's key replaces a lower one's
+        parent[key[-1]] = value
+        self.origins[key] = (layer, source)
+
+    def build(self) -> Settings:
+        """Check required fields and routes with their sources, then make the Settings."""
+        self._check_required(Settings, self.tree, ())
+        providers = self.tree.get("providers", {})
+        for alias, route in self.tree.get("models", {}).items():
+            if route["provider"] not in providers:
+                key = ("models", alias, "provider")
+                configured = ", ".join(sorted(providers)) or "none"
+                raise ConfigError(
+                    f"{_dotted(key)} ({self.origins[key][1]}): no provider named "
+                    f"{route['provider']!r} (configured: {configured})"
+                )
+        try:
+            return msgspec.convert(self.tree, Settings, dec_hook=_dec_hook)
+        except msgspec.ValidationError as exc:  # every value was checked on entry
+            raise ConfigError(f"settings: {exc}") from None
+
+    def _check_required(self, tp: Any, node: dict[str, Any], key: _Key) -> None:
+        if (value_type := _dict_value(tp)) is not None:
+            for name, child in node.items():
+                self._check_required(value_type, child, (*key, name))
+            return
+        for field in msgspec.structs.fields(tp):
+            if field.name in node:
+                if _is_table(field.type):
+                    self._check_required(field.type, node[field.name], (*key, field.name))
+            elif field.required:
+                source = self.origins[key][1]
+                missing = _dotted((*key, field.name))
+                raise ConfigError(f"{missing} ({source}): required setting is missing")
+
+
+def _dotted(key: _Key) -> str:
+    return ".".join(key) or "settings"
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _dict_value(tp: Any) -> Any:
+    """Return the value type of a `dict[str, X]` table, or None for anything else."""
+    return get_args(tp)[1] if get_origin(tp) is dict else None
+
+
+def _is_table(tp: Any) -> bool:
+    return _is_struct(tp) or _dict_value(tp) is not None
+
+
+def _child(tp: Any, name: str, key: _Key, source: str) -> Any:
+    """Return the type of `name` inside the table `tp` at `key`; unknown names are errors."""
+    if (value_type := _dict_value(tp)) is not None:
+        if not name:
+            raise ConfigError(f"{_dotted(key)} ({source}): a name must not be empty")
+        return value_type
+    fields = {f.name: f.type for f in msgspec.structs.fields(tp)} if _is_struct(tp) else {}
+    if name in fields:
+        return fields[name]
+    close = difflib.get_close_matches(name, fields, n=1)
+    hint = f"; did you mean {_dotted((*key, close[0]))}?" if close else ""
+    raise ConfigError(f"{_dotted((*key, name))} ({source}): unknown setting{hint}")
+
+
+def _from_text(text: str, tp: Any) -> Any:
+    """Turn environment/flag text into the JSON-like value the field's type expects."""
+    info = msgspec.inspect.type_info(tp)
+    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    if not text.strip() and any(isinstance(t, msgspec.inspect.NoneType) for t in options):
+        return None
+    if any(isinstance(t, msgspec.inspect.ListType) for t in options):
+        if text.lstrip().startswith("["):
+            try:
+                return orjson.loads(text)
+            except orjson.JSONDecodeError:
+                return text  # _convert reports it with the expected type
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if any(isinstance(t, msgspec.inspect.LiteralType) for t in options):
+        return text.strip().lower()
+    return text
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Secret:
+        if isinstance(obj, Secret):
+            return obj
+        if isinstance(obj, str):
+            return Secret(obj)
+        raise TypeError("expected a string")
+    raise NotImplementedError
+
+
+def _convert(value: Any, tp: Any, key: _Key, source: str, *, strict: bool) -> Any:
+    try:
+        return msgspec.convert(value, tp, strict=strict, dec_hook=_dec_hook)
+    except msgspec.ValidationError:
+        pass
+    expected = _describe(msgspec.inspect.type_info(tp))
+    got = "" if key[-1] in API_KEY_FIELDS else f", got {_show(value)}"
+    raise ConfigError(f"{_dotted(key)} ({source}): expected {expected}{got}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+_NOUNS: Final[dict[type, str]] = {
+    msgspec.inspect.BoolType: "true or false",
+    msgspec.inspect.StrType: "a string",
+    msgspec.inspect.CustomType: "a string",
+    msgspec.inspect.ListType: "a list of strings",
+    msgspec.inspect.StructType: "a table",
+    msgspec.inspect.DictType: "a table",
+}
+
+
+def _describe(info: Any) -> str:
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.UnionType):
+        kinds = [_describe(t) for t in info.types if not isinstance(t, inspect.NoneType)]
+        return " or ".join(kinds)
+    if isinstance(info, inspect.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in info.values)
+    if isinstance(info, inspect.StrType) and info.pattern in _PATTERN_TEXT:
+        return _PATTERN_TEXT[info.pattern]
+    if isinstance(info, inspect.IntType | inspect.FloatType):
+        noun = "an integer" if isinstance(info, inspect.IntType) else "a number"
+        if info.ge is not None and info.le is not None:
+            return f"{noun} between {info.ge} and {info.le}"
+        bounds = [(">", info.gt), (">=", info.ge), ("<", info.lt), ("<=", info.le)]
+        limits = " and ".join(f"{op} {limit}" for op, limit in bounds if limit is not None)
+        return f"{noun} {limits}" if limits else noun
+    return _NOUNS.get(type(info), "a valid value")

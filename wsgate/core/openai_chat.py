@@ -1,0 +1,338 @@
+"""OpenAI chat-completions stream translator: decoded SSE events in, provider-neutral events out.
+
+Owns the meaning of OpenAI's (and OpenAI-compatible servers') `chat.completion.chunk`
+stream: role, text, refusals, parallel tool calls, usage, the finish reason, `[DONE]` and
+in-stream error payloads. It does no I/O and does not decode SSE (see `wsgate.core.sse`).
+
+Rules:
+1. Only choice 0 is translated (chunks of other choices, when `n` > 1, are skipped); only
+   SSE events named `message` are read; events after the end are ignored.
+2. Text and refusal text are both `TextDelta` (a refusal is what the user reads instead of
+   an answer), passed through one `SurrogateJoiner` so a pair split across chunks is joined
+   and no lone surrogate escapes.
+3. Tool-call fragments are keyed by `index`; without one, by `id`, else the latest call.
+   `ToolCallStart` waits for the name (arguments seen before it are sent right after it);
+   `ToolCallEnd` is emitted once per call, in index order, when the finish reason arrives
+   (or at the end), with arguments parsed as JSON ("" means `{}`).
+4. Order at the end: text, tool-call ends, usage, finish. Usage of a chunk with no choices is
+   emitted at once; usage riding on a chunk with choices is kept and emitted before the
+   finish if none was emitted.
+5. Finish reasons: stop, length, tool_calls (and the legacy function_call), content_filter,
+   plus the aliases of common compatible servers in `_REASONS`. A reason we do not know is
+   reported as "error", never as a clean "stop"; `raw_finish_reason` keeps the provider's
+   word for the logs. No reason at all before `[DONE]` counts as "tool_calls" when calls were
+   made, else "stop" (the provider said it was done). A stream that ends with neither a
+   reason nor `[DONE]` is truncated: `UpstreamProtocolError`, never a finish.
+6. An `{"error": ...}` payload raises `UpstreamError` (`UpstreamRateLimited` for rate-limit
+   codes) whose message names only the provider's `type`/`code` when they are short
+   identifiers: provider text never reaches the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
+from wsgate.core.events import (
+    Finish,
+    FinishReason,
+    RoleDelta,
+    TextDelta,
+    ToolCallChunk,
+    ToolCallEnd,
+    ToolCallStart,
+    UpstreamEvent,
+    Usage,
+)
+from wsgate.core.utf8 import SurrogateJoiner
+
+if TYPE_CHECKING:
+    from wsgate.core.sse import SSEEvent
+
+_REASONS: Final[dict[str, FinishReason]] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    # Aliases seen from OpenAI-compatible servers (vLLM, TGI, proxies of other APIs).
+    "eos": "stop",
+    "eos_token": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_length": "length",
+    "tool_use": "tool_calls",
+}
+_IDENTIFIER: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _loads(text: str) -> Any:
+    """Parse JSON; raise ValueError for anything that is not strict JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses lone-surrogate escapes ("\ud83d") that providers do send when they
+    # split a pair across chunks; the stdlib keeps them for the SurrogateJoiner.
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nests too deeply") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@dataclass(slots=True)
+class _Call:
+    index: int
+    call_id: str | None = None
+    name: str | None = None
+    started: bool = False
+    ended: bool = False
+    parts: list[str] = field(default_factory=list)  # all argument text, as emitted
+    unsent: list[str] = field(default_factory=list)  # argument text seen before the start
+    joiner: SurrogateJoiner = field(default_factory=SurrogateJoiner)
+
+
+class OpenAIChatTranslator:
+    """Feed the SSE events of one OpenAI chat-completions stream; collect upstream events."""
+
+    __slots__ = (
+        "_by_id",
+        "_calls",
+        "_done",
+        "_joiner",
+        "_last_call",
+        "_pending_usage",
+        "_reason",
+        "_role_sent",
+        "_usage_sent",
+    )
+
+    def __init__(self) -> None:
+        self._done = False
+        self._role_sent = False
+        self._usage_sent = False
+        self._pending_usage: Usage | None = None
+        self._reason: str | None = None
+        self._joiner = SurrogateJoiner()
+        self._calls: dict[int, _Call] = {}
+        self._by_id: dict[str, _Call] = {}
+        self._last_call: _Call | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the stream ended (`[DONE]`, `finish()`, or an error payload)."""
+        return self._done
+
+    @property
+    def raw_finish_reason(self) -> str | None:
+        """The provider's own finish reason, before normalization (for logs)."""
+        return self._reason
+
+    def feed(self, event: SSEEvent) -> list[UpstreamEvent]:
+        """Translate one SSE event."""
+        if self._done or event.event != "message":
+            return []
+        data = event.data
+        if data.strip() == "[DONE]":
+            return self._end()
+        chunk = _chunk(data)
+        if chunk.get("error"):
+            self._done = True
+            raise _error(chunk["error"])
+        out: list[UpstreamEvent] = []
+        choices = chunk.get("choices")
+        if choices:
+            if not isinstance(choices, list):
+                raise UpstreamProtocolError("upstream chunk has malformed choices")
+            for choice in choices:
+                if isinstance(choice, dict) and choice.get("index", 0) in (0, None):
+                    self._choice(choice, out)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and not self._usage_sent:
+            self._usage(_usage(usage), bool(choices), out)
+        return out
+
+    def finish(self) -> list[UpstreamEvent]:
+        """End the turn at the end of the upstream body; raise if it was cut short."""
+        if self._done:
+            return []
+        if self._reason is None:
+            self._done = True
+            raise UpstreamProtocolError("upstream stream ended before it finished")
+        return self._end()
+
+    def _choice(self, choice: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            role = delta.get("role")
+            if role and not self._role_sent:
+                self._role_sent = True
+                out.append(RoleDelta(_text(role)))
+            for key in ("content", "refusal"):
+                value = delta.get(key)
+                if value:
+                    text = self._joiner.push(_text(value))
+                    if text:
+                        out.append(TextDelta(text))
+            fragments = delta.get("tool_calls")
+            if fragments:
+                if not isinstance(fragments, list):
+                    raise UpstreamProtocolError("upstream chunk has malformed tool_calls")
+                for fragment in fragments:
+                    self._fragment(fragment, out)
+        reason = choice.get("finish_reason")
+        if reason is not None and self._reason is None:
+            self._reason = _text(reason)
+            self._close(out)
+
+    def _usage(self, usage: Usage, with_choices: bool, out: list[UpstreamEvent]) -> None:
+        if with_choices:
+            self._pending_usage = usage  # the latest wins; emitted before the finish
+        else:
+            self._usage_sent = True
+            out.append(usage)
+
+    def _fragment(self, fragment: Any, out: list[UpstreamEvent]) -> None:
+        if not isinstance(fragment, dict):
+            raise UpstreamProtocolError("upstream chunk has malformed tool_calls")
+        call = self._call_for(fragment.get("index"), fragment.get("id"))
+        if call.ended:
+            raise UpstreamProtocolError("upstream sent a tool call fragment after its end")
+        call_id = fragment.get("id")
+        if call_id and call.call_id is None:
+            call.call_id = _text(call_id)
+            self._by_id[call.call_id] = call
+        function = fragment.get("function")
+        if not isinstance(function, dict):
+            return
+        name = function.get("name")
+        if name and call.name is None:
+            call.name = _text(name)
+        arguments = function.get("arguments")
+        text = call.joiner.push(_text(arguments)) if arguments else ""
+        if text:
+            call.parts.append(text)
+        if not call.started and call.name is not None:
+            self._start(call, out)
+        if text:
+            if call.started:
+                out.append(ToolCallChunk(call.call_id or "", text))
+            else:
+                call.unsent.append(text)
+
+    def _start(self, call: _Call, out: list[UpstreamEvent]) -> None:
+        call.started = True
+        if call.call_id is None:
+            call.call_id = f"call_{call.index}"
+        out.append(ToolCallStart(call.call_id, call.index, call.name or ""))
+        if call.unsent:
+            out.append(ToolCallChunk(call.call_id, "".join(call.unsent)))
+            call.unsent.clear()
+
+    def _call_for(self, index: Any, call_id: Any) -> _Call:
+        if isinstance(index, int) and not isinstance(index, bool):
+            call = self._calls.get(index)
+        elif isinstance(call_id, str) and call_id:
+            call = self._by_id.get(call_id)
+        else:
+            call = self._last_call
+        if call is None:
+            if not isinstance(index, int) or isinstance(index, bool):
+                index = max(self._calls, default=-1) + 1
+            call = self._calls[index] = _Call(index)
+        self._last_call = call
+        return call
+
+    def _close(self, out: list[UpstreamEvent]) -> None:
+        """Flush held text, then end every open tool call in index order."""
+        tail = self._joiner.flush()
+        if tail:
+            out.append(TextDelta(tail))
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            if call.ended:
+                continue
+            call.ended = True
+            if not call.started or call.call_id is None or call.name is None:
+                label = call.call_id or f"call_{call.index}"
+                raise UpstreamProtocolError(f"tool call {label} has no name")
+            rest = call.joiner.flush()
+            if rest:
+                call.parts.append(rest)
+                out.append(ToolCallChunk(call.call_id, rest))
+            arguments = _arguments(call.call_id, call.parts)
+            out.append(ToolCallEnd(call.call_id, call.name, arguments))
+
+    def _end(self) -> list[UpstreamEvent]:
+        out: list[UpstreamEvent] = []
+        self._close(out)
+        if self._pending_usage is not None and not self._usage_sent:
+            self._usage_sent = True
+            out.append(self._pending_usage)
+        self._done = True
+        out.append(Finish(self._finish_reason()))
+        return out
+
+    def _finish_reason(self) -> FinishReason:
+        if self._reason is None:
+            return "tool_calls" if self._calls else "stop"
+        return _REASONS.get(self._reason, "error")
+
+
+def _chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = _loads(data)
+    except ValueError:
+        raise UpstreamProtocolError("upstream sent malformed JSON") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamProtocolError("upstream chunk is not a JSON object")
+    return chunk
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise UpstreamProtocolError("upstream chunk has a non-string text field")
+    return value
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    def count(key: str) -> int:
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return Usage(count("prompt_tokens"), count("completion_tokens"))
+
+
+def _arguments(call_id: str, parts: list[str]) -> Any:
+    text = "".join(parts)
+    if not text.strip():
+        return {}
+    try:
+        return _loads(text)
+    except ValueError:
+        raise UpstreamProtocolError(f"tool call {call_id} arguments are not valid JSON") from None
+
+
+def _error(error: Any) -> UpstreamError:
+    labels: list[str] = []
+    if isinstance(error, dict):
+        for key in ("type", "code"):
+            value = error.get(key)
+            if isinstance(value, str) and _IDENTIFIER.fullmatch(value) and value not in labels:
+                labels.append(value)
+    message = "upstream reported an error"
+    if labels:
+        message += f" ({', '.join(labels)})"
+    if any("rate_limit" in label for label in labels):
+        return UpstreamRateLimited(message)
+    return UpstreamError(message)

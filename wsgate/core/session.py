@@ -1,0 +1,216 @@
+"""The per-connection session: client frames in, outbound frames and actions out.
+
+Owns everything a connection decides without I/O: decoding client frames, enforcing the
+connection's limits (streams per connection, frame size, `stream_id` charset and length via
+the frame types), starting and cancelling streams, routing upstream bytes into the right
+stream, and tearing all streams down when the connection goes. The gateway shell executes
+the returned actions (queue frames, start or cancel an upstream task) and passes time in.
+
+Rules:
+1. Every client frame gets exactly one answer path: a stream starts, a stream ends, or a
+   typed `error` frame goes out. No client input raises out of `receive`.
+2. A stream is in `streams` from its accepted `start` until its `finish` was produced; after
+   that, nothing of it is produced again, whatever the upstream still delivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wsgate.core.errors import ERROR_CODES, WsgateError
+from wsgate.core.frames import (
+    MAX_STREAM_ID_LENGTH,
+    Auth,
+    Cancel,
+    ChatRequest,
+    ErrorFrame,
+    FrameRejected,
+    Ready,
+    ReadyLimits,
+    Resume,
+    ServerFrame,
+    Start,
+    ToolResult,
+    decode_client_frame,
+)
+from wsgate.core.stream import Stream, StreamOutput, UpstreamParser
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """The limits one connection enforces."""
+
+    max_streams: int = 64
+    max_frame_bytes: int = 1024 * 1024
+    telemetry_interval: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class SendControl:
+    """Queue a connection-level frame (ahead of stream frames)."""
+
+    frame: ServerFrame
+
+
+@dataclass(frozen=True, slots=True)
+class SendStream:
+    """Queue frames of a stream, in order; `ended` when the last one is among them."""
+
+    stream_id: str
+    output: StreamOutput
+
+
+@dataclass(frozen=True, slots=True)
+class StartUpstream:
+    """Open the upstream call of a newly accepted stream."""
+
+    stream_id: str
+    message_id: str
+    request: ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpstream:
+    """Close a stream's upstream call now (the stream already produced its `finish`)."""
+
+    stream_id: str
+
+
+Action = SendControl | SendStream | StartUpstream | CancelUpstream
+
+ParserFactory = Callable[[ChatRequest], UpstreamParser]
+"""Builds the parser for a request's provider; raises `WsgateError` for an unknown model."""
+
+
+class Session:
+    """The core of one client connection."""
+
+    def __init__(
+        self,
+        conn_id: str,
+        limits: SessionLimits,
+        parser_factory: ParserFactory,
+        new_message_id: Callable[[], str],
+        server_version: str = "0",
+    ) -> None:
+        self.conn_id = conn_id
+        self.limits = limits
+        self.streams: dict[str, Stream] = {}
+        self._parser_factory = parser_factory
+        self._new_message_id = new_message_id
+        self._server_version = server_version
+
+    def ready(self) -> Ready:
+        """The first frame of the connection."""
+        return Ready(
+            conn_id=self.conn_id,
+            server_version=self._server_version,
+            limits=ReadyLimits(
+                max_streams=self.limits.max_streams,
+                max_frame_bytes=self.limits.max_frame_bytes,
+                max_stream_id_length=MAX_STREAM_ID_LENGTH,
+            ),
+        )
+
+    def receive(self, data: str | bytes, now: float) -> list[Action]:
+        """Handle one client text frame."""
+        frame = decode_client_frame(data, self.limits.max_frame_bytes)
+        if isinstance(frame, FrameRejected):
+            return [_refuse(frame.code, frame.message, frame.stream_id)]
+        if isinstance(frame, Start):
+            return self._start(frame, now)
+        if isinstance(frame, Cancel):
+            return self.cancel(frame.stream_id, unknown_is_error=True)
+        if isinstance(frame, Auth | Resume | ToolResult):
+            sid = getattr(frame, "stream_id", None)
+            return [_refuse("unsupported", f"`{frame_type(frame)}` is not supported yet", sid)]
+        raise TypeError(type(frame).__name__)  # pragma: no cover - the union is exhaustive
+
+    def receive_binary(self) -> list[Action]:
+        """Binary frames carry nothing in wsgate.v1; refuse them, keep the connection."""
+        return [_refuse("bad_frame", "binary frames are not accepted; send JSON text frames")]
+
+    def cancel(self, stream_id: str, *, unknown_is_error: bool = False) -> list[Action]:
+        """Cancel a running stream: its `finish` (cancelled) and the upstream close."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            if unknown_is_error:
+                return [_refuse("unknown_stream", "no running stream has this id", stream_id)]
+            return []
+        return [SendStream(stream_id, stream.cancel()), CancelUpstream(stream_id)]
+
+    def upstream_data(self, stream_id: str, data: bytes, now: float) -> StreamOutput:
+        """Bytes from a stream's upstream; frames for that stream (none once it ended)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return StreamOutput(closed=True)
+        return self._settle(stream, stream.feed(data, now))
+
+    def upstream_eof(self, stream_id: str, now: float) -> StreamOutput:
+        """The upstream response ended."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return StreamOutput(closed=True)
+        return self._settle(stream, stream.eof(now))
+
+    def upstream_failed(self, stream_id: str, error: WsgateError) -> StreamOutput:
+        """The upstream call failed with a typed error."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return StreamOutput(closed=True)
+        return self._settle(stream, stream.fail(error))
+
+    def connection_lost(self) -> list[Action]:
+        """The client is gone: cancel every running stream."""
+        actions: list[Action] = []
+        for stream_id in list(self.streams):
+            actions.extend(self.cancel(stream_id))
+        return actions
+
+    def _start(self, frame: Start, now: float) -> list[Action]:
+        sid = frame.stream_id
+        if sid in self.streams:
+            return [_refuse("stream_exists", "a stream with this id is running", sid)]
+        if len(self.streams) >= self.limits.max_streams:
+            message = f"the connection already runs {self.limits.max_streams} streams"
+            return [_refuse("too_many_streams", message, sid)]
+        try:
+            parser = self._parser_factory(frame.request)
+        except WsgateError as exc:
+            return [_refuse(exc.code, exc.public_message, sid)]
+        stream = Stream(
+            sid,
+            self._new_message_id(),
+            frame.request.model,
+            frame.options,
+            parser,
+            now,
+            self.limits.telemetry_interval,
+        )
+        self.streams[sid] = stream
+        return [
+            SendStream(sid, stream.start()),
+            StartUpstream(sid, stream.message_id, frame.request),
+        ]
+
+    def _settle(self, stream: Stream, output: StreamOutput) -> StreamOutput:
+        if output.closed:
+            self.streams.pop(stream.stream_id, None)
+        return output
+
+
+def frame_type(frame: object) -> str:
+    """The wire `type` of a frame instance."""
+    return str(type(frame).__struct_config__.tag)  # type: ignore[attr-defined]
+
+
+def _refuse(code: str, message: str, stream_id: str | None = None) -> SendControl:
+    return SendControl(
+        ErrorFrame(
+            code=code,
+            message=message,
+            retryable=ERROR_CODES[code].retryable,
+            stream_id=stream_id,
+        )
+    )

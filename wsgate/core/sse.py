@@ -1,0 +1,187 @@
+"""Incremental Server-Sent Events decoder: bytes in, `SSEEvent` values out (WHATWG rules).
+
+Owns the `text/event-stream` framing of every SSE provider: line splitting on CR, LF and
+CRLF (also when a CRLF is split across two chunks), the one leading BOM, comments, fields,
+dispatch on a blank line, the persistent last event id and the reconnection time. It does
+no I/O, never reads the clock and knows nothing of any provider's JSON.
+
+Rules (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
+1. Lines are split at the byte level: CR and LF are ASCII and never occur inside a UTF-8
+   multibyte sequence, so a complete line always holds whole characters and is decoded on its
+   own with ``errors="replace"``; a character split across chunks is joined because the
+   unterminated tail is kept as bytes until its line end arrives. This gives exactly what
+   decoding the whole stream first would give, with one decode per line and no per-character
+   Python loop.
+2. A line is dispatched only when complete; an unterminated line at EOF and an event without
+   its closing blank line are discarded, as the spec says.
+3. Memory: the unterminated tail is a list of chunks (appending is O(1), joining happens once
+   when the line ends), bounded by `max_line_bytes`; a longer line raises
+   `UpstreamLineTooLong`. Worst case held: `max_line_bytes` + one chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from wsgate.core.errors import UpstreamLineTooLong
+
+DEFAULT_MAX_LINE_BYTES: Final = 4 * 1024 * 1024
+_BOM: Final = b"\xef\xbb\xbf"
+_CR: Final = 13
+_LF: Final = 10
+_EOL: Final = (_LF, _CR)
+# Longer digit strings are ignored: int() refuses over 4300 digits, and no sane reconnection
+# delay needs more than 15 (about 31,000 years in milliseconds).
+_MAX_RETRY_DIGITS: Final = 15
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event.
+
+    `id` is the stream's last event id when the event was dispatched (it persists across
+    events; None until an `id` field was seen). `retry` is likewise the latest valid `retry`
+    field seen so far on the stream (None until one was seen), since the spec applies it at
+    once, even in a block that dispatches nothing.
+    """
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Feed bytes as they arrive; get the events each chunk completes."""
+
+    __slots__ = (
+        "_data",
+        "_event",
+        "_head",
+        "_last_id",
+        "_max",
+        "_pending_cr",
+        "_retry",
+        "_started",
+        "_tail",
+        "_tail_len",
+    )
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self._max = max_line_bytes
+        self._started = False  # False until the first 3 bytes settled the BOM question
+        self._head = b""  # the first bytes while they may still be a split BOM
+        self._pending_cr = False  # the last chunk ended in CR: a leading LF ends nothing
+        self._tail: list[bytes] = []
+        self._tail_len = 0
+        self._data: list[str] | None = None  # None: no data field since the last dispatch
+        self._event = ""
+        self._last_id: str | None = None
+        self._retry: int | None = None
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The last event id set by the stream (for a reconnect's `Last-Event-ID`)."""
+        return self._last_id
+
+    @property
+    def retry(self) -> int | None:
+        """The reconnection time in milliseconds the stream asked for, if any."""
+        return self._retry
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode one chunk; return the events it completes, in order."""
+        if not self._started:
+            data = self._strip_bom(data)
+        if self._pending_cr and data:
+            self._pending_cr = False
+            if data[0] == _LF:
+                data = data[1:]
+        if not data:
+            return []
+        lines = data.splitlines()
+        last = data[-1]
+        if last in _EOL:
+            self._pending_cr = last == _CR
+            piece = b""
+        else:
+            piece = lines.pop()
+        if lines:
+            if self._tail:
+                lines[0] = self._join_tail(lines[0])
+            # Only a chunk longer than the cap can hold a complete line longer than the cap
+            # (beyond the first line, which carries the old tail).
+            if len(lines[0]) > self._max or len(data) > self._max:
+                self._check_lengths(lines)
+        if piece:
+            self._tail.append(piece)
+            self._tail_len += len(piece)
+            if self._tail_len > self._max:
+                raise UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
+        return self._lines(lines) if lines else []
+
+    def eof(self) -> list[SSEEvent]:
+        """End of stream: an unterminated line and an undispatched event are discarded."""
+        self._head = b""
+        self._tail.clear()
+        self._tail_len = 0
+        self._data = None
+        self._event = ""
+        return []
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        head = self._head + data if self._head else data
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._head = head
+            return b""
+        self._started = True
+        self._head = b""
+        return head[3:] if head.startswith(_BOM) else head
+
+    def _check_lengths(self, lines: list[bytes]) -> None:
+        if max(map(len, lines)) > self._max:
+            raise UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
+
+    def _join_tail(self, first: bytes) -> bytes:
+        self._tail.append(first)
+        line = b"".join(self._tail)
+        self._tail.clear()
+        self._tail_len = 0
+        return line
+
+    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:  # noqa: C901 - the field table, inline on the hot path
+        events: list[SSEEvent] = []
+        for raw in lines:
+            if not raw:
+                if self._data is not None:
+                    events.append(
+                        SSEEvent(
+                            "\n".join(self._data),
+                            self._event or "message",
+                            self._last_id,
+                            self._retry,
+                        )
+                    )
+                    self._data = None
+                self._event = ""
+                continue
+            name, _, value = raw.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                text = value.decode("utf-8", "replace")
+                if self._data is None:
+                    self._data = [text]
+                else:
+                    self._data.append(text)
+            elif not name:
+                continue  # a comment (keep-alive): the line starts with a colon
+            elif name == b"event":
+                self._event = value.decode("utf-8", "replace")
+            elif name == b"id":
+                if b"\0" not in value:
+                    self._last_id = value.decode("utf-8", "replace")
+            elif name == b"retry" and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
+                self._retry = int(value)
+        return events

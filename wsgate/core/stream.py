@@ -1,0 +1,200 @@
+"""One stream's core: upstream bytes in, numbered wsgate frames out.
+
+Owns the per-stream `seq` counter (gapless over durable frames, from 1), the stream's state
+machine, the translation of provider-neutral events into frames, and the telemetry figures.
+It never reads the clock: every call that needs time takes `now` (seconds, monotonic).
+It does not queue or send anything; the session and the shells do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from wsgate.core import events as ev
+from wsgate.core.errors import UpstreamProtocolError, WsgateError
+from wsgate.core.frames import (
+    DeltaRole,
+    DeltaText,
+    ErrorFrame,
+    FinishFrame,
+    FinishReason,
+    ServerFrame,
+    StartOptions,
+    StreamStarted,
+    Telemetry,
+    ToolCallArgumentsChunk,
+    ToolCallEndFrame,
+    ToolCallStartFrame,
+    UsageFrame,
+)
+from wsgate.core.state import Event, State, transition
+
+
+class UpstreamParser(Protocol):
+    """Decodes one provider's byte stream into provider-neutral events."""
+
+    def feed(self, data: bytes) -> list[ev.UpstreamEvent]:
+        """Consume bytes; return the events they complete. May raise `WsgateError`."""
+
+    def eof(self) -> list[ev.UpstreamEvent]:
+        """The provider closed the stream; raise `WsgateError` if it was cut short."""
+
+
+@dataclass(slots=True)
+class StreamOutput:
+    """What one call into a stream produced."""
+
+    frames: list[ServerFrame] = field(default_factory=list)
+    telemetry: Telemetry | None = None
+    closed: bool = False
+
+
+class Stream:
+    """The core of one generation stream on a connection."""
+
+    def __init__(  # noqa: PLR0913, PLR0917 - the stream's identity and policy, all required
+        self,
+        stream_id: str,
+        message_id: str,
+        model: str,
+        options: StartOptions,
+        parser: UpstreamParser,
+        now: float,
+        telemetry_interval: float = 0.5,
+    ) -> None:
+        self.stream_id = stream_id
+        self.message_id = message_id
+        self.model = model
+        self.options = options
+        self.state = State.NEW
+        self.finish_reason: FinishReason | None = None
+        self._parser = parser
+        self._seq = 0
+        self._started_at = now
+        self._first_token_at: float | None = None
+        self._tokens = 0
+        self._telemetry_interval = telemetry_interval
+        self._last_telemetry = now
+
+    @property
+    def closed(self) -> bool:
+        """True once `finish` has been produced."""
+        return self.state is State.CLOSED
+
+    @property
+    def last_seq(self) -> int:
+        """The `seq` of the last frame produced (0 before `stream.started`)."""
+        return self._seq
+
+    def start(self) -> StreamOutput:
+        """Produce `stream.started`."""
+        self._apply(Event.START)
+        return StreamOutput(
+            [StreamStarted(self.stream_id, self._next(), self.message_id, self.model)]
+        )
+
+    def feed(self, data: bytes, now: float) -> StreamOutput:
+        """Consume upstream bytes; a parse failure ends the stream with `error` + `finish`."""
+        if self.closed:
+            return StreamOutput(closed=True)
+        try:
+            events = self._parser.feed(data)
+        except WsgateError as exc:
+            return self.fail(exc)
+        return self._translate(events, now)
+
+    def eof(self, now: float) -> StreamOutput:
+        """The upstream response ended; a cut-short stream fails, it is never `stop`."""
+        if self.closed:
+            return StreamOutput(closed=True)
+        try:
+            events = self._parser.eof()
+        except WsgateError as exc:
+            return self.fail(exc)
+        out = self._translate(events, now)
+        if not self.closed:
+            failed = self.fail(UpstreamProtocolError("upstream stream ended before it finished"))
+            out.frames.extend(failed.frames)
+            out.closed = True
+        return out
+
+    def fail(self, error: WsgateError) -> StreamOutput:
+        """End the stream with a typed `error` then `finish` (reason `error` or `timeout`)."""
+        if transition(self.state, Event.FAIL) is None:
+            return StreamOutput(closed=True)
+        error_frame = ErrorFrame(
+            code=error.code,
+            message=error.public_message,
+            retryable=error.retryable,
+            stream_id=self.stream_id,
+            seq=self._next(),
+            retry_after_ms=error.retry_after_ms,
+        )
+        reason: FinishReason = "timeout" if error.code == "stream_timeout" else "error"
+        return StreamOutput([error_frame, self._finish(Event.FAIL, reason)], closed=True)
+
+    def cancel(self) -> StreamOutput:
+        """End the stream with `finish` reason `cancelled` (idempotent)."""
+        if transition(self.state, Event.CANCEL) is None:
+            return StreamOutput(closed=True)
+        return StreamOutput([self._finish(Event.CANCEL, "cancelled")], closed=True)
+
+    def _translate(self, events: list[ev.UpstreamEvent], now: float) -> StreamOutput:
+        out = StreamOutput()
+        frames = out.frames
+        for event in events:
+            if self.closed:
+                break
+            if isinstance(event, ev.Finish):
+                frames.append(self._finish(Event.FINISH, event.reason))
+                break
+            self._apply(Event.CONTENT)
+            frames.append(self._frame_for(event, now))
+        out.closed = self.closed
+        if self.options.telemetry and not self.closed and self._tokens:
+            out.telemetry = self._telemetry(now)
+        return out
+
+    def _frame_for(self, event: ev.UpstreamEvent, now: float) -> ServerFrame:
+        sid = self.stream_id
+        if isinstance(event, ev.TextDelta):
+            if self._first_token_at is None:
+                self._first_token_at = now
+            self._tokens += 1
+            return DeltaText(sid, self._next(), event.text)
+        if isinstance(event, ev.RoleDelta):
+            return DeltaRole(sid, self._next(), event.role)
+        if isinstance(event, ev.ToolCallStart):
+            return ToolCallStartFrame(sid, self._next(), event.call_id, event.index, event.name)
+        if isinstance(event, ev.ToolCallChunk):
+            return ToolCallArgumentsChunk(sid, self._next(), event.call_id, event.chunk)
+        if isinstance(event, ev.ToolCallEnd):
+            return ToolCallEndFrame(sid, self._next(), event.call_id, event.name, event.arguments)
+        if isinstance(event, ev.Usage):
+            return UsageFrame(sid, self._next(), event.input_tokens, event.output_tokens)
+        raise TypeError(f"unhandled upstream event {type(event).__name__}")  # pragma: no cover
+
+    def _telemetry(self, now: float) -> Telemetry | None:
+        if now - self._last_telemetry < self._telemetry_interval:
+            return None
+        self._last_telemetry = now
+        first = self._first_token_at
+        ttft_ms = None if first is None else round((first - self._started_at) * 1000, 3)
+        elapsed = 0.0 if first is None else now - first
+        rate = self._tokens / elapsed if elapsed > 0 else 0.0
+        return Telemetry(self.stream_id, self._tokens, round(rate, 3), ttft_ms)
+
+    def _finish(self, event: Event, reason: FinishReason) -> FinishFrame:
+        self._apply(event)
+        self.finish_reason = reason
+        return FinishFrame(self.stream_id, self._next(), reason)
+
+    def _apply(self, event: Event) -> None:
+        new = transition(self.state, event)
+        if new is not None:
+            self.state = new
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq

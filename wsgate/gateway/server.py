@@ -1,0 +1,162 @@
+"""The websockets server: handshake checks, one `Connection` per accepted client, shutdown.
+
+Owns the listening socket and the handshake: the path (`/v1/ws`), the subprotocol
+(`wsgate.v1`; a client offering only other subprotocols is refused with HTTP 400, one
+offering none is accepted), the Origin allowlist, compression (off unless configured: it
+costs ~40% throughput and ~33 KiB per connection for token frames), and the frame-size
+hard cap. Frames up to `max_frame_bytes` are decoded; frames between that and the hard cap
+(4x) get a `frame_too_large` error and the connection carries on; beyond the hard cap
+websockets closes with 1009 before buffering more. Also answers `/livez` and `/readyz`
+on the same port, so a wedged listener fails its probe.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from wsgate.core.frames import PROTOCOL
+from wsgate.core.session import ParserFactory, Session, SessionLimits
+from wsgate.gateway.connection import Connection, Upstream
+from wsgate.log import bound, get_logger
+
+log = get_logger("wsgate.gateway")
+
+HARD_CAP_FACTOR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    """The gateway's listening and per-connection settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    path: str = "/v1/ws"
+    allowed_origins: tuple[str, ...] = ()
+    compression: bool = False
+    max_streams: int = 64
+    max_frame_bytes: int = 1024 * 1024
+    queue_events: int = 256
+    queue_bytes: int = 256 * 1024
+    send_timeout: float = 10.0
+    telemetry_interval: float = 0.5
+    ping_interval: float | None = 20.0
+
+
+def new_id(prefix: str) -> Callable[[], str]:
+    """A factory of unguessable ids with a readable prefix."""
+    return lambda: f"{prefix}_{secrets.token_urlsafe(12)}"
+
+
+class Gateway:
+    """The listening WebSocket gateway."""
+
+    def __init__(
+        self,
+        options: GatewayOptions,
+        upstream: Upstream,
+        parser_factory: ParserFactory,
+        server_version: str,
+    ) -> None:
+        self.options = options
+        self.upstream = upstream
+        self.parser_factory = parser_factory
+        self.server_version = server_version
+        self.connections: set[Connection] = set()
+        self.ready = False
+        self._server: Server | None = None
+        self._new_conn_id = new_id("conn")
+        self._new_message_id = new_id("msg")
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None:
+            raise RuntimeError("the gateway is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        opts = self.options
+        origins: list[str | None] | None = None
+        if opts.allowed_origins:
+            # Native clients send no Origin; the allowlist is a browser defence.
+            origins = [*opts.allowed_origins, None]
+        self._server = await serve(
+            self._handle,
+            opts.host,
+            opts.port,
+            subprotocols=[PROTOCOL],  # type: ignore[list-item]
+            origins=origins,  # type: ignore[arg-type]
+            process_request=self._process_request,
+            compression="deflate" if opts.compression else None,
+            max_size=opts.max_frame_bytes * HARD_CAP_FACTOR,
+            ping_interval=opts.ping_interval,
+            ping_timeout=opts.ping_interval,
+            close_timeout=2,
+        )
+        self.ready = True
+        log.info("gateway_listening", host=opts.host, port=self.port, path=opts.path)
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection with 1001 and wait for their tasks."""
+        self.ready = False
+        if self._server is None:
+            return
+        self._server.close(close_connections=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == self.options.path:
+            return None
+        if path == "/livez":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            if self.ready:
+                return connection.respond(HTTPStatus.OK, "ready\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        opts = self.options
+        conn_id = self._new_conn_id()
+        session = Session(
+            conn_id,
+            SessionLimits(opts.max_streams, opts.max_frame_bytes, opts.telemetry_interval),
+            self.parser_factory,
+            self._new_message_id,
+            self.server_version,
+        )
+        connection = Connection(
+            ws,
+            session,
+            self.upstream,
+            queue_events=opts.queue_events,
+            queue_bytes=opts.queue_bytes,
+            send_timeout=opts.send_timeout,
+        )
+        self.connections.add(connection)
+        with bound(conn_id=conn_id):
+            log.info("connection_open", remote=_remote(ws))
+            try:
+                await connection.run()
+            finally:
+                self.connections.discard(connection)
+                log.info(
+                    "connection_closed",
+                    code=ws.close_code,
+                    frames_sent=connection.stats.frames_sent,
+                    aborted=connection.stats.aborted,
+                )
+
+
+def _remote(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"

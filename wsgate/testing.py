@@ -1,0 +1,85 @@
+"""Test helpers shipped with the package: fakes over mocks.
+
+Owns the fakes the test suite (and users' own tests) build on: a scripted upstream parser
+for driving the core without a provider, a manual clock, and the conversation replayer's
+frame matcher. Nothing here opens sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from wsgate.core import events as ev
+from wsgate.core.errors import UpstreamProtocolError, WsgateError
+
+
+class ScriptedParser:
+    """An `UpstreamParser` whose every `feed` returns the next scripted step.
+
+    A step is a list of events, or a `WsgateError` to raise. `eof` raises
+    `UpstreamProtocolError` unless `finished_at_eof` is true, like a truncated stream.
+    """
+
+    def __init__(
+        self,
+        steps: Iterable[list[ev.UpstreamEvent] | WsgateError] = (),
+        *,
+        eof_events: list[ev.UpstreamEvent] | None = None,
+        finished_at_eof: bool = True,
+    ) -> None:
+        self.steps = list(steps)
+        self.fed: list[bytes] = []
+        self._eof_events = eof_events or []
+        self._finished_at_eof = finished_at_eof
+
+    def feed(self, data: bytes) -> list[ev.UpstreamEvent]:
+        """Return the next step's events (or raise its error)."""
+        self.fed.append(data)
+        if not self.steps:
+            return []
+        step = self.steps.pop(0)
+        if isinstance(step, WsgateError):
+            raise step
+        return step
+
+    def eof(self) -> list[ev.UpstreamEvent]:
+        """The scripted end of the stream."""
+        if not self._finished_at_eof:
+            raise UpstreamProtocolError("upstream stream ended before it finished")
+        return self._eof_events
+
+
+class FakeClock:
+    """A clock that moves only when told; pass `clock.now` where the core wants time."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def advance(self, seconds: float) -> float:
+        """Move forward and return the new time."""
+        self.now += seconds
+        return self.now
+
+
+ANY = "$any"
+"""In a fixture's expected frame, matches any value of that field."""
+
+
+def frame_matches(expected: Any, actual: Any) -> bool:
+    """Whether `actual` matches `expected`, where the string `$any` matches anything."""
+    if expected == ANY:
+        return True
+    if isinstance(expected, dict):
+        return (
+            isinstance(actual, dict)
+            and expected.keys() == actual.keys()
+            and all(frame_matches(v, actual[k]) for k, v in expected.items())
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(expected) == len(actual)
+            and all(frame_matches(e, a) for e, a in zip(expected, actual, strict=True))
+        )
+    return bool(expected == actual) and type(expected) is type(actual)

@@ -1,0 +1,1 @@
+"""The provider shell: aiohttp calls to LLM providers, feeding response bytes to the core."""
