@@ -112,10 +112,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "mock-upstream":
         settings = _settings(args, mock=True)
-        configure(settings.log.level, settings.log.format)
+        configure(
+            settings.log.level, settings.log.format, include_prompts=settings.log.include_prompts
+        )
         return _run(_mock_upstream(settings))
     settings = _settings(args)
-    configure(settings.log.level, settings.log.format)
+    configure(settings.log.level, settings.log.format, include_prompts=settings.log.include_prompts)
     return _run(_serve(settings))
 
 

@@ -49,22 +49,10 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
     from websockets.datastructures import HeadersLike
 
-__all__ = [
-    "ConnectError",
-    "ConnectionClosedError",
-    "Gateway",
-    "GatewayError",
-    "StreamFrame",
-    "StreamHandle",
-    "chat",
-    "connect",
-    "run_chat",
-]
-
 StreamFrame = StreamEventFrame | Telemetry
 # Gateway frames are not capped by ready.limits (that caps client frames); one tool_call.end
 # carries a whole argument object, so allow more than websockets' 1 MiB default.
-MAX_SERVER_FRAME_BYTES: Final = 16 * 1024 * 1024
+_MAX_SERVER_FRAME_BYTES: Final = 16 * 1024 * 1024
 _MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: control frame payload <= 125 bytes
 _SUCCESS: Final = frozenset({"stop", "length", "tool_calls"})
 
@@ -353,7 +341,7 @@ class Gateway:
                     subprotocols=[Subprotocol(PROTOCOL)],
                     additional_headers=additional_headers,
                     compression=None,  # token frames are tiny; deflate costs more than it saves
-                    max_size=MAX_SERVER_FRAME_BYTES,
+                    max_size=_MAX_SERVER_FRAME_BYTES,
                     open_timeout=None,
                 )
                 ready = await _receive_ready(ws)
@@ -361,7 +349,7 @@ class Gateway:
             if ws is not None:
                 ws.transport.abort()  # a gateway that did not greet us gets no close handshake
             if isinstance(exc, TimeoutError):
-                raise ConnectError(f"{url} sent no ready frame within {open_timeout} s") from exc
+                raise ConnectError(f"{url}: no ready frame within {open_timeout} s") from exc
             if isinstance(exc, OSError | WebSocketException):
                 raise ConnectError(f"cannot open {url}: {exc}") from exc
             raise
@@ -439,12 +427,6 @@ class Gateway:
                 if task is not None and task.cancelling():
                     raise
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
 
 async def _receive_ready(ws: ClientConnection) -> Ready:
     if ws.subprotocol != PROTOCOL:
@@ -485,8 +467,8 @@ async def chat(
 
     0 when the stream finishes with stop, length or tool_calls; 1 on any error, reported on
     stderr as `wsgate: error <code>: <message>`; 130 on KeyboardInterrupt, after sending
-    cancel. On task cancellation (how `asyncio.run` delivers Ctrl-C) it sends cancel and
-    re-raises; `run_chat` turns that into 130.
+    cancel. On task cancellation (how `asyncio.run` and `uvloop.run` deliver Ctrl-C) it sends
+    cancel and re-raises; the runner then raises KeyboardInterrupt, which the CLI maps to 130.
     """
     out = sys.stdout if out is None else out
     messages = [{"role": "user", "content": prompt}]
@@ -501,35 +483,23 @@ async def chat(
                     if isinstance(event, DeltaText):
                         out.write(event.text)
                         out.flush()
-            except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            except (KeyboardInterrupt, asyncio.CancelledError):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1):  # a stuck socket must not hold Ctrl-C
                         await stream.cancel()
-                _end_line(out, stream)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return 130
+                raise
             return _outcome(out, stream)
+    except KeyboardInterrupt:
+        _end_line(out, stream)
+        return 130
+    except asyncio.CancelledError:
+        _end_line(out, stream)
+        raise
     except ValueError as exc:
         return _fail(out, stream, "bad_request", str(exc))
     except GatewayError as exc:
         code = "connection_closed" if isinstance(exc, ConnectionClosedError) else "connect_failed"
         return _fail(out, stream, code, str(exc))
-
-
-def run_chat(
-    url: str,
-    prompt: str,
-    *,
-    model: str = "mock",
-    out: TextIO | None = None,
-    system: str | None = None,
-) -> int:
-    """Run `chat` in a new event loop; Ctrl-C gives 130 (the entry point for `wsgate chat`)."""
-    try:
-        return asyncio.run(chat(url, prompt, model=model, out=out, system=system))
-    except KeyboardInterrupt:
-        return 130
 
 
 def _outcome(out: TextIO, stream: StreamHandle) -> int:

@@ -102,7 +102,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Per-connection and per-stream bounds."""
 
-    max_streams_per_connection: _Count = 64
+    max_streams_per_connection: _Count = 256
     max_frame_bytes: _Bytes = 1_048_576
     stream_queue_events: _Count = 256
     stream_queue_bytes: _Bytes = 262_144

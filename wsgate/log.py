@@ -96,7 +96,7 @@ def _names_secret(key: str) -> bool:
 class _NamedPrintLogger(structlog.PrintLogger):
     """A PrintLogger that remembers the name given to `get_logger`."""
 
-    def __init__(self, file: TextIO, name: str | None) -> None:
+    def __init__(self, file: TextIO, name: str | None = None) -> None:
         super().__init__(file)
         self.name = name
 

@@ -7,6 +7,7 @@ protocol/fixtures/upstream/openai_chat/README.md (`encode_event`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -96,9 +97,7 @@ def test_fixture_translates_the_same_at_any_split(path, data):
     body = path.read_bytes()
     cuts = sorted(data.draw(st.sets(st.integers(0, len(body)), max_size=30)))
     bounds = [0, *cuts, len(body)]
-    assert replay([body[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]) == expected_for(
-        path
-    )
+    assert replay([body[a:b] for a, b in itertools.pairwise(bounds)]) == expected_for(path)
 
 
 # --- unit rules -------------------------------------------------------------------------------

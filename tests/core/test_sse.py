@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from pathlib import Path
@@ -156,10 +157,8 @@ def test_decoder_accepts_a_1_mib_line_under_a_4_mib_cap():
     ids=["one chunk", "growing tail", "tail then line end", "middle line", "tail of a chunk"],
 )
 def test_decoder_rejects_a_line_over_the_cap(chunks):
-    decoder = SSEDecoder(max_line_bytes=100)
     with pytest.raises(UpstreamLineTooLong, match="upstream line exceeds 100 bytes"):
-        for chunk in chunks:
-            decoder.feed(chunk)
+        feed_all(chunks, SSEDecoder(max_line_bytes=100))
 
 
 def test_decoder_accepts_a_line_of_exactly_the_cap():
@@ -215,15 +214,20 @@ _stream = st.tuples(
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=_stream, data=st.data())
 def test_decoder_gives_the_same_events_for_any_split(stream, data):
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=12)))
+    # Besides random cuts, aim at the hard places: between CR and LF, inside a character.
+    tricky = [i + 1 for i, byte in enumerate(stream) if byte == 13 or byte >= 0xC0]
+    cuts = data.draw(st.sets(st.integers(0, len(stream)), max_size=12))
+    if tricky:
+        cuts |= data.draw(st.sets(st.sampled_from(tricky), max_size=12))
+    cuts = sorted(cuts)
     bounds = [0, *cuts, len(stream)]
-    chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     expected = reference(stream)
     assert feed_all([stream]) == expected
     assert feed_all(chunks) == expected
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(stream=_stream)
 def test_decoder_gives_the_same_events_byte_by_byte(stream):
     assert feed_all([stream[i : i + 1] for i in range(len(stream))]) == reference(stream)

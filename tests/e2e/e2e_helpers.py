@@ -75,6 +75,12 @@ class RawConn:
         """Receive until every listed stream has its finish; frames grouped by stream."""
         by_stream: dict[str, list] = {sid: [] for sid in stream_ids}
         pending = set(stream_ids)
+        for frame in self.received:  # frames already seen by earlier waits count too
+            sid = frame.get("stream_id")
+            if sid in by_stream:
+                by_stream[sid].append(frame)
+                if frame["type"] == "finish":
+                    pending.discard(sid)
         async with asyncio.timeout(timeout):
             while pending:
                 frame = await self.recv(timeout)

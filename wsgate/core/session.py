@@ -41,7 +41,7 @@ from wsgate.core.stream import Stream, StreamOutput, UpstreamParser
 class SessionLimits:
     """The limits one connection enforces."""
 
-    max_streams: int = 64
+    max_streams: int = 256
     max_frame_bytes: int = 1024 * 1024
     telemetry_interval: float = 0.5
 

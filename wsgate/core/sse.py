@@ -115,10 +115,7 @@ class SSEDecoder:
             if len(lines[0]) > self._max or len(data) > self._max:
                 self._check_lengths(lines)
         if piece:
-            self._tail.append(piece)
-            self._tail_len += len(piece)
-            if self._tail_len > self._max:
-                raise UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
+            self._keep(piece)
         return self._lines(lines) if lines else []
 
     def eof(self) -> list[SSEEvent]:
@@ -138,6 +135,12 @@ class SSEDecoder:
         self._started = True
         self._head = b""
         return head[3:] if head.startswith(_BOM) else head
+
+    def _keep(self, piece: bytes) -> None:
+        self._tail.append(piece)
+        self._tail_len += len(piece)
+        if self._tail_len > self._max:
+            raise UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
 
     def _check_lengths(self, lines: list[bytes]) -> None:
         if max(map(len, lines)) > self._max:

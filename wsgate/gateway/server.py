@@ -39,7 +39,7 @@ class GatewayOptions:
     path: str = "/v1/ws"
     allowed_origins: tuple[str, ...] = ()
     compression: bool = False
-    max_streams: int = 64
+    max_streams: int = 256
     max_frame_bytes: int = 1024 * 1024
     queue_events: int = 256
     queue_bytes: int = 256 * 1024

@@ -90,6 +90,7 @@ class MockProvider:
         self.records: dict[str, RequestRecord] = {}
         self.open_connections = 0
         self.port = 0
+        self.base_url = ""
         self.pacer = Pacer()
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -124,7 +125,8 @@ class MockProvider:
         self.port = int(runner.addresses[0][1])
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        return f"http://{shown}:{self.port}/v1"
+        self.base_url = f"http://{shown}:{self.port}/v1"
+        return self.base_url
 
     async def stop(self) -> None:
         """Cancel in-flight responses, stop serving and stop the pacer. Idempotent."""
@@ -150,13 +152,20 @@ class MockProvider:
         return [r for r in self.records.values() if r.tag == tag]
 
     async def wait_disconnected(self, tag: str, timeout: float) -> RequestRecord:  # noqa: ASYNC109 - the published test API
-        """Wait until the latest request tagged `tag` has `disconnected_at`; else TimeoutError."""
+        """Wait until the latest request tagged `tag` has `disconnected_at`.
+
+        Raises TimeoutError after `timeout`, or at once if that request already completed.
+        """
         async with asyncio.timeout(timeout):
             while True:
                 event = self._disconnect_event()
                 record = self.find(tag)
                 if record is not None and record.disconnected_at is not None:
                     return record
+                if record is not None and record.completed_at is not None:
+                    # Finished answers never disconnect: fail now, and say why.
+                    message = f"{record.id} (tag {tag!r}) completed without a disconnect"
+                    raise TimeoutError(message)
                 await event.wait()
 
     def _disconnect_event(self) -> asyncio.Event:
@@ -204,6 +213,9 @@ class MockProvider:
             self._tasks.add(task)
         try:
             return await self._answer(request, record, number, arrived)
+        except web.HTTPException as exc:  # e.g. 413 from request.read() past client_max_size
+            record.status = exc.status
+            raise
         except asyncio.CancelledError:
             # aiohttp's handler cancellation: the client's socket closed, possibly while we
             # waited for a token seconds away. A cancel from our own stop() is not that.
@@ -284,9 +296,9 @@ class MockProvider:
         batched: bool,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={**_SSE_HEADERS, _REQUEST_ID_HEADER: record.id})
-        await response.prepare(request)
         self.open_connections += 1
         try:
+            await response.prepare(request)
             index = 0
             while index < len(plan):
                 await self.pacer.wait_until(arrived + plan[index].at_s)

@@ -57,6 +57,11 @@ class Timeouts:
 
 ENDPOINTS: dict[str, str] = {"openai_chat": "/chat/completions"}
 
+READ_BUFSIZE = 16 * 1024
+"""aiohttp buffers up to 2x this per response before it stops reading the socket; one
+`iter_any()` chunk can hold all of it, so it bounds how far a stream may overshoot its
+outbox queue in one read. Token events are small: 16 KiB keeps the overshoot small."""
+
 
 class UpstreamClient:
     """Opens streaming provider responses for the gateway's streams."""
@@ -85,7 +90,11 @@ class UpstreamClient:
             total=None, sock_connect=self.timeouts.connect, sock_read=None
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            raise_for_status=False,
+            read_bufsize=READ_BUFSIZE,
         )
 
     async def close(self) -> None:

@@ -1,0 +1,43 @@
+"""A client that stops reading is cut off within the send timeout and pins nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from e2e_helpers import mock_request
+from websockets.asyncio.client import connect
+
+
+async def test_a_client_that_stops_reading_is_disconnected_and_its_upstreams_closed(start_app):
+    app = await start_app(**{"limits.send_timeout_s": 1.0})
+    tags = [f"stalled-{i}" for i in range(24)]
+    # max_queue=1 makes the client stop reading its socket after one unread message.
+    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1, close_timeout=0.5) as ws:  # type: ignore[list-item]
+        for i, tag in enumerate(tags):
+            script = {"words": 100_000, "seed": i, "chunk": 4000, "tokens_per_s": 0, "tag": tag}
+            frame = {"type": "start", "stream_id": f"s{i}", "request": mock_request(script)}
+            await ws.send(orjson.dumps(frame).decode())
+        # A slow stream that cannot have completed: the gateway must close its upstream.
+        paced = {"text": "tick " * 500, "tokens_per_s": 10, "tag": "paced"}
+        frame = {"type": "start", "stream_id": "paced", "request": mock_request(paced)}
+        await ws.send(orjson.dumps(frame).decode())
+        # Never read again. The gateway must give up within send_timeout of the stall.
+        started = time.monotonic()
+        async with asyncio.timeout(30):
+            while app.gateway.connections:
+                await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+    assert elapsed < 20
+    record = await app.mock.wait_disconnected("paced", timeout=5)
+    assert record.completed_at is None
+    for tag in tags:
+        # Bulk streams may have been written whole into the kernel buffers before the stall;
+        # none may still be open.
+        record = app.mock.find(tag)
+        assert record is not None
+        assert (record.completed_at is None) != (record.disconnected_at is None)
+    assert app.mock.open_connections == 0
+    assert app.gateway.connections == set()
