@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import orjson
 import pytest
 import websockets
 from e2e_helpers import mock_request, raw_connect, stream_text
+from websockets.asyncio.client import connect
 
 LONG_TEXT = "steady " * 300
 
@@ -18,26 +20,62 @@ BAD_FRAMES = [
     ("unknown type", '{"type": "launch", "stream_id": "x1"}', "bad_frame", "x1"),
     ("missing request", '{"type": "start", "stream_id": "x2"}', "bad_frame", "x2"),
     ("bad stream_id charset", '{"type": "cancel", "stream_id": "a b"}', "bad_frame", None),
-    ("stream_id too long", '{"type": "cancel", "stream_id": "' + "x" * 65 + '"}', "bad_frame", None),
+    (
+        "stream_id too long",
+        '{"type": "cancel", "stream_id": "' + "x" * 65 + '"}',
+        "bad_frame",
+        None,
+    ),
     ("duplicate stream_id", None, "stream_exists", "live"),
-    ("cancel of an unknown stream", '{"type": "cancel", "stream_id": "nope"}', "unknown_stream", "nope"),
-    ("deep nesting", '{"type":"tool_result","stream_id":"x3","call_id":"c","content":' + "[" * 50000 + "]" * 50000 + "}", "bad_frame", None),
-    ("5000-digit number", '{"type":"start","stream_id":"x4","request":{"model":"mock","seed":' + "9" * 5000 + ',"messages":[{"role":"user","content":"a"}]}}', "bad_frame", "x4"),
+    (
+        "cancel of an unknown stream",
+        '{"type": "cancel", "stream_id": "nope"}',
+        "unknown_stream",
+        "nope",
+    ),
+    (
+        "deep nesting",
+        '{"type":"tool_result","stream_id":"x3","call_id":"c","content":'
+        + "[" * 50000
+        + "]" * 50000
+        + "}",
+        "bad_frame",
+        None,
+    ),
+    (
+        "5000-digit number",
+        '{"type":"start","stream_id":"x4","request":{"model":"mock","seed":'
+        + "9" * 5000
+        + ',"messages":[{"role":"user","content":"a"}]}}',
+        "bad_frame",
+        "x4",
+    ),
     ("lone surrogate escape", '{"type": "cancel", "stream_id": "\\ud800"}', "bad_frame", None),
-    ("unknown model", json.dumps({"type": "start", "stream_id": "x5", "request": mock_request(model="gpt-nope")}), "unknown_model", "x5"),
+    (
+        "unknown model",
+        json.dumps({"type": "start", "stream_id": "x5", "request": mock_request(model="gpt-nope")}),
+        "unknown_model",
+        "x5",
+    ),
     ("reserved auth frame", '{"type": "auth", "token": "t"}', "unsupported", None),
     ("oversized frame", "OVERSIZED", "frame_too_large", None),
     ("binary frame", b"\x00\x01binary", "bad_frame", None),
 ]
 
 
-@pytest.mark.parametrize(("name", "frame", "code", "stream_id"), BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
-async def test_each_bad_frame_gets_its_error_and_other_streams_carry_on(app, name, frame, code, stream_id):
+@pytest.mark.parametrize(
+    ("name", "frame", "code", "stream_id"), BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES]
+)
+async def test_each_bad_frame_gets_its_error_and_other_streams_carry_on(
+    app, name, frame, code, stream_id
+):
     async with raw_connect(app.url) as conn:
         await conn.start("live", mock_request({"text": LONG_TEXT, "tokens_per_s": 2000}))
         await conn.until(lambda f: f["type"] == "delta.text")
         if frame is None:
-            frame = orjson.dumps({"type": "start", "stream_id": "live", "request": mock_request()}).decode()
+            frame = orjson.dumps(
+                {"type": "start", "stream_id": "live", "request": mock_request()}
+            ).decode()
         if frame == "OVERSIZED":
             frame = '{"type":"cancel","stream_id":"a","pad":"' + "x" * (1024 * 1024 + 10) + '"}'
         await conn.send(frame)
@@ -81,8 +119,6 @@ async def test_an_upstream_lone_surrogate_escape_does_not_break_the_connection(a
 
 
 async def test_a_client_offering_only_another_subprotocol_is_refused(app):
-    from websockets.asyncio.client import connect
-
     with pytest.raises(websockets.InvalidStatus) as info:
         async with connect(app.url, subprotocols=["other.v9"]):  # type: ignore[list-item]
             pass
@@ -90,8 +126,6 @@ async def test_a_client_offering_only_another_subprotocol_is_refused(app):
 
 
 async def test_other_paths_are_404_and_probes_answer(app):
-    import aiohttp
-
     base = app.url.replace("ws://", "http://").rsplit("/v1/ws", 1)[0]
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/nope") as resp:

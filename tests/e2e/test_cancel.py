@@ -23,7 +23,12 @@ async def test_cancelling_one_stream_of_50_leaves_the_other_49_byte_exact(app):
     assert record.disconnected_at - cancelled_at < 1.0
     assert record.completed_at is None
     victim = [f for f in conn.received if f.get("stream_id") == "s17"]
-    assert victim[-1] == {"type": "finish", "stream_id": "s17", "seq": victim[-1]["seq"], "reason": "cancelled"}
+    assert victim[-1] == {
+        "type": "finish",
+        "stream_id": "s17",
+        "seq": victim[-1]["seq"],
+        "reason": "cancelled",
+    }
     assert [f["type"] for f in victim].count("finish") == 1
     assert_gapless(victim)
     for sid, frames in by_stream.items():

@@ -39,23 +39,55 @@ class ErrorSpec:
 
 # The wire error codes. PROTOCOL.md documents the same table; a test keeps them equal.
 ERROR_CODES: dict[str, ErrorSpec] = {
-    "bad_frame": ErrorSpec(False, "The frame is not valid JSON or not a valid wsgate.v1 frame."),
-    "frame_too_large": ErrorSpec(False, "The frame exceeds limits.max_frame_bytes."),
-    "unsupported": ErrorSpec(False, "The frame type is reserved for a later protocol release."),
-    "stream_exists": ErrorSpec(False, "A stream with this stream_id is running on the connection."),
-    "unknown_stream": ErrorSpec(False, "No running stream has this stream_id (it may have ended)."),
-    "too_many_streams": ErrorSpec(True, "The connection already runs max_streams streams."),
-    "unknown_model": ErrorSpec(False, "No provider route serves this model."),
-    "bad_request": ErrorSpec(False, "The request cannot be sent to the provider as given."),
-    "upstream_unavailable": ErrorSpec(True, "The provider could not be reached."),
-    "upstream_timeout": ErrorSpec(True, "The provider did not answer in time."),
-    "upstream_rate_limited": ErrorSpec(True, "The provider rate-limited the request."),
-    "upstream_error": ErrorSpec(True, "The provider failed while generating."),
-    "upstream_rejected": ErrorSpec(False, "The provider refused the request (4xx)."),
-    "upstream_protocol": ErrorSpec(True, "The provider's stream could not be parsed."),
-    "upstream_line_too_long": ErrorSpec(False, "The provider sent a line over the size cap."),
-    "slow_consumer": ErrorSpec(True, "The client did not read its frames in time."),
-    "internal": ErrorSpec(True, "An internal error; the operator's logs have the details."),
+    "bad_frame": ErrorSpec(
+        retryable=False, description="The frame is not valid JSON or not a valid wsgate.v1 frame."
+    ),
+    "frame_too_large": ErrorSpec(
+        retryable=False, description="The frame exceeds limits.max_frame_bytes."
+    ),
+    "unsupported": ErrorSpec(
+        retryable=False, description="The frame type is reserved for a later protocol release."
+    ),
+    "stream_exists": ErrorSpec(
+        retryable=False, description="A stream with this stream_id is running on the connection."
+    ),
+    "unknown_stream": ErrorSpec(
+        retryable=False, description="No running stream has this stream_id (it may have ended)."
+    ),
+    "too_many_streams": ErrorSpec(
+        retryable=True, description="The connection already runs max_streams streams."
+    ),
+    "unknown_model": ErrorSpec(retryable=False, description="No provider route serves this model."),
+    "bad_request": ErrorSpec(
+        retryable=False, description="The request cannot be sent to the provider as given."
+    ),
+    "upstream_unavailable": ErrorSpec(
+        retryable=True, description="The provider could not be reached."
+    ),
+    "upstream_timeout": ErrorSpec(
+        retryable=True, description="The provider did not answer in time."
+    ),
+    "upstream_rate_limited": ErrorSpec(
+        retryable=True, description="The provider rate-limited the request."
+    ),
+    "upstream_error": ErrorSpec(
+        retryable=True, description="The provider failed while generating."
+    ),
+    "upstream_rejected": ErrorSpec(
+        retryable=False, description="The provider refused the request (4xx)."
+    ),
+    "upstream_protocol": ErrorSpec(
+        retryable=True, description="The provider's stream could not be parsed."
+    ),
+    "upstream_line_too_long": ErrorSpec(
+        retryable=False, description="The provider sent a line over the size cap."
+    ),
+    "slow_consumer": ErrorSpec(
+        retryable=True, description="The client did not read its frames in time."
+    ),
+    "internal": ErrorSpec(
+        retryable=True, description="An internal error; the operator's logs have the details."
+    ),
 }
 
 

@@ -291,9 +291,9 @@ class _Probe(msgspec.Struct):
     stream_id: Any = None
 
 
-_client_decoder = msgspec.json.Decoder(ClientFrame)
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 _probe_decoder = msgspec.json.Decoder(_Probe)
-_server_decoder = msgspec.json.Decoder(ServerFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
 
 
 def decode_client_frame(data: str | bytes, max_bytes: int) -> ClientFrame | FrameRejected:

@@ -1,0 +1,97 @@
+"""The import rule of DESIGN.md §3, checked on the source: core imports no shell and no I/O;
+shells do not import each other; only the composition root (app, cli) wires them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "wsgate"
+
+SHELLS = {"gateway", "upstream", "mock", "store"}
+IO_MODULES = {
+    "asyncio",
+    "time",
+    "socket",
+    "ssl",
+    "selectors",
+    "threading",
+    "logging",
+    "aiohttp",
+    "websockets",
+    "redis",
+    "uvloop",
+    "structlog",
+    "subprocess",
+    "os",
+}
+ROOTS = {"wsgate.app", "wsgate.cli", "wsgate.__main__"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+MODULES = {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def shell_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in SHELLS else None
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("wsgate.core")))
+def test_core_modules_import_no_io_and_nothing_outside_the_core(module):
+    for name in MODULES[module]:
+        top = name.split(".")[0]
+        assert top not in IO_MODULES, f"{module} imports {name}"
+        if top == "wsgate":
+            assert name.startswith("wsgate.core"), f"{module} imports {name}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if shell_of(m)))
+def test_shells_do_not_import_each_other_or_the_composition_root(module):
+    own = shell_of(module)
+    for name in MODULES[module]:
+        other = shell_of(name)
+        assert other in (None, own), f"{module} imports {name}"
+        assert name not in ROOTS, f"{module} imports {name}"
+        assert name != "wsgate.client", f"{module} imports {name}"
+
+
+@pytest.mark.parametrize(
+    "module", ["wsgate.client", "wsgate.config", "wsgate.log", "wsgate.testing"]
+)
+def test_leaf_modules_import_no_shell_and_no_root(module):
+    for name in MODULES[module]:
+        assert shell_of(name) is None, f"{module} imports {name}"
+        assert name not in ROOTS, f"{module} imports {name}"
+
+
+def test_every_module_has_a_docstring():
+    missing = [
+        module_name(p)
+        for p in PACKAGE.rglob("*.py")
+        if ast.get_docstring(ast.parse(p.read_text())) is None
+    ]
+    assert missing == []
+
+
+def test_the_rule_is_checked_against_a_real_tree():
+    assert "wsgate.core.session" in MODULES
+    assert "wsgate.gateway.connection" in MODULES
+    assert "aiohttp" in MODULES["wsgate.upstream.client"]

@@ -1,0 +1,189 @@
+"""The command line as a user runs it: real processes, real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from wsgate.cli import main
+
+WSGATE = [sys.executable, "-m", "wsgate"]
+ROOT = Path(__file__).parents[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
+    env.update(extra)
+    return env
+
+
+def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == event:
+            return record
+    proc.kill()
+    raise AssertionError(
+        f"no {event!r} log line; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    )
+
+
+@contextmanager
+def running(*args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """A wsgate process; SIGTERM (then kill) and all pipes closed on exit."""
+    with subprocess.Popen(
+        [*WSGATE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(**env),
+    ) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture
+def served():
+    env = {"WSGATE_MOCK__TTFT_MS": "0", "WSGATE_MOCK__TOKENS_PER_S": "200"}
+    with running("serve", "--port", "0", "--log-format", "json", **env) as proc:
+        record = wait_for_log(proc, "gateway_listening")
+        yield proc, f"ws://127.0.0.1:{record['port']}/v1/ws"
+
+
+def test_serve_with_no_configuration_streams_from_the_mock_to_wsgate_chat(served):
+    proc, url = served
+    prompt = json.dumps({"mock": {"text": "Hello from the mock, token by token."}})
+    chat = subprocess.run(
+        [*WSGATE, "chat", "--url", url, prompt],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout == "Hello from the mock, token by token.\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_serve_logs_json_lines_without_prompt_text(served):
+    proc, url = served
+    secret_prompt = "my very private prompt"
+    subprocess.run(
+        [*WSGATE, "chat", "--url", url, secret_prompt],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=True,
+    )
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert any(line.get("event") == "connection_closed" and "conn_id" in line for line in lines)
+    assert secret_prompt not in out
+
+
+def test_a_bad_setting_exits_2_with_one_clear_line():
+    result = subprocess.run(
+        [*WSGATE, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(WSGATE_SERVER__PORT="not-a-port"),
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "WSGATE_SERVER__PORT" in lines[0]
+    assert lines[0].startswith("wsgate: config error:")
+
+
+def test_a_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["check-config", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+def test_check_config_prints_settings_with_secrets_masked(tmp_path, capsys, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("WSGATE_"):
+            monkeypatch.delenv(key)
+    config = tmp_path / "wsgate.toml"
+    config.write_text(
+        "[providers.openai]\n"
+        'base_url = "https://api.example.invalid/v1"\n'
+        'api_key = "sk-supersecret"\n'
+        "[models.gpt]\n"
+        'provider = "openai"\n'
+    )
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "sk-supersecret" not in out
+    assert "api.example.invalid" in out
+
+
+def test_the_committed_schema_is_what_the_code_generates():
+    assert main(["schema", "--check", "--out", str(ROOT / "protocol" / "schema")]) == 0
+
+
+def test_schema_check_fails_on_a_stale_file(tmp_path, capsys):
+    assert main(["schema", "--out", str(tmp_path)]) == 0
+    (tmp_path / "server.schema.json").write_text("{}\n")
+    assert main(["schema", "--check", "--out", str(tmp_path)]) == 1
+    assert "out of date" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith("wsgate 0.")
+
+
+def test_mock_upstream_runs_standalone_and_serves_openai_sse():
+    with running("mock-upstream", "--port", "0", "--log-format", "json") as proc:
+        record = wait_for_log(proc, "mock_listening")
+        body = json.dumps(
+            {
+                "model": "mock",
+                "stream": True,
+                "messages": [{"role": "user", "content": json.dumps({"mock": {"text": "ok"}})}],
+            }
+        ).encode()
+        request = urllib.request.Request(
+            record["base_url"] + "/chat/completions",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+        assert text.endswith("data: [DONE]\n\n")
+        assert '"content":"ok"' in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
