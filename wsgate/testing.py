@@ -1,13 +1,16 @@
 """Test helpers shipped with the package: fakes over mocks.
 
 Owns the fakes the test suite (and users' own tests) build on: a scripted upstream parser
-for driving the core without a provider, a manual clock, and the conversation replayer's
-frame matcher. Nothing here opens sockets.
+for driving the core without a provider, a scripted upstream for driving the gateway
+without a provider, OpenAI SSE bytes for it, a manual clock, and the conversation
+replayer's frame matcher. Nothing here opens sockets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from wsgate.core import events as ev
@@ -83,3 +86,54 @@ def frame_matches(expected: Any, actual: Any) -> bool:
             and all(frame_matches(e, a) for e, a in zip(expected, actual, strict=True))
         )
     return bool(expected == actual) and type(expected) is type(actual)
+
+
+class ScriptedUpstream:
+    """An `Upstream` for the gateway that yields scripted byte chunks, counting pulls.
+
+    `open()` ignores the request; each stream gets a fresh iterator over `chunks`. `pulled`
+    counts chunks handed out over all streams; `closed` counts contexts exited, however.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.pulled = 0
+        self.opened = 0
+        self.closed = 0
+
+    def open(self, request: object) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Open one scripted response."""
+        return self._open()
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        self.opened += 1
+        try:
+            yield self._iterate()
+        finally:
+            self.closed += 1
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.pulled += 1
+            yield chunk
+
+
+def openai_sse(texts: Iterable[str], *, finish: str = "stop") -> list[bytes]:
+    """OpenAI chat-completions SSE events for these content pieces, one chunk per event."""
+    out = [
+        b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+    ]
+    out.extend(
+        b"data: "
+        + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode()
+        + b"\n\n"
+        for text in texts
+    )
+    out.append(
+        b"data: "
+        + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}).encode()
+        + b"\n\n"
+    )
+    out.append(b"data: [DONE]\n\n")
+    return out

@@ -31,6 +31,10 @@ from wsgate.core.frames import (
 from wsgate.core.state import Event, State, transition
 
 
+TIMEOUT_CODES = frozenset({"upstream_timeout", "stream_timeout"})
+"""Error codes whose stream ends with finish reason `timeout` rather than `error`."""
+
+
 class UpstreamParser(Protocol):
     """Decodes one provider's byte stream into provider-neutral events."""
 
@@ -131,7 +135,7 @@ class Stream:
             seq=self._next(),
             retry_after_ms=error.retry_after_ms,
         )
-        reason: FinishReason = "timeout" if error.code == "stream_timeout" else "error"
+        reason: FinishReason = "timeout" if error.code in TIMEOUT_CODES else "error"
         return StreamOutput([error_frame, self._finish(Event.FAIL, reason)], closed=True)
 
     def cancel(self) -> StreamOutput:
