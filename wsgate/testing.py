@@ -98,11 +98,13 @@ class ScriptedUpstream:
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self.chunks = list(chunks)
         self.pulled = 0
+        self.requests: list[object] = []
         self.opened = 0
         self.closed = 0
 
     def open(self, request: object) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Open one scripted response."""
+        self.requests.append(request)
         return self._open()
 
     @asynccontextmanager

@@ -30,7 +30,6 @@ from wsgate.core.frames import (
 )
 from wsgate.core.state import Event, State, transition
 
-
 TIMEOUT_CODES = frozenset({"upstream_timeout", "stream_timeout"})
 """Error codes whose stream ends with finish reason `timeout` rather than `error`."""
 
