@@ -19,8 +19,8 @@ run: $(STAMP)
 test: lint types pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check wsgate tests scripts
-	$(BIN)/ruff format --check wsgate tests scripts
+	$(BIN)/ruff check wsgate tests $(wildcard scripts)
+	$(BIN)/ruff format --check wsgate tests $(wildcard scripts)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict wsgate

@@ -30,7 +30,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from wsgate.core.errors import WsgateError
-from wsgate.core.frames import ChatRequest, encode_frame
+from wsgate.core.frames import ChatRequest, FinishFrame, encode_frame
 from wsgate.core.outbox import Outbox
 from wsgate.core.session import (
     Action,
@@ -59,7 +59,6 @@ class ConnectionStats:
 
     frames_sent: int = 0
     bytes_sent: int = 0
-    telemetry_shed: int = 0
     aborted: bool = False
 
 
@@ -85,6 +84,7 @@ class Connection:
         self._wake_writer = asyncio.Event()
         self._room: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._message_ids: dict[str, str] = {}
         self._closing = False
 
     async def run(self) -> None:
@@ -119,6 +119,7 @@ class Connection:
             elif isinstance(action, SendStream):
                 self._deliver(action.stream_id, action.output)
             elif isinstance(action, StartUpstream):
+                self._message_ids[action.stream_id] = action.message_id
                 self._tasks[action.stream_id] = asyncio.create_task(
                     self._run_stream(action), name=f"stream-{action.stream_id}"
                 )
@@ -139,7 +140,19 @@ class Connection:
             outbox.push_telemetry(stream_id, encode_frame(output.telemetry))
         if output.closed:
             outbox.end_stream(stream_id)
+            self._log_finish(stream_id, output)
         self._wake_writer.set()
+
+    def _log_finish(self, stream_id: str, output: StreamOutput) -> None:
+        last = output.frames[-1] if output.frames else None
+        if isinstance(last, FinishFrame):
+            log.info(
+                "stream_finished",
+                stream_id=stream_id,
+                message_id=self._message_ids.pop(stream_id, None),
+                reason=last.reason,
+                frames=last.seq,
+            )
 
     async def _run_stream(self, start: StartUpstream) -> None:
         sid = start.stream_id
@@ -193,7 +206,6 @@ class Connection:
         while True:
             item = outbox.pop()
             if item is None:
-                self.stats.telemetry_shed = outbox.shed_telemetry
                 self._wake_writer.clear()
                 await self._wake_writer.wait()
                 continue

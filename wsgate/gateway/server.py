@@ -153,6 +153,7 @@ class Gateway:
                     "connection_closed",
                     code=ws.close_code,
                     frames_sent=connection.stats.frames_sent,
+                    telemetry_shed=connection.outbox.shed_telemetry,
                     aborted=connection.stats.aborted,
                 )
 
