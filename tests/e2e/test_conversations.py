@@ -23,6 +23,9 @@ from wsgate.testing import frame_matches
 FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "conversations"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))
 QUIET_S = 0.2
+READY_ANY = {
+    "expect": {"type": "ready", "conn_id": "$any", "server_version": "$any", "limits": "$any"}
+}
 WAIT_S = 10.0
 
 
@@ -138,7 +141,7 @@ async def test_the_gateway_replays_each_conversation_fixture_exactly(app, path):
 
 async def test_the_replay_fails_when_the_gateway_sends_an_unexpected_frame(app):
     steps = [
-        {"expect": {"type": "ready", "conn_id": "$any", "server_version": "$any", "limits": "$any"}},
+        READY_ANY,
         {"send": {"type": "cancel", "stream_id": "ghost"}},
     ]
     with pytest.raises(ReplayFailed, match="unexpected frame"):
@@ -147,7 +150,7 @@ async def test_the_replay_fails_when_the_gateway_sends_an_unexpected_frame(app):
 
 async def test_the_replay_fails_when_a_frame_differs_from_its_expectation(app):
     steps = [
-        {"expect": {"type": "ready", "conn_id": "$any", "server_version": "$any", "limits": "$any"}},
+        READY_ANY,
         {"send": {"type": "cancel", "stream_id": "ghost"}},
         {
             "expect": {
