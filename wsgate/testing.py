@@ -20,24 +20,25 @@ from wsgate.core.errors import UpstreamProtocolError, WsgateError
 class ScriptedParser:
     """An `UpstreamParser` whose every `feed` returns the next scripted step.
 
-    A step is a list of events, or a `WsgateError` to raise. `eof` raises
+    A step is a list of items (events, possibly ended by a `WsgateError` value, as a real
+    parser returns them), or a `WsgateError` to raise. `eof` raises
     `UpstreamProtocolError` unless `finished_at_eof` is true, like a truncated stream.
     """
 
     def __init__(
         self,
-        steps: Iterable[list[ev.UpstreamEvent] | WsgateError] = (),
+        steps: Iterable[list[ev.UpstreamEvent | WsgateError] | WsgateError] = (),
         *,
         eof_events: list[ev.UpstreamEvent] | None = None,
         finished_at_eof: bool = True,
     ) -> None:
         self.steps = list(steps)
         self.fed: list[bytes] = []
-        self._eof_events = eof_events or []
+        self._eof_events: list[ev.UpstreamEvent | WsgateError] = list(eof_events or [])
         self._finished_at_eof = finished_at_eof
 
-    def feed(self, data: bytes) -> list[ev.UpstreamEvent]:
-        """Return the next step's events (or raise its error)."""
+    def feed(self, data: bytes) -> list[ev.UpstreamEvent | WsgateError]:
+        """Return the next step's items (or raise its error)."""
         self.fed.append(data)
         if not self.steps:
             return []
@@ -46,7 +47,7 @@ class ScriptedParser:
             raise step
         return step
 
-    def eof(self) -> list[ev.UpstreamEvent]:
+    def eof(self) -> list[ev.UpstreamEvent | WsgateError]:
         """The scripted end of the stream."""
         if not self._finished_at_eof:
             raise UpstreamProtocolError("upstream stream ended before it finished")

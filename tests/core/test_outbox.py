@@ -99,3 +99,13 @@ def test_an_ended_stream_is_forgotten_once_drained():
 def test_bounds_must_be_positive():
     with pytest.raises(ValueError):
         Outbox(0, 10)
+
+
+def test_a_reused_stream_id_queues_behind_the_ended_stream_and_is_not_itself_ended():
+    box = Outbox(10, 1000)
+    box.push("a", b"old-finish")
+    box.end_stream("a")
+    box.push("a", b"new-started")
+    box.push_telemetry("a", b"t")
+    assert drain(box) == [("a", b"old-finish"), ("a", b"new-started"), ("a", b"t")]
+    assert box.shed_telemetry == 0

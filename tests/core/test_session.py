@@ -19,6 +19,7 @@ from wsgate.core.frames import (
     StreamStarted,
     Telemetry,
     UsageFrame,
+    encode_frame,
 )
 from wsgate.core.session import (
     CancelUpstream,
@@ -238,3 +239,29 @@ def test_no_telemetry_unless_the_stream_asked_for_it():
 def test_start_options_default_to_no_telemetry():
     frame = Start("s", request=None)  # type: ignore[arg-type]
     assert frame.options == StartOptions()
+
+
+def test_the_encoded_ready_frame_names_the_protocol():
+    assert orjson.loads(encode_frame(make_session().ready()))["protocol"] == "wsgate.v1"
+
+
+def test_a_provider_finish_of_error_is_explained_by_an_error_frame_first():
+    session = make_session({"mock": ScriptedParser([[ev.TextDelta("a"), ev.Finish("error")]])})
+    session.receive(start_frame(), 0.0)
+    frames = session.upstream_data("s1", b"x", 0.1).frames
+    assert [type(f) for f in frames] == [DeltaText, ErrorFrame, FinishFrame]
+    assert frames[1].code == "upstream_error"
+    assert frames[2].reason == "error"
+
+
+def test_an_error_item_after_events_keeps_the_events_and_then_fails_the_stream():
+    parser = ScriptedParser([[ev.TextDelta("Part"), UpstreamRateLimited("later")]])
+    session = make_session({"mock": parser})
+    session.receive(start_frame(), 0.0)
+    frames = session.upstream_data("s1", b"x", 0.1).frames
+    assert frames[0] == DeltaText("s1", 2, "Part")
+    assert (frames[1].code, frames[1].seq, frames[2].reason) == (
+        "upstream_rate_limited",
+        3,
+        "error",
+    )

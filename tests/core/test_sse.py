@@ -157,8 +157,19 @@ def test_decoder_accepts_a_1_mib_line_under_a_4_mib_cap():
     ids=["one chunk", "growing tail", "tail then line end", "middle line", "tail of a chunk"],
 )
 def test_decoder_rejects_a_line_over_the_cap(chunks):
-    with pytest.raises(UpstreamLineTooLong, match="upstream line exceeds 100 bytes"):
-        feed_all(chunks, SSEDecoder(max_line_bytes=100))
+    decoder = SSEDecoder(max_line_bytes=100)
+    events = feed_all(chunks, decoder)
+    assert isinstance(decoder.failure, UpstreamLineTooLong)
+    assert decoder.failure.public_message == "upstream line exceeds 100 bytes"
+    assert all(e.data in {"a", "b"} for e in events)
+    assert decoder.feed(b"data: later\n\n") == []
+
+
+def test_decoder_keeps_the_events_completed_before_an_overlong_line():
+    decoder = SSEDecoder(max_line_bytes=100)
+    events = decoder.feed(b"data: a\n\n" + b"y" * 101 + b"\ndata: b\n\n")
+    assert events == [SSEEvent("a")]
+    assert decoder.failure is not None
 
 
 def test_decoder_accepts_a_line_of_exactly_the_cap():

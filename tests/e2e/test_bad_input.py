@@ -134,3 +134,16 @@ async def test_other_paths_are_404_and_probes_answer(app):
             assert resp.status == 200
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 200
+
+
+async def test_a_client_offering_no_subprotocol_is_served_as_wsgate_v1(app):
+    async with connect(app.url) as ws:
+        ready = orjson.loads(await ws.recv())
+        assert ready["type"] == "ready"
+        assert ws.subprotocol is None
+
+
+async def test_a_client_offering_several_subprotocols_gets_wsgate_v1(app):
+    async with connect(app.url, subprotocols=["other.v9", "wsgate.v1"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "wsgate.v1"
+        assert orjson.loads(await ws.recv())["protocol"] == "wsgate.v1"

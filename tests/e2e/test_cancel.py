@@ -78,3 +78,22 @@ async def test_cancel_of_an_unknown_stream_gets_unknown_stream_and_the_connectio
         await conn.start("s1", mock_request({"text": "still here"}))
         frames = (await conn.finishes({"s1"}))["s1"]
     assert stream_text(frames) == "still here"
+
+
+async def test_a_stream_id_reused_right_after_its_cancel_can_itself_be_cancelled(app):
+    slow = "slow " * 200
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request({"text": slow, "tokens_per_s": 20, "tag": "first"}))
+        await conn.until(lambda f: f["type"] == "delta.text")
+        # Cancel and restart in one burst: the old stream's task winds down after the new
+        # one is registered under the same id.
+        await conn.send({"type": "cancel", "stream_id": "s1"})
+        await conn.start("s1", mock_request({"text": slow, "tokens_per_s": 20, "tag": "second"}))
+        await conn.until(lambda f: f["type"] == "finish")
+        await conn.until(lambda f: f["type"] == "delta.text" and f["seq"] == 3)
+        await conn.send({"type": "cancel", "stream_id": "s1"})
+        frames = await conn.until(lambda f: f["type"] == "finish")
+    assert frames[-1]["reason"] == "cancelled"
+    await app.mock.wait_disconnected("first", timeout=5)
+    record = await app.mock.wait_disconnected("second", timeout=5)
+    assert record.completed_at is None

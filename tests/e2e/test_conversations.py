@@ -24,7 +24,13 @@ FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "conversatio
 FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))
 QUIET_S = 0.2
 READY_ANY = {
-    "expect": {"type": "ready", "conn_id": "$any", "server_version": "$any", "limits": "$any"}
+    "expect": {
+        "type": "ready",
+        "protocol": "wsgate.v1",
+        "conn_id": "$any",
+        "server_version": "$any",
+        "limits": "$any",
+    }
 }
 WAIT_S = 10.0
 

@@ -133,10 +133,10 @@ class ReadyLimits(msgspec.Struct, forbid_unknown_fields=True):
 class Ready(_Frame, tag="ready"):
     """First frame on every connection."""
 
+    protocol: str
     conn_id: str
     server_version: str
     limits: ReadyLimits
-    protocol: str = PROTOCOL
 
 
 class StreamStarted(_Frame, tag="stream.started"):

@@ -65,6 +65,10 @@ class Outbox:
         queue = self._streams.get(stream_id)
         if queue is None:
             queue = self._streams[stream_id] = _StreamQueue()
+        elif queue.ended:
+            # The id was reused while the ended stream's frames still wait: they share
+            # the queue (and its order), and the new stream is not ended.
+            queue.ended = False
         if not queue.frames:
             self._ready.append(stream_id)
         queue.frames.append(data)

@@ -12,33 +12,43 @@ from typing import Any
 
 import msgspec
 
-from wsgate.core import events as ev
+from wsgate.core.errors import WsgateError
 from wsgate.core.frames import ChatRequest
 from wsgate.core.openai_chat import OpenAIChatTranslator
-from wsgate.core.sse import SSEDecoder
-from wsgate.core.stream import UpstreamParser
+from wsgate.core.sse import SSEDecoder, SSEEvent
+from wsgate.core.stream import ParseItem, UpstreamParser
 
 
 class OpenAIChatParser:
-    """OpenAI chat-completions SSE: decoder then translator."""
+    """OpenAI chat-completions SSE: decoder then translator.
+
+    A failure ends the returned list as a `WsgateError` value, after every event decoded
+    before it in the same read (a provider's `error` event often shares a read with text).
+    """
 
     def __init__(self, max_line_bytes: int) -> None:
         self._decoder = SSEDecoder(max_line_bytes=max_line_bytes)
         self._translator = OpenAIChatTranslator()
 
-    def feed(self, data: bytes) -> list[ev.UpstreamEvent]:
+    def feed(self, data: bytes) -> list[ParseItem]:
         """Consume response bytes."""
-        out: list[ev.UpstreamEvent] = []
-        for event in self._decoder.feed(data):
-            out.extend(self._translator.feed(event))
-        return out
+        return self._translate(self._decoder.feed(data), at_eof=False)
 
-    def eof(self) -> list[ev.UpstreamEvent]:
+    def eof(self) -> list[ParseItem]:
         """The response ended."""
-        out: list[ev.UpstreamEvent] = []
-        for event in self._decoder.eof():
-            out.extend(self._translator.feed(event))
-        out.extend(self._translator.finish())
+        return self._translate(self._decoder.eof(), at_eof=True)
+
+    def _translate(self, events: list[SSEEvent], *, at_eof: bool) -> list[ParseItem]:
+        out: list[ParseItem] = []
+        try:
+            for event in events:
+                out.extend(self._translator.feed(event))
+            if self._decoder.failure is not None:
+                out.append(self._decoder.failure)
+            elif at_eof:
+                out.extend(self._translator.finish())
+        except WsgateError as exc:
+            out.append(exc)
         return out
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from wsgate.core.errors import ERROR_CODES, WsgateError
 from wsgate.core.frames import (
     MAX_STREAM_ID_LENGTH,
+    PROTOCOL,
     Auth,
     Cancel,
     ChatRequest,
@@ -104,6 +105,7 @@ class Session:
     def ready(self) -> Ready:
         """The first frame of the connection."""
         return Ready(
+            protocol=PROTOCOL,
             conn_id=self.conn_id,
             server_version=self._server_version,
             limits=ReadyLimits(

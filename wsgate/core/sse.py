@@ -15,8 +15,9 @@ Rules (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stre
 2. A line is dispatched only when complete; an unterminated line at EOF and an event without
    its closing blank line are discarded, as the spec says.
 3. Memory: the unterminated tail is a list of chunks (appending is O(1), joining happens once
-   when the line ends), bounded by `max_line_bytes`; a longer line raises
-   `UpstreamLineTooLong`. Worst case held: `max_line_bytes` + one chunk.
+   when the line ends), bounded by `max_line_bytes`. A longer line ends the decoder: the
+   events completed before it are still returned, `failure` holds `UpstreamLineTooLong`,
+   and every later `feed` returns nothing. Worst case held: `max_line_bytes` + one chunk.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class SSEDecoder:
         "_started",
         "_tail",
         "_tail_len",
+        "failure",
     )
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
@@ -79,6 +81,7 @@ class SSEDecoder:
         self._event = ""
         self._last_id: str | None = None
         self._retry: int | None = None
+        self.failure: UpstreamLineTooLong | None = None
 
     @property
     def last_event_id(self) -> str | None:
@@ -90,8 +93,13 @@ class SSEDecoder:
         """The reconnection time in milliseconds the stream asked for, if any."""
         return self._retry
 
-    def feed(self, data: bytes) -> list[SSEEvent]:
-        """Decode one chunk; return the events it completes, in order."""
+    def feed(self, data: bytes) -> list[SSEEvent]:  # noqa: C901 - one chunk's framing steps, inline on the hot path
+        """Decode one chunk; return the events it completes, in order.
+
+        After a line over the cap, returns the events before it and sets `failure`.
+        """
+        if self.failure is not None:
+            return []
         if not self._started:
             data = self._strip_bom(data)
         if self._pending_cr and data:
@@ -110,12 +118,11 @@ class SSEDecoder:
         if lines:
             if self._tail:
                 lines[0] = self._join_tail(lines[0])
-            # Only a chunk longer than the cap can hold a complete line longer than the cap
-            # (beyond the first line, which carries the old tail).
-            if len(lines[0]) > self._max or len(data) > self._max:
-                self._check_lengths(lines)
-        if piece:
-            self._keep(piece)
+            overlong = self._first_overlong(lines, len(data))
+            if overlong is not None:
+                return self._fail(lines[:overlong])
+        if piece and self._keep(piece):
+            return self._fail(lines)
         return self._lines(lines) if lines else []
 
     def eof(self) -> list[SSEEvent]:
@@ -136,15 +143,24 @@ class SSEDecoder:
         self._head = b""
         return head[3:] if head.startswith(_BOM) else head
 
-    def _keep(self, piece: bytes) -> None:
+    def _first_overlong(self, lines: list[bytes], chunk_size: int) -> int | None:
+        # Only a chunk longer than the cap can hold a complete line longer than the cap
+        # (beyond the first line, which carries the old tail): skip the scan otherwise.
+        if len(lines[0]) <= self._max and chunk_size <= self._max:
+            return None
+        return next((i for i, line in enumerate(lines) if len(line) > self._max), None)
+
+    def _keep(self, piece: bytes) -> bool:
+        """Hold an unterminated piece; True when the line now exceeds the cap."""
         self._tail.append(piece)
         self._tail_len += len(piece)
-        if self._tail_len > self._max:
-            raise UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
+        return self._tail_len > self._max
 
-    def _check_lengths(self, lines: list[bytes]) -> None:
-        if max(map(len, lines)) > self._max:
-            raise UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
+    def _fail(self, complete: list[bytes]) -> list[SSEEvent]:
+        events = self._lines(complete)
+        self.failure = UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
+        self.eof()
+        return events
 
     def _join_tail(self, first: bytes) -> bytes:
         self._tail.append(first)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from wsgate.core import events as ev
-from wsgate.core.errors import UpstreamProtocolError, WsgateError
+from wsgate.core.errors import UpstreamError, UpstreamProtocolError, WsgateError
 from wsgate.core.frames import (
     DeltaRole,
     DeltaText,
@@ -30,18 +30,26 @@ from wsgate.core.frames import (
 )
 from wsgate.core.state import Event, State, transition
 
-TIMEOUT_CODES = frozenset({"upstream_timeout", "stream_timeout"})
+TIMEOUT_CODES = frozenset({"upstream_timeout"})
 """Error codes whose stream ends with finish reason `timeout` rather than `error`."""
 
 
+ParseItem = ev.UpstreamEvent | WsgateError
+"""What a parser returns: events, possibly ended by the error that ended the stream."""
+
+
 class UpstreamParser(Protocol):
-    """Decodes one provider's byte stream into provider-neutral events."""
+    """Decodes one provider's byte stream into provider-neutral events.
 
-    def feed(self, data: bytes) -> list[ev.UpstreamEvent]:
-        """Consume bytes; return the events they complete. May raise `WsgateError`."""
+    A failure is returned as the last item, after the events decoded before it; a parser
+    may also raise `WsgateError` (then the events of that call are lost).
+    """
 
-    def eof(self) -> list[ev.UpstreamEvent]:
-        """The provider closed the stream; raise `WsgateError` if it was cut short."""
+    def feed(self, data: bytes) -> list[ParseItem]:
+        """Consume bytes; return the events they complete."""
+
+    def eof(self) -> list[ParseItem]:
+        """The provider closed the stream; a cut-short stream ends with an error item."""
 
 
 @dataclass(slots=True)
@@ -143,14 +151,22 @@ class Stream:
             return StreamOutput(closed=True)
         return StreamOutput([self._finish(Event.CANCEL, "cancelled")], closed=True)
 
-    def _translate(self, events: list[ev.UpstreamEvent], now: float) -> StreamOutput:
+    def _translate(self, events: list[ParseItem], now: float) -> StreamOutput:
         out = StreamOutput()
         frames = out.frames
         for event in events:
             if self.closed:
                 break
+            if isinstance(event, WsgateError):
+                frames.extend(self.fail(event).frames)
+                break
             if isinstance(event, ev.Finish):
-                frames.append(self._finish(Event.FINISH, event.reason))
+                if event.reason == "error":
+                    # Every `finish: error` is explained by an `error` frame before it.
+                    failed = self.fail(UpstreamError("the provider ended the turn with an error"))
+                    frames.extend(failed.frames)
+                else:
+                    frames.append(self._finish(Event.FINISH, event.reason))
                 break
             self._apply(Event.CONTENT)
             frames.append(self._frame_for(event, now))

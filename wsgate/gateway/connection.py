@@ -179,8 +179,10 @@ class Connection:
             log.exception("stream_crashed", stream_id=sid)
             self._deliver(sid, session.upstream_failed(sid, WsgateError("internal error")))
         finally:
-            self._tasks.pop(sid, None)
-            self._room.pop(sid, None)
+            # A cancelled stream's id may already name a new stream: forget only our own.
+            if self._tasks.get(sid) is asyncio.current_task():
+                del self._tasks[sid]
+                self._room.pop(sid, None)
 
     async def _wait_for_room(self, stream_id: str) -> None:
         event = self._room.get(stream_id)

@@ -13,12 +13,14 @@ on the same port, so a wedged listener fails its probe.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from wsgate.core.frames import PROTOCOL
 from wsgate.core.session import ParserFactory, Session, SessionLimits
@@ -91,7 +93,7 @@ class Gateway:
             self._handle,
             opts.host,
             opts.port,
-            subprotocols=[PROTOCOL],  # type: ignore[list-item]
+            select_subprotocol=_select_subprotocol,
             origins=origins,  # type: ignore[arg-type]
             process_request=self._process_request,
             compression="deflate" if opts.compression else None,
@@ -156,6 +158,21 @@ class Gateway:
                     telemetry_shed=connection.outbox.shed_telemetry,
                     aborted=connection.stats.aborted,
                 )
+
+
+def _select_subprotocol(
+    _connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Pick `wsgate.v1`; accept a client offering none; refuse one offering only others.
+
+    Browsers' `new WebSocket(url)` offers none. A client offering only other subprotocols
+    speaks something else, and gets HTTP 400.
+    """
+    if not offered:
+        return None
+    if PROTOCOL in offered:
+        return Subprotocol(PROTOCOL)
+    raise NegotiationError(f"unsupported subprotocols; this gateway speaks {PROTOCOL}")
 
 
 def _remote(ws: ServerConnection) -> str:
