@@ -109,3 +109,26 @@ def test_a_reused_stream_id_queues_behind_the_ended_stream_and_is_not_itself_end
     box.push_telemetry("a", b"t")
     assert drain(box) == [("a", b"old-finish"), ("a", b"new-started"), ("a", b"t")]
     assert box.shed_telemetry == 0
+
+
+def test_the_backlog_counts_control_frames_and_ended_queues_but_not_running_ones():
+    box = Outbox(10, 1000)
+    box.push_control(b"12345")
+    box.push("a", b"123")
+    box.push("b", b"1234567")
+    assert box.backlog_bytes == 5
+    box.end_stream("b")
+    assert box.backlog_bytes == 12
+    drain(box)
+    assert box.backlog_bytes == 0
+    assert box.pending_bytes == 0
+
+
+def test_reusing_an_ended_id_moves_its_bytes_out_of_the_backlog():
+    box = Outbox(10, 1000)
+    box.push("a", b"old")
+    box.end_stream("a")
+    box.end_stream("a")
+    assert box.backlog_bytes == 3
+    box.push("a", b"new")
+    assert box.backlog_bytes == 0

@@ -265,3 +265,27 @@ def test_an_error_item_after_events_keeps_the_events_and_then_fails_the_stream()
         3,
         "error",
     )
+
+
+def test_a_tool_call_too_deep_to_encode_fails_the_stream_with_seq_intact():
+    arguments: list = []
+    for _ in range(5000):
+        arguments = [arguments]
+    steps = [
+        [ev.ToolCallStart("c1", 0, "f")],
+        [ev.ToolCallEnd("c1", "f", arguments), ev.Finish("tool_calls")],
+    ]
+    session = make_session({"mock": ScriptedParser(steps)})
+    session.receive(start_frame(), 0.0)
+    first = session.upstream_data("s1", b"x", 0.1)
+    out = session.upstream_data("s1", b"y", 0.2)
+    error, finish = out.frames
+    assert (error.code, error.seq, finish.seq, finish.reason) == (
+        "upstream_protocol",
+        3,
+        4,
+        "error",
+    )
+    assert len(out.data) == 2
+    assert [f.seq for f in first.frames] == [2]
+    assert "s1" not in session.streams

@@ -55,3 +55,27 @@ async def test_telemetry_frames_arrive_without_seq_when_the_stream_asks_for_them
     finish_index = max(i for i, f in enumerate(conn.received) if f["type"] == "finish")
     assert all(f["type"] != "telemetry" for f in conn.received[finish_index:])
     assert stream_text([f for f in conn.received if f.get("stream_id") == "s1"]) == "tick " * 40
+
+
+async def test_telemetry_is_shed_and_counted_while_the_client_lags_and_text_is_whole():
+    pieces = [f"{i:05d}|" + "y" * 2000 for i in range(3000)]
+    upstream = ScriptedUpstream(openai_sse(pieces))
+    options = GatewayOptions(port=0, queue_events=32, queue_bytes=64 * 1024, telemetry_interval=0)
+    gateway = Gateway(options, upstream, lambda _: make_parser("openai_chat", 1 << 20), "t")
+    await gateway.start()
+    url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
+    try:
+        async with raw_connect(url, max_queue=1) as conn:
+            await conn.start("s1", mock_request(), {"telemetry": True})
+            await asyncio.sleep(1.0)  # lag: the kernel buffers and the queue fill up
+            await conn.finishes({"s1"}, timeout=30)
+            (connection,) = gateway.connections
+            shed = connection.outbox.shed_telemetry
+    finally:
+        await gateway.close()
+    frames = [f for f in conn.received if f.get("stream_id") == "s1"]
+    telemetry = [f for f in frames if f["type"] == "telemetry"]
+    assert stream_text(frames) == "".join(pieces)
+    assert shed > 0
+    assert len(telemetry) + shed >= len(pieces) - 1
+    assert len(telemetry) < len(pieces) // 2

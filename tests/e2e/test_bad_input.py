@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -11,7 +12,7 @@ import websockets
 from e2e_helpers import mock_request, raw_connect, stream_text
 from websockets.asyncio.client import connect
 
-LONG_TEXT = "steady " * 300
+LONG_TEXT = "steady " * 100
 
 BAD_FRAMES = [
     ("malformed JSON", '{"type": "start", ', "bad_frame", None),
@@ -70,7 +71,8 @@ async def test_each_bad_frame_gets_its_error_and_other_streams_carry_on(
     app, name, frame, code, stream_id
 ):
     async with raw_connect(app.url) as conn:
-        await conn.start("live", mock_request({"text": LONG_TEXT, "tokens_per_s": 2000}))
+        # ~0.5 s of text: the live stream is still running when the bad frame lands.
+        await conn.start("live", mock_request({"text": LONG_TEXT, "tokens_per_s": 200}))
         await conn.until(lambda f: f["type"] == "delta.text")
         if frame is None:
             frame = orjson.dumps(
@@ -147,3 +149,66 @@ async def test_a_client_offering_several_subprotocols_gets_wsgate_v1(app):
     async with connect(app.url, subprotocols=["other.v9", "wsgate.v1"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "wsgate.v1"
         assert orjson.loads(await ws.recv())["protocol"] == "wsgate.v1"
+
+
+async def test_a_client_flooding_bad_frames_without_reading_is_throttled_and_loses_nothing(app):
+    sent = 0
+    async with raw_connect(app.url, max_queue=1) as conn:
+
+        async def flood() -> None:
+            nonlocal sent
+            for _ in range(60_000):
+                await conn.ws.send("[]")
+                sent += 1
+
+        task = asyncio.create_task(flood())
+        await asyncio.sleep(3)
+        (connection,) = app.gateway.connections
+        # 60k refusals would be ~5.7 MB; the reader pauses at its backlog bound instead.
+        assert connection.outbox.pending_bytes < 1024 * 1024
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        answered = 0
+        async with asyncio.timeout(30):
+            while answered < sent:
+                frame = await conn.recv()
+                assert frame["code"] == "bad_frame"
+                answered += 1
+    assert sent > 1000
+
+
+async def test_a_request_too_odd_to_relay_gets_a_typed_non_internal_answer(app):
+    nested: list = []
+    for _ in range(300):
+        nested = [nested]
+    request = mock_request({"text": "x"})
+    request["tools"] = [{"type": "function", "function": {"name": "f", "parameters": nested}}]
+    async with raw_connect(app.url) as conn:
+        # json, not orjson: orjson refuses both the depth and the integer.
+        await conn.send(json.dumps({"type": "start", "stream_id": "s1", "request": request}))
+        big = mock_request({"text": "x"}, tools=[{"big": 10**30}])
+        await conn.send(json.dumps({"type": "start", "stream_id": "s2", "request": big}))
+        frames = await conn.finishes({"s1", "s2"})
+    for stream in frames.values():
+        codes = [f["code"] for f in stream if f["type"] == "error"]
+        assert "internal" not in codes
+
+
+async def test_a_reader_paused_on_its_backlog_still_notices_the_client_leaving(app):
+    async with raw_connect(app.url, max_queue=1) as conn:
+        (connection,) = app.gateway.connections
+
+        async def flood() -> None:
+            while True:
+                await conn.ws.send("[]")
+
+        task = asyncio.create_task(flood())
+        async with asyncio.timeout(10):
+            while connection.outbox.backlog_bytes < 128 * 1024:  # noqa: ASYNC110 - polling
+                await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        conn.ws.transport.abort()
+    async with asyncio.timeout(5):
+        while app.gateway.connections:  # noqa: ASYNC110 - polling a plain set
+            await asyncio.sleep(0.02)

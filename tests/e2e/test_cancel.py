@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
@@ -97,3 +98,20 @@ async def test_a_stream_id_reused_right_after_its_cancel_can_itself_be_cancelled
     await app.mock.wait_disconnected("first", timeout=5)
     record = await app.mock.wait_disconnected("second", timeout=5)
     assert record.completed_at is None
+
+
+async def test_streams_cancelled_in_the_same_burst_as_their_start_leave_no_task_behind(app):
+    count = 300
+    async with raw_connect(app.url) as conn:
+        for i in range(count):
+            await conn.start(f"s{i}", mock_request({"text": "never " * 50, "tokens_per_s": 5}))
+            await conn.send({"type": "cancel", "stream_id": f"s{i}"})
+        by_stream = await conn.finishes({f"s{i}" for i in range(count)})
+        (connection,) = app.gateway.connections
+        for _ in range(100):
+            if not connection._tasks:
+                break
+            await asyncio.sleep(0.02)
+        assert connection._tasks == {}
+        assert connection._message_ids == {}
+    assert all(frames[-1]["reason"] == "cancelled" for frames in by_stream.values())

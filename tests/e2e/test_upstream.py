@@ -6,9 +6,10 @@ import asyncio
 import socket
 
 import pytest
+from aiohttp import web
 from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
 
-from wsgate.core.errors import UpstreamUnavailable
+from wsgate.core.errors import UpstreamTimeout, UpstreamUnavailable
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
@@ -118,3 +119,42 @@ async def test_the_upstream_pool_has_no_total_timeout_and_no_connection_cap():
         assert session.connector.limit_per_host == 0
     finally:
         await client.close()
+
+
+async def drain(client: UpstreamClient, request: ChatRequest) -> None:
+    async with client.open(request) as chunks:
+        async for _ in chunks:
+            pass
+
+
+async def test_the_first_byte_deadline_covers_headers_and_body_together():
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.6)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(0.6)
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')
+        await asyncio.sleep(0.5)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = UpstreamClient(
+        {"m": Route("m", "p", "openai_chat", f"http://127.0.0.1:{port}/v1", "m")},
+        Timeouts(connect=1, first_byte=1.0, idle=5),
+    )
+    await client.start()
+    request = ChatRequest(model="m", messages=[Message(role="user", content="x")])
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeout):
+            await drain(client, request)
+        assert asyncio.get_running_loop().time() - started < 1.15
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -342,12 +342,26 @@ def decode_server_frame(data: str | bytes) -> ServerFrame:
 _encoder = msgspec.json.Encoder()
 
 
+class FrameEncodeError(ValueError):
+    """A frame holds a value JSON cannot carry here (nested deeper than the encoder allows)."""
+
+
 def encode_frame(frame: ServerFrame | ClientFrame) -> bytes:
-    """Encode a frame as UTF-8 JSON; lone surrogates anywhere become U+FFFD."""
+    """Encode a frame as UTF-8 JSON; lone surrogates anywhere become U+FFFD.
+
+    Raises `FrameEncodeError` (and nothing else) for values nested too deeply to encode;
+    the stream core encodes every frame it emits, so that error never reaches a shell.
+    """
     try:
         return _encoder.encode(frame)
     except UnicodeEncodeError:
+        pass
+    except RecursionError:
+        raise FrameEncodeError("frame nests too deeply to encode") from None
+    try:
         return _encoder.encode(_scrub(msgspec.to_builtins(frame)))
+    except RecursionError:
+        raise FrameEncodeError("frame nests too deeply to encode") from None
 
 
 def scrub_text(text: str) -> str:
@@ -356,13 +370,26 @@ def scrub_text(text: str) -> str:
 
 
 def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub_text(value)
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
+    """Scrub every string in fresh builtins, in place and without recursion."""
+    stack: list[Any] = []
+    value = _clean(value, stack)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            node[:] = [_clean(item, stack) for item in node]
+        else:
+            items = list(node.items())
+            node.clear()
+            node.update((_clean(key, stack), _clean(item, stack)) for key, item in items)
     return value
+
+
+def _clean(item: Any, stack: list[Any]) -> Any:
+    if isinstance(item, str):
+        return scrub_text(item)
+    if isinstance(item, list | dict):
+        stack.append(item)
+    return item
 
 
 def json_schemas() -> dict[str, Any]:

@@ -12,8 +12,13 @@ Owns the order in which encoded frames leave a connection and the bounds on what
 Bounds, per stream: `max_events` frames or `max_bytes` bytes. `push` never refuses (the
 final `error`/`finish` of a stream must always fit); the stream's producer asks `is_full`
 after each push and stops reading its upstream until `has_room` (below half of both
-bounds) — that is the backpressure into TCP. Worst case per stream is therefore
+bounds) — that is the backpressure into TCP. Worst case per running stream is therefore
 `max_bytes` plus one upstream chunk's worth of frames plus its final two frames.
+
+What the *reader* adds is tracked apart as `backlog_bytes`: control frames (refusals of bad
+frames) plus the queues of streams that have ended but not drained. The shell stops reading
+the client while that backlog is over its bound, so a client that sends faster than it reads
+cannot grow it.
 
 Pure data structure: no asyncio; the gateway shell wakes tasks around it.
 """
@@ -46,11 +51,18 @@ class Outbox:
         self._ready: deque[str] = deque()  # streams with frames waiting, in round-robin order
         self._telemetry: dict[str, bytes] = {}
         self._pending_bytes = 0
+        self._control_bytes = 0
+        self._ended_bytes = 0
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of control and stream frames waiting (telemetry excluded)."""
         return self._pending_bytes
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes the reader is answerable for: control frames and ended streams' queues."""
+        return self._control_bytes + self._ended_bytes
 
     def __len__(self) -> int:
         return len(self._control) + sum(len(q.frames) for q in self._streams.values())
@@ -59,6 +71,7 @@ class Outbox:
         """Queue a connection-level frame; it leaves before any stream frame."""
         self._control.append(data)
         self._pending_bytes += len(data)
+        self._control_bytes += len(data)
 
     def push(self, stream_id: str, data: bytes) -> None:
         """Queue a frame of a stream (created on first push)."""
@@ -69,6 +82,7 @@ class Outbox:
             # The id was reused while the ended stream's frames still wait: they share
             # the queue (and its order), and the new stream is not ended.
             queue.ended = False
+            self._ended_bytes -= queue.bytes
         if not queue.frames:
             self._ready.append(stream_id)
         queue.frames.append(data)
@@ -92,7 +106,10 @@ class Outbox:
         queue = self._streams.get(stream_id)
         if queue is None:
             return
+        if queue.ended:
+            return
         queue.ended = True
+        self._ended_bytes += queue.bytes
         if not queue.frames:
             del self._streams[stream_id]
 
@@ -120,6 +137,7 @@ class Outbox:
         if self._control:
             data = self._control.popleft()
             self._pending_bytes -= len(data)
+            self._control_bytes -= len(data)
             return None, data
         if self._ready:
             stream_id = self._ready.popleft()
@@ -127,6 +145,8 @@ class Outbox:
             data = queue.frames.popleft()
             queue.bytes -= len(data)
             self._pending_bytes -= len(data)
+            if queue.ended:
+                self._ended_bytes -= len(data)
             if queue.frames:
                 self._ready.append(stream_id)
             elif queue.ended:
@@ -144,3 +164,5 @@ class Outbox:
         self._ready.clear()
         self._telemetry.clear()
         self._pending_bytes = 0
+        self._control_bytes = 0
+        self._ended_bytes = 0

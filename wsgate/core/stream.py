@@ -19,6 +19,7 @@ from wsgate.core.frames import (
     ErrorFrame,
     FinishFrame,
     FinishReason,
+    FrameEncodeError,
     ServerFrame,
     StartOptions,
     StreamStarted,
@@ -27,8 +28,12 @@ from wsgate.core.frames import (
     ToolCallEndFrame,
     ToolCallStartFrame,
     UsageFrame,
+    encode_frame,
 )
 from wsgate.core.state import Event, State, transition
+
+PROVIDER_FAILED = "the provider ended the turn with an error"
+UNRELAYABLE = "the provider sent a value nested too deeply to relay"
 
 TIMEOUT_CODES = frozenset({"upstream_timeout"})
 """Error codes whose stream ends with finish reason `timeout` rather than `error`."""
@@ -54,11 +59,28 @@ class UpstreamParser(Protocol):
 
 @dataclass(slots=True)
 class StreamOutput:
-    """What one call into a stream produced."""
+    """What one call into a stream produced: frames and their encodings, in order.
+
+    The stream encodes every frame as it emits it, so a frame that cannot be encoded
+    fails the stream here (with `seq` intact) instead of vanishing in a shell.
+    """
 
     frames: list[ServerFrame] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
     telemetry: Telemetry | None = None
     closed: bool = False
+
+    def add(self, frame: ServerFrame) -> None:
+        """Append a frame and its encoding; raises `FrameEncodeError` (nothing appended)."""
+        encoded = encode_frame(frame)
+        self.frames.append(frame)
+        self.data.append(encoded)
+
+    def extend(self, other: StreamOutput) -> None:
+        """Append another output's frames."""
+        self.frames.extend(other.frames)
+        self.data.extend(other.data)
+        self.closed = self.closed or other.closed
 
 
 class Stream:
@@ -101,9 +123,9 @@ class Stream:
     def start(self) -> StreamOutput:
         """Produce `stream.started`."""
         self._apply(Event.START)
-        return StreamOutput(
-            [StreamStarted(self.stream_id, self._next(), self.message_id, self.model)]
-        )
+        out = StreamOutput()
+        out.add(StreamStarted(self.stream_id, self._next(), self.message_id, self.model))
+        return out
 
     def feed(self, data: bytes, now: float) -> StreamOutput:
         """Consume upstream bytes; a parse failure ends the stream with `error` + `finish`."""
@@ -125,9 +147,7 @@ class Stream:
             return self.fail(exc)
         out = self._translate(events, now)
         if not self.closed:
-            failed = self.fail(UpstreamProtocolError("upstream stream ended before it finished"))
-            out.frames.extend(failed.frames)
-            out.closed = True
+            out.extend(self.fail(UpstreamProtocolError("upstream stream ended before it finished")))
         return out
 
     def fail(self, error: WsgateError) -> StreamOutput:
@@ -143,33 +163,43 @@ class Stream:
             retry_after_ms=error.retry_after_ms,
         )
         reason: FinishReason = "timeout" if error.code in TIMEOUT_CODES else "error"
-        return StreamOutput([error_frame, self._finish(Event.FAIL, reason)], closed=True)
+        out = StreamOutput(closed=True)
+        out.add(error_frame)
+        out.add(self._finish(Event.FAIL, reason))
+        return out
 
     def cancel(self) -> StreamOutput:
         """End the stream with `finish` reason `cancelled` (idempotent)."""
         if transition(self.state, Event.CANCEL) is None:
             return StreamOutput(closed=True)
-        return StreamOutput([self._finish(Event.CANCEL, "cancelled")], closed=True)
+        out = StreamOutput(closed=True)
+        out.add(self._finish(Event.CANCEL, "cancelled"))
+        return out
 
     def _translate(self, events: list[ParseItem], now: float) -> StreamOutput:
         out = StreamOutput()
-        frames = out.frames
         for event in events:
             if self.closed:
                 break
             if isinstance(event, WsgateError):
-                frames.extend(self.fail(event).frames)
+                out.extend(self.fail(event))
                 break
             if isinstance(event, ev.Finish):
                 if event.reason == "error":
                     # Every `finish: error` is explained by an `error` frame before it.
-                    failed = self.fail(UpstreamError("the provider ended the turn with an error"))
-                    frames.extend(failed.frames)
+                    out.extend(
+                        self.fail(UpstreamError("the provider ended the turn with an error"))
+                    )
                 else:
-                    frames.append(self._finish(Event.FINISH, event.reason))
+                    out.add(self._finish(Event.FINISH, event.reason))
                 break
             self._apply(Event.CONTENT)
-            frames.append(self._frame_for(event, now))
+            try:
+                out.add(self._frame_for(event, now))
+            except FrameEncodeError:
+                self._seq -= 1  # the frame was never emitted: its seq goes to the error
+                out.extend(self.fail(UpstreamProtocolError(UNRELAYABLE)))
+                break
         out.closed = self.closed
         if self.options.telemetry and not self.closed and self._tokens:
             out.telemetry = self._telemetry(now)

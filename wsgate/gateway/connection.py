@@ -7,6 +7,9 @@ it feeds received frames to the session, queues what it returns in the connectio
 - Backpressure: a stream task stops reading its upstream while its outbox queue is full
   and resumes when the writer has drained it below half (`Outbox.has_room`): real
   backpressure into the provider's TCP connection.
+- Reader backpressure: refusals of bad frames and the frames of ended streams are bounded
+  by `READER_BACKLOG_BYTES`; past it the reader stops reading the client until the writer
+  has sent half of them.
 - Slow clients: every send has `send_timeout`; past it the transport is aborted (a close
   handshake would wait behind the same full buffer, and so would a keepalive ping) and
   every stream of the connection is cancelled, so a client that stops reading pins neither
@@ -46,6 +49,10 @@ from wsgate.log import bound, get_logger
 log = get_logger("wsgate.gateway")
 
 
+READER_BACKLOG_BYTES = 256 * 1024
+"""Most bytes of refusals and ended streams' frames queued before the reader pauses."""
+
+
 class Upstream(Protocol):
     """What a connection needs from the upstream side."""
 
@@ -82,6 +89,7 @@ class Connection:
         self.send_timeout = send_timeout
         self.stats = ConnectionStats()
         self._wake_writer = asyncio.Event()
+        self._backlog_room = asyncio.Event()
         self._room: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._message_ids: dict[str, str] = {}
@@ -109,8 +117,25 @@ class Connection:
                 else:
                     actions = self.session.receive_binary()
                 self._apply(actions)
+                if self.outbox.backlog_bytes > READER_BACKLOG_BYTES:
+                    await self._wait_for_backlog()
         except websockets.ConnectionClosed:
             pass
+
+    async def _wait_for_backlog(self) -> None:
+        # Stop reading the client until the writer has sent what the reader queued: a
+        # client that sends faster than it reads gets TCP backpressure, not our memory.
+        closed = asyncio.ensure_future(self.ws.wait_closed())
+        try:
+            while self.outbox.backlog_bytes > READER_BACKLOG_BYTES // 2:
+                self._backlog_room.clear()
+                room = asyncio.ensure_future(self._backlog_room.wait())
+                done, _ = await asyncio.wait({room, closed}, return_when=asyncio.FIRST_COMPLETED)
+                room.cancel()
+                if closed in done:
+                    return  # the reader's next read raises ConnectionClosed
+        finally:
+            closed.cancel()
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -119,14 +144,27 @@ class Connection:
             elif isinstance(action, SendStream):
                 self._deliver(action.stream_id, action.output)
             elif isinstance(action, StartUpstream):
-                self._message_ids[action.stream_id] = action.message_id
-                self._tasks[action.stream_id] = asyncio.create_task(
-                    self._run_stream(action), name=f"stream-{action.stream_id}"
-                )
+                self._start_task(action)
             elif isinstance(action, CancelUpstream):
                 task = self._tasks.get(action.stream_id)
                 if task is not None:
                     task.cancel()
+
+    def _start_task(self, start: StartUpstream) -> None:
+        sid = start.stream_id
+        self._message_ids[sid] = start.message_id
+        task = asyncio.create_task(self._run_stream(start), name=f"stream-{sid}")
+        self._tasks[sid] = task
+        # A done-callback, not a `finally`: a task cancelled before it first runs never
+        # executes its body, and must not stay in the table with its request.
+        task.add_done_callback(lambda done: self._forget(sid, done))
+
+    def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        # A cancelled stream's id may already name a new stream: forget only our own.
+        if self._tasks.get(stream_id) is task:
+            del self._tasks[stream_id]
+            self._room.pop(stream_id, None)
+            self._message_ids.pop(stream_id, None)
 
     def _control(self, data: bytes) -> None:
         self.outbox.push_control(data)
@@ -134,8 +172,8 @@ class Connection:
 
     def _deliver(self, stream_id: str, output: StreamOutput) -> None:
         outbox = self.outbox
-        for frame in output.frames:
-            outbox.push(stream_id, encode_frame(frame))
+        for data in output.data:
+            outbox.push(stream_id, data)
         if output.telemetry is not None:
             outbox.push_telemetry(stream_id, encode_frame(output.telemetry))
         if output.closed:
@@ -151,7 +189,7 @@ class Connection:
                 stream_id=stream_id,
                 message_id=self._message_ids.pop(stream_id, None),
                 reason=last.reason,
-                frames=last.seq,
+                last_seq=last.seq,
             )
 
     async def _run_stream(self, start: StartUpstream) -> None:
@@ -178,11 +216,6 @@ class Connection:
         except Exception:
             log.exception("stream_crashed", stream_id=sid)
             self._deliver(sid, session.upstream_failed(sid, WsgateError("internal error")))
-        finally:
-            # A cancelled stream's id may already name a new stream: forget only our own.
-            if self._tasks.get(sid) is asyncio.current_task():
-                del self._tasks[sid]
-                self._room.pop(sid, None)
 
     async def _wait_for_room(self, stream_id: str) -> None:
         event = self._room.get(stream_id)
@@ -226,6 +259,8 @@ class Connection:
                 room = self._room.get(stream_id)
                 if room is not None and outbox.has_room(stream_id):
                     room.set()
+            if outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
+                self._backlog_room.set()
             # send() only yields when the transport is paused; yield now and then so one
             # busy connection cannot starve the others on the loop.
             sent_since_yield += 1

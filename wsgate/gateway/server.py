@@ -30,6 +30,8 @@ from wsgate.log import bound, get_logger
 log = get_logger("wsgate.gateway")
 
 HARD_CAP_FACTOR = 4
+INCOMING_QUEUE = 4
+"""Client messages websockets buffers while the reader is paused (each up to the hard cap)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ class Gateway:
             process_request=self._process_request,
             compression="deflate" if opts.compression else None,
             max_size=opts.max_frame_bytes * HARD_CAP_FACTOR,
+            max_queue=INCOMING_QUEUE,
             ping_interval=opts.ping_interval,
             ping_timeout=opts.ping_interval,
             close_timeout=2,

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
-import orjson
+import msgspec
 
 from wsgate.core.errors import (
     UnknownModel,
@@ -54,6 +54,8 @@ class Timeouts:
     first_byte: float = 60.0
     idle: float = 60.0
 
+
+_encoder = msgspec.json.Encoder()
 
 ENDPOINTS: dict[str, str] = {"openai_chat": "/chat/completions"}
 
@@ -113,18 +115,20 @@ class UpstreamClient:
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         route = self.route(request.model)
-        body = orjson.dumps(build_body(route.kind, request, route.upstream_model))
+        body = _encoder.encode(build_body(route.kind, request, route.upstream_model))
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if route.api_key:
             headers["authorization"] = f"Bearer {route.api_key}"
         url = route.base_url.rstrip("/") + ENDPOINTS[route.kind]
         response: aiohttp.ClientResponse | None = None
+        # One deadline from the request to the first body byte, across headers and body.
+        first_byte_deadline = asyncio.get_running_loop().time() + self.timeouts.first_byte
         try:
-            async with asyncio.timeout(self.timeouts.first_byte):
+            async with asyncio.timeout_at(first_byte_deadline):
                 response = await self._session.post(url, data=body, headers=headers)
             if response.status != 200:
                 raise await _status_error(response)
-            yield self._chunks(response)
+            yield self._chunks(response, first_byte_deadline)
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
             raise UpstreamUnavailable("could not connect to the provider") from exc
         except TimeoutError as exc:
@@ -137,18 +141,25 @@ class UpstreamClient:
             if response is not None:
                 response.close()
 
-    async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        # A per-read deadline: first byte, then the idle gap. Time spent waiting for the
-        # client to make room (backpressure) is not counted against the provider.
+    async def _chunks(
+        self, response: aiohttp.ClientResponse, first_byte_deadline: float
+    ) -> AsyncIterator[bytes]:
+        # A deadline per read: the first byte's, then the idle gap. Time spent waiting for
+        # the client to make room (backpressure) is not counted against the provider.
         reader = response.content.iter_any().__aiter__()
-        deadline = self.timeouts.first_byte
+        try:
+            async with asyncio.timeout_at(first_byte_deadline):
+                chunk = await reader.__anext__()
+        except StopAsyncIteration:
+            return
+        yield chunk
+        idle = self.timeouts.idle
         while True:
             try:
-                async with asyncio.timeout(deadline):
+                async with asyncio.timeout(idle):
                     chunk = await reader.__anext__()
             except StopAsyncIteration:
                 return
-            deadline = self.timeouts.idle
             yield chunk
 
 
