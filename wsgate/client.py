@@ -32,6 +32,7 @@ from wsgate.core.frames import (
     FinishFrame,
     FinishReason,
     GoAway,
+    Heartbeat,
     Ready,
     ServerFrame,
     Start,
@@ -192,6 +193,8 @@ class _Mux:
         if isinstance(frame, GoAway):
             self.goaway = frame
             return
+        if isinstance(frame, Heartbeat):
+            return  # liveness only
         if isinstance(frame, Ready):
             raise _ViolationError("a second ready frame")
         sid = frame.stream_id

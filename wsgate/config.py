@@ -97,6 +97,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     path: str = "/v1/ws"
     allowed_origins: list[str] = []  # empty: any Origin
     compression: bool = False
+    drain_timeout_s: _Seconds = 20.0  # on SIGTERM: how long running streams may finish
+    reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000  # advice in `goaway`
 
 
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -108,6 +110,12 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     stream_queue_bytes: _Bytes = 262_144
     send_timeout_s: _Seconds = 10.0
     telemetry_interval_s: _Seconds = 0.5
+    connection_buffer_bytes: _Bytes = 1_048_576  # streams pause at half; slow_consumer past it
+    max_stream_duration_s: _Seconds = 900.0
+    disconnect_window_s: _Seconds = 30.0  # `on_disconnect: continue` keeps generating this long
+    disconnect_log_bytes: _Bytes = 1_048_576  # per detached stream; past it, it is cancelled
+    heartbeat_interval_s: _Seconds = 15.0  # a `heartbeat` frame after this much silence
+    ping_interval_s: _Seconds = 20.0  # WebSocket ping; no pong within as long closes
 
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -116,6 +124,7 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     connect_timeout_s: _Seconds = 10.0
     first_byte_timeout_s: _Seconds = 60.0
     idle_timeout_s: _Seconds = 60.0
+    first_token_timeout_s: _Seconds = 120.0  # from the request to the first content delta
     max_line_bytes: _Bytes = 4_194_304
     pool_limit: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
 

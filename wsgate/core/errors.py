@@ -82,6 +82,12 @@ ERROR_CODES: dict[str, ErrorSpec] = {
     "upstream_line_too_long": ErrorSpec(
         retryable=False, description="The provider sent a line over the size cap."
     ),
+    "stream_timeout": ErrorSpec(
+        retryable=False, description="The stream ran longer than limits.max_stream_duration_s."
+    ),
+    "shutting_down": ErrorSpec(
+        retryable=True, description="The gateway shut down before the stream finished."
+    ),
     "slow_consumer": ErrorSpec(
         retryable=True, description="The client did not read its frames in time."
     ),
@@ -157,6 +163,24 @@ class UpstreamLineTooLong(UpstreamError):
     """One SSE line grew past the decoder's cap."""
 
     code = "upstream_line_too_long"
+
+
+class StreamTimeout(WsgateError):
+    """The stream exceeded its maximum duration."""
+
+    code = "stream_timeout"
+
+
+class ShuttingDown(WsgateError):
+    """The gateway's drain deadline passed with the stream still running."""
+
+    code = "shutting_down"
+
+
+class SlowConsumer(WsgateError):
+    """The client did not read its frames fast enough."""
+
+    code = "slow_consumer"
 
 
 class BadRequest(WsgateError):

@@ -79,6 +79,7 @@ class StartOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     """Per-stream delivery options."""
 
     telemetry: bool = False
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
 
 
 class Start(_Frame, tag="start"):
@@ -157,11 +158,16 @@ class DeltaRole(_Frame, tag="delta.role"):
 
 
 class DeltaText(_Frame, tag="delta.text"):
-    """A piece of answer text; never a split code point or a lone surrogate."""
+    """A piece of answer text; never a split code point or a lone surrogate.
+
+    Under backpressure several queued text deltas leave as one frame: `seq` is the last one
+    it covers and `first_seq` the first (absent when it covers only `seq`).
+    """
 
     stream_id: str
     seq: Seq
     text: str
+    first_seq: Seq | None = None
 
 
 class ToolCallStartFrame(_Frame, tag="tool_call.start"):
@@ -236,10 +242,18 @@ class Telemetry(_Frame, tag="telemetry"):
 
 
 class GoAway(_Frame, tag="goaway"):
-    """The gateway is shutting down; reconnect after the given delay."""
+    """The gateway is shutting down: start no new streams here; reconnect after the delay.
+
+    Running streams may finish until `drain_ms` has passed; the rest are then cancelled.
+    """
 
     reason: str
     reconnect_after_ms: int = 0
+    drain_ms: int = 0
+
+
+class Heartbeat(_Frame, tag="heartbeat"):
+    """Sent after `heartbeat_interval_s` of silence, for clients that cannot see pings."""
 
 
 ServerFrame = (
@@ -255,6 +269,7 @@ ServerFrame = (
     | ErrorFrame
     | Telemetry
     | GoAway
+    | Heartbeat
 )
 StreamEventFrame = (
     StreamStarted
