@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from wsgate.core.frames import (
+    DeltaRole,
+    DeltaText,
+    FinishFrame,
+    decode_server_frame,
+    encode_frame,
+)
 from wsgate.core.outbox import Outbox
 
 
@@ -22,12 +31,79 @@ def test_control_frames_leave_before_stream_frames():
 
 
 def test_streams_are_served_round_robin_and_keep_their_own_order():
-    box = Outbox(10, 1000)
+    box = Outbox(10, 1000, quantum=2)
     for i in range(3):
         box.push("a", f"a{i}".encode())
     box.push("b", b"b0")
     box.push("b", b"b1")
     assert [d for _, d in drain(box)] == [b"a0", b"b0", b"a1", b"b1", b"a2"]
+
+
+def test_round_robin_is_by_bytes_so_big_frames_do_not_starve_small_ones():
+    box = Outbox(100, 100_000, quantum=100)
+    for _ in range(5):
+        box.push("big", b"B" * 100)
+    for _ in range(20):
+        box.push("small", b"s" * 10)
+    order = [sid for sid, _ in drain(box)]
+    # In the time "big" sends its first 100 bytes, "small" sends 100 bytes too: ten frames.
+    assert order[:11] == ["big"] + ["small"] * 10
+
+
+def test_a_stream_whose_next_frame_ends_it_goes_before_other_streams_data():
+    box = Outbox(10, 1000, quantum=1)
+    box.push("a", b"a-data", DeltaText("a", 2, "x"))
+    box.push("a", b"a-data2", DeltaText("a", 3, "y"))
+    box.push("b", b"b-finish", FinishFrame("b", 2, "stop"))
+    assert [d for _, d in drain(box)][:1] == [b"b-finish"]
+
+
+def test_a_streams_finish_never_overtakes_its_own_data():
+    box = Outbox(10, 1000)
+    box.push("a", b"a-text", DeltaRole("a", 2, "assistant"))
+    box.push("a", b"a-finish", FinishFrame("a", 3, "stop"))
+    assert [d for _, d in drain(box)] == [b"a-text", b"a-finish"]
+
+
+def text(sid, seq, chunk):
+    frame = DeltaText(sid, seq, chunk)
+    return encode_frame(frame), frame
+
+
+def test_queued_text_deltas_leave_as_one_frame_naming_the_seqs_it_covers():
+    box = Outbox(10, 1000)
+    for seq, chunk in enumerate(["Hel", "lo", " wor", "ld"], start=2):
+        box.push("a", *text("a", seq, chunk))
+    box.push("a", b"finish", FinishFrame("a", 6, "stop"))
+    out = drain(box)
+    merged = decode_server_frame(out[0][1])
+    assert merged == DeltaText("a", 5, "Hello world", first_seq=2)
+    assert out[1] == ("a", b"finish")
+    assert box.coalesced == 3
+    assert box.pending_bytes == 0
+
+
+def test_coalescing_stops_at_a_non_text_frame_and_at_the_size_cap():
+    box = Outbox(100, 100_000, coalesce_bytes=5)
+    box.push("a", *text("a", 2, "abc"))
+    box.push("a", *text("a", 3, "def"))
+    box.push("a", *text("a", 4, "ghi"))
+    box.push("a", b"role", DeltaRole("a", 5, "assistant"))
+    box.push("a", *text("a", 6, "jkl"))
+    frames = [d for _, d in drain(box)]
+    first = decode_server_frame(frames[0])
+    assert (first.text, first.first_seq, first.seq) == ("abcdef", 2, 3)
+    assert decode_server_frame(frames[1]) == DeltaText("a", 4, "ghi")
+    assert frames[2] == b"role"
+    assert decode_server_frame(frames[3]) == DeltaText("a", 6, "jkl")
+
+
+def test_a_single_text_delta_leaves_unchanged():
+    box = Outbox(10, 1000)
+    data, frame = text("a", 2, "solo")
+    box.push("a", data, frame)
+    assert drain(box) == [("a", data)]
+    assert box.coalesced == 0
 
 
 def test_telemetry_leaves_only_when_no_other_frame_waits():
@@ -131,4 +207,53 @@ def test_reusing_an_ended_id_moves_its_bytes_out_of_the_backlog():
     box.end_stream("a")
     assert box.backlog_bytes == 3
     box.push("a", b"new")
+    assert box.backlog_bytes == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["text", "role", "pop"])),
+        max_size=80,
+    ),
+    st.integers(1, 64),
+    st.integers(1, 40),
+)
+@settings(max_examples=300)
+def test_any_interleaving_of_pushes_and_pops_loses_nothing_and_keeps_seq_gapless(
+    script, quantum, coalesce_bytes
+):
+    box = Outbox(1000, 1_000_000, quantum=quantum, coalesce_bytes=coalesce_bytes)
+    seqs = dict.fromkeys("abc", 1)
+    sent_text = dict.fromkeys("abc", "")
+    received: list[tuple[str | None, bytes]] = []
+    for sid, action in script:
+        if action == "pop":
+            item = box.pop()
+            if item is not None:
+                received.append(item)
+            continue
+        seqs[sid] += 1
+        if action == "text":
+            chunk = f"{sid}{seqs[sid]};"
+            sent_text[sid] += chunk
+            box.push(sid, *text(sid, seqs[sid], chunk))
+        else:
+            frame = DeltaRole(sid, seqs[sid], "assistant")
+            box.push(sid, encode_frame(frame), frame)
+    for sid in "abc":
+        seqs[sid] += 1
+        frame = FinishFrame(sid, seqs[sid], "stop")
+        box.push(sid, encode_frame(frame), frame)
+        box.end_stream(sid)
+    received.extend(drain(box))
+    for sid in "abc":
+        frames = [decode_server_frame(d) for s, d in received if s == sid]
+        expected_next = 2
+        for frame in frames:
+            first = getattr(frame, "first_seq", None) or frame.seq
+            assert first == expected_next
+            expected_next = frame.seq + 1
+        assert isinstance(frames[-1], FinishFrame)
+        assert "".join(f.text for f in frames if isinstance(f, DeltaText)) == sent_text[sid]
+    assert box.pending_bytes == 0
     assert box.backlog_bytes == 0

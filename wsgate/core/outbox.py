@@ -2,53 +2,87 @@
 
 Owns the order in which encoded frames leave a connection and the bounds on what waits:
 
-- control frames (connection-level `ready`, `error`, `goaway`) leave first;
-- then the streams' queues, round-robin one frame at a time, so a chatty stream cannot
-  starve the others; a stream's own frames keep their order;
-- `telemetry` leaves only when no other frame waits. Each stream holds at most one pending
-  telemetry frame: a newer one replaces it, and a closed stream's is dropped. Both count as
-  shed. Telemetry therefore is the first thing shed when the connection is backed up.
+1. Connection-level control frames (`ready`, refusals, `goaway`) leave first.
+2. Then a stream whose next frame is terminal (`error`, `finish`): ending streams free their
+   resources and their clients soonest.
+3. Then the streams' data, by deficit round robin over *bytes*: each stream in turn may send
+   up to `quantum` bytes, so a stream of large deltas cannot starve streams of small ones.
+   A stream's own frames always keep their order.
+4. `telemetry` leaves only when nothing else waits. Each stream holds at most one pending
+   telemetry frame: a newer one replaces it, an ended stream's is dropped. Both count as
+   shed, so telemetry is the first thing shed when the connection is backed up.
+
+Lossless coalescing: when a stream's queue holds several consecutive `delta.text` frames
+(the client is not keeping up), they leave as one `delta.text` whose `seq` is the last one
+covered and `first_seq` the first, up to `coalesce_bytes` of text. Nothing is dropped; the
+number of frames merged away is counted.
 
 Bounds, per stream: `max_events` frames or `max_bytes` bytes. `push` never refuses (the
 final `error`/`finish` of a stream must always fit); the stream's producer asks `is_full`
 after each push and stops reading its upstream until `has_room` (below half of both
-bounds) — that is the backpressure into TCP. Worst case per running stream is therefore
-`max_bytes` plus one upstream chunk's worth of frames plus its final two frames.
+bounds): that is the backpressure into TCP. The connection as a whole is bounded by the
+shell on `pending_bytes` (see the gateway). What the *reader* adds (refusals of bad frames,
+queues of ended streams) is tracked apart as `backlog_bytes`, so the shell can stop reading
+a client that sends faster than it reads.
 
-What the *reader* adds is tracked apart as `backlog_bytes`: control frames (refusals of bad
-frames) plus the queues of streams that have ended but not drained. The shell stops reading
-the client while that backlog is over its bound, so a client that sends faster than it reads
-cannot grow it.
-
-Pure data structure: no asyncio; the gateway shell wakes tasks around it.
+Pure data structure: no asyncio, no clock; the gateway shell wakes tasks around it.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from wsgate.core.frames import DeltaText, ErrorFrame, FinishFrame, ServerFrame, encode_frame
+
+
+class _Entry:
+    __slots__ = ("data", "first_seq", "seq", "terminal", "text")
+
+    def __init__(self, data: bytes, frame: ServerFrame | None) -> None:
+        self.data = data
+        self.terminal = isinstance(frame, ErrorFrame | FinishFrame)
+        if isinstance(frame, DeltaText):
+            self.text: str | None = frame.text
+            self.seq = frame.seq
+            self.first_seq = frame.first_seq or frame.seq
+        else:
+            self.text = None
+            self.seq = self.first_seq = 0
+
 
 class _StreamQueue:
-    __slots__ = ("bytes", "ended", "frames")
+    __slots__ = ("bytes", "deficit", "ended", "entries")
 
     def __init__(self) -> None:
-        self.frames: deque[bytes] = deque()
+        self.entries: deque[_Entry] = deque()
         self.bytes = 0
+        self.deficit = 0
         self.ended = False
 
 
 class Outbox:
     """Outgoing encoded frames of one connection, in the order they must leave."""
 
-    def __init__(self, max_events: int, max_bytes: int) -> None:
-        if max_events < 1 or max_bytes < 1:
+    def __init__(
+        self,
+        max_events: int,
+        max_bytes: int,
+        *,
+        quantum: int = 4096,
+        coalesce_bytes: int = 16 * 1024,
+    ) -> None:
+        if max_events < 1 or max_bytes < 1 or quantum < 1:
             raise ValueError("outbox bounds must be positive")
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.quantum = quantum
+        self.coalesce_bytes = coalesce_bytes
         self.shed_telemetry = 0
+        self.coalesced = 0
         self._control: deque[bytes] = deque()
         self._streams: dict[str, _StreamQueue] = {}
-        self._ready: deque[str] = deque()  # streams with frames waiting, in round-robin order
+        self._active: deque[str] = deque()  # streams with data waiting, round-robin order
+        self._urgent: deque[str] = deque()  # streams whose next frame is terminal
         self._telemetry: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._control_bytes = 0
@@ -65,7 +99,7 @@ class Outbox:
         return self._control_bytes + self._ended_bytes
 
     def __len__(self) -> int:
-        return len(self._control) + sum(len(q.frames) for q in self._streams.values())
+        return len(self._control) + sum(len(q.entries) for q in self._streams.values())
 
     def push_control(self, data: bytes) -> None:
         """Queue a connection-level frame; it leaves before any stream frame."""
@@ -73,8 +107,8 @@ class Outbox:
         self._pending_bytes += len(data)
         self._control_bytes += len(data)
 
-    def push(self, stream_id: str, data: bytes) -> None:
-        """Queue a frame of a stream (created on first push)."""
+    def push(self, stream_id: str, data: bytes, frame: ServerFrame | None = None) -> None:
+        """Queue a stream's frame (its encoding, and the frame for kind and coalescing)."""
         queue = self._streams.get(stream_id)
         if queue is None:
             queue = self._streams[stream_id] = _StreamQueue()
@@ -83,9 +117,10 @@ class Outbox:
             # the queue (and its order), and the new stream is not ended.
             queue.ended = False
             self._ended_bytes -= queue.bytes
-        if not queue.frames:
-            self._ready.append(stream_id)
-        queue.frames.append(data)
+        entry = _Entry(data, frame)
+        if not queue.entries:
+            self._schedule(stream_id, entry)
+        queue.entries.append(entry)
         queue.bytes += len(data)
         self._pending_bytes += len(data)
 
@@ -104,13 +139,11 @@ class Outbox:
         if self._telemetry.pop(stream_id, None) is not None:
             self.shed_telemetry += 1
         queue = self._streams.get(stream_id)
-        if queue is None:
-            return
-        if queue.ended:
+        if queue is None or queue.ended:
             return
         queue.ended = True
         self._ended_bytes += queue.bytes
-        if not queue.frames:
+        if not queue.entries:
             del self._streams[stream_id]
 
     def is_full(self, stream_id: str) -> bool:
@@ -118,19 +151,19 @@ class Outbox:
         queue = self._streams.get(stream_id)
         if queue is None:
             return False
-        return len(queue.frames) >= self.max_events or queue.bytes >= self.max_bytes
+        return len(queue.entries) >= self.max_events or queue.bytes >= self.max_bytes
 
     def has_room(self, stream_id: str) -> bool:
         """True when a stopped producer may read again (below half of both bounds)."""
         queue = self._streams.get(stream_id)
         if queue is None:
             return True
-        return len(queue.frames) <= self.max_events // 2 and queue.bytes <= self.max_bytes // 2
+        return len(queue.entries) <= self.max_events // 2 and queue.bytes <= self.max_bytes // 2
 
     def queued(self, stream_id: str) -> tuple[int, int]:
         """(frames, bytes) waiting for a stream."""
         queue = self._streams.get(stream_id)
-        return (0, 0) if queue is None else (len(queue.frames), queue.bytes)
+        return (0, 0) if queue is None else (len(queue.entries), queue.bytes)
 
     def pop(self) -> tuple[str | None, bytes] | None:
         """The next frame to send with its stream id (None for control), or None if empty."""
@@ -139,19 +172,18 @@ class Outbox:
             self._pending_bytes -= len(data)
             self._control_bytes -= len(data)
             return None, data
-        if self._ready:
-            stream_id = self._ready.popleft()
+        if self._urgent:
+            stream_id = self._urgent.popleft()
+            return stream_id, self._take(stream_id, self._streams[stream_id], from_active=False)
+        while self._active:
+            stream_id = self._active[0]
             queue = self._streams[stream_id]
-            data = queue.frames.popleft()
-            queue.bytes -= len(data)
-            self._pending_bytes -= len(data)
-            if queue.ended:
-                self._ended_bytes -= len(data)
-            if queue.frames:
-                self._ready.append(stream_id)
-            elif queue.ended:
-                del self._streams[stream_id]
-            return stream_id, data
+            head = queue.entries[0]
+            if queue.deficit < len(head.data):
+                queue.deficit += self.quantum
+                self._active.rotate(-1)
+                continue
+            return stream_id, self._take(stream_id, queue, from_active=True)
         if self._telemetry:
             stream_id = next(iter(self._telemetry))
             return stream_id, self._telemetry.pop(stream_id)
@@ -161,8 +193,63 @@ class Outbox:
         """Drop everything (the connection is gone)."""
         self._control.clear()
         self._streams.clear()
-        self._ready.clear()
+        self._active.clear()
+        self._urgent.clear()
         self._telemetry.clear()
-        self._pending_bytes = 0
-        self._control_bytes = 0
-        self._ended_bytes = 0
+        self._pending_bytes = self._control_bytes = self._ended_bytes = 0
+
+    def _schedule(self, stream_id: str, head: _Entry) -> None:
+        """Put a stream whose queue just got a new head where that head belongs."""
+        if head.terminal:
+            self._urgent.append(stream_id)
+        else:
+            self._active.append(stream_id)
+
+    def _take(self, stream_id: str, queue: _StreamQueue, *, from_active: bool) -> bytes:
+        """Remove the head (coalescing text), reschedule the stream; return the bytes.
+
+        A stream served from the front of the round robin stays there while its deficit
+        lasts; one served as urgent goes back to wherever its new head belongs.
+        """
+        if queue.entries[0].text is not None and len(queue.entries) > 1:
+            data, taken = self._coalesce(stream_id, queue)
+        else:
+            entry = queue.entries.popleft()
+            data, taken = entry.data, len(entry.data)
+        queue.bytes -= taken
+        self._pending_bytes -= taken
+        if queue.ended:
+            self._ended_bytes -= taken
+        if from_active:
+            queue.deficit -= len(data)
+        if not queue.entries:
+            if from_active:
+                self._active.popleft()
+            queue.deficit = 0
+            if queue.ended:
+                del self._streams[stream_id]
+        elif not from_active:
+            self._schedule(stream_id, queue.entries[0])
+        elif queue.entries[0].terminal:
+            self._active.popleft()
+            self._urgent.append(stream_id)
+        return data
+
+    def _coalesce(self, stream_id: str, queue: _StreamQueue) -> tuple[bytes, int]:
+        """Merge the leading run of text deltas into one frame; (its bytes, bytes removed)."""
+        entries = queue.entries
+        first = entries.popleft()
+        texts = [first.text or ""]
+        size = len(texts[0])
+        last_seq, taken = first.seq, len(first.data)
+        while entries and (text := entries[0].text) is not None and size < self.coalesce_bytes:
+            entry = entries.popleft()
+            texts.append(text)
+            size += len(text)
+            last_seq = entry.seq
+            taken += len(entry.data)
+        if len(texts) == 1:
+            return first.data, taken
+        self.coalesced += len(texts) - 1
+        merged = DeltaText(stream_id, last_seq, "".join(texts), first_seq=first.first_seq)
+        return encode_frame(merged), taken
