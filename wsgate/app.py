@@ -16,6 +16,7 @@ from wsgate.config import Settings
 from wsgate.core.frames import ChatRequest
 from wsgate.core.providers import make_parser
 from wsgate.core.stream import UpstreamParser
+from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
 from wsgate.log import get_logger
 from wsgate.mock import MockProvider
@@ -24,6 +25,7 @@ from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 log = get_logger("wsgate.app")
 
 MOCK_MODEL = "mock"
+EXIT_ON_SECOND_SIGNAL = 1
 
 
 def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Route]:
@@ -53,10 +55,19 @@ def gateway_options(settings: Settings) -> GatewayOptions:
         compression=server.compression,
         max_streams=limits.max_streams_per_connection,
         max_frame_bytes=limits.max_frame_bytes,
-        queue_events=limits.stream_queue_events,
-        queue_bytes=limits.stream_queue_bytes,
-        send_timeout=limits.send_timeout_s,
         telemetry_interval=limits.telemetry_interval_s,
+        ping_interval=limits.ping_interval_s,
+        connection=ConnectionOptions(
+            queue_events=limits.stream_queue_events,
+            queue_bytes=limits.stream_queue_bytes,
+            buffer_bytes=limits.connection_buffer_bytes,
+            send_timeout=limits.send_timeout_s,
+            max_duration=limits.max_stream_duration_s,
+            first_token_timeout=settings.upstream.first_token_timeout_s,
+            heartbeat_interval=limits.heartbeat_interval_s,
+            disconnect_window=limits.disconnect_window_s,
+            disconnect_log_bytes=limits.disconnect_log_bytes,
+        ),
     )
 
 
@@ -118,16 +129,31 @@ class App:
             await self.mock.stop()
         log.info("wsgate_stopped")
 
+    async def drain(self) -> None:
+        """Graceful stop: `goaway`, let streams finish until the drain deadline, then stop."""
+        if self.gateway is not None:
+            server = self.settings.server
+            await self.gateway.shutdown(server.drain_timeout_s, server.reconnect_after_ms)
+        await self.stop()
+
     async def run_until_signal(self) -> None:
-        """Serve until SIGINT or SIGTERM."""
+        """Serve until SIGINT or SIGTERM, then drain; a second signal exits at once."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                log.warning("second_signal_exit")
+                os._exit(EXIT_ON_SECOND_SIGNAL)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await self.start()
         try:
             await stop.wait()
+            log.info("signal_received_draining")
+            await self.drain()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            await self.stop()

@@ -257,3 +257,15 @@ def test_any_interleaving_of_pushes_and_pops_loses_nothing_and_keeps_seq_gapless
         assert "".join(f.text for f in frames if isinstance(f, DeltaText)) == sent_text[sid]
     assert box.pending_bytes == 0
     assert box.backlog_bytes == 0
+
+
+def test_taking_a_streams_frames_removes_them_in_order_and_leaves_the_rest():
+    box = Outbox(10, 1000)
+    box.push("a", b"a1")
+    box.push("b", b"b1")
+    box.push("a", b"a2")
+    box.push_telemetry("a", b"t")
+    assert box.take_stream("a") == [b"a1", b"a2"]
+    assert drain(box) == [("b", b"b1")]
+    assert box.pending_bytes == 0
+    assert box.take_stream("zz") == []

@@ -9,6 +9,7 @@ from e2e_helpers import mock_request, raw_connect, stream_text
 from websockets.asyncio.client import connect
 
 from wsgate.core.providers import make_parser
+from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
 from wsgate.testing import ScriptedUpstream, openai_sse
 
@@ -16,7 +17,10 @@ from wsgate.testing import ScriptedUpstream, openai_sse
 async def test_a_stream_whose_client_does_not_read_stops_pulling_its_upstream():
     piece = "x" * 16_000
     upstream = ScriptedUpstream(openai_sse([piece] * 5_000))  # ~80 MB if pulled whole
-    options = GatewayOptions(port=0, queue_events=64, queue_bytes=128 * 1024, send_timeout=30)
+    options = GatewayOptions(
+        port=0,
+        connection=ConnectionOptions(queue_events=64, queue_bytes=128 * 1024, send_timeout=30),
+    )
     gateway = Gateway(options, upstream, lambda _: make_parser("openai_chat", 1 << 20), "t")
     await gateway.start()
     url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
@@ -34,8 +38,8 @@ async def test_a_stream_whose_client_does_not_read_stops_pulling_its_upstream():
             frames, queued_bytes = connection.outbox.queued("s1")
             # Only what the kernel buffers hold plus one bounded queue was pulled: far from all.
             assert upstream.pulled < 1_500
-            assert queued_bytes <= options.queue_bytes + 2 * 16_100
-            assert frames <= options.queue_events + 2
+            assert queued_bytes <= options.connection.queue_bytes + 2 * 16_100
+            assert frames <= options.connection.queue_events + 2
     finally:
         await gateway.close()
     assert upstream.closed == upstream.opened == 1
@@ -60,7 +64,11 @@ async def test_telemetry_frames_arrive_without_seq_when_the_stream_asks_for_them
 async def test_telemetry_is_shed_and_counted_while_the_client_lags_and_text_is_whole():
     pieces = [f"{i:05d}|" + "y" * 2000 for i in range(3000)]
     upstream = ScriptedUpstream(openai_sse(pieces))
-    options = GatewayOptions(port=0, queue_events=32, queue_bytes=64 * 1024, telemetry_interval=0)
+    options = GatewayOptions(
+        port=0,
+        telemetry_interval=0,
+        connection=ConnectionOptions(queue_events=32, queue_bytes=64 * 1024),
+    )
     gateway = Gateway(options, upstream, lambda _: make_parser("openai_chat", 1 << 20), "t")
     await gateway.start()
     url = f"ws://127.0.0.1:{gateway.port}/v1/ws"

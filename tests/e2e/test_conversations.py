@@ -83,9 +83,23 @@ class Replay:
         queue = self.pending.get(frame.get("stream_id"))
         if not queue:
             self.fail("unexpected frame: nothing is expected for its stream_id now")
+        if frame.get("type") == "delta.text" and "first_seq" in frame:
+            self._check_coalesced(queue, frame)
+            return
         if not frame_matches(queue[0], frame):
             self.fail(f"frame does not match the expected {_show(queue[0])}")
         queue.popleft()
+
+    def _check_coalesced(self, queue: deque[dict[str, Any]], frame: dict[str, Any]) -> None:
+        """A coalesced `delta.text` stands for the expected text deltas it covers, in order."""
+        covered = []
+        for seq in range(frame["first_seq"], frame["seq"] + 1):
+            head = queue[0] if queue else None
+            if head is None or head.get("type") != "delta.text" or head.get("seq") != seq:
+                self.fail(f"coalesced frame covers seq {seq}, expected {_show(head)}")
+            covered.append(queue.popleft()["text"])
+        if "".join(covered) != frame["text"]:
+            self.fail("coalesced text differs from the text deltas it covers")
 
     def fail(self, why: str) -> None:
         waiting = [_show(q[0]) for q in self.pending.values() if q]

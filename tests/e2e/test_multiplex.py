@@ -46,7 +46,7 @@ async def test_ten_connections_with_ten_streams_each_are_byte_exact(app):
 
 async def test_usage_and_role_frames_arrive_in_order_before_finish(app):
     async with raw_connect(app.url) as conn:
-        await conn.start("s1", mock_request({"text": "Hi there"}))
+        await conn.start("s1", mock_request({"text": "Hi there", "tokens_per_s": 20}))
         frames = (await conn.finishes({"s1"}))["s1"]
     types = [f["type"] for f in frames]
     assert types == ["stream.started", "delta.role", "delta.text", "delta.text", "usage", "finish"]

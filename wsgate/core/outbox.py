@@ -189,6 +189,21 @@ class Outbox:
             return stream_id, self._telemetry.pop(stream_id)
         return None
 
+    def take_stream(self, stream_id: str) -> list[bytes]:
+        """Remove and return a stream's unsent frames, in order (its client is gone)."""
+        queue = self._streams.pop(stream_id, None)
+        self._telemetry.pop(stream_id, None)
+        if queue is None:
+            return []
+        self._pending_bytes -= queue.bytes
+        if queue.ended:
+            self._ended_bytes -= queue.bytes
+        if stream_id in self._active:
+            self._active.remove(stream_id)
+        if stream_id in self._urgent:
+            self._urgent.remove(stream_id)
+        return [entry.data for entry in queue.entries]
+
     def clear(self) -> None:
         """Drop everything (the connection is gone)."""
         self._control.clear()

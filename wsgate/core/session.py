@@ -78,7 +78,15 @@ class CancelUpstream:
     stream_id: str
 
 
-Action = SendControl | SendStream | StartUpstream | CancelUpstream
+@dataclass(frozen=True, slots=True)
+class DetachStream:
+    """The client left; keep this stream generating without it (`on_disconnect: continue`)."""
+
+    stream_id: str
+    message_id: str
+
+
+Action = SendControl | SendStream | StartUpstream | CancelUpstream | DetachStream
 
 ParserFactory = Callable[[ChatRequest], UpstreamParser]
 """Builds the parser for a request's provider; raises `WsgateError` for an unknown model."""
@@ -101,6 +109,7 @@ class Session:
         self._parser_factory = parser_factory
         self._new_message_id = new_message_id
         self._server_version = server_version
+        self.draining = False
 
     def ready(self) -> Ready:
         """The first frame of the connection."""
@@ -133,14 +142,34 @@ class Session:
         """Binary frames carry nothing in wsgate.v1; refuse them, keep the connection."""
         return [_refuse("bad_frame", "binary frames are not accepted; send JSON text frames")]
 
-    def cancel(self, stream_id: str, *, unknown_is_error: bool = False) -> list[Action]:
-        """Cancel a running stream: its `finish` (cancelled) and the upstream close."""
+    def cancel(
+        self,
+        stream_id: str,
+        *,
+        unknown_is_error: bool = False,
+        error: WsgateError | None = None,
+    ) -> list[Action]:
+        """Cancel a running stream: its `finish` (cancelled) and the upstream close.
+
+        With `error`, a typed `error` frame (with `seq`) says why, before the `finish`.
+        """
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             if unknown_is_error:
                 return [_refuse("unknown_stream", "no running stream has this id", stream_id)]
             return []
-        return [SendStream(stream_id, stream.cancel()), CancelUpstream(stream_id)]
+        return [SendStream(stream_id, stream.cancel(error)), CancelUpstream(stream_id)]
+
+    def drain(self) -> None:
+        """The gateway is shutting down: refuse new streams, let running ones finish."""
+        self.draining = True
+
+    def cancel_all(self, error: WsgateError | None = None) -> list[Action]:
+        """Cancel every running stream (shutdown deadline, slow consumer)."""
+        actions: list[Action] = []
+        for stream_id in list(self.streams):
+            actions.extend(self.cancel(stream_id, error=error))
+        return actions
 
     def upstream_data(self, stream_id: str, data: bytes, now: float) -> StreamOutput:
         """Bytes from a stream's upstream; frames for that stream (none once it ended)."""
@@ -164,14 +193,19 @@ class Session:
         return self._settle(stream, stream.fail(error))
 
     def connection_lost(self) -> list[Action]:
-        """The client is gone: cancel every running stream."""
+        """The client is gone: cancel its streams, or detach those that asked to continue."""
         actions: list[Action] = []
-        for stream_id in list(self.streams):
-            actions.extend(self.cancel(stream_id))
+        for stream_id, stream in list(self.streams.items()):
+            if stream.options.on_disconnect == "continue":
+                actions.append(DetachStream(stream_id, stream.message_id))
+            else:
+                actions.extend(self.cancel(stream_id))
         return actions
 
     def _start(self, frame: Start, now: float) -> list[Action]:
         sid = frame.stream_id
+        if self.draining:
+            return [_refuse("shutting_down", "the gateway is shutting down; reconnect", sid)]
         if sid in self.streams:
             return [_refuse("stream_exists", "a stream with this id is running", sid)]
         if len(self.streams) >= self.limits.max_streams:

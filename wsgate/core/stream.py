@@ -35,7 +35,7 @@ from wsgate.core.state import Event, State, transition
 PROVIDER_FAILED = "the provider ended the turn with an error"
 UNRELAYABLE = "the provider sent a value nested too deeply to relay"
 
-TIMEOUT_CODES = frozenset({"upstream_timeout"})
+TIMEOUT_CODES = frozenset({"upstream_timeout", "stream_timeout"})
 """Error codes whose stream ends with finish reason `timeout` rather than `error`."""
 
 
@@ -154,7 +154,38 @@ class Stream:
         """End the stream with a typed `error` then `finish` (reason `error` or `timeout`)."""
         if transition(self.state, Event.FAIL) is None:
             return StreamOutput(closed=True)
-        error_frame = ErrorFrame(
+        error_frame = self._error_frame(error)
+        reason: FinishReason = "timeout" if error.code in TIMEOUT_CODES else "error"
+        out = StreamOutput(closed=True)
+        out.add(error_frame)
+        out.add(self._finish(Event.FAIL, reason))
+        return out
+
+    def cancel(self, error: WsgateError | None = None) -> StreamOutput:
+        """End the stream with `finish` reason `cancelled` (idempotent).
+
+        With `error` (a shutdown, a time limit), a typed `error` frame explains the cancel.
+        """
+        if transition(self.state, Event.CANCEL) is None:
+            return StreamOutput(closed=True)
+        out = StreamOutput(closed=True)
+        if error is not None:
+            out.add(self._error_frame(error))
+        out.add(self._finish(Event.CANCEL, "cancelled"))
+        return out
+
+    @property
+    def tokens(self) -> int:
+        """Text deltas produced so far."""
+        return self._tokens
+
+    @property
+    def has_content(self) -> bool:
+        """True once a text or tool-call delta arrived (a role alone is not a token)."""
+        return self._first_token_at is not None
+
+    def _error_frame(self, error: WsgateError) -> ErrorFrame:
+        return ErrorFrame(
             code=error.code,
             message=error.public_message,
             retryable=error.retryable,
@@ -162,19 +193,6 @@ class Stream:
             seq=self._next(),
             retry_after_ms=error.retry_after_ms,
         )
-        reason: FinishReason = "timeout" if error.code in TIMEOUT_CODES else "error"
-        out = StreamOutput(closed=True)
-        out.add(error_frame)
-        out.add(self._finish(Event.FAIL, reason))
-        return out
-
-    def cancel(self) -> StreamOutput:
-        """End the stream with `finish` reason `cancelled` (idempotent)."""
-        if transition(self.state, Event.CANCEL) is None:
-            return StreamOutput(closed=True)
-        out = StreamOutput(closed=True)
-        out.add(self._finish(Event.CANCEL, "cancelled"))
-        return out
 
     def _translate(self, events: list[ParseItem], now: float) -> StreamOutput:
         out = StreamOutput()
@@ -215,6 +233,8 @@ class Stream:
         if isinstance(event, ev.RoleDelta):
             return DeltaRole(sid, self._next(), event.role)
         if isinstance(event, ev.ToolCallStart):
+            if self._first_token_at is None:
+                self._first_token_at = now
             return ToolCallStartFrame(sid, self._next(), event.call_id, event.index, event.name)
         if isinstance(event, ev.ToolCallChunk):
             return ToolCallArgumentsChunk(sid, self._next(), event.call_id, event.chunk)

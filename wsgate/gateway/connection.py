@@ -2,22 +2,23 @@
 
 Owns the asyncio side of a connection. The core `Session` decides; this module executes:
 it feeds received frames to the session, queues what it returns in the connection's
-`Outbox`, runs each stream's upstream call in its own task, and writes frames out.
+`Outbox`, runs each stream's upstream call in its own task (`streams.py`), and writes.
 
-- Backpressure: a stream task stops reading its upstream while its outbox queue is full
-  and resumes when the writer has drained it below half (`Outbox.has_room`): real
-  backpressure into the provider's TCP connection.
+- Backpressure: a stream stops reading its provider while its own queue is full, or while
+  the connection holds half of `buffer_bytes`; it resumes when the writer has drained.
+- Slow consumers: past `buffer_bytes` buffered (outbox plus the socket's write buffer) the
+  connection's streams are cancelled, a `slow_consumer` error is attempted and the
+  connection closes with 4000. A send that waits longer than `send_timeout` (a client
+  that stopped reading entirely) aborts the transport: a close handshake or a keepalive
+  ping would wait behind the same full buffer.
 - Reader backpressure: refusals of bad frames and the frames of ended streams are bounded
-  by `READER_BACKLOG_BYTES`; past it the reader stops reading the client until the writer
-  has sent half of them.
-- Slow clients: every send has `send_timeout`; past it the transport is aborted (a close
-  handshake would wait behind the same full buffer, and so would a keepalive ping) and
-  every stream of the connection is cancelled, so a client that stops reading pins neither
-  memory nor tasks.
-- Cancellation: a cancelled stream task leaves the upstream's `async with`, which closes the
-  provider connection. `CancelledError` is always re-raised.
+  by `READER_BACKLOG_BYTES`; past it the reader stops reading the client.
+- Liveness: a `heartbeat` frame after `heartbeat_interval` of silence, for browsers, which
+  cannot see WebSocket pings.
+- Disconnect: streams that asked `on_disconnect: continue` are detached into an event log
+  (`detached.py`) for the disconnect window instead of being cancelled.
 
-Does not import the upstream or mock packages: the upstream comes in as an `Upstream`.
+Every `await` here is cancellable; `CancelledError` is always re-raised.
 """
 
 from __future__ import annotations
@@ -26,31 +27,44 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import websockets
 from websockets.asyncio.server import ServerConnection
 
-from wsgate.core.errors import WsgateError
-from wsgate.core.frames import ChatRequest, FinishFrame, encode_frame
+from wsgate.core.errors import CloseCode, ShuttingDown
+from wsgate.core.frames import (
+    ChatRequest,
+    DeltaText,
+    ErrorFrame,
+    FinishFrame,
+    GoAway,
+    Heartbeat,
+    encode_frame,
+)
 from wsgate.core.outbox import Outbox
 from wsgate.core.session import (
     Action,
     CancelUpstream,
+    DetachStream,
     SendControl,
     SendStream,
     Session,
     StartUpstream,
 )
 from wsgate.core.stream import StreamOutput
-from wsgate.log import bound, get_logger
+from wsgate.gateway.accounting import Accounting
+from wsgate.gateway.detached import DetachedLog, DetachedStreams
+from wsgate.gateway.streams import StreamRunner
+from wsgate.log import get_logger
 
 log = get_logger("wsgate.gateway")
 
-
 READER_BACKLOG_BYTES = 256 * 1024
 """Most bytes of refusals and ended streams' frames queued before the reader pauses."""
+
+HEARTBEAT = encode_frame(Heartbeat())
 
 
 class Upstream(Protocol):
@@ -60,54 +74,92 @@ class Upstream(Protocol):
         """Open the provider call; the context yields response bytes."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Per-connection limits and timers (seconds, bytes)."""
+
+    queue_events: int = 256
+    queue_bytes: int = 256 * 1024
+    buffer_bytes: int = 1024 * 1024
+    send_timeout: float = 10.0
+    max_duration: float = 900.0
+    first_token_timeout: float = 120.0
+    heartbeat_interval: float = 15.0
+    disconnect_window: float = 30.0
+    disconnect_log_bytes: int = 1024 * 1024
+
+
 @dataclass
 class ConnectionStats:
-    """Counters of one connection, read by tests and, later, metrics."""
+    """Counters of one connection, read by tests and the gateway's accounting."""
 
     frames_sent: int = 0
     bytes_sent: int = 0
+    max_buffered: int = 0
     aborted: bool = False
+    slow_consumer: bool = False
+
+
+@dataclass
+class Shared:
+    """What every connection of a gateway shares."""
+
+    accounting: Accounting = field(default_factory=Accounting)
+    detached: DetachedStreams = field(default_factory=DetachedStreams)
+    detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class Connection:
     """Runs one accepted WebSocket until it closes."""
 
-    def __init__(  # noqa: PLR0913 - the connection's collaborators, wired by the server
+    def __init__(
         self,
         ws: ServerConnection,
         session: Session,
         upstream: Upstream,
-        *,
-        queue_events: int,
-        queue_bytes: int,
-        send_timeout: float,
+        options: ConnectionOptions,
+        shared: Shared,
     ) -> None:
         self.ws = ws
         self.session = session
-        self.upstream = upstream
-        self.outbox = Outbox(queue_events, queue_bytes)
-        self.send_timeout = send_timeout
+        self.options = options
+        self.shared = shared
+        self.outbox = Outbox(options.queue_events, options.queue_bytes)
         self.stats = ConnectionStats()
+        self.runner = StreamRunner(self, upstream)
+        self.logs: dict[str, DetachedLog] = {}  # detached streams of this connection
+        self.room: dict[str, asyncio.Event] = {}
+        self.uncongested = asyncio.Event()
         self._wake_writer = asyncio.Event()
         self._backlog_room = asyncio.Event()
-        self._room: dict[str, asyncio.Event] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._message_ids: dict[str, str] = {}
-        self._closing = False
+        self._silenced = False  # no more output: slow consumer, or the connection is gone
+        self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No running stream and nothing left to send."""
+        return not self.session.streams and self.outbox.pending_bytes == 0
 
     async def run(self) -> None:
-        """Serve the connection; returns when it is closed and every task has ended."""
+        """Serve the connection; returns when it is closed and its own tasks have ended."""
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
         self._control(encode_frame(self.session.ready()))
         try:
             await self._reader()
         finally:
-            self._closing = True
-            self._apply(self.session.connection_lost())
-            await self._reap_streams()
+            self._silenced = True
+            self.apply(self.session.connection_lost())
+            await self.runner.reap()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            if self._closer is not None:
+                await asyncio.gather(self._closer, return_exceptions=True)
+            accounting = self.shared.accounting
+            accounting.telemetry_shed += self.outbox.shed_telemetry
+            accounting.coalesced_frames += self.outbox.coalesced
             self.outbox.clear()
+
+    # --- reading ---------------------------------------------------------------------
 
     async def _reader(self) -> None:
         try:
@@ -116,7 +168,7 @@ class Connection:
                     actions = self.session.receive(message, time.monotonic())
                 else:
                     actions = self.session.receive_binary()
-                self._apply(actions)
+                self.apply(actions)
                 if self.outbox.backlog_bytes > READER_BACKLOG_BYTES:
                     await self._wait_for_backlog()
         except websockets.ConnectionClosed:
@@ -137,128 +189,192 @@ class Connection:
         finally:
             closed.cancel()
 
-    def _apply(self, actions: list[Action]) -> None:
+    # --- executing the session's actions ------------------------------------------------
+
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out what the session decided."""
         for action in actions:
             if isinstance(action, SendControl):
                 self._control(encode_frame(action.frame))
             elif isinstance(action, SendStream):
-                self._deliver(action.stream_id, action.output)
+                self.deliver(action.stream_id, action.output)
             elif isinstance(action, StartUpstream):
-                self._start_task(action)
+                self.shared.accounting.streams_started += 1
+                self.runner.start(action)
             elif isinstance(action, CancelUpstream):
-                task = self._tasks.get(action.stream_id)
-                if task is not None:
-                    task.cancel()
-
-    def _start_task(self, start: StartUpstream) -> None:
-        sid = start.stream_id
-        self._message_ids[sid] = start.message_id
-        task = asyncio.create_task(self._run_stream(start), name=f"stream-{sid}")
-        self._tasks[sid] = task
-        # A done-callback, not a `finally`: a task cancelled before it first runs never
-        # executes its body, and must not stay in the table with its request.
-        task.add_done_callback(lambda done: self._forget(sid, done))
-
-    def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
-        # A cancelled stream's id may already name a new stream: forget only our own.
-        if self._tasks.get(stream_id) is task:
-            del self._tasks[stream_id]
-            self._room.pop(stream_id, None)
-            self._message_ids.pop(stream_id, None)
+                self.shared.accounting.cancels += 1
+                self.runner.cancel(action.stream_id)
+            elif isinstance(action, DetachStream):
+                self._detach(action)
 
     def _control(self, data: bytes) -> None:
+        if self._silenced:
+            return
         self.outbox.push_control(data)
         self._wake_writer.set()
 
-    def _deliver(self, stream_id: str, output: StreamOutput) -> None:
+    def deliver(self, stream_id: str, output: StreamOutput) -> None:
+        """Queue a stream's frames (or log them, for a detached stream)."""
+        if output.closed:
+            self._count_finish(output)
+        detached = self.logs.get(stream_id)
+        if detached is not None:
+            self._log_detached(detached, output)
+            return
+        if self._silenced:
+            return
         outbox = self.outbox
-        for data in output.data:
-            outbox.push(stream_id, data)
+        for frame, data in zip(output.frames, output.data, strict=True):
+            outbox.push(stream_id, data, frame)
         if output.telemetry is not None:
             outbox.push_telemetry(stream_id, encode_frame(output.telemetry))
         if output.closed:
             outbox.end_stream(stream_id)
-            self._log_finish(stream_id, output)
         self._wake_writer.set()
+        buffered = outbox.pending_bytes + self._transport_buffered()
+        self.stats.max_buffered = max(self.stats.max_buffered, buffered)
+        if buffered > self.options.buffer_bytes:
+            self._slow_consumer(buffered)
 
-    def _log_finish(self, stream_id: str, output: StreamOutput) -> None:
+    def _count_finish(self, output: StreamOutput) -> None:
         last = output.frames[-1] if output.frames else None
         if isinstance(last, FinishFrame):
+            self.shared.accounting.finishes[last.reason] += 1
             log.info(
                 "stream_finished",
-                stream_id=stream_id,
-                message_id=self._message_ids.pop(stream_id, None),
+                stream_id=last.stream_id,
+                message_id=self.runner.message_id(last.stream_id),
                 reason=last.reason,
                 last_seq=last.seq,
             )
 
-    async def _run_stream(self, start: StartUpstream) -> None:
-        sid = start.stream_id
-        with bound(stream_id=sid, message_id=start.message_id):
-            await self._stream_body(start)
+    def _transport_buffered(self) -> int:
+        transport = self.ws.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
-    async def _stream_body(self, start: StartUpstream) -> None:
-        sid = start.stream_id
-        session = self.session
+    # --- disconnect policy -----------------------------------------------------------------
+
+    def _detach(self, action: DetachStream) -> None:
+        sid = action.stream_id
+        detached = DetachedLog(action.message_id, sid, self.options.disconnect_log_bytes)
+        for data in self.outbox.take_stream(sid):
+            detached.append(data)
+        self.logs[sid] = detached
+        self.shared.detached.add(detached)
+        self.shared.accounting.detached_streams += 1
+        self.runner.detach(sid, self.options.disconnect_window)
+        room = self.room.get(sid)
+        if room is not None:
+            room.set()
+        self.uncongested.set()
+        log.info("stream_detached", stream_id=sid, message_id=action.message_id)
+
+    def _log_detached(self, detached: DetachedLog, output: StreamOutput) -> None:
+        tokens = sum(isinstance(frame, DeltaText) for frame in output.frames)
+        detached.tokens += tokens
+        # Nobody reads these tokens until resume exists: they are spent after the client left.
+        self.shared.accounting.wasted_tokens_after_cancel += tokens
+        if all(detached.append(data) for data in output.data):
+            detached.finished = detached.finished or output.closed
+            return
+        if not output.closed:
+            self.apply(self.session.cancel(detached.stream_id))
+
+    def expire(self, stream_id: str) -> None:
+        """A detached stream's window passed: cancel it if running, forget its log."""
+        detached = self.logs.get(stream_id)
+        if stream_id in self.session.streams:
+            self.shared.accounting.detached_expired += 1
+            self.apply(self.session.cancel(stream_id))  # its finish goes to the log
+        self.logs.pop(stream_id, None)
+        if detached is not None:
+            self.shared.detached.discard(detached.message_id)
+
+    # --- shutdown and slow consumers ---------------------------------------------------
+
+    def goaway(self, drain_ms: int, reconnect_after_ms: int) -> None:
+        """Tell the client the gateway is leaving; refuse new streams from now on."""
+        self.session.drain()
+        frame = GoAway("shutting down", reconnect_after_ms=reconnect_after_ms, drain_ms=drain_ms)
+        self._control(encode_frame(frame))
+
+    def cancel_remaining(self) -> None:
+        """The drain deadline passed: end every running stream (`shutting_down`)."""
+        error = ShuttingDown("the gateway shut down before the stream finished")
+        self.apply(self.session.cancel_all(error))
+
+    def _slow_consumer(self, buffered: int) -> None:
+        if self._silenced:
+            return
+        log.warning("slow_consumer", buffered_bytes=buffered, cap=self.options.buffer_bytes)
+        self.stats.slow_consumer = True
+        self.shared.accounting.slow_consumers += 1
+        self.apply(self.session.cancel_all())
+        self._silenced = True
+        self.outbox.clear()
+        error = ErrorFrame(
+            code="slow_consumer",
+            message="the client did not read its frames fast enough",
+            retryable=True,
+        )
+        self._closer = asyncio.create_task(
+            self._close(CloseCode.SLOW_CONSUMER, "slow consumer", encode_frame(error))
+        )
+
+    async def _close(self, code: int, reason: str, last: bytes | None) -> None:
         try:
-            async with self.upstream.open(start.request) as chunks:
-                async for chunk in chunks:
-                    output = session.upstream_data(sid, chunk, time.monotonic())
-                    self._deliver(sid, output)
-                    if output.closed:
-                        return
-                    if self.outbox.is_full(sid):
-                        await self._wait_for_room(sid)
-            self._deliver(sid, session.upstream_eof(sid, time.monotonic()))
-        except WsgateError as exc:
-            log.info("upstream_failed", stream_id=sid, code=exc.code)
-            self._deliver(sid, session.upstream_failed(sid, exc))
-        except Exception:
-            log.exception("stream_crashed", stream_id=sid)
-            self._deliver(sid, session.upstream_failed(sid, WsgateError("internal error")))
+            async with asyncio.timeout(1.0):
+                if last is not None:
+                    await self.ws.send(last, text=True)
+                await self.ws.close(code, reason)
+        except (TimeoutError, websockets.ConnectionClosed):
+            self.abort("close_timeout")
 
-    async def _wait_for_room(self, stream_id: str) -> None:
-        event = self._room.get(stream_id)
-        if event is None:
-            event = self._room[stream_id] = asyncio.Event()
-        event.clear()
-        while not self.outbox.has_room(stream_id):
-            await event.wait()
-            event.clear()
+    def abort(self, why: str) -> None:
+        """Drop the TCP connection without a close handshake."""
+        log.warning("connection_aborted", reason=why, queued_bytes=self.outbox.pending_bytes)
+        self.stats.aborted = True
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
+
+    # --- writing -------------------------------------------------------------------------
 
     async def _writer(self) -> None:
         try:
             await self._write_loop()
         except Exception:
             log.exception("writer_crashed")
-            self._abort("writer_crashed")
+            self.abort("writer_crashed")
             raise
 
     async def _write_loop(self) -> None:
-        outbox = self.outbox
-        ws = self.ws
+        outbox, ws, stats = self.outbox, self.ws, self.stats
+        soft = self.options.buffer_bytes // 2
         sent_since_yield = 0
         while True:
             item = outbox.pop()
             if item is None:
-                self._wake_writer.clear()
-                await self._wake_writer.wait()
+                await self._idle()
                 continue
             stream_id, data = item
             try:
-                async with asyncio.timeout(self.send_timeout):
+                async with asyncio.timeout(self.options.send_timeout):
                     await ws.send(data, text=True)
             except TimeoutError:
-                self._abort("send_timeout")
+                self.shared.accounting.send_timeouts += 1
+                self.abort("send_timeout")
                 return
             except websockets.ConnectionClosed:
                 return
-            self.stats.frames_sent += 1
-            self.stats.bytes_sent += len(data)
+            stats.frames_sent += 1
+            stats.bytes_sent += len(data)
             if stream_id is not None:
-                room = self._room.get(stream_id)
+                room = self.room.get(stream_id)
                 if room is not None and outbox.has_room(stream_id):
                     room.set()
+            if outbox.pending_bytes <= soft // 2:
+                self.uncongested.set()
             if outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
                 self._backlog_room.set()
             # send() only yields when the transport is paused; yield now and then so one
@@ -268,16 +384,12 @@ class Connection:
                 sent_since_yield = 0
                 await asyncio.sleep(0)
 
-    def _abort(self, why: str) -> None:
-        log.warning("connection_aborted", reason=why, queued_bytes=self.outbox.pending_bytes)
-        self.stats.aborted = True
-        transport = self.ws.transport
-        if transport is not None:
-            transport.abort()
-
-    async def _reap_streams(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def _idle(self) -> None:
+        self._wake_writer.clear()
+        self.uncongested.set()
+        self._backlog_room.set()
+        try:
+            async with asyncio.timeout(self.options.heartbeat_interval):
+                await self._wake_writer.wait()
+        except TimeoutError:
+            self._control(HEARTBEAT)

@@ -7,16 +7,19 @@ costs ~40% throughput and ~33 KiB per connection for token frames), and the fram
 hard cap. Frames up to `max_frame_bytes` are decoded; frames between that and the hard cap
 (4x) get a `frame_too_large` error and the connection carries on; beyond the hard cap
 websockets closes with 1009 before buffering more. Also answers `/livez` and `/readyz`
-on the same port, so a wedged listener fails its probe.
+on the same port, so a wedged listener fails its probe, and `/stats` (JSON counters: stream
+outcomes, cancels and their latency, waste, shedding, coalescing, slow consumers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
@@ -24,12 +27,14 @@ from websockets.typing import Subprotocol
 
 from wsgate.core.frames import PROTOCOL
 from wsgate.core.session import ParserFactory, Session, SessionLimits
-from wsgate.gateway.connection import Connection, Upstream
+from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
 from wsgate.log import bound, get_logger
 
 log = get_logger("wsgate.gateway")
 
 HARD_CAP_FACTOR = 4
+FLUSH_S = 1.0
+"""After the drain deadline, how long writers may flush the final frames before 1001."""
 INCOMING_QUEUE = 4
 """Client messages websockets buffers while the reader is paused (each up to the hard cap)."""
 
@@ -45,11 +50,9 @@ class GatewayOptions:
     compression: bool = False
     max_streams: int = 256
     max_frame_bytes: int = 1024 * 1024
-    queue_events: int = 256
-    queue_bytes: int = 256 * 1024
-    send_timeout: float = 10.0
     telemetry_interval: float = 0.5
     ping_interval: float | None = 20.0
+    connection: ConnectionOptions = field(default_factory=ConnectionOptions)
 
 
 def new_id(prefix: str) -> Callable[[], str]:
@@ -72,6 +75,7 @@ class Gateway:
         self.parser_factory = parser_factory
         self.server_version = server_version
         self.connections: set[Connection] = set()
+        self.shared = Shared()
         self.ready = False
         self._server: Server | None = None
         self._new_conn_id = new_id("conn")
@@ -116,6 +120,38 @@ class Gateway:
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None
+        tasks = list(self.shared.detached_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def shutdown(self, drain_timeout: float, reconnect_after_ms: int = 1000) -> None:
+        """Graceful stop: not ready, stop accepting, `goaway`, drain, cancel the rest, 1001.
+
+        Running streams may finish until `drain_timeout`; then each remaining one ends
+        with `error` `shutting_down` and `finish` `cancelled`, the writers get a moment to
+        flush, and every connection is closed with 1001.
+        """
+        self.ready = False
+        if self._server is None:
+            return
+        log.info("gateway_draining", connections=len(self.connections), timeout_s=drain_timeout)
+        self._server.close(close_connections=False)  # stop listening, keep connections
+        for connection in self.connections:
+            connection.goaway(int(drain_timeout * 1000), reconnect_after_ms)
+        await self._until_idle(drain_timeout)
+        for connection in self.connections:
+            connection.cancel_remaining()
+        await self._until_idle(FLUSH_S)
+        await self.close()
+
+    async def _until_idle(self, within: float) -> None:
+        # Idleness is a condition over every connection; polling it during a shutdown is
+        # simpler than an event per connection, and bounded by the deadline.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline and not all(c.idle for c in self.connections):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -123,6 +159,13 @@ class Gateway:
             return None
         if path == "/livez":
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/stats":
+            body = orjson.dumps(
+                {**self.shared.accounting.snapshot(), "detached_open": len(self.shared.detached)}
+            )
+            response = connection.respond(HTTPStatus.OK, body.decode())
+            response.headers["Content-Type"] = "application/json"
+            return response
         if path == "/readyz":
             if self.ready:
                 return connection.respond(HTTPStatus.OK, "ready\n")
@@ -139,14 +182,10 @@ class Gateway:
             self._new_message_id,
             self.server_version,
         )
-        connection = Connection(
-            ws,
-            session,
-            self.upstream,
-            queue_events=opts.queue_events,
-            queue_bytes=opts.queue_bytes,
-            send_timeout=opts.send_timeout,
-        )
+        connection = Connection(ws, session, self.upstream, opts.connection, self.shared)
+        accounting = self.shared.accounting
+        accounting.connections_opened += 1
+        accounting.connections_open += 1
         self.connections.add(connection)
         with bound(conn_id=conn_id):
             log.info("connection_open", remote=_remote(ws))
@@ -154,11 +193,13 @@ class Gateway:
                 await connection.run()
             finally:
                 self.connections.discard(connection)
+                accounting.connections_open -= 1
                 log.info(
                     "connection_closed",
                     code=ws.close_code,
                     frames_sent=connection.stats.frames_sent,
                     telemetry_shed=connection.outbox.shed_telemetry,
+                    slow_consumer=connection.stats.slow_consumer,
                     aborted=connection.stats.aborted,
                 )
 

@@ -1,0 +1,74 @@
+"""Gateway-wide counters: stream outcomes, cancels, waste, shedding, slow consumers.
+
+Owns the figures an operator and the load tester read (`GET /stats` on the gateway port,
+and later the Prometheus endpoint): plain counters plus a bounded sample of
+cancel-to-upstream-close latencies. Only the gateway shell writes here; nothing here does
+I/O or blocks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+LATENCY_SAMPLES = 10_000
+"""Cancel latencies kept for percentiles (the newest; older ones only count in totals)."""
+
+
+@dataclass
+class Accounting:
+    """Counters of one gateway process."""
+
+    connections_opened: int = 0
+    connections_open: int = 0
+    streams_started: int = 0
+    finishes: Counter[str] = field(default_factory=Counter)
+    cancels: int = 0
+    wasted_tokens_after_cancel: int = 0
+    telemetry_shed: int = 0
+    coalesced_frames: int = 0
+    slow_consumers: int = 0
+    send_timeouts: int = 0
+    detached_streams: int = 0
+    detached_expired: int = 0
+    cancel_latency_count: int = 0
+    cancel_latency_max_s: float = 0.0
+    _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def cancel_latency(self, seconds: float) -> None:
+        """Record the time from a cancel decision to the upstream connection's close."""
+        self.cancel_latency_count += 1
+        self.cancel_latency_max_s = max(self.cancel_latency_max_s, seconds)
+        self._latencies.append(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able view, with cancel latency percentiles in milliseconds."""
+        samples = sorted(self._latencies)
+        return {
+            "connections_opened": self.connections_opened,
+            "connections_open": self.connections_open,
+            "streams_started": self.streams_started,
+            "finishes": dict(self.finishes),
+            "cancels": self.cancels,
+            "wasted_tokens_after_cancel": self.wasted_tokens_after_cancel,
+            "telemetry_shed": self.telemetry_shed,
+            "coalesced_frames": self.coalesced_frames,
+            "slow_consumers": self.slow_consumers,
+            "send_timeouts": self.send_timeouts,
+            "detached_streams": self.detached_streams,
+            "detached_expired": self.detached_expired,
+            "cancel_to_upstream_close_ms": {
+                "count": self.cancel_latency_count,
+                "p50": _percentile(samples, 0.50),
+                "p99": _percentile(samples, 0.99),
+                "max": round(self.cancel_latency_max_s * 1000, 3),
+            },
+        }
+
+
+def _percentile(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    index = min(len(samples) - 1, int(q * len(samples)))
+    return round(samples[index] * 1000, 3)
