@@ -309,8 +309,8 @@ class Connection:
         log.warning("slow_consumer", buffered_bytes=buffered, cap=self.options.buffer_bytes)
         self.stats.slow_consumer = True
         self.shared.accounting.slow_consumers += 1
-        self.apply(self.session.cancel_all())
         self._silenced = True
+        self.apply(self.session.cancel_all())
         self.outbox.clear()
         error = ErrorFrame(
             code="slow_consumer",

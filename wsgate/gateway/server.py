@@ -136,7 +136,9 @@ class Gateway:
         if self._server is None:
             return
         log.info("gateway_draining", connections=len(self.connections), timeout_s=drain_timeout)
-        self._server.close(close_connections=False)  # stop listening, keep connections
+        # Stop listening but keep the connections (websockets' own close() is one-shot, and
+        # the final close(close_connections=True) below must still do its work).
+        self._server.server.close()
         for connection in self.connections:
             connection.goaway(int(drain_timeout * 1000), reconnect_after_ms)
         await self._until_idle(drain_timeout)
