@@ -31,7 +31,7 @@ async def test_one_slow_reader_beside_twenty_fast_ones_leaves_the_fast_ones_whol
             assert_gapless(frames)
             return time.monotonic() - started
 
-    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1) as slow:  # type: ignore[list-item]
+    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1, close_timeout=0.5) as slow:  # type: ignore[list-item]
         await slow.recv()  # ready; then it stops reading
         for i in range(4):
             frame = {"type": "start", "stream_id": f"s{i}", "request": mock_request(slow_script)}
@@ -48,7 +48,7 @@ async def test_cancelling_a_stream_held_back_by_a_full_queue_closes_its_upstream
     filler = {"words": 100_000, "chunk": 4000}
     # Still generating when cancelled (paced), so the provider can see the disconnect.
     script = {"words": 100_000, "seed": 5, "chunk": 4000, "tokens_per_s": 100, "tag": "full-queue"}
-    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1) as ws:  # type: ignore[list-item]
+    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1, close_timeout=0.5) as ws:  # type: ignore[list-item]
         await ws.recv()
         for i in range(12):  # ~7 MB: fill the kernel's buffers, then the gateway's
             fill = {**filler, "seed": i}
@@ -83,7 +83,7 @@ async def test_a_client_past_the_connection_byte_cap_is_closed_as_a_slow_consume
         **{"limits.connection_buffer_bytes": 64 * 1024, "limits.send_timeout_s": 30}
     )
     script = {"words": 30_000, "seed": 1, "chunk": 8000}
-    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1) as ws:  # type: ignore[list-item]
+    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1, close_timeout=0.5) as ws:  # type: ignore[list-item]
         await ws.recv()
         for i in range(20):
             frame = {"type": "start", "stream_id": f"s{i}", "request": mock_request(script)}

@@ -25,6 +25,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_its_upstreams_clo
         await ws.send(orjson.dumps(frame).decode())
         # Never read again. The gateway must give up within send_timeout of the stall.
         started = time.monotonic()
+        (connection,) = app.gateway.connections
         async with asyncio.timeout(30):
             while app.gateway.connections:  # noqa: ASYNC110 - polling a plain set
                 await asyncio.sleep(0.05)
@@ -41,3 +42,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_its_upstreams_clo
         assert (record.completed_at is None) != (record.disconnected_at is None)
     assert app.mock.open_connections == 0
     assert app.gateway.connections == set()
+    # Memory held for the client never passed the documented bound: the connection cap
+    # plus what one push can add before the check (a provider read: <= 32 KiB of frames).
+    cap = connection.options.buffer_bytes
+    assert connection.stats.max_buffered <= cap + 48 * 1024
