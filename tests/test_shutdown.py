@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 import pytest
@@ -48,14 +50,12 @@ async def read_until_closed(ws, frames: list[dict], late_start: dict) -> None:
                 await ws.send(orjson.dumps(late).decode())
 
 
-async def test_sigterm_drains_running_streams_then_closes_with_1001_and_exits_0():
+@contextmanager
+def serving(**env_overrides: str) -> Iterator[subprocess.Popen[str]]:
+    """`wsgate serve` on a free port with these settings; killed if it outlives the test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
-    env.update(
-        WSGATE_SERVER__DRAIN_TIMEOUT_S="1.5",
-        WSGATE_MOCK__TTFT_MS="0",
-        WSGATE_LOG__LEVEL="info",
-    )
-    with subprocess.Popen(  # noqa: ASYNC220 - started once; the test then only awaits
+    env.update(WSGATE_MOCK__TTFT_MS="0", **env_overrides)
+    with subprocess.Popen(
         [*WSGATE, "serve", "--port", "0", "--log-format", "json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -63,26 +63,31 @@ async def test_sigterm_drains_running_streams_then_closes_with_1001_and_exits_0(
         env=env,
     ) as proc:
         try:
-            port = await read_port(proc)
-            frames: list[dict] = []
-            async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
-                await ws.recv()  # ready
-                short = request("short " * 20, 40)  # ~0.5 s: finishes within the drain
-                long = request("long " * 200, 20)  # ~10 s: cut at the deadline
-                for sid, body in (("short", short), ("long", long)):
-                    start = {"type": "start", "stream_id": sid, "request": body}
-                    await ws.send(orjson.dumps(start).decode())
-                while len({f.get("stream_id") for f in frames if f["type"] == "delta.text"}) < 2:
-                    frames.append(orjson.loads(await ws.recv()))
-                proc.send_signal(signal.SIGTERM)
-                signalled = time.monotonic()
-                with pytest.raises(websockets.ConnectionClosed) as info:
-                    await read_until_closed(ws, frames, late_start=short)
-            closed_after = time.monotonic() - signalled
-            assert proc.wait(timeout=10) == 0
+            yield proc
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+async def test_sigterm_drains_running_streams_then_closes_with_1001_and_exits_0():
+    with serving(WSGATE_SERVER__DRAIN_TIMEOUT_S="1.5") as proc:
+        port = await read_port(proc)
+        frames: list[dict] = []
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+            await ws.recv()  # ready
+            short = request("short " * 20, 40)  # ~0.5 s: finishes within the drain
+            long = request("long " * 200, 20)  # ~10 s: cut at the deadline
+            for sid, body in (("short", short), ("long", long)):
+                start = {"type": "start", "stream_id": sid, "request": body}
+                await ws.send(orjson.dumps(start).decode())
+            while len({f.get("stream_id") for f in frames if f["type"] == "delta.text"}) < 2:
+                frames.append(orjson.loads(await ws.recv()))
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await read_until_closed(ws, frames, late_start=short)
+        closed_after = time.monotonic() - signalled
+        assert proc.wait(timeout=10) == 0
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 1001
     (goaway,) = [f for f in frames if f["type"] == "goaway"]
@@ -105,29 +110,17 @@ async def test_sigterm_drains_running_streams_then_closes_with_1001_and_exits_0(
 
 
 async def test_a_second_signal_exits_at_once():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
-    env.update(WSGATE_SERVER__DRAIN_TIMEOUT_S="30", WSGATE_MOCK__TTFT_MS="0")
-    with subprocess.Popen(  # noqa: ASYNC220 - started once; the test then only awaits
-        [*WSGATE, "serve", "--port", "0", "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as proc:
-        try:
-            port = await read_port(proc)
-            async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
-                await ws.recv()
-                start = {"type": "start", "stream_id": "s", "request": request("x " * 500, 10)}
-                await ws.send(orjson.dumps(start).decode())
-                await ws.recv()
-                proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                signalled = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
-                assert code == 1
-                assert time.monotonic() - signalled < 2
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with serving(WSGATE_SERVER__DRAIN_TIMEOUT_S="30") as proc:
+        port = await read_port(proc)
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+            await ws.recv()
+            start = {"type": "start", "stream_id": "s", "request": request("x " * 500, 10)}
+            await ws.send(orjson.dumps(start).decode())
+            await ws.recv()
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
+            assert code == 1
+            assert time.monotonic() - signalled < 2
