@@ -257,8 +257,8 @@ class Connection:
     def _detach(self, action: DetachStream) -> None:
         sid = action.stream_id
         detached = DetachedLog(action.message_id, sid, self.options.disconnect_log_bytes)
-        for data in self.outbox.take_stream(sid):
-            detached.append(data)
+        # Frames queued but unsent go first in the log: the client never got them.
+        kept = all(detached.append(data) for data in self.outbox.take_stream(sid))
         self.logs[sid] = detached
         self.shared.detached.add(detached)
         self.shared.accounting.detached_streams += 1
@@ -268,6 +268,8 @@ class Connection:
             room.set()
         self.uncongested.set()
         log.info("stream_detached", stream_id=sid, message_id=action.message_id)
+        if not kept:  # a log with a gap could never be resumed: stop paying for it
+            self.apply(self.session.cancel(sid))
 
     def _log_detached(self, detached: DetachedLog, output: StreamOutput) -> None:
         tokens = sum(isinstance(frame, DeltaText) for frame in output.frames)
