@@ -31,5 +31,9 @@ pytest: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/wsgate schema --out protocol/schema
 
+# The load-test benchmark (scripts/bench.py): writes BENCHMARKS.md. BENCH_ARGS=--quick for ~45 s.
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import orjson
 import pytest
 import websockets
+from proc_helpers import read_port, serving
 from websockets.asyncio.client import connect
-
-WSGATE = [sys.executable, "-m", "wsgate"]
 
 
 def request(text: str, tokens_per_s: float) -> dict:
     script = {"mock": {"text": text, "tokens_per_s": tokens_per_s}}
     return {"model": "mock", "messages": [{"role": "user", "content": json.dumps(script)}]}
-
-
-async def read_port(proc: subprocess.Popen[str]) -> int:
-    assert proc.stdout is not None
-    loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = await loop.run_in_executor(None, proc.stdout.readline)
-        if '"gateway_listening"' in line:
-            return int(json.loads(line)["port"])
-    raise AssertionError("the gateway did not start")
 
 
 STREAM_IDS = ("short", "long", "late")
@@ -48,25 +31,6 @@ async def read_until_closed(ws, frames: list[dict], late_start: dict) -> None:
             if frame["type"] == "goaway":
                 late = {"type": "start", "stream_id": "late", "request": late_start}
                 await ws.send(orjson.dumps(late).decode())
-
-
-@contextmanager
-def serving(**env_overrides: str) -> Iterator[subprocess.Popen[str]]:
-    """`wsgate serve` on a free port with these settings; killed if it outlives the test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
-    env.update(WSGATE_MOCK__TTFT_MS="0", **env_overrides)
-    with subprocess.Popen(
-        [*WSGATE, "serve", "--port", "0", "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
 
 
 async def test_sigterm_drains_running_streams_then_closes_with_1001_and_exits_0():

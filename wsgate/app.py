@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from wsgate import __version__
 from wsgate.config import Settings
-from wsgate.core.frames import ChatRequest
+from wsgate.core.frames import ChatRequest, StartOptions
 from wsgate.core.providers import make_parser
 from wsgate.core.stream import UpstreamParser
 from wsgate.gateway.connection import ConnectionOptions
@@ -107,10 +107,14 @@ class App:
         await self.gateway.start()
         log.info("wsgate_started", version=__version__, models=sorted(routes))
 
-    def _parser_for(self, request: ChatRequest) -> UpstreamParser:
+    def _parser_for(self, request: ChatRequest, options: StartOptions) -> UpstreamParser:
         assert self.upstream is not None  # noqa: S101 - start() sets it before any connection
         route = self.upstream.route(request.model)
-        return make_parser(route.kind, self.settings.upstream.max_line_bytes)
+        return make_parser(
+            route.kind,
+            self.settings.upstream.max_line_bytes,
+            tool_snapshots=options.tool_snapshots,
+        )
 
     @property
     def url(self) -> str:

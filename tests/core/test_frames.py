@@ -89,8 +89,8 @@ def test_a_cancel_decodes_from_text_and_from_bytes():
             "role",
         ),
         (
-            b'{"type":"start","stream_id":"a","request":{"model":"m","messages":[{"role":"user"}]},"options":{"buffering":"word"}}',
-            "buffering",
+            b'{"type":"start","stream_id":"a","request":{"model":"m","messages":[{"role":"user"}]},"options":{"colour":"red"}}',
+            "colour",
         ),
         (b'{"type":"cancel","stream_id":"a\\ud800"}', "not valid JSON"),
         (b'{"type": NaN}', "not valid JSON"),

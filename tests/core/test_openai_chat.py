@@ -301,11 +301,8 @@ def test_tool_call_without_id_gets_a_synthetic_id():
 
 def test_tool_call_arguments_before_the_name_are_sent_after_the_start():
     out = run(tool(0, "c1", arguments='{"x"'), tool(0, name="f", arguments=":1}"))
-    assert out == [
-        ev.ToolCallStart("c1", 0, "f"),
-        ev.ToolCallChunk("c1", '{"x"'),
-        ev.ToolCallChunk("c1", ":1}"),
-    ]
+    # The held text and the fragment that brought the name leave as one chunk.
+    assert out == [ev.ToolCallStart("c1", 0, "f"), ev.ToolCallChunk("c1", '{"x":1}')]
 
 
 def test_tool_call_without_index_goes_to_its_id_or_the_latest_call():
@@ -326,14 +323,23 @@ def test_tool_call_with_empty_arguments_ends_with_an_empty_object():
     assert run(tool(0, "c1", "f"), DONE)[-2] == ev.ToolCallEnd("c1", "f", {})
 
 
-def test_tool_call_with_invalid_arguments_is_a_protocol_error():
-    with pytest.raises(UpstreamProtocolError, match="tool call c1 arguments are not valid JSON"):
-        run(tool(0, "c1", "f", '{"a": '), DONE)
+def test_tool_call_with_invalid_arguments_fails_that_call_with_its_raw_text():
+    out = run(tool(0, "c1", "f", '{"a": '), DONE)
+    failed = [e for e in out if isinstance(e, ev.ToolCallFailed)]
+    assert failed == [ev.ToolCallFailed("c1", "f", '{"a": ', "arguments are not valid JSON")]
+    assert not any(isinstance(e, ev.ToolCallEnd) for e in out)
+    assert out[-1] == ev.Finish("tool_calls")
 
 
-def test_tool_call_that_never_got_a_name_is_a_protocol_error():
-    with pytest.raises(UpstreamProtocolError, match="tool call c1 has no name"):
-        run(tool(0, "c1", arguments="{}"), DONE)
+def test_tool_call_that_never_got_a_name_fails_without_a_start():
+    out = run(tool(0, "c1", arguments="{}"), DONE)
+    assert [type(e) for e in out] == [ev.ToolCallFailed, ev.Finish]
+    assert out[0].reason == "tool call has no name"
+
+
+def test_reasoning_deltas_are_kept_apart_from_the_text():
+    out = run(chunk({"reasoning_content": "think", "content": "say"}), DONE)
+    assert out[:2] == [ev.TextDelta("say"), ev.ReasoningDelta("think")]
 
 
 def test_tool_call_fragment_after_its_end_is_a_protocol_error():

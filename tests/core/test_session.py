@@ -36,7 +36,7 @@ def make_session(parsers=None, max_streams=4, telemetry_interval=0.5):
     parsers = parsers if parsers is not None else {}
     ids = itertools.count(1)
 
-    def factory(request):
+    def factory(request, options):
         if request.model == "nope":
             raise UnknownModel("no provider serves model 'nope'")
         return parsers.get(request.model) or ScriptedParser()

@@ -55,7 +55,7 @@ def start(sid: str) -> bytes:
 @given(st.lists(step, max_size=60))
 @settings(max_examples=400)
 def test_every_stream_gets_exactly_one_finish_and_nothing_after_it(steps):
-    def parser(_request):
+    def parser(_request, _options):
         return ScriptedParser([[ev.TextDelta("t")]] * 100)
 
     session = Session("c", SessionLimits(max_streams=8), parser, lambda: "m")

@@ -21,7 +21,7 @@ async def test_a_stream_whose_client_does_not_read_stops_pulling_its_upstream():
         port=0,
         connection=ConnectionOptions(queue_events=64, queue_bytes=128 * 1024, send_timeout=30),
     )
-    gateway = Gateway(options, upstream, lambda _: make_parser("openai_chat", 1 << 20), "t")
+    gateway = Gateway(options, upstream, lambda _r, _o: make_parser("openai_chat", 1 << 20), "t")
     await gateway.start()
     url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
     try:
@@ -69,7 +69,7 @@ async def test_telemetry_is_shed_and_counted_while_the_client_lags_and_text_is_w
         telemetry_interval=0,
         connection=ConnectionOptions(queue_events=32, queue_bytes=64 * 1024),
     )
-    gateway = Gateway(options, upstream, lambda _: make_parser("openai_chat", 1 << 20), "t")
+    gateway = Gateway(options, upstream, lambda _r, _o: make_parser("openai_chat", 1 << 20), "t")
     await gateway.start()
     url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
     try:

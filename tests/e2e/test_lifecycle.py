@@ -8,8 +8,6 @@ import time
 
 import aiohttp
 import orjson
-import pytest
-import websockets
 from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
 from websockets.asyncio.client import connect
 
@@ -70,34 +68,6 @@ async def test_cancelling_a_stream_held_back_by_a_full_queue_closes_its_upstream
         await ws.send('{"type":"cancel","stream_id":"x"}')
         record = await app.mock.wait_disconnected("full-queue", timeout=5)
     assert record.disconnected_at - cancelled_at < 0.5
-
-
-async def read_until_closed(ws, frames: list[dict]) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            frames.append(orjson.loads(await ws.recv()))
-
-
-async def test_a_client_past_the_connection_byte_cap_is_closed_as_a_slow_consumer(start_app):
-    app = await start_app(
-        **{"limits.connection_buffer_bytes": 64 * 1024, "limits.send_timeout_s": 30}
-    )
-    script = {"words": 30_000, "seed": 1, "chunk": 8000}
-    async with connect(app.url, subprotocols=["wsgate.v1"], max_queue=1, close_timeout=0.5) as ws:  # type: ignore[list-item]
-        await ws.recv()
-        for i in range(20):
-            frame = {"type": "start", "stream_id": f"s{i}", "request": mock_request(script)}
-            await ws.send(orjson.dumps(frame).decode())
-        await asyncio.sleep(0.3)  # stall, then read again
-        frames: list[dict] = []
-        with pytest.raises(websockets.ConnectionClosed) as info:
-            await read_until_closed(ws, frames)
-    errors = [f for f in frames if f["type"] == "error" and "seq" not in f]
-    assert errors[-1]["code"] == "slow_consumer"
-    assert info.value.rcvd is not None
-    assert info.value.rcvd.code == 4000
-    assert app.gateway.shared.accounting.slow_consumers == 1
-    assert app.mock.open_connections == 0
 
 
 async def test_a_stream_over_its_maximum_duration_ends_with_stream_timeout(start_app):
@@ -194,3 +164,30 @@ async def test_stats_report_outcomes_and_cancel_latency(app):
     latency = stats["cancel_to_upstream_close_ms"]
     assert latency["count"] == 1
     assert 0 <= latency["p99"] < 500
+
+
+async def test_heartbeats_flow_while_the_provider_sends_bytes_that_make_no_frames(start_app):
+    app = await start_app(**{"limits.heartbeat_interval_s": 0.2})
+    empty = ['{"choices":[{"index":0,"delta":{"content":""}}]}'] * 12
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request({"events": empty, "tokens_per_s": 10}))
+        frames = await conn.until(lambda f: f["type"] == "heartbeat", timeout=0.8)
+    assert frames[-1]["type"] == "heartbeat"
+
+
+async def test_shutdown_ends_detached_streams_into_their_logs_and_counts_them(start_app):
+    app = await start_app(**{"limits.disconnect_window_s": 30, "server.drain_timeout_s": 0.2})
+    script = {"text": "slow " * 200, "tokens_per_s": 10, "tag": "detached-at-shutdown"}
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request(script), {"on_disconnect": "continue"})
+        await conn.until(lambda f: f["type"] == "delta.text")
+    async with asyncio.timeout(5):
+        while not app.gateway.shared.detached_tasks:  # noqa: ASYNC110 - polling
+            await asyncio.sleep(0.02)
+    await app.gateway.shutdown(0.2)
+    stats = app.gateway.shared.accounting
+    assert stats.finishes["cancelled"] == 1
+    assert stats.cancels == 1
+    assert len(app.gateway.shared.detached) == 0
+    assert app.gateway.shared.detached_tasks == set()
+    await app.mock.wait_disconnected("detached-at-shutdown", timeout=5)

@@ -30,6 +30,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning (kept apart from the answer text)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallStart:
     """A tool call began; `index` is the provider's position of the call in the turn."""
 
@@ -56,6 +63,24 @@ class ToolCallEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallSnapshot:
+    """The arguments of a running tool call parsed so far (partial JSON completed)."""
+
+    call_id: str
+    partial: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFailed:
+    """A tool call ended without valid arguments; `raw` is what the provider sent."""
+
+    call_id: str
+    name: str | None
+    raw: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts reported by the provider."""
 
@@ -70,4 +95,15 @@ class Finish:
     reason: FinishReason
 
 
-UpstreamEvent = RoleDelta | TextDelta | ToolCallStart | ToolCallChunk | ToolCallEnd | Usage | Finish
+UpstreamEvent = (
+    RoleDelta
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStart
+    | ToolCallChunk
+    | ToolCallSnapshot
+    | ToolCallEnd
+    | ToolCallFailed
+    | Usage
+    | Finish
+)

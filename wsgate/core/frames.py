@@ -75,11 +75,34 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     user: str | None = None
 
 
+class StructuredOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Delimited structured output: sections between `open` and `close` are parsed as JSON.
+
+    `final_json`: the whole answer is JSON; it streams as text and a `structured` frame
+    follows at the end if it parses.
+    """
+
+    mode: Literal["sections", "final_json"] = "sections"
+    open: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "<<<JSON>>>"
+    close: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "<<<END>>>"
+
+
+Buffering = Literal["immediate", "word", "debounce", "sentence", "paragraph"]
+
+
 class StartOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Per-stream delivery options."""
 
     telemetry: bool = False
     on_disconnect: Literal["cancel", "continue"] = "cancel"
+    buffering: Buffering = "immediate"
+    debounce_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
+    max_latency_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 2000
+    grapheme_safe: bool = True
+    tool_arguments: bool = True
+    tool_snapshots: bool = False
+    structured: StructuredOptions | None = None
+    reasoning: bool = False
 
 
 class Start(_Frame, tag="start"):
@@ -170,6 +193,14 @@ class DeltaText(_Frame, tag="delta.text"):
     first_seq: Seq | None = None
 
 
+class DeltaReasoning(_Frame, tag="delta.reasoning"):
+    """A piece of the model's reasoning; only sent when the stream asked for it."""
+
+    stream_id: str
+    seq: Seq
+    text: str
+
+
 class ToolCallStartFrame(_Frame, tag="tool_call.start"):
     """A tool call began."""
 
@@ -197,6 +228,45 @@ class ToolCallEndFrame(_Frame, tag="tool_call.end"):
     call_id: str
     name: str
     arguments: Any
+
+
+class ToolCallSnapshot(_Frame, tag="tool_call.snapshot"):
+    """Opt-in: the arguments parsed so far (partial JSON completed), for progressive UIs."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    partial: Any
+
+
+class ToolCallError(_Frame, tag="tool_call.error"):
+    """A tool call ended without valid arguments: no `tool_call.end` for it; `raw` is kept."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    code: str
+    message: str
+    raw: str
+    name: str | None = None
+
+
+class StructuredFrame(_Frame, tag="structured"):
+    """A delimited section (or the whole answer, in `final_json`) parsed as JSON."""
+
+    stream_id: str
+    seq: Seq
+    value: Any
+
+
+class StructuredError(_Frame, tag="structured.error"):
+    """A delimited section that did not parse (or never closed); `raw` is its text."""
+
+    stream_id: str
+    seq: Seq
+    code: str
+    message: str
+    raw: str
 
 
 class UsageFrame(_Frame, tag="usage"):
@@ -261,9 +331,14 @@ ServerFrame = (
     | StreamStarted
     | DeltaRole
     | DeltaText
+    | DeltaReasoning
     | ToolCallStartFrame
     | ToolCallArgumentsChunk
+    | ToolCallSnapshot
     | ToolCallEndFrame
+    | ToolCallError
+    | StructuredFrame
+    | StructuredError
     | UsageFrame
     | FinishFrame
     | ErrorFrame
@@ -275,9 +350,14 @@ StreamEventFrame = (
     StreamStarted
     | DeltaRole
     | DeltaText
+    | DeltaReasoning
     | ToolCallStartFrame
     | ToolCallArgumentsChunk
+    | ToolCallSnapshot
     | ToolCallEndFrame
+    | ToolCallError
+    | StructuredFrame
+    | StructuredError
     | UsageFrame
     | FinishFrame
     | ErrorFrame

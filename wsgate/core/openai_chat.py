@@ -10,10 +10,12 @@ Rules:
 2. Text and refusal text are both `TextDelta` (a refusal is what the user reads instead of
    an answer), passed through one `SurrogateJoiner` so a pair split across chunks is joined
    and no lone surrogate escapes.
-3. Tool-call fragments are keyed by `index`; without one, by `id`, else the latest call.
-   `ToolCallStart` waits for the name (arguments seen before it are sent right after it);
-   `ToolCallEnd` is emitted once per call, in index order, when the finish reason arrives
-   (or at the end), with arguments parsed as JSON ("" means `{}`).
+3. Tool-call fragments go to one `ToolCallAccumulator` (see `wsgate.core.toolcalls` for its
+   rules: keyed by index, else id, else the latest call; start once the name is known; end
+   exactly once, in index order, when the finish reason arrives or at the end). Arguments
+   that never parse become `ToolCallFailed` with the raw text, never a silent `{}`.
+   Reasoning deltas (`reasoning_content`, as vLLM and DeepSeek send it, or `reasoning`) are
+   `ReasoningDelta`, kept apart from the text.
 4. Order at the end: text, tool-call ends, usage, finish. Usage of a chunk with no choices is
    emitted at once; usage riding on a chunk with choices is kept and emitted before the
    finish if none was emitted.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -41,13 +42,25 @@ from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRat
 from wsgate.core.events import (
     Finish,
     FinishReason,
+    ReasoningDelta,
     RoleDelta,
     TextDelta,
     ToolCallChunk,
     ToolCallEnd,
+    ToolCallFailed,
+    ToolCallSnapshot,
     ToolCallStart,
     UpstreamEvent,
     Usage,
+)
+from wsgate.core.toolcalls import (
+    ArgumentsChunk,
+    Ended,
+    Snapshot,
+    Started,
+    ToolCallAccumulator,
+    ToolCallFragment,
+    ToolCallOutput,
 )
 from wsgate.core.utf8 import SurrogateJoiner
 
@@ -90,43 +103,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-@dataclass(slots=True)
-class _Call:
-    index: int
-    call_id: str | None = None
-    name: str | None = None
-    started: bool = False
-    ended: bool = False
-    parts: list[str] = field(default_factory=list)  # all argument text, as emitted
-    unsent: list[str] = field(default_factory=list)  # argument text seen before the start
-    joiner: SurrogateJoiner = field(default_factory=SurrogateJoiner)
-
-
 class OpenAIChatTranslator:
     """Feed the SSE events of one OpenAI chat-completions stream; collect upstream events."""
 
     __slots__ = (
-        "_by_id",
-        "_calls",
         "_done",
         "_joiner",
-        "_last_call",
         "_pending_usage",
         "_reason",
+        "_reasoning",
         "_role_sent",
+        "_tools",
         "_usage_sent",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, tool_snapshots: bool = False) -> None:
         self._done = False
         self._role_sent = False
         self._usage_sent = False
         self._pending_usage: Usage | None = None
         self._reason: str | None = None
         self._joiner = SurrogateJoiner()
-        self._calls: dict[int, _Call] = {}
-        self._by_id: dict[str, _Call] = {}
-        self._last_call: _Call | None = None
+        self._reasoning = SurrogateJoiner()
+        self._tools = ToolCallAccumulator(snapshots=tool_snapshots)
 
     @property
     def done(self) -> bool:
@@ -174,26 +173,39 @@ class OpenAIChatTranslator:
     def _choice(self, choice: dict[str, Any], out: list[UpstreamEvent]) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            role = delta.get("role")
-            if role and not self._role_sent:
-                self._role_sent = True
-                out.append(RoleDelta(_text(role)))
-            for key in ("content", "refusal"):
-                value = delta.get(key)
-                if value:
-                    text = self._joiner.push(_text(value))
-                    if text:
-                        out.append(TextDelta(text))
-            fragments = delta.get("tool_calls")
-            if fragments:
-                if not isinstance(fragments, list):
-                    raise UpstreamProtocolError("upstream chunk has malformed tool_calls")
-                for fragment in fragments:
-                    self._fragment(fragment, out)
+            self._delta(delta, out)
         reason = choice.get("finish_reason")
         if reason is not None and self._reason is None:
             self._reason = _text(reason)
             self._close(out)
+
+    def _delta(self, delta: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        role = delta.get("role")
+        if role and not self._role_sent:
+            self._role_sent = True
+            out.append(RoleDelta(_text(role)))
+        self._texts(delta, out)
+        fragments = delta.get("tool_calls")
+        if fragments:
+            if not isinstance(fragments, list):
+                raise UpstreamProtocolError("upstream chunk has malformed tool_calls")
+            for fragment in fragments:
+                self._fragment(fragment, out)
+
+    def _texts(self, delta: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        for key in ("content", "refusal"):
+            value = delta.get(key)
+            if value:
+                text = self._joiner.push(_text(value))
+                if text:
+                    out.append(TextDelta(text))
+        for key in ("reasoning_content", "reasoning"):
+            value = delta.get(key)
+            if value and isinstance(value, str):
+                thought = self._reasoning.push(value)
+                if thought:
+                    out.append(ReasoningDelta(thought))
+                break  # servers that send both carry the same text twice
 
     def _usage(self, usage: Usage, with_choices: bool, out: list[UpstreamEvent]) -> None:
         if with_choices:
@@ -205,73 +217,28 @@ class OpenAIChatTranslator:
     def _fragment(self, fragment: Any, out: list[UpstreamEvent]) -> None:
         if not isinstance(fragment, dict):
             raise UpstreamProtocolError("upstream chunk has malformed tool_calls")
-        call = self._call_for(fragment.get("index"), fragment.get("id"))
-        if call.ended:
-            raise UpstreamProtocolError("upstream sent a tool call fragment after its end")
+        index = fragment.get("index")
         call_id = fragment.get("id")
-        if call_id and call.call_id is None:
-            call.call_id = _text(call_id)
-            self._by_id[call.call_id] = call
         function = fragment.get("function")
         if not isinstance(function, dict):
-            return
+            function = {}
         name = function.get("name")
-        if name and call.name is None:
-            call.name = _text(name)
         arguments = function.get("arguments")
-        text = call.joiner.push(_text(arguments)) if arguments else ""
-        if text:
-            call.parts.append(text)
-        if not call.started and call.name is not None:
-            self._start(call, out)
-        if text:
-            if call.started:
-                out.append(ToolCallChunk(call.call_id or "", text))
-            else:
-                call.unsent.append(text)
-
-    def _start(self, call: _Call, out: list[UpstreamEvent]) -> None:
-        call.started = True
-        if call.call_id is None:
-            call.call_id = f"call_{call.index}"
-        out.append(ToolCallStart(call.call_id, call.index, call.name or ""))
-        if call.unsent:
-            out.append(ToolCallChunk(call.call_id, "".join(call.unsent)))
-            call.unsent.clear()
-
-    def _call_for(self, index: Any, call_id: Any) -> _Call:
-        if isinstance(index, int) and not isinstance(index, bool):
-            call = self._calls.get(index)
-        elif isinstance(call_id, str) and call_id:
-            call = self._by_id.get(call_id)
-        else:
-            call = self._last_call
-        if call is None:
-            if not isinstance(index, int) or isinstance(index, bool):
-                index = max(self._calls, default=-1) + 1
-            call = self._calls[index] = _Call(index)
-        self._last_call = call
-        return call
+        piece = ToolCallFragment(
+            index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+            call_id=_text(call_id) if call_id else None,
+            name=_text(name) if name else None,
+            arguments=_text(arguments) if arguments else "",
+        )
+        out.extend(_tool_events(self._tools.feed(piece)))
 
     def _close(self, out: list[UpstreamEvent]) -> None:
         """Flush held text, then end every open tool call in index order."""
-        tail = self._joiner.flush()
-        if tail:
-            out.append(TextDelta(tail))
-        for index in sorted(self._calls):
-            call = self._calls[index]
-            if call.ended:
-                continue
-            call.ended = True
-            if not call.started or call.call_id is None or call.name is None:
-                label = call.call_id or f"call_{call.index}"
-                raise UpstreamProtocolError(f"tool call {label} has no name")
-            rest = call.joiner.flush()
-            if rest:
-                call.parts.append(rest)
-                out.append(ToolCallChunk(call.call_id, rest))
-            arguments = _arguments(call.call_id, call.parts)
-            out.append(ToolCallEnd(call.call_id, call.name, arguments))
+        for joiner, kind in ((self._joiner, TextDelta), (self._reasoning, ReasoningDelta)):
+            tail = joiner.flush()
+            if tail:
+                out.append(kind(tail))
+        out.extend(_tool_events(self._tools.finish()))
 
     def _end(self) -> list[UpstreamEvent]:
         out: list[UpstreamEvent] = []
@@ -285,7 +252,7 @@ class OpenAIChatTranslator:
 
     def _finish_reason(self) -> FinishReason:
         if self._reason is None:
-            return "tool_calls" if self._calls else "stop"
+            return "tool_calls" if self._tools.has_calls else "stop"
         return _REASONS.get(self._reason, "error")
 
 
@@ -313,14 +280,20 @@ def _usage(usage: dict[str, Any]) -> Usage:
     return Usage(count("prompt_tokens"), count("completion_tokens"))
 
 
-def _arguments(call_id: str, parts: list[str]) -> Any:
-    text = "".join(parts)
-    if not text.strip():
-        return {}
-    try:
-        return _loads(text)
-    except ValueError:
-        raise UpstreamProtocolError(f"tool call {call_id} arguments are not valid JSON") from None
+def _tool_events(outputs: list[ToolCallOutput]) -> list[UpstreamEvent]:
+    events: list[UpstreamEvent] = []
+    for output in outputs:
+        if isinstance(output, Started):
+            events.append(ToolCallStart(output.call_id, output.index, output.name))
+        elif isinstance(output, ArgumentsChunk):
+            events.append(ToolCallChunk(output.call_id, output.chunk))
+        elif isinstance(output, Snapshot):
+            events.append(ToolCallSnapshot(output.call_id, output.partial))
+        elif isinstance(output, Ended):
+            events.append(ToolCallEnd(output.call_id, output.name, output.arguments))
+        else:
+            events.append(ToolCallFailed(output.call_id, output.name, output.raw, output.reason))
+    return events
 
 
 def _error(error: Any) -> UpstreamError:

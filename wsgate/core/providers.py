@@ -26,9 +26,9 @@ class OpenAIChatParser:
     before it in the same read (a provider's `error` event often shares a read with text).
     """
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(self, max_line_bytes: int, *, tool_snapshots: bool = False) -> None:
         self._decoder = SSEDecoder(max_line_bytes=max_line_bytes)
-        self._translator = OpenAIChatTranslator()
+        self._translator = OpenAIChatTranslator(tool_snapshots=tool_snapshots)
 
     def feed(self, data: bytes) -> list[ParseItem]:
         """Consume response bytes."""
@@ -52,14 +52,14 @@ class OpenAIChatParser:
         return out
 
 
-PARSERS: dict[str, Callable[[int], UpstreamParser]] = {
+PARSERS: dict[str, Callable[..., UpstreamParser]] = {
     "openai_chat": OpenAIChatParser,
 }
 
 
-def make_parser(kind: str, max_line_bytes: int) -> UpstreamParser:
+def make_parser(kind: str, max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
     """A fresh parser for one response of a provider of this kind."""
-    return PARSERS[kind](max_line_bytes)
+    return PARSERS[kind](max_line_bytes, tool_snapshots=tool_snapshots)
 
 
 def openai_chat_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from wsgate.core.frames import (
     Resume,
     ServerFrame,
     Start,
+    StartOptions,
     ToolResult,
     decode_client_frame,
 )
@@ -88,7 +89,7 @@ class DetachStream:
 
 Action = SendControl | SendStream | StartUpstream | CancelUpstream | DetachStream
 
-ParserFactory = Callable[[ChatRequest], UpstreamParser]
+ParserFactory = Callable[[ChatRequest, StartOptions], UpstreamParser]
 """Builds the parser for a request's provider; raises `WsgateError` for an unknown model."""
 
 
@@ -185,6 +186,13 @@ class Session:
             return StreamOutput(closed=True)
         return self._settle(stream, stream.eof(now))
 
+    def poll(self, stream_id: str, now: float) -> StreamOutput:
+        """A stream's buffering deadline came: the text due now."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return StreamOutput(closed=True)
+        return stream.poll(now)
+
     def upstream_failed(self, stream_id: str, error: WsgateError) -> StreamOutput:
         """The upstream call failed with a typed error."""
         stream = self.streams.get(stream_id)
@@ -212,7 +220,7 @@ class Session:
             message = f"the connection already runs {self.limits.max_streams} streams"
             return [_refuse("too_many_streams", message, sid)]
         try:
-            parser = self._parser_factory(frame.request)
+            parser = self._parser_factory(frame.request, frame.options)
         except WsgateError as exc:
             return [_refuse(exc.code, exc.public_message, sid)]
         stream = Stream(

@@ -14,6 +14,7 @@ from typing import Protocol
 from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamError, UpstreamProtocolError, WsgateError
 from wsgate.core.frames import (
+    DeltaReasoning,
     DeltaRole,
     DeltaText,
     ErrorFrame,
@@ -23,15 +24,29 @@ from wsgate.core.frames import (
     ServerFrame,
     StartOptions,
     StreamStarted,
+    StructuredError,
+    StructuredFrame,
     Telemetry,
     ToolCallArgumentsChunk,
     ToolCallEndFrame,
+    ToolCallError,
+    ToolCallSnapshot,
     ToolCallStartFrame,
     UsageFrame,
     encode_frame,
 )
 from wsgate.core.state import Event, State, transition
+from wsgate.core.structured import UNCLOSED, Section
+from wsgate.core.textpipe import TextPiece, TextPipeline
 
+ORDERED_AFTER_TEXT = (
+    ev.ToolCallStart,
+    ev.ToolCallChunk,
+    ev.ToolCallSnapshot,
+    ev.ToolCallEnd,
+    ev.ToolCallFailed,
+    ev.Usage,
+)
 PROVIDER_FAILED = "the provider ended the turn with an error"
 UNRELAYABLE = "the provider sent a value nested too deeply to relay"
 
@@ -69,6 +84,7 @@ class StreamOutput:
     data: list[bytes] = field(default_factory=list)
     telemetry: Telemetry | None = None
     closed: bool = False
+    deadline: float | None = None  # call `poll` then: buffered text waits on time
 
     def add(self, frame: ServerFrame) -> None:
         """Append a frame and its encoding; raises `FrameEncodeError` (nothing appended)."""
@@ -109,6 +125,7 @@ class Stream:
         self._tokens = 0
         self._telemetry_interval = telemetry_interval
         self._last_telemetry = now
+        self._text = TextPipeline(options)
 
     @property
     def closed(self) -> bool:
@@ -154,11 +171,11 @@ class Stream:
         """End the stream with a typed `error` then `finish` (reason `error` or `timeout`)."""
         if transition(self.state, Event.FAIL) is None:
             return StreamOutput(closed=True)
-        error_frame = self._error_frame(error)
+        out = self._drain_text()
+        out.add(self._error_frame(error))
         reason: FinishReason = "timeout" if error.code in TIMEOUT_CODES else "error"
-        out = StreamOutput(closed=True)
-        out.add(error_frame)
         out.add(self._finish(Event.FAIL, reason))
+        out.closed = True
         return out
 
     def cancel(self, error: WsgateError | None = None) -> StreamOutput:
@@ -168,10 +185,19 @@ class Stream:
         """
         if transition(self.state, Event.CANCEL) is None:
             return StreamOutput(closed=True)
-        out = StreamOutput(closed=True)
+        out = self._drain_text()  # what the provider said before the cancel is not lost
         if error is not None:
             out.add(self._error_frame(error))
         out.add(self._finish(Event.CANCEL, "cancelled"))
+        out.closed = True
+        return out
+
+    def poll(self, now: float) -> StreamOutput:
+        """Text whose buffering deadline has come (the shell calls at `deadline`)."""
+        out = StreamOutput()
+        if not self.closed:
+            self._add_all(out, self._text_frames(self._text.poll(now)))
+            out.deadline = self._text.deadline()
         return out
 
     @property
@@ -205,44 +231,109 @@ class Stream:
             if isinstance(event, ev.Finish):
                 if event.reason == "error":
                     # Every `finish: error` is explained by an `error` frame before it.
-                    out.extend(
-                        self.fail(UpstreamError("the provider ended the turn with an error"))
-                    )
+                    out.extend(self.fail(UpstreamError(PROVIDER_FAILED)))
                 else:
+                    out.extend(self._flush_text())
                     out.add(self._finish(Event.FINISH, event.reason))
                 break
             self._apply(Event.CONTENT)
-            try:
-                out.add(self._frame_for(event, now))
-            except FrameEncodeError:
-                self._seq -= 1  # the frame was never emitted: its seq goes to the error
-                out.extend(self.fail(UpstreamProtocolError(UNRELAYABLE)))
+            if not self._add_all(out, self._frames_for(event, now)):
                 break
         out.closed = self.closed
-        if self.options.telemetry and not self.closed and self._tokens:
-            out.telemetry = self._telemetry(now)
+        if not self.closed:
+            out.deadline = self._text.deadline()
+            if self.options.telemetry and self._tokens:
+                out.telemetry = self._telemetry(now)
         return out
 
-    def _frame_for(self, event: ev.UpstreamEvent, now: float) -> ServerFrame:
+    def _add_all(self, out: StreamOutput, frames: list[ServerFrame]) -> bool:
+        """Add frames; a frame that cannot be encoded fails the stream (False)."""
+        for frame in frames:
+            try:
+                out.add(frame)
+            except FrameEncodeError:
+                # Neither this frame nor those after it were emitted: their seqs are free.
+                self._seq = getattr(frame, "seq", self._seq) - 1
+                out.extend(self.fail(UpstreamProtocolError(UNRELAYABLE)))
+                return False
+        return True
+
+    def _flush_text(self) -> StreamOutput:
+        """The turn completed: every held piece, sections closed (or reported unclosed)."""
+        out = StreamOutput()
+        self._add_all(out, self._text_frames(self._text.flush()))
+        return out
+
+    def _drain_text(self) -> StreamOutput:
+        """The stream fails or is cancelled: held text goes out, partial sections do not."""
+        out = StreamOutput()
+        self._add_all(out, self._text_frames(self._text.drain()))
+        return out
+
+    def _text_frames(self, pieces: list[TextPiece]) -> list[ServerFrame]:
+        sid = self.stream_id
+        frames: list[ServerFrame] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                frames.append(DeltaText(sid, self._next(), piece))
+            elif isinstance(piece, Section):
+                frames.append(StructuredFrame(sid, self._next(), piece.value))
+            else:
+                code = "structured_unclosed" if piece.reason == UNCLOSED else "structured_invalid"
+                frames.append(StructuredError(sid, self._next(), code, piece.reason, piece.raw))
+        return frames
+
+    def _frames_for(self, event: ev.UpstreamEvent, now: float) -> list[ServerFrame]:
         sid = self.stream_id
         if isinstance(event, ev.TextDelta):
-            if self._first_token_at is None:
-                self._first_token_at = now
-            self._tokens += 1
-            return DeltaText(sid, self._next(), event.text)
+            self._token(now)
+            return self._text_frames(self._text.push(event.text, now))
         if isinstance(event, ev.RoleDelta):
-            return DeltaRole(sid, self._next(), event.role)
+            return [DeltaRole(sid, self._next(), event.role)]
+        if isinstance(event, ORDERED_AFTER_TEXT):
+            if isinstance(event, ev.ToolCallStart) and self._first_token_at is None:
+                self._first_token_at = now  # a tool call is the answer's first token too
+            # Held text was written before this frame: it leaves first, order is kept.
+            return [*self._text_frames(self._text.drain()), *self._content_frames(event)]
+        return self._content_frames(event)
+
+    def _content_frames(self, event: ev.UpstreamEvent) -> list[ServerFrame]:  # noqa: PLR0911 - a dispatch over event types
+        sid = self.stream_id
+        options = self.options
+        if isinstance(event, ev.ReasoningDelta):
+            return [DeltaReasoning(sid, self._next(), event.text)] if options.reasoning else []
         if isinstance(event, ev.ToolCallStart):
-            if self._first_token_at is None:
-                self._first_token_at = now
-            return ToolCallStartFrame(sid, self._next(), event.call_id, event.index, event.name)
+            return [ToolCallStartFrame(sid, self._next(), event.call_id, event.index, event.name)]
         if isinstance(event, ev.ToolCallChunk):
-            return ToolCallArgumentsChunk(sid, self._next(), event.call_id, event.chunk)
+            if not options.tool_arguments:
+                return []
+            return [ToolCallArgumentsChunk(sid, self._next(), event.call_id, event.chunk)]
+        if isinstance(event, ev.ToolCallSnapshot):
+            if not options.tool_snapshots:
+                return []
+            return [ToolCallSnapshot(sid, self._next(), event.call_id, event.partial)]
         if isinstance(event, ev.ToolCallEnd):
-            return ToolCallEndFrame(sid, self._next(), event.call_id, event.name, event.arguments)
+            return [ToolCallEndFrame(sid, self._next(), event.call_id, event.name, event.arguments)]
+        if isinstance(event, ev.ToolCallFailed):
+            return [
+                ToolCallError(
+                    sid,
+                    self._next(),
+                    event.call_id,
+                    "tool_arguments_invalid",
+                    event.reason,
+                    event.raw,
+                    event.name,
+                )
+            ]
         if isinstance(event, ev.Usage):
-            return UsageFrame(sid, self._next(), event.input_tokens, event.output_tokens)
+            return [UsageFrame(sid, self._next(), event.input_tokens, event.output_tokens)]
         raise TypeError(f"unhandled upstream event {type(event).__name__}")  # pragma: no cover
+
+    def _token(self, now: float) -> None:
+        if self._first_token_at is None:
+            self._first_token_at = now
+        self._tokens += 1
 
     def _telemetry(self, now: float) -> Telemetry | None:
         if now - self._last_telemetry < self._telemetry_interval:

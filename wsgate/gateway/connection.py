@@ -64,6 +64,9 @@ log = get_logger("wsgate.gateway")
 READER_BACKLOG_BYTES = 256 * 1024
 """Most bytes of refusals and ended streams' frames queued before the reader pauses."""
 
+SOCKET_BACKLOG_BYTES = 32 * 1024
+"""websockets' write high-water mark: above it, sends wait for the client to read."""
+
 HEARTBEAT = encode_frame(Heartbeat())
 
 
@@ -107,6 +110,7 @@ class Shared:
     accounting: Accounting = field(default_factory=Accounting)
     detached: DetachedStreams = field(default_factory=DetachedStreams)
     detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    detached_owners: set[Connection] = field(default_factory=set)
 
 
 class Connection:
@@ -134,6 +138,7 @@ class Connection:
         self._backlog_room = asyncio.Event()
         self._silenced = False  # no more output: slow consumer, or the connection is gone
         self._closer: asyncio.Task[None] | None = None
+        self._last_send = asyncio.get_running_loop().time()
 
     @property
     def idle(self) -> bool:
@@ -217,6 +222,8 @@ class Connection:
         """Queue a stream's frames (or log them, for a detached stream)."""
         if output.closed:
             self._count_finish(output)
+        elif output.deadline is not None:
+            self.runner.schedule_poll(stream_id, output.deadline)
         detached = self.logs.get(stream_id)
         if detached is not None:
             self._log_detached(detached, output)
@@ -230,10 +237,15 @@ class Connection:
             outbox.push_telemetry(stream_id, encode_frame(output.telemetry))
         if output.closed:
             outbox.end_stream(stream_id)
-        self._wake_writer.set()
-        buffered = outbox.pending_bytes + self._transport_buffered()
+        if output.frames or output.telemetry is not None:
+            self._wake_writer.set()
+        in_transport = self._transport_buffered()
+        buffered = outbox.pending_bytes + in_transport
         self.stats.max_buffered = max(self.stats.max_buffered, buffered)
-        if buffered > self.options.buffer_bytes:
+        # Over the cap *and* the socket is backed up: the client is not keeping up. Over the
+        # cap with an empty socket buffer is our own burst (every paused stream's one read
+        # landing together), which the writer is already draining.
+        if buffered > self.options.buffer_bytes and in_transport >= SOCKET_BACKLOG_BYTES:
             self._slow_consumer(buffered)
 
     def _count_finish(self, output: StreamOutput) -> None:
@@ -261,6 +273,7 @@ class Connection:
         kept = all(detached.append(data) for data in self.outbox.take_stream(sid))
         self.logs[sid] = detached
         self.shared.detached.add(detached)
+        self.shared.detached_owners.add(self)
         self.shared.accounting.detached_streams += 1
         self.runner.detach(sid, self.options.disconnect_window)
         room = self.room.get(sid)
@@ -291,6 +304,20 @@ class Connection:
         self.logs.pop(stream_id, None)
         if detached is not None:
             self.shared.detached.discard(detached.message_id)
+            log.info(  # the per-stream waste; /stats has the aggregate
+                "detached_stream_ended",
+                stream_id=stream_id,
+                message_id=detached.message_id,
+                wasted_tokens_after_disconnect=detached.tokens,
+                finished=detached.finished,
+            )
+
+    def expire_all(self) -> None:
+        """The gateway stops: end every detached stream of this connection as if expired."""
+        for stream_id in list(self.logs):
+            self.runner.cancel_expiry(stream_id)
+            self.expire(stream_id)
+        self.shared.detached_owners.discard(self)
 
     # --- shutdown and slow consumers ---------------------------------------------------
 
@@ -312,6 +339,7 @@ class Connection:
         self.stats.slow_consumer = True
         self.shared.accounting.slow_consumers += 1
         self._silenced = True
+        self.session.drain()  # refuse what the client still sends until the close lands
         self.apply(self.session.cancel_all())
         self.outbox.clear()
         error = ErrorFrame(
@@ -364,13 +392,16 @@ class Connection:
                 async with asyncio.timeout(self.options.send_timeout):
                     await ws.send(data, text=True)
             except TimeoutError:
+                # The client has not read for send_timeout: a slow consumer. Its close can
+                # only land if it reads again within a second; otherwise the TCP is aborted.
                 self.shared.accounting.send_timeouts += 1
-                self.abort("send_timeout")
+                self._slow_consumer(outbox.pending_bytes + self._transport_buffered())
                 return
             except websockets.ConnectionClosed:
                 return
             stats.frames_sent += 1
             stats.bytes_sent += len(data)
+            self._last_send = asyncio.get_running_loop().time()
             if stream_id is not None:
                 room = self.room.get(stream_id)
                 if room is not None and outbox.has_room(stream_id):
@@ -387,11 +418,17 @@ class Connection:
                 await asyncio.sleep(0)
 
     async def _idle(self) -> None:
+        # Silence is measured from the last frame sent, whatever woke the writer meanwhile.
         self._wake_writer.clear()
         self.uncongested.set()
         self._backlog_room.set()
+        loop = asyncio.get_running_loop()
+        due = self._last_send + self.options.heartbeat_interval
         try:
-            async with asyncio.timeout(self.options.heartbeat_interval):
+            async with asyncio.timeout_at(due):
                 await self._wake_writer.wait()
         except TimeoutError:
             self._control(HEARTBEAT)
+        else:
+            if loop.time() >= due:
+                self._control(HEARTBEAT)

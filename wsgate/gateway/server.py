@@ -120,6 +120,8 @@ class Gateway:
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None
+        for owner in list(self.shared.detached_owners):
+            owner.expire_all()  # finish into their logs, counted, timers dropped
         tasks = list(self.shared.detached_tasks)
         for task in tasks:
             task.cancel()
@@ -162,9 +164,12 @@ class Gateway:
         if path == "/livez":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/stats":
-            body = orjson.dumps(
-                {**self.shared.accounting.snapshot(), "detached_open": len(self.shared.detached)}
-            )
+            stats = self.shared.accounting.snapshot()
+            # Counters of open connections are folded in at close; add them live here.
+            stats["telemetry_shed"] += sum(c.outbox.shed_telemetry for c in self.connections)
+            stats["coalesced_frames"] += sum(c.outbox.coalesced for c in self.connections)
+            stats["detached_open"] = len(self.shared.detached)
+            body = orjson.dumps(stats)
             response = connection.respond(HTTPStatus.OK, body.decode())
             response.headers["Content-Type"] = "application/json"
             return response

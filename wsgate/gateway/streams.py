@@ -38,6 +38,7 @@ class StreamRunner:
         self._message_ids: dict[str, str] = {}
         self._cancelled_at: dict[asyncio.Task[None], float] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._polls: dict[str, tuple[float, asyncio.TimerHandle]] = {}
 
     def message_id(self, stream_id: str) -> str | None:
         """The message id of a stream this runner started."""
@@ -70,6 +71,22 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         self._expiry[stream_id] = loop.call_later(window, self._expire, stream_id)
 
+    def schedule_poll(self, stream_id: str, deadline: float) -> None:
+        """Call the session's `poll` for this stream at `deadline` (monotonic seconds)."""
+        current = self._polls.get(stream_id)
+        if current is not None:
+            if current[0] <= deadline:
+                return
+            current[1].cancel()
+        delay = max(0.0, deadline - time.monotonic())
+        handle = asyncio.get_running_loop().call_later(delay, self._poll, stream_id)
+        self._polls[stream_id] = (deadline, handle)
+
+    def _poll(self, stream_id: str) -> None:
+        self._polls.pop(stream_id, None)
+        connection = self.connection
+        connection.deliver(stream_id, connection.session.poll(stream_id, time.monotonic()))
+
     async def reap(self) -> None:
         """Cancel and await every task that is not detached (the connection is closing)."""
         detached = self.connection.logs
@@ -79,6 +96,12 @@ class StreamRunner:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def cancel_expiry(self, stream_id: str) -> None:
+        """Drop a detached stream's window timer (it is being ended now)."""
+        handle = self._expiry.pop(stream_id, None)
+        if handle is not None:
+            handle.cancel()
+
     def _expire(self, stream_id: str) -> None:
         self._expiry.pop(stream_id, None)
         self.connection.expire(stream_id)
@@ -86,12 +109,22 @@ class StreamRunner:
     def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
         cancelled_at = self._cancelled_at.pop(task, None)
         if cancelled_at is not None:
-            self.connection.shared.accounting.cancel_latency(time.monotonic() - cancelled_at)
+            latency = time.monotonic() - cancelled_at
+            self.connection.shared.accounting.cancel_latency(latency)
+            log.info(  # the per-stream figure; /stats has the aggregate
+                "upstream_closed_after_cancel",
+                stream_id=stream_id,
+                message_id=self._message_ids.get(stream_id),
+                latency_ms=round(latency * 1000, 3),
+            )
         # A cancelled stream's id may already name a new stream: forget only our own.
         if self.tasks.get(stream_id) is task:
             del self.tasks[stream_id]
             self._message_ids.pop(stream_id, None)
             self.connection.room.pop(stream_id, None)
+            poll = self._polls.pop(stream_id, None)
+            if poll is not None:
+                poll[1].cancel()
             # A detached stream's log outlives its task until the window's timer fires.
 
     async def _run(self, start: StartUpstream) -> None:
@@ -109,10 +142,13 @@ class StreamRunner:
                 error: WsgateError
                 if whole.expired():
                     error = StreamTimeout(f"the stream ran longer than {options.max_duration:g} s")
-                else:
+                elif first.expired():
                     error = UpstreamTimeout(
                         f"no token within {options.first_token_timeout:g} s of the request"
                     )
+                else:  # a TimeoutError from elsewhere is a bug, not the provider's fault
+                    log.exception("stream_crashed")
+                    error = WsgateError("internal error")
                 connection.deliver(sid, connection.session.upstream_failed(sid, error))
             except WsgateError as exc:
                 log.info("upstream_failed", code=exc.code)

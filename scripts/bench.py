@@ -1,0 +1,1078 @@
+"""Benchmark suite: the issue-6 workloads against direct SSE, the naive relay and wsgate.
+
+`make bench` (or `python scripts/bench.py [--quick]`) runs, in one go on this machine:
+
+- targets: (a) `direct`: the load generator reads the mock's SSE itself (the floor);
+  (b) `naive`: `scripts/naive_relay.py`; (c) `wsgate`: `wsgate serve` in front of the same
+  mock, immediate buffering (it still merges text deltas that queue up, PROTOCOL.md §5.4);
+  (d) `wsgate-debounce`, only when named in `--targets`: the same gateway with every stream
+  started with `{"buffering": "debounce", "debounce_ms": 20}`.
+- workloads (`loadtest.py` as a subprocess, `--json`): burst saturation; 100 streams x 50
+  tok/s; 1000 x 20 tok/s; cancellation; a mix of unhappy paths; a knee search (the most
+  streams at 20 tok/s whose p99 token latency stays under 5 ms, with no error).
+- memory: RSS of a fresh gateway/relay process per idle connection and per open stream.
+- with `--py-spy PATH`: py-spy samples a fresh wsgate under the burst and the 1000 x 20
+  workloads; the report gets the top functions by self and inclusive time.
+
+`--quick` (~45 s) shortens every workload and skips the unhappy mix and the knee search;
+`--smoke` (~12 s) only checks that the harness works.
+
+Separate processes: the mock (`wsgate mock-upstream`), the system under test, the load
+generator. With two or more cores the system under test gets CPU 1 to itself and the mock and
+the load generator share CPU 0 (`os.sched_setaffinity`). CPU seconds come from
+`/proc/PID/stat`, RSS from `/proc/PID/status`. Each workload reports the CPU of the mock and
+of the load generator too: when CPU 0 is saturated, the harness and not the target is the
+limit, and the report says so. Writes `BENCHMARKS.md` (`--out`) with the tables, the machine
+and the command, and prints the ratios wsgate / naive. Logs of the processes go to a
+temporary directory, named at the end. Loopback only; every process it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+try:
+    import _common
+except ImportError:  # loaded by path from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+SUT_CPU, LOAD_CPU = 1, 0
+KNEE_P99_MS = 5.0
+KNEE_WORDS = 120
+KNEE_MIN = 100
+TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce")
+DEFAULT_TARGETS = TARGETS[:3]
+# (d) of the issue: wsgate with time-based coalescing, once `options.buffering` is served.
+DEBOUNCE_OPTIONS = '{"buffering": "debounce", "debounce_ms": 20}'
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One load-generator run: a name, a description and loadtest.py arguments."""
+
+    name: str
+    title: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The sizes of one bench mode (full, quick, smoke)."""
+
+    workloads: tuple[Workload, ...]
+    knee_steps: tuple[int, ...]  # (first, largest); () skips the search
+    knee_seconds: float
+    idle_connections: int
+    open_streams: int
+
+
+def _w(name: str, title: str, *args: object) -> Workload:
+    return Workload(name, title, tuple(str(a) for a in args))
+
+
+Shape = tuple[int, float, int, float]
+"""A paced workload's streams, tokens/s per stream, tokens per answer, seconds of starts."""
+
+
+def paced(name: str, title: str, shape: Shape, *extra: object) -> Workload:
+    """A paced workload whose starts spread evenly over one stream period (the ramp).
+
+    That first period is excluded from the latencies: it holds the connection set-up.
+    """
+    streams, rate, words, seconds = shape
+    ttft = 50
+    period = ttft / 1000 + (words - 1) / rate
+    period += max(0.05, 0.1 * period)  # loadtest.py's automatic think time
+    ramp = round(min(period, seconds / 2), 2)
+    return _w(name, title, *_spread(streams), "--rate", rate, "--ttft-ms", ttft,
+              "--words", words, "--duration", seconds, "--ramp", ramp, "--warmup", ramp,
+              *extra)  # fmt: skip
+
+
+def _spread(streams: int) -> tuple[str, ...]:
+    """`-c` and `-s` for `streams`: ten connections when there are enough, <= 200 each."""
+    conns = max(math.ceil(streams / 200), min(10, math.ceil(streams / 10)))
+    return ("-c", str(conns), "-s", str(math.ceil(streams / conns)))
+
+
+def _burst(seconds: float, words: int = 2000, conns: int = 10) -> Workload:
+    return _w("burst", f"burst: {conns * 10} streams of {words} tokens, as fast as the mock writes",
+              "-c", conns, "-s", 10, "--rate", 0, "--ttft-ms", 0, "--words", words,
+              "--duration", seconds, "--ramp", 0.2)  # fmt: skip
+
+
+def _profiles() -> dict[str, Profile]:
+    unhappy = (
+        "--cancel", 0.2, "--fault", 0.1, "--oversized", 0.02, "--drop", 0.2, "--slow", 0.2,
+    )  # fmt: skip
+    full = (
+        paced("cancel", "200 streams x 20 tok/s, half cancelled at a random token",
+              (200, 20, 60, 4), "--cancel", 0.5),
+        _burst(6),
+        paced("paced_100x50", "100 streams x 50 tok/s", (100, 50, 100, 8)),
+        paced("paced_1000x20", "1000 streams x 20 tok/s", (1000, 20, 60, 10)),
+        paced("unhappy", "100 streams x 50 tok/s: 20% cancelled, 10% upstream faults, 2% "
+              "oversized; 20% of connections dropped, 20% slow readers", (100, 50, 50, 4),
+              *unhappy),
+    )  # fmt: skip
+    quick = (
+        paced("cancel", "200 streams x 20 tok/s (1 s answers), half cancelled", (200, 20, 20, 1.5),
+              "--cancel", 0.5),
+        _burst(1.5),
+        paced("paced_100x50", "100 streams x 50 tok/s (1 s answers)", (100, 50, 50, 2.4)),
+        paced("paced_1000x20", "1000 streams x 20 tok/s (1 s answers)", (1000, 20, 20, 2.4)),
+    )  # fmt: skip
+    smoke = (
+        _burst(0.6, words=200, conns=2),
+        paced("paced_100x50", "paced (smoke)", (4, 50, 10, 1.0), "--cancel", 0.3),
+    )
+    return {
+        "full": Profile(full, (500, 4000), 5.0, 2000, 2000),
+        "quick": Profile(quick, (), 0.0, 300, 300),
+        "smoke": Profile(smoke, (), 0.0, 20, 20),
+    }
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port the OS just had free on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Put a process on one core when the machine has it (a no-op on one core)."""
+    with contextlib.suppress(OSError, AttributeError):
+        if cpu < (os.cpu_count() or 1):
+            os.sched_setaffinity(pid, {cpu})
+
+
+@dataclass
+class Proc:
+    """A process the bench started, with its /proc readings."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.popen.pid
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        """Resident set size in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
+    env.update(extra or {})
+    return env
+
+
+def start(name: str, argv: list[str], logs: Path, cpu: int, env: dict[str, str]) -> Proc:
+    """Start a process with its output in a log file, pinned to `cpu`."""
+    log = logs / f"{name}.log"
+    with log.open("ab") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # noqa: S603 - our own interpreter and scripts
+    pin(popen.pid, cpu)
+    return Proc(name, popen, log)
+
+
+def wait_until(check: Any, what: str, within: float = 15.0) -> None:
+    """Poll `check()` until it is true; raise RuntimeError after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up within {within:.0f} s")
+
+
+def http_ok(url: str) -> bool:
+    """Whether GET `url` answers 200."""
+    with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URLs we built
+        return bool(resp.status == 200)
+
+
+def tcp_open(port: int) -> bool:
+    """Whether something accepts TCP on 127.0.0.1:`port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+class Fleet:
+    """The mock, and one system under test at a time."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        port = free_port()
+        argv = [sys.executable, "-m", "wsgate", "mock-upstream", "--port", str(port)]
+        self.mock = start("mock", [*argv, "--log-level", "warning"], logs, LOAD_CPU, _clean_env())
+        self.mock_url = f"http://127.0.0.1:{port}/v1"
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "the mock")
+        self.sut: Proc | None = None
+        self.url = ""
+
+    def start_sut(self, target: str) -> None:
+        """Start a fresh naive relay or wsgate (stopping the previous one)."""
+        self.stop_sut()
+        if target == "direct":
+            return
+        port = free_port()
+        if target == "naive":
+            argv = [sys.executable, str(SCRIPTS / "naive_relay.py"), "--port", str(port)]
+            argv += ["--upstream", self.mock_url]
+            env = _clean_env()
+        else:
+            argv = [sys.executable, "-m", "wsgate", "serve", "--port", str(port)]
+            argv += ["--log-level", "warning"]
+            env = _clean_env(
+                {
+                    "WSGATE_PROVIDERS__BENCH__BASE_URL": self.mock_url,
+                    "WSGATE_MODELS__MOCK__PROVIDER": "bench",
+                }
+            )
+        self.sut = start(target, argv, self.logs, SUT_CPU, env)
+        wait_until(lambda: tcp_open(port), target)
+        self.url = f"ws://127.0.0.1:{port}/v1/ws"
+
+    def stop_sut(self) -> None:
+        """Stop the system under test, if any."""
+        if self.sut is not None:
+            self.sut.stop()
+            self.sut = None
+
+    def stop(self) -> None:
+        """Stop everything."""
+        self.stop_sut()
+        self.mock.stop()
+
+
+# --- one measured workload ---------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """One workload on one target: the load tester's result plus process CPU."""
+
+    workload: str
+    target: str
+    result: dict[str, Any]
+    sut_cpu_s: float | None
+    mock_cpu_s: float
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deltas(self) -> int:
+        """Deltas delivered."""
+        return int(self.result["throughput"]["deltas"])
+
+    @property
+    def deltas_per_cpu_s(self) -> float | None:
+        """Deltas per CPU-second of the system under test."""
+        if not self.sut_cpu_s:
+            return None
+        return self.deltas / self.sut_cpu_s
+
+    def latency(self, name: str, key: str) -> float | None:
+        """A latency summary value in ms."""
+        value = (self.result["latency_ms"].get(name) or {}).get(key)
+        return None if value is None else float(value)
+
+
+def measure(fleet: Fleet, workload: Workload, target: str) -> Measured:
+    """Run the load generator once against the current system under test."""
+    argv = [sys.executable, str(SCRIPTS / "loadtest.py"), "--json", "-q", "--drain-s", "10"]
+    if target == "direct":
+        argv += ["--direct", fleet.mock_url]
+    else:
+        argv += [fleet.url, "--mock-url", fleet.mock_url]
+    if target == "wsgate-debounce":
+        argv += ["--options", DEBOUNCE_OPTIONS]
+    argv += list(workload.args)
+    sut0 = fleet.sut.cpu_s() if fleet.sut else None
+    mock0, wall0 = fleet.mock.cpu_s(), time.monotonic()
+    with (fleet.logs / "loadtest.log").open("ab") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and scripts
+        pin(proc.pid, LOAD_CPU)
+        out, _ = proc.communicate(timeout=900)
+    wall = time.monotonic() - wall0
+    if not out.strip():
+        raise RuntimeError(f"{workload.name} on {target}: loadtest failed (see {fleet.logs})")
+    sut_cpu = fleet.sut.cpu_s() - sut0 if fleet.sut and sut0 is not None else None
+    return Measured(
+        workload.name, target, orjson.loads(out), sut_cpu, fleet.mock.cpu_s() - mock0, wall
+    )
+
+
+def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
+    """Search the most concurrent 20 tok/s streams that pass, in a few steps.
+
+    Double from the first step while steps pass (halve while they fail), then try once
+    halfway between the last pass and the first failure. A step fails on a p99 token latency
+    over 5 ms, an error or a failed check; a near miss (p99 within 4x the bound) is run once
+    more and fails only if both runs do (the machine is shared: one noisy second should not
+    end the search).
+    """
+    steps: list[Measured] = []
+
+    def step(streams: int) -> bool:
+        steps.append(knee_step(fleet, target, profile, streams))
+        p99 = steps[-1].latency("token", "p99")
+        if not steps[-1].extra["passed"] and p99 is not None and p99 <= 4 * KNEE_P99_MS:
+            steps.append(knee_step(fleet, target, profile, streams))  # a near miss: once more
+        return bool(steps[-1].extra["passed"])
+
+    streams = profile.knee_steps[0]
+    going_up = step(streams)
+    while streams <= profile.knee_steps[-1] and streams >= KNEE_MIN:
+        streams = streams * 2 if going_up else streams // 2
+        if streams > profile.knee_steps[-1] or streams < KNEE_MIN or step(streams) != going_up:
+            break
+    passed = [m.extra["streams"] for m in steps if m.extra["passed"]]
+    failed = [m.extra["streams"] for m in steps if not m.extra["passed"]]
+    above = [n for n in failed if not passed or n > max(passed)]
+    if passed and above:
+        step((max(passed) + min(above)) // 2)
+    return steps
+
+
+def knee_step(fleet: Fleet, target: str, profile: Profile, streams: int) -> Measured:
+    """One step of the knee search: `streams` streams at 20 tok/s, all open at once.
+
+    Every slot runs one long stream (KNEE_WORDS tokens) started during the ramp; tokens due
+    after the ramp (plus half a second) are measured: the steady delivery of `streams`
+    concurrent streams, without the churn of stream starts.
+    """
+    seconds = profile.knee_seconds
+    workload = _w(f"knee_{streams}", f"{streams} streams x 20 tok/s", *_spread(streams),
+                  "--rate", 20, "--ttft-ms", 50, "--words", KNEE_WORDS, "--duration", seconds,
+                  "--ramp", seconds / 3, "--warmup", seconds / 3 + 0.5)  # fmt: skip
+    step = measure(fleet, workload, target)
+    step.extra["streams"] = streams
+    step.extra["passed"] = knee_passed(step)
+    return step
+
+
+def knee_passed(step: Measured) -> bool:
+    """No failed check, no error, p99 token latency within the bound."""
+    p99 = step.latency("token", "p99")
+    result = step.result
+    return bool(result["ok"]) and not result["errors"] and p99 is not None and p99 <= KNEE_P99_MS
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+class Holder:
+    """Counts `ready` frames and first text deltas on connections the bench holds open."""
+
+    def __init__(self) -> None:
+        self.ready = 0
+        self.streaming: set[str] = set()
+
+    def on_message(self, payload: bytes, _now: float) -> None:
+        """Count one frame."""
+        frame = orjson.loads(payload)
+        if frame.get("type") == "ready":
+            self.ready += 1
+        elif frame.get("type") == "delta.text":
+            self.streaming.add(frame["stream_id"])
+
+
+async def _open(url: str, holder: Holder, count: int) -> list[_common.RawWebSocket]:
+    sockets = []
+    for start_at in range(0, count, 100):
+        batch = [
+            _common.open_websocket(url, holder.on_message)
+            for _ in range(start_at, min(count, start_at + 100))
+        ]
+        sockets += await asyncio.gather(*batch)
+    return sockets
+
+
+async def _until(predicate: Any, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not predicate() and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
+        await asyncio.sleep(0.05)
+
+
+async def memory(url: str, sut: Proc, idle: int, streams: int) -> dict[str, float]:
+    """RSS per idle connection and per open stream of a fresh system under test."""
+    holder = Holder()
+    warm = await _open(url, holder, 5)
+    await _start_stalled(warm, 10, "warm")
+    await _until(lambda: len(holder.streaming) >= 10, 10)
+    for ws in warm:
+        ws.close()
+    await asyncio.sleep(0.5)
+    base = sut.rss_kib()
+    conns = await _open(url, holder, idle)
+    await _until(lambda: holder.ready >= idle + 5, 10)
+    await asyncio.sleep(0.5)
+    after_idle = sut.rss_kib()
+    per_conn = (after_idle - base) / idle
+    carriers = await _open(url, holder, max(1, math.ceil(streams / 200)))
+    await _start_stalled(carriers, streams, "mem")
+    await _until(lambda: len(holder.streaming) >= streams + 10, 20)
+    await asyncio.sleep(0.5)
+    after_streams = sut.rss_kib()
+    opened = len(holder.streaming) - 10
+    per_stream = (after_streams - after_idle - len(carriers) * per_conn) / max(opened, 1)
+    for ws in conns + carriers:
+        ws.abort()
+    return {
+        "base_kib": base,
+        "idle_connections": idle,
+        "kib_per_idle_connection": round(per_conn, 2),
+        "open_streams": opened,
+        "kib_per_open_stream": round(per_stream, 2),
+    }
+
+
+async def _start_stalled(sockets: list[_common.RawWebSocket], count: int, prefix: str) -> None:
+    # First token at once, the next 20 s later: the stream is open and streaming, and stays so.
+    script = {"words": 3, "ttft_ms": 0, "tokens_per_s": 0.05}
+    content = orjson.dumps({"mock": script}).decode()
+    request = {"model": "mock", "messages": [{"role": "user", "content": content}]}
+    for i in range(count):
+        frame = {"type": "start", "stream_id": f"{prefix}{i}", "request": request}
+        sockets[i % len(sockets)].send_text(orjson.dumps(frame))
+        if i % 200 == 199:
+            await asyncio.sleep(0.01)
+
+
+# --- profiling (optional: py-spy) ----------------------------------------------------------
+
+
+def profile_workload(fleet: Fleet, workload: Workload, py_spy: str) -> list[str]:
+    """Sample a fresh wsgate with py-spy while `workload` runs; return report lines."""
+    fleet.start_sut("wsgate")
+    assert fleet.sut is not None  # noqa: S101 - start_sut("wsgate") sets it
+    raw = fleet.logs / f"wsgate-{workload.name}.pyspy.txt"
+    seconds = float(workload.args[workload.args.index("--duration") + 1])
+    argv = [py_spy, "record", "-p", str(fleet.sut.pid), "-d", str(max(1, int(seconds))),
+            "-r", "250", "-f", "raw", "-o", str(raw), "--nonblocking"]  # fmt: skip
+    with (fleet.logs / "py-spy.log").open("ab") as log:
+        spy = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 - the profiler the user named
+        pin(spy.pid, LOAD_CPU)
+        measure(fleet, workload, "wsgate")
+        spy.wait(60)
+    fleet.stop_sut()
+    if not raw.exists():
+        return [f"py-spy wrote nothing (see {fleet.logs / 'py-spy.log'})."]
+    return fold(raw.read_text())
+
+
+def fold(text: str, top: int = 15) -> list[str]:
+    """Self and inclusive shares per function from py-spy's collapsed stacks (raw format).
+
+    Lines are folded into their function, so a function's share is not split by line; the
+    inclusive table keeps wsgate's own functions, the ones a change can act on.
+    """
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_function(f) for f in stack.split(";") if not f.startswith("process ")]
+        total += count
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return ["no samples"]
+    ours = {
+        f: n
+        for f, n in inclusive.items()
+        if "wsgate/" in f and "cli.py" not in f and "__main__" not in f
+    }
+    lines = [f"{total} samples of the busy gateway process (py-spy; idle time excluded).", ""]
+    for title, table in (("self", own), ("inclusive", ours)):
+        lines += [f"| {title} % | function (file) |", "| ---: | --- |"]
+        ranked = sorted(table.items(), key=lambda item: -item[1])[:top]
+        lines += [f"| {100 * n / total:.1f} | `{frame}` |" for frame, n in ranked]
+        lines.append("")
+    return lines
+
+
+def _function(frame: str) -> str:
+    """`name (path/file.py:123)` -> `name (file path from the package or library)`."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/main/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})"
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """Everything measured in one bench run."""
+
+    mode: str
+    measured: list[Measured] = field(default_factory=list)
+    knees: dict[str, list[Measured]] = field(default_factory=dict)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    profiles: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def get(self, workload: str, target: str) -> Measured | None:
+        """The measurement of one workload on one target."""
+        return next(
+            (m for m in self.measured if m.workload == workload and m.target == target), None
+        )
+
+
+def say(text: str) -> None:
+    """Progress on stderr."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def run_target(bench: Bench, fleet: Fleet, profile: Profile, target: str) -> None:
+    """Every workload, the knee search and the memory probe on one target."""
+    fleet.start_sut(target)
+    for workload in profile.workloads:
+        m = measure(fleet, workload, target)
+        bench.measured.append(m)
+        say(
+            f"{target:6} {workload.name:14} {m.result['throughput']['deltas_per_s']:>10,.0f} "
+            f"deltas/s  ok={m.result['ok']}  sut_cpu={m.sut_cpu_s}"
+        )
+    if profile.knee_steps:
+        bench.knees[target] = knee(fleet, target, profile)
+        for step in bench.knees[target]:
+            say(
+                f"{target:6} knee {step.extra['streams']:>5} streams: p99 token "
+                f"{step.latency('token', 'p99')} ms passed={step.extra['passed']}"
+            )
+    if target in ("naive", "wsgate"):
+        fleet.start_sut(target)  # a fresh process: RSS deltas without earlier garbage
+        assert fleet.sut is not None  # noqa: S101 - set before use
+        probe = memory(fleet.url, fleet.sut, profile.idle_connections, profile.open_streams)
+        bench.memory[target] = uvloop.run(probe)
+        say(f"{target:6} memory {bench.memory[target]}")
+    fleet.stop_sut()
+
+
+def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | None) -> Bench:
+    """Start the mock, measure every target in turn, stop everything."""
+    profile = _profiles()[mode]
+    bench = Bench(mode)
+    began = time.monotonic()
+    affinity = os.sched_getaffinity(0)
+    pin(os.getpid(), LOAD_CPU)
+    _common.raise_nofile()
+    fleet = Fleet(logs)
+    try:
+        for target in targets:
+            run_target(bench, fleet, profile, target)
+        if py_spy and "wsgate" in targets:  # after the others: it takes fresh processes
+            for workload in profile.workloads:
+                if workload.name in ("burst", "paced_1000x20"):
+                    say(f"profiling wsgate under {workload.name}")
+                    bench.profiles[workload.title] = profile_workload(fleet, workload, py_spy)
+    finally:
+        fleet.stop()
+        os.sched_setaffinity(0, affinity)  # a caller (a test run) gets its cores back
+    bench.seconds = time.monotonic() - began
+    return bench
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _pair(m: Measured | None, name: str, base: Measured | None = None) -> str:
+    if m is None:
+        return "-"
+    values = []
+    for key in ("p50", "p99"):
+        value = m.latency(name, key)
+        if base is not None:
+            floor = base.latency(name, key)
+            value = None if value is None or floor is None else value - floor
+        values.append(_num(value))
+    return " / ".join(values)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _knee_streams(steps: list[Measured]) -> int | None:
+    passed = [step.extra["streams"] for step in steps if step.extra["passed"]]
+    return max(passed) if passed else (0 if steps else None)
+
+
+def _cancel_upstream_p99(bench: Bench, target: str) -> float | None:
+    m = bench.get("cancel", target)
+    return None if m is None else m.latency("cancel_upstream", "p99")
+
+
+def target_rows(bench: Bench) -> list[list[str]]:
+    """The issue's targets: wsgate, naive, the ratio or value, the goal, whether met."""
+    burst_w, burst_n = bench.get("burst", "wsgate"), bench.get("burst", "naive")
+    eff_w = burst_w.deltas_per_cpu_s if burst_w else None
+    eff_n = burst_n.deltas_per_cpu_s if burst_n else None
+    rate_w = burst_w.result["throughput"]["deltas_per_s"] if burst_w else None
+    rate_n = burst_n.result["throughput"]["deltas_per_s"] if burst_n else None
+    knee_w = _knee_streams(bench.knees.get("wsgate", []))
+    knee_n = _knee_streams(bench.knees.get("naive", []))
+    added = {t: _added_p99(bench, t) for t in ("wsgate", "naive")}
+    mem_w, mem_n = bench.memory.get("wsgate", {}), bench.memory.get("naive", {})
+    cancel = {t: _cancel_upstream_p99(bench, t) for t in ("wsgate", "naive")}
+    rows = [
+        (
+            "burst deltas per SUT CPU-second",
+            eff_w,
+            eff_n,
+            _ratio(eff_w, eff_n),
+            ">= 1.2x naive",
+            _ge(_ratio(eff_w, eff_n), 1.2),
+        ),
+        (
+            "burst deltas/s (coalescing)",
+            rate_w,
+            rate_n,
+            _ratio(rate_w, rate_n),
+            ">= 3x naive",
+            _ge(_ratio(rate_w, rate_n), 3.0),
+        ),
+        (
+            "streams at 20 tok/s with p99 token latency <= 5 ms",
+            knee_w,
+            knee_n,
+            _ratio(knee_w, knee_n),
+            ">= 2x naive",
+            _ge(_ratio(knee_w, knee_n), 2.0),
+        ),
+        (
+            "p99 token latency added over direct, 100 x 50 tok/s (ms)",
+            added["wsgate"],
+            added["naive"],
+            added["wsgate"],
+            "<= +1 ms",
+            _le(added["wsgate"], 1.0),
+        ),
+        (
+            "RSS per idle connection (KiB)",
+            mem_w.get("kib_per_idle_connection"),
+            mem_n.get("kib_per_idle_connection"),
+            mem_w.get("kib_per_idle_connection"),
+            "<= 16 KiB",
+            _le(mem_w.get("kib_per_idle_connection"), 16.0),
+        ),
+        (
+            "RSS per open stream (KiB)",
+            mem_w.get("kib_per_open_stream"),
+            mem_n.get("kib_per_open_stream"),
+            mem_w.get("kib_per_open_stream"),
+            "<= 24 KiB",
+            _le(mem_w.get("kib_per_open_stream"), 24.0),
+        ),
+        (
+            "cancel -> upstream close p99, seen by the mock (ms)",
+            cancel["wsgate"],
+            cancel["naive"],
+            cancel["wsgate"],
+            "<= 5 ms",
+            _le(cancel["wsgate"], 5.0),
+        ),
+    ]
+    return [[name, _num(w), _num(n), _num(v), goal, met] for name, w, n, v, goal, met in rows]
+
+
+def _added_p99(bench: Bench, target: str) -> float | None:
+    m, floor = bench.get("paced_100x50", target), bench.get("paced_100x50", "direct")
+    if m is None or floor is None:
+        return None
+    a, b = m.latency("token", "p99"), floor.latency("token", "p99")
+    return None if a is None or b is None else a - b
+
+
+def _ge(value: float | None, goal: float) -> str:
+    return "-" if value is None else ("yes" if value >= goal else "**no**")
+
+
+def _le(value: float | None, goal: float) -> str:
+    return "-" if value is None else ("yes" if value <= goal else "**no**")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def workload_rows(bench: Bench, workload: str) -> list[list[str]]:
+    """One row per target of one workload."""
+    rows = []
+    floor = bench.get(workload, "direct")
+    for target in TARGETS:
+        m = bench.get(workload, target)
+        if m is None:
+            continue
+        r, wall = m.result, m.wall_s
+        sut = f"{100 * m.sut_cpu_s / wall:.0f}%" if m.sut_cpu_s is not None else "-"
+        harness = (m.mock_cpu_s + r["loadgen_cpu_s"]) / wall
+        failed = [
+            k
+            for k in ("mismatches", "seq_gaps", "seq_duplicates", "unexpected_outcomes")
+            if r["checks"].get(k)
+        ]
+        rows.append(
+            [
+                target,
+                _num(r["throughput"]["deltas_per_s"]),
+                _num(r["throughput"]["frames_per_s"]),
+                sut,
+                _num(m.deltas_per_cpu_s),
+                _pair(m, "token"),
+                _pair(m, "token", floor) if target != "direct" else "-",
+                _pair(m, "ttft"),
+                _num(sum(r["errors"].values()), 0),
+                "ok"
+                if r["ok"]
+                else "FAILED: " + ", ".join(f"{k} {r['checks'][k]}" for k in failed),
+                f"{100 * harness:.0f}%" + (" (saturated)" if harness > 0.9 else ""),
+            ]
+        )
+    return rows
+
+
+_WORKLOAD_HEADER = [
+    "target",
+    "deltas/s",
+    "frames/s",
+    "SUT CPU",
+    "deltas per SUT CPU-s",
+    "token latency p50 / p99 ms",
+    "added over direct p50 / p99",
+    "TTFT p50 / p99 ms",
+    "errors",
+    "checks",
+    "CPU 0 (mock + load gen)",
+]
+
+
+def machine() -> list[str]:
+    """Facts about this machine and the libraries."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        platform.processor() or "?",
+    )
+    nproc = shutil.which("nproc")
+    # `nproc` alone honours this process's affinity (pinned to one core): ask for all.
+    cores = (
+        subprocess.run([nproc, "--all"], capture_output=True, text=True, check=False).stdout.strip()  # noqa: S603 - coreutils
+        if nproc
+        else str(os.cpu_count())
+    )
+    versions = []
+    for name in ("websockets", "aiohttp", "uvloop", "orjson", "msgspec"):
+        with contextlib.suppress(Exception):
+            versions.append(f"{name} {__import__(name).__version__}")
+    return [
+        f"- CPU: {model}; `nproc --all` {cores}; Linux {platform.release()}",
+        f"- Python {platform.python_version()}; {', '.join(versions)}",
+        (
+            f"- Layout: system under test pinned to CPU {SUT_CPU}; mock, load generator and bench "
+            f"on CPU {LOAD_CPU} (`os.sched_setaffinity`)."
+        ),
+    ]
+
+
+def render(bench: Bench, command: str) -> str:
+    """BENCHMARKS.md."""
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        "# wsgate benchmarks",
+        "",
+        "Written by `scripts/bench.py` (`make bench`). Re-run it rather than editing this file.",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {when}; mode `{bench.mode}`; the run took {bench.seconds:.0f} s.",
+        *machine(),
+        "",
+        "## Targets (issue 6)",
+        "",
+        *_md_table(
+            ["measure", "wsgate", "naive relay", "wsgate/naive or value", "goal", "met"],
+            target_rows(bench),
+        ),
+        *_workload_sections(bench),
+        *_knee_section(bench),
+        *_memory_section(bench),
+        *_cancel_section(bench),
+        *_unhappy_section(bench),
+        *METHOD,
+        "",
+    ]
+    for title, lines in bench.profiles.items():
+        out += [f"## Where wsgate spends its CPU: {title}", "", *lines]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _workload_sections(bench: Bench) -> list[str]:
+    out = ["## Workloads", ""]
+    titles = {m.workload: m for m in bench.measured}
+    for name in titles:
+        workload = next(w for w in _profiles()[bench.mode].workloads if w.name == name)
+        out += [f"### {workload.title}", "", f"`loadtest.py {' '.join(workload.args)}`", ""]
+        out += _md_table(_WORKLOAD_HEADER, workload_rows(bench, name))
+    return out
+
+
+def _knee_section(bench: Bench) -> list[str]:
+    if not bench.knees:
+        return []
+    title = f"concurrent streams at 20 tok/s ({KNEE_WORDS} tokens each) until p99 > 5 ms"
+    out = [f"## Knee: {title}", ""]
+    rows = []
+    for target, steps in bench.knees.items():
+        for step in steps:
+            r = step.result
+            sut = f"{100 * step.sut_cpu_s / step.wall_s:.0f}%" if step.sut_cpu_s else "-"
+            harness = (step.mock_cpu_s + r["loadgen_cpu_s"]) / step.wall_s
+            rows.append(
+                [
+                    target,
+                    str(step.extra["streams"]),
+                    _num(r["throughput"]["deltas_per_s"]),
+                    _pair(step, "token"),
+                    sut,
+                    f"{100 * harness:.0f}%",
+                    _num(sum(r["errors"].values()), 0),
+                    "yes" if step.extra["passed"] else "no",
+                ]
+            )
+    header = [
+        "target",
+        "streams",
+        "deltas/s",
+        "token p50 / p99 ms",
+        "SUT CPU",
+        "CPU 0 (mock + load gen)",
+        "errors",
+        "passed",
+    ]
+    out += _md_table(header, rows)
+    knees = {t: _knee_streams(steps) for t, steps in bench.knees.items()}
+    out += [
+        "Knee (most streams that passed): " + ", ".join(f"{t} {k}" for t, k in knees.items()),
+        "(0: the first step already failed; the last step tried is the limit of the search)",
+        "",
+    ]
+    return out
+
+
+def _memory_section(bench: Bench) -> list[str]:
+    if not bench.memory:
+        return []
+    rows = [
+        [
+            t,
+            _num(m["base_kib"] / 1024, 1),
+            str(m["idle_connections"]),
+            _num(m["kib_per_idle_connection"]),
+            str(m["open_streams"]),
+            _num(m["kib_per_open_stream"]),
+        ]
+        for t, m in bench.memory.items()
+    ]
+    header = [
+        "target",
+        "base RSS MiB",
+        "idle connections",
+        "KiB per idle connection",
+        "open streams",
+        "KiB per open stream (incl. its upstream connection)",
+    ]
+    return ["## Memory (VmRSS of a fresh process)", "", *_md_table(header, rows)]
+
+
+def _cancel_section(bench: Bench) -> list[str]:
+    rows = []
+    for target in TARGETS:
+        m = bench.get("cancel", target)
+        if m is None:
+            continue
+        stats = (m.result.get("gateway_stats") or {}).get("cancel_to_upstream_close_ms") or {}
+        own = f"{_num(stats.get('p50'))} / {_num(stats.get('p99'))}" if stats else "-"
+        rows.append(
+            [
+                target,
+                _pair(m, "cancel"),
+                _pair(m, "cancel_upstream"),
+                own,
+                str(m.result["checks"].get("upstream_left_open", 0)),
+            ]
+        )
+    if not rows:
+        return []
+    header = [
+        "target",
+        "cancel -> finish p50 / p99 ms",
+        "cancel -> upstream closed (mock) ms",
+        "gateway /stats cancel_to_upstream_close_ms p50 / p99",
+        "upstreams left open",
+    ]
+    return ["## Cancellation", "", *_md_table(header, rows)]
+
+
+def _unhappy_section(bench: Bench) -> list[str]:
+    rows = []
+    for target in TARGETS:
+        m = bench.get("unhappy", target)
+        if m is None:
+            continue
+        r = m.result
+        unexpected = {k[11:]: v for k, v in r["checks"].items() if k.startswith("unexpected:")}
+        outcomes = ", ".join(f"{k} {v}" for k, v in r["streams"].items())
+        rows.append(
+            [
+                target,
+                outcomes,
+                ", ".join(f"{k} {v}" for k, v in r["errors"].items()),
+                ", ".join(f"{k}: {v}" for k, v in unexpected.items()) or "none",
+            ]
+        )
+    if not rows:
+        return []
+    header = ["target", "streams", "errors by code", "unexpected outcomes (plan -> outcome)"]
+    return ["## Unhappy paths: correctness", "", *_md_table(header, rows)]
+
+
+METHOD = """## Method
+
+- Every stream's answer is a mock script: `words` generated words, one chunk per word, the
+  first after `ttft_ms`, then `tokens_per_s`. Every completed stream is compared byte for byte
+  with its script; cancelled and failed ones must hold a prefix of it; `seq` gaps and
+  duplicates are counted (coalesced frames cover `first_seq`..`seq`).
+- Token latency = arrival at the load generator minus the mock's schedule for that token (its
+  request record gives the request's arrival on the shared CLOCK_MONOTONIC). The mock's timer
+  has 1 ms granularity and may release a token up to ~1 ms early, so values are signed and the
+  *direct* row is the floor: *added over direct* is what a relay or gateway costs, and
+  differences under ~1 ms are within the mock's jitter. TTFT counts from each stream's
+  scheduled start (coordinated omission: a late start is measured from its schedule).
+- Paced workloads spread their starts evenly over one stream period and leave that first
+  period (connection set-up) out of the latencies; every stream is still verified.
+- The direct reader is aiohttp (a task per stream), heavier per token than the load
+  generator's callback-driven WebSocket client: at high stream counts the floor's own p99
+  can exceed a relay's, and CPU 0 (mock and load generator) can be the limit. The CPU 0
+  column says when it was saturated.
+- CPU: utime + stime from `/proc/PID/stat` over the load generator's whole run (ramp and drain
+  included); deltas per SUT CPU-second = deltas delivered / that.
+- Memory: a fresh process; 10 streams to warm it up; VmRSS before and after opening the idle
+  connections, then after opening streams that stay open (first token at once, the next 20 s
+  later) on connections of up to 200 streams; the streams' connections are subtracted.
+- wsgate runs with `--log-level warning` (the relay logs nothing); compression is off on
+  both. The relay lifts aiohttp's 100-connection pool limit.
+""".splitlines()
+
+
+def print_ratios(bench: Bench) -> None:
+    """The targets table on stdout."""
+    rows = target_rows(bench)
+    header = ["measure", "wsgate", "naive", "wsgate/naive or value", "goal", "met"]
+    print(_common.text_table(header, [list(r) for r in rows]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; write BENCHMARKS.md; 0 unless a process failed to start or run."""
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a ~45 s run with smaller loads")
+    parser.add_argument("--smoke", action="store_true", help="seconds: checks the harness only")
+    parser.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated, of {', '.join(TARGETS)}",
+    )
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="report file")
+    parser.add_argument("--py-spy", metavar="PATH", help="profile wsgate's burst with py-spy")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    targets = tuple(t for t in args.targets.split(",") if t in TARGETS)
+    logs = Path(tempfile.mkdtemp(prefix="wsgate-bench-"))
+    try:
+        bench = run_bench(mode, logs, targets, args.py_spy)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    Path(args.out).write_text(render(bench, command.strip()), encoding="utf-8")
+    print_ratios(bench)
+    say(f"wrote {args.out} in {bench.seconds:.0f} s; process logs in {logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

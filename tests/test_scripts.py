@@ -1,0 +1,261 @@
+"""Smoke runs of the bundled load tools: the load tester against a real gateway, the naive
+relay and the mock read directly; the bench harness in its smallest mode. They assert the
+output's structure and the correctness counts, never speed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from wsgate.app import App
+from wsgate.config import load_settings
+from wsgate.mock import MockProvider
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import _common  # noqa: E402
+import loadtest  # noqa: E402
+import naive_relay  # noqa: E402
+
+MUST_BE_ZERO = (
+    "mismatches",
+    "prefix_mismatches",
+    "seq_gaps",
+    "seq_duplicates",
+    "unexpected_outcomes",
+    "frames_after_finish",
+    "upstream_left_open",
+)
+SMALL = {
+    "connections": 2,
+    "streams_per_connection": 3,
+    "words": 12,
+    "tokens_per_s": 200.0,
+    "ttft_ms": 5.0,
+    "duration_s": 1.0,
+    "ramp_s": 0.1,
+    "drain_s": 5.0,
+    "progress": False,
+}
+
+
+@pytest.fixture
+async def app():
+    overrides = {"server.port": 0, "mock.ttft_ms": 0, "limits.max_frame_bytes": 2048}
+    application = App(load_settings(None, environ={}, overrides=overrides), environ={})
+    await application.start()
+    yield application
+    await application.stop()
+
+
+@pytest.fixture
+async def mock():
+    provider = MockProvider()
+    await provider.start()
+    yield provider
+    await provider.stop()
+
+
+@pytest.fixture
+async def relay(mock):
+    ready = asyncio.Event()
+    port = _free_port()
+    task = asyncio.create_task(naive_relay.serve_relay(mock.base_url, "127.0.0.1", port, ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    yield f"ws://127.0.0.1:{port}/v1/ws"
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_correct(result: loadtest.Result) -> dict:
+    data = orjson.loads(orjson.dumps(result.to_dict()))
+    bad = {key: data["checks"][key] for key in MUST_BE_ZERO if data["checks"][key]}
+    assert not bad, (bad, data["checks"], data["streams"], data["errors"])
+    assert data["ok"] is True
+    assert data["streams"].get("unfinished", 0) == 0
+    assert data["checks"]["verified"] == data["streams"]["completed"] > 0
+    assert data["throughput"]["deltas"] > 0
+    return data
+
+
+async def test_loadtest_verifies_every_stream_through_the_gateway_under_the_unhappy_mix(app):
+    config = loadtest.LoadConfig(
+        url=app.url,
+        mock_url=app.mock.base_url,
+        cancel_fraction=0.3,
+        fault_fraction=0.2,
+        oversized_fraction=0.1,
+        drop_fraction=0.5,
+        slow_fraction=0.5,
+        slow_pause_ms=30,
+        slow_every_ms=60,
+        seed=7,
+        **SMALL,
+    )
+    data = assert_correct(await loadtest.run(config))
+    assert set(data) >= {"streams", "checks", "errors", "throughput", "latency_ms", "timeline"}
+    assert data["target"] == "gateway"
+    assert data["anchors"].get("mock", 0) > 0
+    slow = data["slow_latency_ms"].get("token", {"count": 0})
+    assert data["latency_ms"]["token"]["count"] + slow["count"] > 0
+    assert set(data["latency_ms"]["ttft"]) == {"count", "p50", "p90", "p99", "max"}
+    streams = data["streams"]
+    assert streams["cancelled"] > 0
+    assert streams["failed"] > 0
+    assert streams["refused"] > 0
+    assert data["errors"]["frame_too_large"] == streams["refused"]
+    assert data["gateway_stats"]["finishes"]["stop"] >= streams["completed"]
+
+
+async def test_loadtest_drives_the_naive_relay_unchanged(relay, mock):
+    config = loadtest.LoadConfig(url=relay, mock_url=mock.base_url, cancel_fraction=0.3, **SMALL)
+    data = assert_correct(await loadtest.run(config))
+    assert data["streams"]["cancelled"] > 0
+    assert data["latency_ms"]["cancel"]["count"] > 0
+    assert data["gateway_stats"] is None
+
+
+async def test_loadtest_reads_the_mock_directly_as_the_floor(mock):
+    config = loadtest.LoadConfig(
+        direct=mock.base_url, cancel_fraction=0.2, fault_fraction=0.2, **SMALL
+    )
+    data = assert_correct(await loadtest.run(config))
+    assert data["target"] == "direct"
+    assert data["anchors"]["mock"] > 0
+    assert data["latency_ms"]["cancel_upstream"]["count"] > 0
+
+
+async def test_loadtest_burst_counts_every_delta_and_renders_its_reports(app):
+    config = loadtest.LoadConfig(
+        url=app.url, **{**SMALL, "tokens_per_s": 0.0, "words": 300, "duration_s": 0.5}
+    )
+    data = assert_correct(await loadtest.run(config))
+    assert data["throughput"]["deltas"] == 300 * data["streams"]["completed"]
+    table = _common.format_table(data)
+    assert "TTFT" in table
+    assert "OK" in table
+    page = _common.format_html(data)
+    assert page.startswith("<!doctype html>")
+    assert "<svg" in page
+
+
+def test_loadtest_refuses_a_target_off_loopback(capsys):
+    assert loadtest.main(["ws://192.0.2.1:8080/v1/ws", "--duration", "1"]) == 2
+    assert "loopback" in capsys.readouterr().err
+
+
+def test_stream_counts_gaps_and_duplicates_across_coalesced_frames():
+    plan = loadtest.Plan("normal", {}, loadtest.Expected.of(["a"]), frozenset({"stop"}))
+    stream = loadtest.Stream("s1", "t", plan, loadtest.Slot(0, 0.0), 0.0)
+    for first, last in [(1, 1), (2, 4), (5, 5), (8, 9), (9, 10), (11, 11)]:
+        stream.seq(first, last)
+    assert (stream.gaps, stream.dups) == (2, 1)
+
+
+def test_stream_times_each_chunk_when_its_last_character_arrives():
+    chunks = ["Hello", " wide", " world."]
+    plan = loadtest.Plan("normal", {}, loadtest.Expected.of(chunks), frozenset({"stop"}))
+    stream = loadtest.Stream("s1", "t", plan, loadtest.Slot(0, 0.0), 0.0)
+    assert stream.text("Hel", 1.0) == 0
+    assert stream.text("lo wide w", 2.0) == 2  # a coalesced piece completes two chunks
+    assert stream.text("orld.", 3.0) == 1
+    assert list(stream.recv) == [2.0, 2.0, 3.0]
+
+
+class RecordingTransport:
+    def __init__(self):
+        self.written = []
+        self.closed = False
+
+    def write(self, data):
+        self.written.append(bytes(data))
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+
+def _server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    size = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return bytes((first, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((first, 127)) + size.to_bytes(8, "big") + payload
+
+
+async def _handshaken(received: list) -> tuple[_common.RawWebSocket, RecordingTransport]:
+    ws = _common.RawWebSocket(
+        "ws://127.0.0.1:1/v1/ws", "wsgate.v1", lambda p, _t: received.append(p)
+    )
+    transport = RecordingTransport()
+    ws.connection_made(transport)
+    key = transport.written[0].split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0]
+    import base64  # noqa: PLC0415
+    import hashlib  # noqa: PLC0415
+
+    accept = base64.b64encode(hashlib.sha1(key + _common._WS_GUID).digest())  # noqa: S324
+    ws.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    assert ws.handshake.done()
+    return ws, transport
+
+
+@pytest.mark.parametrize("split", ["whole", "byte_by_byte"])
+async def test_raw_websocket_parses_text_fragments_and_pings_however_the_bytes_arrive(split):
+    received: list[bytes] = []
+    ws, transport = await _handshaken(received)
+    big = b"x" * 70_000
+    stream = (
+        _server_frame(1, b'{"a":1}')
+        + _server_frame(1, b"part-", fin=False)
+        + _server_frame(9, b"hi")
+        + _server_frame(0, b"two")
+        + _server_frame(1, b"y" * 300)
+        + _server_frame(1, big)
+        + b"\x81"  # trailing: the start of a frame that has not arrived yet
+    )
+    if split == "whole":
+        ws.data_received(stream)
+    else:
+        for i in range(len(stream)):
+            ws.data_received(stream[i : i + 1])
+    assert received == [b'{"a":1}', b"part-two", b"y" * 300, big]
+    assert transport.written[-1] == b"\x8a\x82\x00\x00\x00\x00hi"  # pong, masked with zeros
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, capsys):
+    import bench  # noqa: PLC0415 - imported here: only this test needs it
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    report = out.read_text()
+    for heading in ("## Targets (issue 6)", "## Workloads", "## Memory", "## Method"):
+        assert heading in report
+    rows = [
+        line for line in report.splitlines() if line.startswith(("| direct", "| naive", "| wsgate"))
+    ]
+    workload_rows = [row for row in rows if row.count("|") == 12]
+    assert len(workload_rows) == 6  # two workloads x three targets
+    assert all("| ok |" in row for row in workload_rows), workload_rows
+    assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
