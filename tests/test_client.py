@@ -478,7 +478,7 @@ async def test_cancelling_a_task_inside_connect_propagates_and_stops_the_reader(
     [
         "not json",
         '{"type": "delta.text", "stream_id": "s1"}',
-        '{"type": "delta.reasoning", "stream_id": "s1", "seq": 2, "text": "hm"}',
+        '{"type": "delta.sparkle", "stream_id": "s1", "seq": 2, "text": "hm"}',
         json.dumps(frames_of("zz", [])[0]),
         json.dumps(READY),
     ],
@@ -560,7 +560,7 @@ async def test_cancelling_a_read_loses_no_frame():
         ("hello", None, None),
         (ChatRequest(model="", messages=[Message("user", "hi")]), None, None),
         (REQUEST, {"telemetry": "yes"}, None),
-        (REQUEST, {"buffering": "word"}, None),
+        (REQUEST, {"buffering": "shouting"}, None),
         (REQUEST, None, "has space"),
         (REQUEST, None, "x" * 65),
         ({"model": "mock", "messages": [{"role": "user", "content": "x" * 70_000}]}, None, None),
