@@ -45,6 +45,6 @@ async def test_a_client_that_stops_reading_is_disconnected_and_its_upstreams_clo
     # Memory held for the client never passed the documented bound: the connection cap
     # plus what one push can add before the check (a provider read: <= 32 KiB of frames).
     accounting = app.gateway.shared.accounting
-    assert (accounting.send_timeouts, accounting.slow_consumers) == (1, 1)
+    assert accounting.slow_consumers == 1  # by the byte cap or by the send timeout
     cap = connection.options.buffer_bytes
     assert connection.stats.max_buffered <= cap + 48 * 1024

@@ -139,6 +139,7 @@ class Connection:
         self._silenced = False  # no more output: slow consumer, or the connection is gone
         self._closer: asyncio.Task[None] | None = None
         self._last_send = asyncio.get_running_loop().time()
+        self._send_since: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -148,15 +149,17 @@ class Connection:
     async def run(self) -> None:
         """Serve the connection; returns when it is closed and its own tasks have ended."""
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
+        watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.session.conn_id}")
         self._control(encode_frame(self.session.ready()))
         try:
             await self._reader()
         finally:
             self._silenced = True
+            watchdog.cancel()
             self.apply(self.session.connection_lost())
             await self.runner.reap()
             writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(writer, watchdog, return_exceptions=True)
             if self._closer is not None:
                 await asyncio.gather(self._closer, return_exceptions=True)
             accounting = self.shared.accounting
@@ -380,6 +383,7 @@ class Connection:
 
     async def _write_loop(self) -> None:
         outbox, ws, stats = self.outbox, self.ws, self.stats
+        loop = asyncio.get_running_loop()
         soft = self.options.buffer_bytes // 2
         sent_since_yield = 0
         while True:
@@ -388,20 +392,18 @@ class Connection:
                 await self._idle()
                 continue
             stream_id, data = item
+            # No timer per send: the watchdog checks `_send_since` (one timer per connection
+            # instead of one per frame, which dominated the cost of paced token streams).
+            self._send_since = loop.time()
             try:
-                async with asyncio.timeout(self.options.send_timeout):
-                    await ws.send(data, text=True)
-            except TimeoutError:
-                # The client has not read for send_timeout: a slow consumer. Its close can
-                # only land if it reads again within a second; otherwise the TCP is aborted.
-                self.shared.accounting.send_timeouts += 1
-                self._slow_consumer(outbox.pending_bytes + self._transport_buffered())
-                return
+                await ws.send(data, text=True)
             except websockets.ConnectionClosed:
                 return
+            finally:
+                self._send_since = None
             stats.frames_sent += 1
             stats.bytes_sent += len(data)
-            self._last_send = asyncio.get_running_loop().time()
+            self._last_send = loop.time()
             if stream_id is not None:
                 room = self.room.get(stream_id)
                 if room is not None and outbox.has_room(stream_id):
@@ -418,17 +420,26 @@ class Connection:
                 await asyncio.sleep(0)
 
     async def _idle(self) -> None:
-        # Silence is measured from the last frame sent, whatever woke the writer meanwhile.
         self._wake_writer.clear()
         self.uncongested.set()
         self._backlog_room.set()
+        await self._wake_writer.wait()
+
+    async def _watchdog(self) -> None:
+        """One timer for the connection: the send timeout and the heartbeat."""
+        options = self.options
+        tick = min(1.0, max(0.01, min(options.send_timeout, options.heartbeat_interval) / 4))
         loop = asyncio.get_running_loop()
-        due = self._last_send + self.options.heartbeat_interval
-        try:
-            async with asyncio.timeout_at(due):
-                await self._wake_writer.wait()
-        except TimeoutError:
-            self._control(HEARTBEAT)
-        else:
-            if loop.time() >= due:
+        while not self._silenced:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            since = self._send_since
+            if since is not None and now - since >= options.send_timeout:
+                # The client has not read for send_timeout: a slow consumer. Its close can
+                # only land if it reads again within a second; otherwise the TCP is aborted.
+                self.shared.accounting.send_timeouts += 1
+                self._slow_consumer(self.outbox.pending_bytes + self._transport_buffered())
+                return
+            if since is None and now - self._last_send >= options.heartbeat_interval:
+                self._last_send = now  # one heartbeat per interval of silence
                 self._control(HEARTBEAT)
