@@ -116,12 +116,6 @@ def load(path: Path) -> dict[str, Any]:
     return doc
 
 
-def fixture_param(path: Path) -> Any:
-    issue = load(path).get("known_issue")
-    marks = [pytest.mark.xfail(reason=issue, raises=ReplayFailed, strict=False)] if issue else []
-    return pytest.param(path, id=path.stem, marks=marks)
-
-
 async def replay(url: str, steps: list[dict[str, Any]]) -> None:
     async with raw_connect(url) as conn:
         run = Replay(conn)
@@ -143,7 +137,7 @@ def test_the_fixture_directory_holds_the_required_conversations():
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_each_fixture_is_well_formed_and_opens_with_ready(path):
     doc = load(path)
-    assert set(doc) <= {"description", "steps", "known_issue"}
+    assert set(doc) <= {"description", "steps"}
     assert isinstance(doc["description"], str)
     assert doc["description"]
     steps = doc["steps"]
@@ -154,7 +148,7 @@ def test_each_fixture_is_well_formed_and_opens_with_ready(path):
     assert all(step["expect"]["type"] != "ready" for step in steps[1:] if "expect" in step)
 
 
-@pytest.mark.parametrize("path", [fixture_param(p) for p in FIXTURES])
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 async def test_the_gateway_replays_each_conversation_fixture_exactly(app, path):
     await replay(app.url, load(path)["steps"])
 
