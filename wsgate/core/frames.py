@@ -21,6 +21,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from wsgate.core.utf8 import scrub_value
+
 PROTOCOL: Final = "wsgate.v1"
 STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9._:\-]{1,64}$"
 MAX_STREAM_ID_LENGTH: Final = 64
@@ -454,37 +456,9 @@ def encode_frame(frame: ServerFrame | ClientFrame) -> bytes:
     except RecursionError:
         raise FrameEncodeError("frame nests too deeply to encode") from None
     try:
-        return _encoder.encode(_scrub(msgspec.to_builtins(frame)))
+        return _encoder.encode(scrub_value(msgspec.to_builtins(frame)))
     except RecursionError:
         raise FrameEncodeError("frame nests too deeply to encode") from None
-
-
-def scrub_text(text: str) -> str:
-    """Replace lone surrogates with U+FFFD, keeping well-formed pairs joined."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _scrub(value: Any) -> Any:
-    """Scrub every string in fresh builtins, in place and without recursion."""
-    stack: list[Any] = []
-    value = _clean(value, stack)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            node[:] = [_clean(item, stack) for item in node]
-        else:
-            items = list(node.items())
-            node.clear()
-            node.update((_clean(key, stack), _clean(item, stack)) for key, item in items)
-    return value
-
-
-def _clean(item: Any, stack: list[Any]) -> Any:
-    if isinstance(item, str):
-        return scrub_text(item)
-    if isinstance(item, list | dict):
-        stack.append(item)
-    return item
 
 
 def json_schemas() -> dict[str, Any]:

@@ -32,11 +32,8 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any, Final
-
-import orjson
 
 from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
 from wsgate.core.events import (
@@ -53,6 +50,7 @@ from wsgate.core.events import (
     UpstreamEvent,
     Usage,
 )
+from wsgate.core.jsonio import loads
 from wsgate.core.toolcalls import (
     ArgumentsChunk,
     Ended,
@@ -83,24 +81,6 @@ _REASONS: Final[dict[str, FinishReason]] = {
     "tool_use": "tool_calls",
 }
 _IDENTIFIER: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-
-
-def _loads(text: str) -> Any:
-    """Parse JSON; raise ValueError for anything that is not strict JSON."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    # orjson refuses lone-surrogate escapes ("\ud83d") that providers do send when they
-    # split a pair across chunks; the stdlib keeps them for the SurrogateJoiner.
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("JSON nests too deeply") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 class OpenAIChatTranslator:
@@ -258,7 +238,7 @@ class OpenAIChatTranslator:
 
 def _chunk(data: str) -> dict[str, Any]:
     try:
-        chunk = _loads(data)
+        chunk = loads(data)
     except ValueError:
         raise UpstreamProtocolError("upstream sent malformed JSON") from None
     if not isinstance(chunk, dict):

@@ -44,15 +44,14 @@ Rules:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import jiter
-import orjson
 
 from wsgate.core.errors import UpstreamProtocolError
-from wsgate.core.utf8 import SurrogateJoiner, has_lone_surrogate
+from wsgate.core.jsonio import loads
+from wsgate.core.utf8 import SurrogateJoiner
 
 DEFAULT_MAX_ARGUMENT_BYTES: Final = 1 << 20
 DEFAULT_SNAPSHOT_MIN_BYTES: Final = 64
@@ -122,34 +121,10 @@ ToolCallOutput = Started | ArgumentsChunk | Snapshot | Ended | Failed
 def parse_json(text: str) -> Any:
     r"""Parse strict JSON (no NaN/Infinity); raise ValueError otherwise.
 
-    orjson refuses escaped lone surrogates (`"\ud83d"`), which are valid JSON syntax; the
-    stdlib accepts them and every lone surrogate in the result is replaced by U+FFFD, so
-    the value can always be encoded as UTF-8.
+    Escaped lone surrogates (`"\ud83d"`) are valid JSON; each becomes U+FFFD here, so the
+    value can always be encoded as UTF-8.
     """
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return _replace_surrogates(json.loads(text, parse_constant=_reject_constant))
-    except RecursionError:
-        raise ValueError("JSON nests too deeply") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _replace_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        if has_lone_surrogate(value):
-            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-        return value
-    if isinstance(value, list):
-        return [_replace_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
-    return value
+    return loads(text, scrub=True)
 
 
 def _utf8_len(text: str) -> int:

@@ -11,7 +11,7 @@ one small state object; no I/O.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _REPLACEMENT: Final = "\ufffd"
@@ -22,11 +22,38 @@ def has_lone_surrogate(text: str) -> bool:
     return not text.isascii() and _SURROGATE.search(text) is not None
 
 
-def _join_pairs(text: str) -> str:
+def scrub_text(text: str) -> str:
+    """Join surrogate pairs into their character and replace every other surrogate by U+FFFD."""
     # UTF-16 round trip: "surrogatepass" writes each surrogate code point as its 16-bit unit,
     # and decoding reads a high+low unit pair back as one astral character and each unpaired
     # unit as U+FFFD.
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def scrub_value(value: Any) -> Any:
+    """`scrub_text` every string of a JSON value (keys too), in place and without recursion.
+
+    Lists and dicts are modified in place: pass fresh builtins (a decoder's result).
+    """
+    stack: list[Any] = []
+    value = _clean(value, stack)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            node[:] = [_clean(item, stack) for item in node]
+        else:
+            items = list(node.items())
+            node.clear()
+            node.update((_clean(key, stack), _clean(item, stack)) for key, item in items)
+    return value
+
+
+def _clean(item: Any, stack: list[Any]) -> Any:
+    if isinstance(item, str):
+        return scrub_text(item) if has_lone_surrogate(item) else item
+    if isinstance(item, list | dict):
+        stack.append(item)
+    return item
 
 
 class SurrogateJoiner:
@@ -54,7 +81,7 @@ class SurrogateJoiner:
         if "\ud800" <= text[-1] <= "\udbff":
             self._held = text[-1]
             text = text[:-1]
-        return _join_pairs(text) if text else text
+        return scrub_text(text) if text else text
 
     def flush(self) -> str:
         """End of text: a held high surrogate can no longer be paired; return U+FFFD or ''."""
