@@ -1,10 +1,11 @@
-"""Helpers for tests that run `wsgate serve` as a real process."""
+"""Helpers for tests that run wsgate as a real process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,31 +15,63 @@ from contextlib import contextmanager
 WSGATE = [sys.executable, "-m", "wsgate"]
 
 
-async def read_port(proc: subprocess.Popen[str]) -> int:
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
+    env.update(extra)
+    return env
+
+
+def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
     assert proc.stdout is not None
-    loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        line = await loop.run_in_executor(None, proc.stdout.readline)
-        if '"gateway_listening"' in line:
-            return int(json.loads(line)["port"])
-    raise AssertionError("the gateway did not start")
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == event:
+            return record
+    proc.kill()
+    raise AssertionError(
+        f"no {event!r} log line; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    )
 
 
 @contextmanager
-def serving(**env_overrides: str) -> Iterator[subprocess.Popen[str]]:
-    """`wsgate serve` on a free port with these settings; killed if it outlives the test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
-    env.update(WSGATE_MOCK__TTFT_MS="0", **env_overrides)
+def running(*args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """A wsgate process; SIGTERM (then kill) and all pipes closed on exit."""
     with subprocess.Popen(
-        [*WSGATE, "serve", "--port", "0", "--log-format", "json"],
+        [*WSGATE, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=clean_env(**env),
     ) as proc:
         try:
             yield proc
         finally:
             if proc.poll() is None:
-                proc.kill()
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextmanager
+def serving(**env_overrides: str) -> Iterator[subprocess.Popen[str]]:
+    """`wsgate serve` on a free port with these settings and a mock answering at once."""
+    args = ("serve", "--port", "0", "--log-format", "json")
+    with running(*args, WSGATE_MOCK__TTFT_MS="0", **env_overrides) as proc:
+        yield proc
+
+
+async def read_port(proc: subprocess.Popen[str]) -> int:
+    """The port a `serving()` gateway listens on, from its log (without blocking the loop)."""
+    loop = asyncio.get_running_loop()
+    record = await loop.run_in_executor(None, wait_for_log, proc, "gateway_listening")
+    return int(record["port"])

@@ -6,66 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from proc_helpers import WSGATE, clean_env, running, wait_for_log
 
 from wsgate.cli import main
 
-WSGATE = [sys.executable, "-m", "wsgate"]
 ROOT = Path(__file__).parents[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATE_")}
-    env.update(extra)
-    return env
-
-
-def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            return record
-    proc.kill()
-    raise AssertionError(
-        f"no {event!r} log line; stderr: {proc.stderr.read() if proc.stderr else ''}"
-    )
-
-
-@contextmanager
-def running(*args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """A wsgate process; SIGTERM (then kill) and all pipes closed on exit."""
-    with subprocess.Popen(
-        [*WSGATE, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(**env),
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 @pytest.fixture
