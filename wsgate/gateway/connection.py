@@ -33,7 +33,7 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.server import ServerConnection
 
-from wsgate.core.errors import CloseCode, ShuttingDown
+from wsgate.core.errors import CloseCode, ShuttingDown, SlowConsumer
 from wsgate.core.frames import (
     ChatRequest,
     DeltaText,
@@ -345,11 +345,8 @@ class Connection:
         self.session.drain()  # refuse what the client still sends until the close lands
         self.apply(self.session.cancel_all())
         self.outbox.clear()
-        error = ErrorFrame(
-            code="slow_consumer",
-            message="the client did not read its frames fast enough",
-            retryable=True,
-        )
+        verdict = SlowConsumer("the client did not read its frames fast enough")
+        error = ErrorFrame(verdict.code, verdict.public_message, verdict.retryable)
         self._closer = asyncio.create_task(
             self._close(CloseCode.SLOW_CONSUMER, "slow consumer", encode_frame(error))
         )
