@@ -8,27 +8,64 @@ row here plus its translator module. No I/O: the upstream shell sends and feeds 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from wsgate.core.errors import WsgateError
+from wsgate.core.events import UpstreamEvent
 from wsgate.core.frames import ChatRequest
 from wsgate.core.openai_chat import OpenAIChatTranslator
-from wsgate.core.sse import SSEDecoder, SSEEvent
+from wsgate.core.sse import SSEDecoder
 from wsgate.core.stream import ParseItem, UpstreamParser
 
+E = TypeVar("E")
+E_contra = TypeVar("E_contra", contravariant=True)
 
-class OpenAIChatParser:
-    """OpenAI chat-completions SSE: decoder then translator.
+
+class Decoder(Protocol[E]):
+    """Framing of a response body (SSE events, NDJSON lines): bytes in, items out.
+
+    A decoder that gives up (a line over the cap) sets `failure` and returns nothing more.
+    """
+
+    @property
+    def failure(self) -> WsgateError | None:
+        """The error that ended decoding, if any."""
+
+    def feed(self, data: bytes) -> list[E]:
+        """Consume bytes; return the items they complete."""
+
+    def eof(self) -> list[E]:
+        """The body ended; return what it completes (an unterminated item is discarded)."""
+
+
+class Translator(Protocol[E_contra]):
+    """One provider's meaning: decoded items in, provider-neutral events out.
+
+    Raises `WsgateError` for an in-band error or a malformed item; `finish` raises when the
+    stream was cut short (a truncated stream is never a clean finish).
+    """
+
+    def feed(self, item: E_contra) -> list[UpstreamEvent]:
+        """Translate one decoded item."""
+
+    def finish(self) -> list[UpstreamEvent]:
+        """The body ended: the closing events, or raise if the turn did not complete."""
+
+
+class TranslatingParser(Generic[E]):
+    """A decoder then a translator: one response's `UpstreamParser`.
 
     A failure ends the returned list as a `WsgateError` value, after every event decoded
     before it in the same read (a provider's `error` event often shares a read with text).
     """
 
-    def __init__(self, max_line_bytes: int, *, tool_snapshots: bool = False) -> None:
-        self._decoder = SSEDecoder(max_line_bytes=max_line_bytes)
-        self._translator = OpenAIChatTranslator(tool_snapshots=tool_snapshots)
+    __slots__ = ("_decoder", "_translator")
+
+    def __init__(self, decoder: Decoder[E], translator: Translator[E]) -> None:
+        self._decoder = decoder
+        self._translator = translator
 
     def feed(self, data: bytes) -> list[ParseItem]:
         """Consume response bytes."""
@@ -38,11 +75,11 @@ class OpenAIChatParser:
         """The response ended."""
         return self._translate(self._decoder.eof(), at_eof=True)
 
-    def _translate(self, events: list[SSEEvent], *, at_eof: bool) -> list[ParseItem]:
+    def _translate(self, items: list[E], *, at_eof: bool) -> list[ParseItem]:
         out: list[ParseItem] = []
         try:
-            for event in events:
-                out.extend(self._translator.feed(event))
+            for item in items:
+                out.extend(self._translator.feed(item))
             if self._decoder.failure is not None:
                 out.append(self._decoder.failure)
             elif at_eof:
@@ -52,8 +89,16 @@ class OpenAIChatParser:
         return out
 
 
+def openai_chat_parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    """OpenAI chat-completions SSE."""
+    return TranslatingParser(
+        SSEDecoder(max_line_bytes=max_line_bytes),
+        OpenAIChatTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
 PARSERS: dict[str, Callable[..., UpstreamParser]] = {
-    "openai_chat": OpenAIChatParser,
+    "openai_chat": openai_chat_parser,
 }
 
 
