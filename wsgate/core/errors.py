@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import ClassVar
 
 
 class CloseCode(IntEnum):
@@ -105,6 +106,9 @@ class WsgateError(Exception):
     """
 
     code = "internal"
+    transient: ClassVar[bool] = False
+    """Whether the gateway may retry the provider call itself, before the first token:
+    connect errors, rate limits, 5xx and overloaded errors. Never after the first token."""
 
     def __init__(self, public_message: str, *, retry_after_ms: int | None = None) -> None:
         super().__init__(public_message)
@@ -127,6 +131,7 @@ class UpstreamError(WsgateError):
     """The provider failed; the subclass says how."""
 
     code = "upstream_error"
+    transient = True
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -139,6 +144,7 @@ class UpstreamTimeout(UpstreamError):
     """The provider was silent past a configured timeout."""
 
     code = "upstream_timeout"
+    transient = False
 
 
 class UpstreamRateLimited(UpstreamError):
@@ -151,18 +157,21 @@ class UpstreamRejected(UpstreamError):
     """A 4xx from the provider other than 429: the request itself is wrong."""
 
     code = "upstream_rejected"
+    transient = False
 
 
 class UpstreamProtocolError(UpstreamError):
     """The provider's bytes are not the stream format it promised."""
 
     code = "upstream_protocol"
+    transient = False
 
 
 class UpstreamLineTooLong(UpstreamError):
     """One SSE line grew past the decoder's cap."""
 
     code = "upstream_line_too_long"
+    transient = False
 
 
 class StreamTimeout(WsgateError):

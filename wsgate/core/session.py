@@ -200,6 +200,19 @@ class Session:
             return StreamOutput(closed=True)
         return self._settle(stream, stream.fail(error))
 
+    def retry_upstream(self, stream_id: str, request: ChatRequest) -> bool:
+        """A transient provider failure before the first token: read a new call.
+
+        True when the stream took a fresh parser and the shell may call the provider again;
+        False when it must not (the stream ended, or it produced content): then the shell
+        reports the failure with `upstream_failed`.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.may_retry:
+            return False
+        stream.restart(self._parser_factory(request, stream.options))
+        return True
+
     def connection_lost(self) -> list[Action]:
         """The client is gone: cancel its streams, or detach those that asked to continue."""
         actions: list[Action] = []

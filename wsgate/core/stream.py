@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from wsgate.core import events as ev
-from wsgate.core.errors import UpstreamError, UpstreamProtocolError, WsgateError
+from wsgate.core.errors import ProtocolError, UpstreamError, UpstreamProtocolError, WsgateError
 from wsgate.core.frames import (
     DeltaReasoning,
     DeltaRole,
@@ -85,6 +85,7 @@ class StreamOutput:
     telemetry: Telemetry | None = None
     closed: bool = False
     deadline: float | None = None  # call `poll` then: buffered text waits on time
+    retry: WsgateError | None = None  # a transient failure before the first token (below)
 
     def add(self, frame: ServerFrame) -> None:
         """Append a frame and its encoding; raises `FrameEncodeError` (nothing appended)."""
@@ -126,6 +127,8 @@ class Stream:
         self._telemetry_interval = telemetry_interval
         self._last_telemetry = now
         self._text = TextPipeline(options)
+        self._committed = False  # something beyond `stream.started`/`delta.role` was produced
+        self._role_sent = False
 
     @property
     def closed(self) -> bool:
@@ -149,9 +152,9 @@ class Stream:
         if self.closed:
             return StreamOutput(closed=True)
         try:
-            events = self._parser.feed(data)
+            events: list[ParseItem] = self._parser.feed(data)
         except WsgateError as exc:
-            return self.fail(exc)
+            events = [exc]
         return self._translate(events, now)
 
     def eof(self, now: float) -> StreamOutput:
@@ -159,11 +162,11 @@ class Stream:
         if self.closed:
             return StreamOutput(closed=True)
         try:
-            events = self._parser.eof()
+            events: list[ParseItem] = self._parser.eof()
         except WsgateError as exc:
-            return self.fail(exc)
+            events = [exc]
         out = self._translate(events, now)
-        if not self.closed:
+        if not self.closed and out.retry is None:
             out.extend(self.fail(UpstreamProtocolError("upstream stream ended before it finished")))
         return out
 
@@ -201,6 +204,21 @@ class Stream:
         return out
 
     @property
+    def may_retry(self) -> bool:
+        """True while a new provider call cannot duplicate anything the client has seen.
+
+        Only `stream.started` and `delta.role` were produced: no text (held or sent), no
+        reasoning, tool call or usage. A retry's `delta.role` is dropped.
+        """
+        return not self._committed and not self.closed
+
+    def restart(self, parser: UpstreamParser) -> None:
+        """Read a new provider call with `parser` (the previous one failed transiently)."""
+        if not self.may_retry:
+            raise ProtocolError("a stream that produced content cannot be retried")
+        self._parser = parser
+
+    @property
     def tokens(self) -> int:
         """Text deltas produced so far."""
         return self._tokens
@@ -225,17 +243,15 @@ class Stream:
         for event in events:
             if self.closed:
                 break
-            if isinstance(event, WsgateError):
-                out.extend(self.fail(event))
+            if isinstance(event, WsgateError | ev.Finish):
+                self._end(event, out)
                 break
-            if isinstance(event, ev.Finish):
-                if event.reason == "error":
-                    # Every `finish: error` is explained by an `error` frame before it.
-                    out.extend(self.fail(UpstreamError(PROVIDER_FAILED)))
-                else:
-                    out.extend(self._flush_text())
-                    out.add(self._finish(Event.FINISH, event.reason))
-                break
+            if isinstance(event, ev.RoleDelta):
+                if self._role_sent:
+                    continue  # a retried call (or a chatty provider) announces it again
+                self._role_sent = True
+            else:
+                self._committed = True
             self._apply(Event.CONTENT)
             if not self._add_all(out, self._frames_for(event, now)):
                 break
@@ -245,6 +261,20 @@ class Stream:
             if self.options.telemetry and self._tokens:
                 out.telemetry = self._telemetry(now)
         return out
+
+    def _end(self, event: WsgateError | ev.Finish, out: StreamOutput) -> None:
+        """The provider's turn ended: a finish, a failure, or a failure worth a retry."""
+        if isinstance(event, WsgateError):
+            if event.transient and not self._committed:
+                out.retry = event  # the shell retries the call (`restart`) or `fail`s
+            else:
+                out.extend(self.fail(event))
+        elif event.reason == "error":
+            # Every `finish: error` is explained by an `error` frame before it.
+            out.extend(self.fail(UpstreamError(PROVIDER_FAILED)))
+        else:
+            out.extend(self._flush_text())
+            out.add(self._finish(Event.FINISH, event.reason))
 
     def _add_all(self, out: StreamOutput, frames: list[ServerFrame]) -> bool:
         """Add frames; a frame that cannot be encoded fails the stream (False)."""

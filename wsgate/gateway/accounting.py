@@ -32,6 +32,7 @@ class Accounting:
     send_timeouts: int = 0
     detached_streams: int = 0
     detached_expired: int = 0
+    upstream_retries: int = 0
     cancel_latency_count: int = 0
     cancel_latency_max_s: float = 0.0
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -58,6 +59,7 @@ class Accounting:
             "send_timeouts": self.send_timeouts,
             "detached_streams": self.detached_streams,
             "detached_expired": self.detached_expired,
+            "upstream_retries": self.upstream_retries,
             "cancel_to_upstream_close_ms": {
                 "count": self.cancel_latency_count,
                 "p50": _percentile(samples, 0.50),

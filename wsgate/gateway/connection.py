@@ -44,6 +44,7 @@ from wsgate.core.frames import (
     encode_frame,
 )
 from wsgate.core.outbox import Outbox
+from wsgate.core.retry import RetryPolicy
 from wsgate.core.session import (
     Action,
     CancelUpstream,
@@ -90,6 +91,7 @@ class ConnectionOptions:
     heartbeat_interval: float = 15.0
     disconnect_window: float = 30.0
     disconnect_log_bytes: int = 1024 * 1024
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # before the first token only
 
 
 @dataclass

@@ -15,6 +15,7 @@ handed to the gateway, so they outlive their connection until their window passe
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import TYPE_CHECKING
 
@@ -137,7 +138,7 @@ class StreamRunner:
                     asyncio.timeout(options.max_duration) as whole,
                     asyncio.timeout(options.first_token_timeout) as first,
                 ):
-                    await self._pump(start, first)
+                    await self._attempts(start, first)
             except TimeoutError:
                 error: WsgateError
                 if whole.expired():
@@ -158,6 +159,32 @@ class StreamRunner:
                 failed = connection.session.upstream_failed(sid, WsgateError("internal error"))
                 connection.deliver(sid, failed)
 
+    async def _attempts(self, start: StartUpstream, first: asyncio.Timeout) -> None:
+        """Call the provider; retry transient failures while the client saw no content."""
+        policy = self.connection.options.retry
+        session = self.connection.session
+        began = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                await self._pump(start, first)
+            except WsgateError as exc:
+                attempt += 1
+                elapsed = time.monotonic() - began
+                delay = policy.delay(attempt, exc, elapsed, random.random())  # noqa: S311 - jitter, not a secret
+                if delay is None or not session.retry_upstream(start.stream_id, start.request):
+                    raise
+                log.info(
+                    "upstream_retry",
+                    attempt=attempt,
+                    code=exc.code,
+                    delay_ms=round(delay * 1000, 1),
+                )
+                self.connection.shared.accounting.upstream_retries += 1
+                await asyncio.sleep(delay)
+            else:
+                return
+
     async def _pump(self, start: StartUpstream, first: asyncio.Timeout) -> None:
         sid = start.stream_id
         connection = self.connection
@@ -167,6 +194,8 @@ class StreamRunner:
             async for chunk in chunks:
                 output = session.upstream_data(sid, chunk, time.monotonic())
                 connection.deliver(sid, output)
+                if output.retry is not None:
+                    raise output.retry  # leaving the context closes this provider call
                 if output.closed:
                     return
                 if waiting_for_token:
@@ -175,7 +204,10 @@ class StreamRunner:
                         first.reschedule(None)
                         waiting_for_token = False
                 await self._backpressure(sid)
-        connection.deliver(sid, session.upstream_eof(sid, time.monotonic()))
+        output = session.upstream_eof(sid, time.monotonic())
+        connection.deliver(sid, output)
+        if output.retry is not None:
+            raise output.retry
 
     async def _backpressure(self, stream_id: str) -> None:
         # Stop reading the provider while this stream's queue is full, or while the
