@@ -175,7 +175,9 @@ def test_an_upstream_failure_ends_the_stream_with_error_then_finish():
         {"mock": ScriptedParser([UpstreamRateLimited("slow down", retry_after_ms=1500)])}
     )
     session.receive(start_frame(), 0.0)
-    out = session.upstream_data("s1", b"x", 0.1)
+    retry = session.upstream_data("s1", b"x", 0.1).retry  # before any token: retryable
+    assert retry is not None
+    out = session.upstream_failed("s1", retry)  # the shell gave up retrying
     error, finish = out.frames
     assert isinstance(error, ErrorFrame)
     assert (error.code, error.seq, error.retryable, error.retry_after_ms) == (
