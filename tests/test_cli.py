@@ -13,6 +13,7 @@ import pytest
 from proc_helpers import WSGATE, clean_env, running, wait_for_log
 
 from wsgate.cli import main
+from wsgate.config import load_settings
 
 ROOT = Path(__file__).parents[1]
 
@@ -136,3 +137,71 @@ def test_mock_upstream_runs_standalone_and_serves_openai_sse():
         assert '"content":"ok"' in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+REAL_PROVIDER_TOML = (
+    "[providers.openai]\n"
+    'base_url = "https://api.example.invalid/v1"\n'
+    'api_key = "sk-supersecret"\n'
+    "[models.gpt]\n"
+    'provider = "openai"\n'
+)
+
+
+def test_serve_listens_on_loopback_by_default():
+    assert load_settings(environ={}).server.host == "127.0.0.1"
+    with running("serve", "--port", "0", "--log-format", "json") as proc:
+        assert wait_for_log(proc, "gateway_listening")["host"] == "127.0.0.1"
+
+
+def test_serve_refuses_a_non_local_address_with_a_real_provider_and_no_auth(tmp_path):
+    config = tmp_path / "wsgate.toml"
+    config.write_text(REAL_PROVIDER_TOML)
+    result = subprocess.run(
+        [*WSGATE, "serve", "--config", str(config), "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "--allow-anonymous" in lines[0]
+    assert "0.0.0.0" in lines[0]
+    assert "sk-supersecret" not in result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "gateway.example"])
+def test_check_config_refuses_every_non_loopback_host_with_a_real_provider(
+    tmp_path, capsys, monkeypatch, host
+):
+    for key in list(os.environ):
+        if key.startswith("WSGATE_"):
+            monkeypatch.delenv(key)
+    config = tmp_path / "wsgate.toml"
+    config.write_text(REAL_PROVIDER_TOML)
+    assert main(["check-config", "--config", str(config), "--host", host]) == 2
+    assert "--allow-anonymous" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "toml"),
+    [
+        (["--host", "127.0.0.2"], REAL_PROVIDER_TOML),
+        (["--host", "localhost"], REAL_PROVIDER_TOML),
+        (["--host", "::1"], REAL_PROVIDER_TOML),
+        (["--host", "0.0.0.0", "--allow-anonymous"], REAL_PROVIDER_TOML),
+        (["--host", "0.0.0.0"], ""),
+    ],
+)
+def test_loopback_an_explicit_allow_anonymous_or_the_mock_alone_may_listen(
+    tmp_path, capsys, monkeypatch, args, toml
+):
+    for key in list(os.environ):
+        if key.startswith("WSGATE_"):
+            monkeypatch.delenv(key)
+    config = tmp_path / "wsgate.toml"
+    config.write_text(toml)
+    assert main(["check-config", "--config", str(config), *args]) == 0, capsys.readouterr().err

@@ -5,6 +5,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from wsgate.app import build_routes, gateway_options
 from wsgate.config import (
     ConfigError,
     ModelRoute,
@@ -15,6 +16,8 @@ from wsgate.config import (
     load_settings,
     settings_summary,
 )
+from wsgate.core.retry import RetryPolicy
+from wsgate.upstream.client import Timeouts
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "wsgate.example.toml"
 PROVIDER_TOML = """
@@ -294,6 +297,7 @@ def test_secret_never_appears_in_repr_str_or_summary(write_toml):
         "compression": False,
         "drain_timeout_s": 20.0,
         "reconnect_after_ms": 1000,
+        "allow_anonymous": False,
     }
 
 
@@ -395,3 +399,71 @@ def test_secrets_compare_by_value():
     assert Secret("a") != "a"
     with pytest.raises(TypeError):
         Secret(1)  # type: ignore[arg-type]
+
+
+ROUTING_TOML = """
+[upstream]
+first_byte_timeout_s = 30
+retry_attempts = 3
+retry_base_ms = 100
+retry_max_ms = 2000
+retry_budget_s = 8
+
+[providers.claude]
+kind = "anthropic"
+base_url = "https://api.anthropic.com/v1"
+api_key_env = "ANTHROPIC_API_KEY"
+max_concurrency = 16
+first_byte_timeout_s = 90
+
+[providers.local]
+kind = "ollama"
+base_url = "http://127.0.0.1:11434"
+
+[models.sonnet]
+provider = "claude"
+upstream_model = "claude-sonnet-4-5"
+
+[models.llama]
+provider = "local"
+upstream_model = "llama3.2"
+"""
+
+
+def test_routes_carry_each_provider_kind_cap_timeouts_and_upstream_model(write_toml):
+    settings = load_settings(write_toml(ROUTING_TOML), environ={})
+    routes = build_routes(settings, {"ANTHROPIC_API_KEY": "sk-ant"})
+    sonnet, llama = routes["sonnet"], routes["llama"]
+    assert (sonnet.kind, sonnet.upstream_model, sonnet.api_key) == (
+        "anthropic",
+        "claude-sonnet-4-5",
+        "sk-ant",
+    )
+    assert sonnet.max_concurrency == 16
+    assert sonnet.timeouts == Timeouts(connect=10.0, first_byte=90.0, idle=60.0)
+    assert (llama.kind, llama.api_key, llama.max_concurrency) == ("ollama", None, 0)
+    assert llama.timeouts == Timeouts(connect=10.0, first_byte=30.0, idle=60.0)
+
+
+def test_the_retry_policy_comes_from_the_upstream_settings(write_toml):
+    settings = load_settings(write_toml(ROUTING_TOML), environ={})
+    assert gateway_options(settings).connection.retry == RetryPolicy(
+        max_attempts=3, base_delay=0.1, max_delay=2.0, budget=8.0
+    )
+
+
+def test_an_unknown_provider_kind_is_a_one_line_error(write_toml):
+    path = write_toml("[providers.x]\nkind = 'gemini'\nbase_url = 'https://x'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    message = str(info.value)
+    assert message.startswith(f"providers.x.kind ({path}):")
+    assert "anthropic" in message
+
+
+def test_the_example_configuration_routes_every_provider_kind():
+    settings = load_settings(EXAMPLE, environ={})
+    environ = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+    kinds = {route.kind for route in build_routes(settings, environ).values()}
+    assert kinds == {"openai_chat", "openai_responses", "anthropic", "ollama"}
+    settings.check_exposure()  # the example listens on loopback

@@ -15,6 +15,7 @@ from wsgate import __version__
 from wsgate.config import Settings
 from wsgate.core.frames import ChatRequest, StartOptions
 from wsgate.core.providers import make_parser
+from wsgate.core.retry import RetryPolicy
 from wsgate.core.stream import UpstreamParser
 from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
@@ -40,6 +41,12 @@ def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Ro
             base_url=provider.base_url,
             upstream_model=model.upstream_model or alias,
             api_key=provider.resolve_api_key(environ),
+            max_concurrency=provider.max_concurrency,
+            timeouts=Timeouts(
+                provider.connect_timeout_s or settings.upstream.connect_timeout_s,
+                provider.first_byte_timeout_s or settings.upstream.first_byte_timeout_s,
+                provider.idle_timeout_s or settings.upstream.idle_timeout_s,
+            ),
         )
     return routes
 
@@ -67,6 +74,12 @@ def gateway_options(settings: Settings) -> GatewayOptions:
             heartbeat_interval=limits.heartbeat_interval_s,
             disconnect_window=limits.disconnect_window_s,
             disconnect_log_bytes=limits.disconnect_log_bytes,
+            retry=RetryPolicy(
+                max_attempts=settings.upstream.retry_attempts,
+                base_delay=settings.upstream.retry_base_ms / 1000,
+                max_delay=settings.upstream.retry_max_ms / 1000,
+                budget=settings.upstream.retry_budget_s,
+            ),
         ),
     )
 

@@ -41,9 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log-format", choices=["json", "console"])
 
     serve = sub.add_parser("serve", help="run the gateway")
-    add_config_flags(serve)
     check = sub.add_parser("check-config", help="validate the settings and print them")
-    add_config_flags(check)
+    for p in (serve, check):
+        add_config_flags(p)
+        p.add_argument(
+            "--allow-anonymous",
+            action="store_true",
+            help="UNSAFE: listen beyond 127.0.0.1 with a real provider and no authentication",
+        )
 
     mock = sub.add_parser("mock-upstream", help="run the mock OpenAI-compatible provider")
     add_config_flags(mock)
@@ -69,6 +74,7 @@ def _overrides(args: argparse.Namespace, *, mock: bool = False) -> dict[str, Any
         f"{section}.port": args.port,
         "log.level": args.log_level,
         "log.format": args.log_format,
+        "server.allow_anonymous": "true" if getattr(args, "allow_anonymous", False) else None,
     }
     return {key: value for key, value in pairs.items() if value is not None}
 
@@ -108,6 +114,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(chat(args.url, args.prompt, model=args.model, system=args.system))
     if command == "check-config":
         settings = _settings(args)
+        settings.check_exposure()
         print(orjson.dumps(settings_summary(settings), option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
     if command == "mock-upstream":
@@ -117,6 +124,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return _run(_mock_upstream(settings))
     settings = _settings(args)
+    settings.check_exposure()
     configure(settings.log.level, settings.log.format, include_prompts=settings.log.include_prompts)
     return _run(_serve(settings))
 

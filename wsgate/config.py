@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import hmac
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -99,6 +100,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     compression: bool = False
     drain_timeout_s: _Seconds = 20.0  # on SIGTERM: how long running streams may finish
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000  # advice in `goaway`
+    # UNSAFE: lets a gateway holding a real provider's key listen beyond loopback without
+    # authentication (anyone who can reach it spends your key). See `check_exposure`.
+    allow_anonymous: bool = False
 
 
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -127,16 +131,26 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     first_token_timeout_s: _Seconds = 120.0  # from the request to the first content delta
     max_line_bytes: _Bytes = 4_194_304
     pool_limit: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
+    # Before the first token only: connect errors, 429, 5xx/529 and overloaded errors.
+    retry_attempts: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2  # 0: no retries
+    retry_base_ms: Annotated[float, msgspec.Meta(ge=0)] = 250.0  # full-jitter backoff base
+    retry_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 4000.0  # cap of one backoff
+    retry_budget_s: _Rate = 15.0  # no retry whose wait ends later than this after the request
 
 
 class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """One upstream provider; at most one of the three API key sources may be set."""
 
-    kind: Literal["openai_chat"] = "openai_chat"
+    kind: Literal["openai_chat", "openai_responses", "anthropic", "ollama"] = "openai_chat"
     base_url: _HttpUrl
     api_key: Secret | None = None
     api_key_env: _EnvName | None = None
     api_key_file: str | None = None
+    max_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # calls in flight; 0: no cap
+    # None: the [upstream] setting of the same name.
+    connect_timeout_s: _Seconds | None = None
+    first_byte_timeout_s: _Seconds | None = None
+    idle_timeout_s: _Seconds | None = None
 
     def __post_init__(self) -> None:
         if sum(getattr(self, name) is not None for name in API_KEY_FIELDS) > 1:
@@ -212,11 +226,42 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 raise ConfigError(f"models.{alias}.provider: no provider {route.provider!r}")
 
     @property
+    def real_providers(self) -> bool:
+        """Whether any provider other than the built-in mock is configured."""
+        return bool(self.providers)
+
+    def check_exposure(self) -> None:
+        """No open relay: a gateway holding a real provider's key stays on loopback.
+
+        Until authentication exists, anyone who can reach the listener spends the
+        provider's key. Listening beyond loopback with a real provider configured is
+        refused unless `server.allow_anonymous` (`--allow-anonymous`) says it is meant.
+        """
+        server = self.server
+        if self.real_providers and not is_loopback(server.host) and not server.allow_anonymous:
+            raise ConfigError(
+                f"server.host: refusing to listen on {server.host!r} with a real provider "
+                "configured and no authentication (anyone who can connect would spend its "
+                "API key); listen on 127.0.0.1, or pass --allow-anonymous "
+                "(server.allow_anonymous = true) if that is really intended"
+            )
+
+    @property
     def mock_enabled(self) -> bool:
         """Whether wsgate serves from the built-in mock provider."""
         if self.mock.enabled == "auto":
             return not self.providers
         return self.mock.enabled == "on"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname other than localhost may resolve anywhere
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:

@@ -15,12 +15,14 @@ Does not parse anything (the core does) and does not know about WebSocket client
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 import msgspec
+import orjson
 
 from wsgate.core.errors import (
     UnknownModel,
@@ -35,18 +37,6 @@ from wsgate.core.providers import build_body
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """Where a model alias goes: the provider's kind, endpoint, key and model name."""
-
-    alias: str
-    provider: str
-    kind: str
-    base_url: str
-    upstream_model: str
-    api_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Timeouts:
     """Upstream timeouts in seconds."""
 
@@ -55,9 +45,53 @@ class Timeouts:
     idle: float = 60.0
 
 
-_encoder = msgspec.json.Encoder()
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a model alias goes: the provider's kind, endpoint, key and model name.
 
-ENDPOINTS: dict[str, str] = {"openai_chat": "/chat/completions"}
+    `max_concurrency` caps the provider's calls in flight across all streams (0: no cap; a
+    stream over the cap waits for a slot, within its first-token timeout). `timeouts`
+    overrides the client's defaults for this provider.
+    """
+
+    alias: str
+    provider: str
+    kind: str
+    base_url: str
+    upstream_model: str
+    api_key: str | None = None
+    max_concurrency: int = 0
+    timeouts: Timeouts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHTTP:
+    """How a provider kind is called: path under the base URL, media type, key header."""
+
+    path: str
+    accept: str
+    key_header: str = "authorization"  # "authorization" sends `Bearer <key>`
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+PROVIDER_HTTP: dict[str, ProviderHTTP] = {
+    "openai_chat": ProviderHTTP("/chat/completions", "text/event-stream"),
+    "openai_responses": ProviderHTTP("/responses", "text/event-stream"),
+    "anthropic": ProviderHTTP(
+        "/messages",
+        "text/event-stream",
+        key_header="x-api-key",
+        headers=(("anthropic-version", "2023-06-01"),),
+    ),
+    "ollama": ProviderHTTP("/api/chat", "application/x-ndjson"),
+}
+"""Base URLs end where the provider's versioned API starts: `https://api.openai.com/v1`,
+`https://api.anthropic.com/v1`, `http://localhost:11434` for Ollama."""
+
+MAX_ERROR_BODY = 64 * 1024
+"""How much of an error answer is read to find the provider's error type."""
+
+_encoder = msgspec.json.Encoder()
 
 READ_BUFSIZE = 16 * 1024
 """aiohttp buffers up to 2x this per response before it stops reading the socket; one
@@ -75,6 +109,7 @@ class UpstreamClient:
         self.timeouts = timeouts
         self._pool_limit = pool_limit
         self._session: aiohttp.ClientSession | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     def route(self, model: str) -> Route:
         """The route of a model alias; `UnknownModel` if there is none."""
@@ -110,39 +145,65 @@ class UpstreamClient:
         """Open the streaming call for `request`; yields an iterator over response bytes.
 
         Raises the typed `UpstreamError` subclasses for every failure, before or during the
-        stream. Leaving the context closes the response's connection.
+        stream (and `BadRequest` for a request the provider's format cannot express).
+        Leaving the context closes the response's connection.
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         route = self.route(request.model)
+        http = PROVIDER_HTTP[route.kind]
         body = _encoder.encode(build_body(route.kind, request, route.upstream_model))
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        if route.api_key:
-            headers["authorization"] = f"Bearer {route.api_key}"
-        url = route.base_url.rstrip("/") + ENDPOINTS[route.kind]
+        timeouts = route.timeouts or self.timeouts
         response: aiohttp.ClientResponse | None = None
         # One deadline from the request to the first body byte, across headers and body.
-        first_byte_deadline = asyncio.get_running_loop().time() + self.timeouts.first_byte
-        try:
-            async with asyncio.timeout_at(first_byte_deadline):
-                response = await self._session.post(url, data=body, headers=headers)
-            if response.status != 200:
-                raise await _status_error(response)
-            yield self._chunks(response, first_byte_deadline)
-        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
-            raise UpstreamUnavailable("could not connect to the provider") from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the provider did not answer in time") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise UpstreamError("the provider closed the stream unexpectedly") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("the provider call failed") from exc
-        finally:
-            if response is not None:
-                response.close()
+        first_byte_deadline = asyncio.get_running_loop().time() + timeouts.first_byte
+        async with self._slot(route):
+            try:
+                async with asyncio.timeout_at(first_byte_deadline):
+                    response = await self._session.post(
+                        route.base_url.rstrip("/") + http.path,
+                        data=body,
+                        headers=_headers(http, route.api_key),
+                    )
+                    if response.status != 200:
+                        raise await _status_error(response)
+                    if response.content_type == "application/json":
+                        raise await _json_error(response)
+                yield self._chunks(response, first_byte_deadline, timeouts.idle)
+            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
+                raise UpstreamUnavailable("could not connect to the provider") from exc
+            except TimeoutError as exc:
+                raise UpstreamTimeout("the provider did not answer in time") from exc
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+                raise UpstreamError("the provider closed the stream unexpectedly") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError("the provider call failed") from exc
+            finally:
+                if response is not None:
+                    response.close()
+
+    @asynccontextmanager
+    async def _slot(self, route: Route) -> AsyncIterator[None]:
+        """Hold one of the provider's `max_concurrency` call slots (waits for one)."""
+        if route.max_concurrency <= 0:
+            yield
+            return
+        semaphore = self._slots.get(route.provider)
+        if semaphore is None:
+            semaphore = self._slots[route.provider] = asyncio.Semaphore(route.max_concurrency)
+        async with semaphore:
+            yield
+
+    def in_flight(self, provider: str) -> int:
+        """Calls holding a slot of a capped provider now (0 for an uncapped one)."""
+        semaphore = self._slots.get(provider)
+        if semaphore is None:
+            return 0
+        cap = next(r.max_concurrency for r in self.routes.values() if r.provider == provider)
+        return cap - semaphore._value  # noqa: SLF001 - asyncio exposes no public count
 
     async def _chunks(
-        self, response: aiohttp.ClientResponse, first_byte_deadline: float
+        self, response: aiohttp.ClientResponse, first_byte_deadline: float, idle: float
     ) -> AsyncIterator[bytes]:
         # A deadline per read: the first byte's, then the idle gap. Time spent waiting for
         # the client to make room (backpressure) is not counted against the provider.
@@ -153,7 +214,6 @@ class UpstreamClient:
         except StopAsyncIteration:
             return
         yield chunk
-        idle = self.timeouts.idle
         while True:
             try:
                 async with asyncio.timeout(idle):
@@ -163,15 +223,65 @@ class UpstreamClient:
             yield chunk
 
 
+def _headers(http: ProviderHTTP, api_key: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": http.accept, **dict(http.headers)}
+    if api_key:
+        if http.key_header == "authorization":
+            headers["authorization"] = f"Bearer {api_key}"
+        else:
+            headers[http.key_header] = api_key
+    return headers
+
+
 async def _status_error(response: aiohttp.ClientResponse) -> UpstreamError:
     status = response.status
-    if status == 429:
+    label = await _error_label(response)
+    detail = f"HTTP {status}, {label}" if label else f"HTTP {status}"
+    if status == 429 or label in RATE_LIMIT_TYPES:
         return UpstreamRateLimited(
-            "the provider rate-limited the request", retry_after_ms=_retry_after_ms(response)
+            f"the provider rate-limited the request ({detail})",
+            retry_after_ms=_retry_after_ms(response),
         )
-    if 400 <= status < 500:
-        return UpstreamRejected(f"the provider refused the request (HTTP {status})")
-    return UpstreamError(f"the provider failed (HTTP {status})")
+    if 400 <= status < 500 and status not in TRANSIENT_4XX:
+        return UpstreamRejected(f"the provider refused the request ({detail})")
+    # 5xx, Anthropic's 529 (overloaded), 408 and 409: worth another try before any token.
+    return UpstreamError(
+        f"the provider failed ({detail})", retry_after_ms=_retry_after_ms(response)
+    )
+
+
+async def _json_error(response: aiohttp.ClientResponse) -> UpstreamError:
+    """HTTP 200 with a JSON body where a stream was asked for: the body is an error."""
+    label = await _error_label(response)
+    detail = f" ({label})" if label else ""
+    if label in RATE_LIMIT_TYPES:
+        return UpstreamRateLimited(f"the provider rate-limited the request{detail}")
+    return UpstreamError(f"the provider answered with an error instead of a stream{detail}")
+
+
+RATE_LIMIT_TYPES = frozenset({"rate_limit_error", "rate_limit_exceeded", "requests"})
+TRANSIENT_4XX = frozenset({408, 409})
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+async def _error_label(response: aiohttp.ClientResponse) -> str | None:
+    """The provider's error `type` or `code` from an error body, if it is a short identifier.
+
+    OpenAI: `{"error": {"type", "code"}}`; Anthropic: `{"type": "error", "error": {"type"}}`;
+    Ollama: `{"error": "text"}` (text is never shown). Nothing else of the body is kept.
+    """
+    try:
+        raw = await response.content.read(MAX_ERROR_BODY)
+        error = orjson.loads(raw).get("error")
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(error, dict):
+        return None
+    for key in ("type", "code"):
+        value = error.get(key)
+        if isinstance(value, str) and _IDENTIFIER.fullmatch(value):
+            return value
+    return None
 
 
 def _retry_after_ms(response: aiohttp.ClientResponse) -> int | None:
