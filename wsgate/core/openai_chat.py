@@ -32,33 +32,22 @@ Rules:
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Final
 
-from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
+from wsgate.core.errors import UpstreamProtocolError
 from wsgate.core.events import (
     Finish,
     FinishReason,
     ReasoningDelta,
     RoleDelta,
     TextDelta,
-    ToolCallChunk,
-    ToolCallEnd,
-    ToolCallFailed,
-    ToolCallSnapshot,
-    ToolCallStart,
     UpstreamEvent,
     Usage,
 )
-from wsgate.core.jsonio import loads
+from wsgate.core.payloads import error_from, json_object, string, tool_events
 from wsgate.core.toolcalls import (
-    ArgumentsChunk,
-    Ended,
-    Snapshot,
-    Started,
     ToolCallAccumulator,
     ToolCallFragment,
-    ToolCallOutput,
 )
 from wsgate.core.utf8 import SurrogateJoiner
 
@@ -80,7 +69,6 @@ _REASONS: Final[dict[str, FinishReason]] = {
     "model_length": "length",
     "tool_use": "tool_calls",
 }
-_IDENTIFIER: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class OpenAIChatTranslator:
@@ -124,10 +112,10 @@ class OpenAIChatTranslator:
         data = event.data
         if data.strip() == "[DONE]":
             return self._end()
-        chunk = _chunk(data)
+        chunk = json_object(data)
         if chunk.get("error"):
             self._done = True
-            raise _error(chunk["error"])
+            raise error_from(chunk["error"])
         out: list[UpstreamEvent] = []
         choices = chunk.get("choices")
         if choices:
@@ -156,14 +144,14 @@ class OpenAIChatTranslator:
             self._delta(delta, out)
         reason = choice.get("finish_reason")
         if reason is not None and self._reason is None:
-            self._reason = _text(reason)
+            self._reason = string(reason)
             self._close(out)
 
     def _delta(self, delta: dict[str, Any], out: list[UpstreamEvent]) -> None:
         role = delta.get("role")
         if role and not self._role_sent:
             self._role_sent = True
-            out.append(RoleDelta(_text(role)))
+            out.append(RoleDelta(string(role)))
         self._texts(delta, out)
         fragments = delta.get("tool_calls")
         if fragments:
@@ -176,7 +164,7 @@ class OpenAIChatTranslator:
         for key in ("content", "refusal"):
             value = delta.get(key)
             if value:
-                text = self._joiner.push(_text(value))
+                text = self._joiner.push(string(value))
                 if text:
                     out.append(TextDelta(text))
         for key in ("reasoning_content", "reasoning"):
@@ -206,11 +194,11 @@ class OpenAIChatTranslator:
         arguments = function.get("arguments")
         piece = ToolCallFragment(
             index=index if isinstance(index, int) and not isinstance(index, bool) else None,
-            call_id=_text(call_id) if call_id else None,
-            name=_text(name) if name else None,
-            arguments=_text(arguments) if arguments else "",
+            call_id=string(call_id) if call_id else None,
+            name=string(name) if name else None,
+            arguments=string(arguments) if arguments else "",
         )
-        out.extend(_tool_events(self._tools.feed(piece)))
+        out.extend(tool_events(self._tools.feed(piece)))
 
     def _close(self, out: list[UpstreamEvent]) -> None:
         """Flush held text, then end every open tool call in index order."""
@@ -218,7 +206,7 @@ class OpenAIChatTranslator:
             tail = joiner.flush()
             if tail:
                 out.append(kind(tail))
-        out.extend(_tool_events(self._tools.finish()))
+        out.extend(tool_events(self._tools.finish()))
 
     def _end(self) -> list[UpstreamEvent]:
         out: list[UpstreamEvent] = []
@@ -236,56 +224,9 @@ class OpenAIChatTranslator:
         return _REASONS.get(self._reason, "error")
 
 
-def _chunk(data: str) -> dict[str, Any]:
-    try:
-        chunk = loads(data)
-    except ValueError:
-        raise UpstreamProtocolError("upstream sent malformed JSON") from None
-    if not isinstance(chunk, dict):
-        raise UpstreamProtocolError("upstream chunk is not a JSON object")
-    return chunk
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise UpstreamProtocolError("upstream chunk has a non-string text field")
-    return value
-
-
 def _usage(usage: dict[str, Any]) -> Usage:
     def count(key: str) -> int:
         value = usage.get(key)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     return Usage(count("prompt_tokens"), count("completion_tokens"))
-
-
-def _tool_events(outputs: list[ToolCallOutput]) -> list[UpstreamEvent]:
-    events: list[UpstreamEvent] = []
-    for output in outputs:
-        if isinstance(output, Started):
-            events.append(ToolCallStart(output.call_id, output.index, output.name))
-        elif isinstance(output, ArgumentsChunk):
-            events.append(ToolCallChunk(output.call_id, output.chunk))
-        elif isinstance(output, Snapshot):
-            events.append(ToolCallSnapshot(output.call_id, output.partial))
-        elif isinstance(output, Ended):
-            events.append(ToolCallEnd(output.call_id, output.name, output.arguments))
-        else:
-            events.append(ToolCallFailed(output.call_id, output.name, output.raw, output.reason))
-    return events
-
-
-def _error(error: Any) -> UpstreamError:
-    labels: list[str] = []
-    if isinstance(error, dict):
-        for key in ("type", "code"):
-            value = error.get(key)
-            if isinstance(value, str) and _IDENTIFIER.fullmatch(value) and value not in labels:
-                labels.append(value)
-    message = "upstream reported an error"
-    if labels:
-        message += f" ({', '.join(labels)})"
-    if any("rate_limit" in label for label in labels):
-        return UpstreamRateLimited(message)
-    return UpstreamError(message)

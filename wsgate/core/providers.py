@@ -12,10 +12,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
+from wsgate.core.anthropic import AnthropicTranslator, anthropic_body
 from wsgate.core.errors import WsgateError
 from wsgate.core.events import UpstreamEvent
 from wsgate.core.frames import ChatRequest
+from wsgate.core.ndjson import NDJSONDecoder
+from wsgate.core.ollama import OllamaTranslator, ollama_body
 from wsgate.core.openai_chat import OpenAIChatTranslator
+from wsgate.core.openai_responses import OpenAIResponsesTranslator, openai_responses_body
 from wsgate.core.sse import SSEDecoder
 from wsgate.core.stream import ParseItem, UpstreamParser
 
@@ -37,7 +41,8 @@ class Decoder(Protocol[E]):
         """Consume bytes; return the items they complete."""
 
     def eof(self) -> list[E]:
-        """The body ended; return what it completes (an unterminated item is discarded)."""
+        """The body ended; return what it completes (SSE discards an unfinished event,
+        NDJSON returns an unterminated last line)."""
 
 
 class Translator(Protocol[E_contra]):
@@ -97,8 +102,35 @@ def openai_chat_parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> 
     )
 
 
+def openai_responses_parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    """OpenAI Responses SSE."""
+    return TranslatingParser(
+        SSEDecoder(max_line_bytes=max_line_bytes),
+        OpenAIResponsesTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
+def anthropic_parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    """Anthropic Messages SSE."""
+    return TranslatingParser(
+        SSEDecoder(max_line_bytes=max_line_bytes),
+        AnthropicTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
+def ollama_parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    """Ollama /api/chat NDJSON."""
+    return TranslatingParser(
+        NDJSONDecoder(max_line_bytes=max_line_bytes),
+        OllamaTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
 PARSERS: dict[str, Callable[..., UpstreamParser]] = {
+    "anthropic": anthropic_parser,
+    "ollama": ollama_parser,
     "openai_chat": openai_chat_parser,
+    "openai_responses": openai_responses_parser,
 }
 
 
@@ -117,7 +149,10 @@ def openai_chat_body(request: ChatRequest, upstream_model: str) -> dict[str, Any
 
 
 BODY_BUILDERS: dict[str, Callable[[ChatRequest, str], dict[str, Any]]] = {
+    "anthropic": anthropic_body,
+    "ollama": ollama_body,
     "openai_chat": openai_chat_body,
+    "openai_responses": openai_responses_body,
 }
 
 

@@ -1,0 +1,726 @@
+"""Anthropic Messages translation and request body: each rule alone.
+
+The recorded fixtures (protocol/fixtures/upstream/anthropic/) are replayed whole, byte by
+byte and at any split for every provider in test_upstream_fixtures.py; here, what is
+particular to this translator and its body builder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from wsgate.core import events as ev
+from wsgate.core.anthropic import DEFAULT_MAX_TOKENS, AnthropicTranslator, anthropic_body
+from wsgate.core.errors import (
+    BadRequest,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
+from wsgate.core.frames import ChatRequest
+from wsgate.core.providers import build_body, make_parser
+from wsgate.core.sse import SSEEvent
+
+FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream" / "anthropic"
+
+
+def test_fixtures_cover_the_required_streams():
+    names = {p.stem for p in FIXTURE_DIR.glob("*.sse")}
+    assert {
+        "text_with_usage",
+        "multibyte_text",
+        "split_surrogate_pair",
+        "parallel_tool_calls",
+        "thinking",
+        "max_tokens",
+        "error_overloaded",
+        "truncated_without_message_stop",
+        "server_tool_and_unknown_events",
+    } <= names
+
+
+def replay(*chunks):
+    parser = make_parser("anthropic", 1 << 20)
+    items = [item for chunk in chunks for item in parser.feed(chunk)]
+    items += parser.eof()
+    return [repr(item) for item in items]
+
+
+def test_a_fixture_with_trailing_partial_data_gives_the_same_events():
+    late = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta'
+    for path in FIXTURE_DIR.glob("*.sse"):
+        body = path.read_bytes()
+        assert replay(body, late) == replay(body), path.name
+
+
+# --- translator -------------------------------------------------------------------------------
+
+
+def sse(payload, event=None):
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    if event is None:
+        event = payload.get("type", "message") if isinstance(payload, dict) else "message"
+    return SSEEvent(data, event)
+
+
+def message_start(usage=None):
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": []}
+    message["usage"] = usage if usage is not None else {"input_tokens": 5, "output_tokens": 1}
+    return sse({"type": "message_start", "message": message})
+
+
+def block_start(index, block):
+    return sse({"type": "content_block_start", "index": index, "content_block": block})
+
+
+def delta(index, **fields):
+    return sse({"type": "content_block_delta", "index": index, "delta": fields})
+
+
+def text(index, value):
+    return delta(index, type="text_delta", text=value)
+
+
+def json_delta(index, value):
+    return delta(index, type="input_json_delta", partial_json=value)
+
+
+def block_stop(index):
+    return sse({"type": "content_block_stop", "index": index})
+
+
+def message_delta(reason=None, usage=None):
+    return sse(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": None},
+            "usage": usage if usage is not None else {"output_tokens": 3},
+        }
+    )
+
+
+STOP = sse({"type": "message_stop"})
+
+
+def tool_block(index, call_id="toolu_1", name="f", given=None):
+    return block_start(
+        index, {"type": "tool_use", "id": call_id, "name": name, "input": given or {}}
+    )
+
+
+def run(*events, finish=False, translator=None):
+    translator = translator or AnthropicTranslator()
+    out = []
+    for event in events:
+        out.extend(translator.feed(event))
+    if finish:
+        out.extend(translator.finish())
+    return out
+
+
+def test_role_is_emitted_once_at_message_start():
+    assert run(message_start(), message_start()) == [ev.RoleDelta("assistant")]
+
+
+def test_a_whole_text_turn_ends_with_usage_then_finish():
+    out = run(
+        message_start(),
+        block_start(0, {"type": "text", "text": ""}),
+        text(0, "Hi"),
+        block_stop(0),
+        message_delta("end_turn"),
+        STOP,
+        finish=True,
+    )
+    assert out == [
+        ev.RoleDelta("assistant"),
+        ev.TextDelta("Hi"),
+        ev.Usage(5, 3),
+        ev.Finish("stop"),
+    ]
+
+
+def test_ping_events_are_skipped_unread():
+    assert run(SSEEvent("not json", "ping")) == []
+
+
+def test_unknown_event_types_and_delta_types_are_ignored():
+    assert run(sse({"type": "message_annotation", "x": 1}), sse({"no": "type"})) == []
+    assert run(delta(0, type="citations_delta", citation={"type": "char_location"})) == []
+    assert run(delta(0, type="signature_delta", signature="EqQB")) == []
+    assert run(delta(0, type="some_future_delta", value="x")) == []
+
+
+def test_the_data_type_decides_not_the_event_name():
+    unnamed = SSEEvent(text(0, "x").data)  # no `event:` line: named "message"
+    assert unnamed.event == "message"
+    assert run(unnamed) == [ev.TextDelta("x")]
+
+
+def test_events_after_message_stop_are_ignored():
+    translator = AnthropicTranslator()
+    assert run(message_delta("end_turn"), STOP, translator=translator)[-1] == ev.Finish("stop")
+    assert translator.done
+    assert translator.feed(text(0, "late")) == []
+    assert translator.finish() == []
+
+
+def test_initial_text_of_a_block_start_is_text():
+    assert run(block_start(0, {"type": "text", "text": "Hel"}), text(0, "lo")) == [
+        ev.TextDelta("Hel"),
+        ev.TextDelta("lo"),
+    ]
+
+
+def test_thinking_is_reasoning_and_its_signature_and_redactions_are_dropped():
+    out = run(
+        block_start(0, {"type": "thinking", "thinking": "", "signature": ""}),
+        delta(0, type="thinking_delta", thinking="hmm"),
+        delta(0, type="signature_delta", signature="EqQBCg"),
+        block_stop(0),
+        block_start(1, {"type": "redacted_thinking", "data": "EmwKAhgB"}),
+        block_stop(1),
+        block_start(2, {"type": "thinking", "thinking": "more"}),
+    )
+    assert out == [ev.ReasoningDelta("hmm"), ev.ReasoningDelta("more")]
+
+
+def escaped(kind, field, value):
+    """A delta whose JSON text carries `value` as written (escapes such as a lone surrogate)."""
+    head = '{"type":"content_block_delta","index":0,"delta":'
+    return SSEEvent(head + f'{{"type":"{kind}","{field}":"{value}"}}}}')
+
+
+def test_a_split_surrogate_pair_is_joined():
+    high = escaped("text_delta", "text", "a\\ud83d")
+    low = escaped("text_delta", "text", "\\ude00b")
+    assert run(high, low) == [ev.TextDelta("a"), ev.TextDelta("\U0001f600b")]
+
+
+def test_a_lone_surrogate_is_flushed_as_replacement_when_its_block_stops():
+    high = escaped("thinking_delta", "thinking", "\\ud83d")
+    assert run(high, block_stop(0)) == [ev.ReasoningDelta("\ufffd")]
+
+
+def test_a_tool_use_block_is_started_chunked_and_ended_at_its_stop():
+    out = run(tool_block(1), json_delta(1, ""), json_delta(1, '{"a": '), json_delta(1, "1}"))
+    assert out == [
+        ev.ToolCallStart("toolu_1", 1, "f"),
+        ev.ToolCallChunk("toolu_1", '{"a": '),
+        ev.ToolCallChunk("toolu_1", "1}"),
+    ]
+    translator = AnthropicTranslator()
+    run(tool_block(1), json_delta(1, '{"a": 1}'), translator=translator)
+    assert translator.feed(block_stop(1)) == [ev.ToolCallEnd("toolu_1", "f", {"a": 1})]
+
+
+def test_a_tool_use_block_without_input_deltas_ends_with_an_empty_object():
+    assert run(tool_block(0), block_stop(0))[-1] == ev.ToolCallEnd("toolu_1", "f", {})
+
+
+def test_the_input_of_the_block_start_counts_only_when_no_delta_follows():
+    only_start = run(tool_block(0, given={"q": "x"}), json_delta(0, ""), block_stop(0))
+    assert only_start[-1] == ev.ToolCallEnd("toolu_1", "f", {"q": "x"})
+    with_deltas = run(tool_block(0, given={"q": "x"}), json_delta(0, '{"q": "y"}'), block_stop(0))
+    assert with_deltas[-1] == ev.ToolCallEnd("toolu_1", "f", {"q": "y"})
+
+
+def test_a_tool_use_block_with_invalid_input_fails_with_its_raw_text():
+    out = run(
+        tool_block(0), json_delta(0, '{"a": '), block_stop(0), message_delta("tool_use"), STOP
+    )
+    assert ev.ToolCallFailed("toolu_1", "f", '{"a": ', "arguments are not valid JSON") in out
+    assert not any(isinstance(e, ev.ToolCallEnd) for e in out)
+    assert out[-1] == ev.Finish("tool_calls")
+
+
+def test_a_tool_use_block_without_a_name_fails_without_a_start():
+    out = run(block_start(0, {"type": "tool_use", "id": "toolu_9", "input": {}}), block_stop(0))
+    assert [type(e) for e in out] == [ev.ToolCallFailed]
+    assert out[0].reason == "tool call has no name"
+
+
+def test_tool_calls_still_open_at_message_stop_end_in_index_order():
+    out = run(tool_block(2, "b", "g"), json_delta(2, "[2]"), tool_block(1, "a", "f"), STOP)
+    ends = [ev.ToolCallEnd("a", "f", {}), ev.ToolCallEnd("b", "g", [2])]
+    assert out[-3:] == [*ends, ev.Finish("tool_calls")]
+
+
+def test_server_tool_blocks_are_not_client_tool_calls():
+    out = run(
+        block_start(1, {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search"}),
+        json_delta(1, '{"query": "x"}'),
+        block_stop(1),
+        block_start(2, {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1"}),
+        block_stop(2),
+        json_delta(7, '{"never": "started"}'),
+        message_delta("end_turn"),
+        STOP,
+    )
+    assert out == [ev.Usage(0, 3), ev.Finish("stop")]
+
+
+def test_tool_snapshots_are_emitted_when_asked_for():
+    translator = AnthropicTranslator(tool_snapshots=True)
+    out = run(tool_block(0), json_delta(0, '{"text": "' + "x" * 80), translator=translator)
+    assert ev.ToolCallSnapshot("toolu_1", {"text": "x" * 80}) in out
+
+
+def test_usage_is_cumulative_and_the_latest_count_wins():
+    start = {"input_tokens": 10, "cache_creation_input_tokens": 2, "cache_read_input_tokens": 30}
+    out = run(
+        message_start({**start, "output_tokens": 1}),
+        message_delta(usage={"output_tokens": 4}),
+        message_delta("end_turn", usage={"input_tokens": 11, "output_tokens": 9}),
+        STOP,
+    )
+    assert out[-2:] == [ev.Usage(11 + 2 + 30, 9), ev.Finish("stop")]
+
+
+def test_usage_counts_that_are_not_integers_are_ignored():
+    start = message_start({"input_tokens": True, "output_tokens": "7"})
+    out = run(start, message_delta("end_turn", usage={"output_tokens": None}), STOP)
+    assert out == [ev.RoleDelta("assistant"), ev.Finish("stop")]  # no count at all: no usage
+    start = message_start({"input_tokens": 2.5, "cache_read_input_tokens": 4})
+    assert run(start, STOP)[-2] == ev.Usage(4, 0)
+
+
+def test_a_turn_without_usage_has_no_usage_event():
+    out = run(message_delta("end_turn", usage={}), STOP)
+    assert out == [ev.Finish("stop")]
+    assert run(sse({"type": "message_start", "message": None}), STOP) == [
+        ev.RoleDelta("assistant"),
+        ev.Finish("stop"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("model_context_window_exceeded", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "error"),
+        ("something_new", "error"),
+    ],
+)
+def test_stop_reason_is_normalized(raw, reason):
+    translator = AnthropicTranslator()
+    assert run(message_delta(raw, usage={}), STOP, translator=translator) == [ev.Finish(reason)]
+    assert translator.raw_finish_reason == raw
+
+
+def test_message_stop_without_a_stop_reason_is_stop_or_tool_calls():
+    assert run(STOP) == [ev.Finish("stop")]
+    assert run(tool_block(0), block_stop(0), STOP)[-1] == ev.Finish("tool_calls")
+
+
+def test_a_body_without_message_stop_is_a_protocol_error_even_after_a_stop_reason():
+    translator = AnthropicTranslator()
+    run(text(0, "a"), message_delta("end_turn"), translator=translator)
+    with pytest.raises(UpstreamProtocolError, match="ended before it finished"):
+        translator.finish()
+    assert translator.done
+
+
+@pytest.mark.parametrize(
+    ("kind", "error_type"),
+    [
+        ("overloaded_error", UpstreamError),
+        ("api_error", UpstreamError),
+        ("timeout_error", UpstreamError),
+        ("a_future_error", UpstreamError),
+        ("rate_limit_error", UpstreamRateLimited),
+        ("invalid_request_error", UpstreamRejected),
+        ("authentication_error", UpstreamRejected),
+        ("billing_error", UpstreamRejected),
+        ("permission_error", UpstreamRejected),
+        ("not_found_error", UpstreamRejected),
+        ("request_too_large", UpstreamRejected),
+    ],
+)
+def test_an_error_event_raises_by_its_type_naming_only_the_type(kind, error_type):
+    payload = {"type": "error", "error": {"type": kind, "message": "secret sk-123 leaked"}}
+    translator = AnthropicTranslator()
+    with pytest.raises(UpstreamError) as caught:
+        translator.feed(sse(payload))
+    assert type(caught.value) is error_type
+    assert caught.value.public_message == f"upstream reported an error ({kind})"
+    assert translator.done
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        SSEEvent("Overloaded, try later", "error"),
+        SSEEvent('{"type":"error","error":"boom"}', "error"),
+        SSEEvent('{"type":"error","error":{"type":"not an identifier!"}}', "error"),
+        SSEEvent('{"type":"error","error":{"type":5}}', "error"),
+    ],
+)
+def test_an_error_event_without_a_usable_type_is_a_generic_upstream_error(event):
+    with pytest.raises(UpstreamError) as caught:
+        run(event)
+    assert type(caught.value) is UpstreamError
+    assert caught.value.public_message == "upstream reported an error"
+
+
+def test_an_error_payload_in_an_unnamed_event_is_an_error():
+    with pytest.raises(UpstreamRateLimited):
+        run(SSEEvent('{"type":"error","error":{"type":"rate_limit_error"}}'))
+
+
+@pytest.mark.parametrize("payload", ["{", "NaN", "", "[1]", '"text"', "null"])
+def test_malformed_json_is_a_protocol_error(payload):
+    with pytest.raises(UpstreamProtocolError):
+        run(SSEEvent(payload, "content_block_delta"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x"}},
+        {"type": "content_block_delta", "index": True, "delta": {"type": "text_delta"}},
+        {"type": "content_block_delta", "index": 0, "delta": "x"},
+        {"type": "content_block_start", "index": 0, "content_block": None},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": 3}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 1}},
+        {"type": "content_block_stop"},
+        {"type": "message_delta", "delta": {"stop_reason": ["x"]}},
+    ],
+)
+def test_malformed_events_are_protocol_errors(payload):
+    with pytest.raises(UpstreamProtocolError):
+        run(sse(payload))
+
+
+def test_the_provider_table_builds_this_parser_and_body():
+    parser = make_parser("anthropic", 1 << 20)
+    data = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    data += b'"delta":{"type":"text_delta","text":"ok"}}\n\n'
+    assert parser.feed(data) == [ev.TextDelta("ok")]
+    assert isinstance(parser.eof()[-1], UpstreamProtocolError)
+    assert build_body("anthropic", request(), "claude-real")["model"] == "claude-real"
+
+
+# --- request body ------------------------------------------------------------------------------
+
+
+def request(messages=None, **fields):
+    messages = messages if messages is not None else [{"role": "user", "content": "hi"}]
+    return msgspec.convert({"model": "alias", "messages": messages, **fields}, ChatRequest)
+
+
+def body(messages=None, **fields):
+    return anthropic_body(request(messages, **fields), "claude-x")
+
+
+def test_the_minimal_body_streams_with_the_default_max_tokens():
+    assert body() == {
+        "model": "claude-x",
+        "max_tokens": DEFAULT_MAX_TOKENS,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+    assert DEFAULT_MAX_TOKENS == 4096
+
+
+def test_leading_system_and_developer_messages_become_the_system_text():
+    out = body(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use French."}]},
+            {"role": "user", "content": "hi"},
+        ]
+    )
+    assert out["system"] == "Be brief.\n\nUse French."
+    assert out["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_a_system_message_after_the_conversation_started_is_refused():
+    with pytest.raises(BadRequest, match=r"messages\[1\]"):
+        body([{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}])
+
+
+@pytest.mark.parametrize(
+    "content", [None, [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]]
+)
+def test_a_system_message_needs_text(content):
+    with pytest.raises(BadRequest, match=r"messages\[0\]"):
+        body([{"role": "system", "content": content}, {"role": "user", "content": "hi"}])
+
+
+def test_user_parts_become_text_and_image_blocks():
+    parts = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg", "detail": "auto"}},
+        {"type": "image_url", "image_url": "http://example.com/b.gif"},
+    ]
+    assert body([{"role": "user", "content": parts}])["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        },
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
+        {"type": "image", "source": {"type": "url", "url": "http://example.com/b.gif"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("part", "field"),
+    [
+        ({"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}, "image_url"),
+        ({"type": "image_url", "image_url": {"url": "data:image/png,rawbytes"}}, "image_url"),
+        ({"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}, "image_url"),
+        ({"type": "image_url", "image_url": {}}, "image_url"),
+        (
+            {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "high"}},
+            "detail",
+        ),
+        ({"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}, "input_audio"),
+        ({"type": "text", "text": None}, "text"),
+    ],
+)
+def test_user_parts_anthropic_cannot_take_are_refused(part, field):
+    with pytest.raises(BadRequest, match=rf"messages\[0\]\.content\[0\].*{field}"):
+        body([{"role": "user", "content": [part]}])
+
+
+def test_a_user_message_needs_content():
+    with pytest.raises(BadRequest, match=r"messages\[0\]\.content: required"):
+        body([{"role": "user"}])
+
+
+def test_a_message_name_is_refused():
+    with pytest.raises(BadRequest, match=r"messages\[0\]\.name"):
+        body([{"role": "user", "content": "hi", "name": "bob"}])
+
+
+def test_tool_calls_on_a_non_assistant_message_are_refused():
+    with pytest.raises(BadRequest, match=r"messages\[0\]\.tool_calls"):
+        body([{"role": "user", "content": "hi", "tool_calls": []}])
+
+
+def call(call_id="call_1", name="get_weather", arguments='{"city": "Paris"}'):
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_assistant_tool_calls_become_tool_use_blocks_after_the_text():
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [call(), call("c2", "f", " ")]},
+    ]
+    assert body(messages)["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "c2", "name": "f", "input": {}},
+        ],
+    }
+
+
+def test_assistant_content_without_calls_and_empty_text_with_calls():
+    plain = body([{"role": "assistant", "content": "Hello"}])["messages"]
+    assert plain == [{"role": "assistant", "content": "Hello"}]
+    empty = body([{"role": "assistant", "content": "", "tool_calls": [call()]}])["messages"]
+    assert [block["type"] for block in empty[0]["content"]] == ["tool_use"]
+    parts = [{"type": "text", "text": "a"}]
+    mixed = body([{"role": "assistant", "content": parts, "tool_calls": [call()]}])["messages"]
+    assert [block["type"] for block in mixed[0]["content"]] == ["text", "tool_use"]
+    listed = body([{"role": "assistant", "content": parts}])["messages"]
+    assert listed == [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]
+
+
+@pytest.mark.parametrize(
+    ("message", "match"),
+    [
+        ({"role": "assistant"}, "needs content or tool_calls"),
+        ({"role": "assistant", "tool_calls": [call(arguments='{"a": ')]}, "not valid JSON"),
+        ({"role": "assistant", "tool_calls": [call(arguments="[1]")]}, "JSON object"),
+        ({"role": "assistant", "tool_calls": [{"id": "c", "function": {}}]}, "function name"),
+        ({"role": "assistant", "tool_calls": [{"type": "custom", "id": "c"}]}, "only function"),
+        (
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+            "'refusal'",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}],
+            },
+            "'image_url'",
+        ),
+    ],
+)
+def test_assistant_messages_anthropic_cannot_take_are_refused(message, match):
+    with pytest.raises(BadRequest, match=match):
+        body([message])
+
+
+def test_consecutive_tool_messages_become_one_user_message_of_tool_results():
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [call("a"), call("b")]},
+        {"role": "tool", "tool_call_id": "a", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "b", "content": [{"type": "text", "text": "12:00"}]},
+        {"role": "user", "content": "thanks"},
+        {"role": "tool", "tool_call_id": "c", "content": "late"},
+    ]
+    out = body(messages)["messages"]
+    assert out[2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "a", "content": "sunny"},
+            {
+                "type": "tool_result",
+                "tool_use_id": "b",
+                "content": [{"type": "text", "text": "12:00"}],
+            },
+        ],
+    }
+    assert out[3] == {"role": "user", "content": "thanks"}
+    assert out[4]["content"] == [{"type": "tool_result", "tool_use_id": "c", "content": "late"}]
+
+
+def test_a_tool_message_needs_its_call_id():
+    with pytest.raises(BadRequest, match=r"messages\[0\]\.tool_call_id"):
+        body([{"role": "tool", "content": "x"}])
+
+
+def function_tool(name="get_weather", **extra):
+    return {"type": "function", "function": {"name": name, **extra}}
+
+
+def test_function_tools_become_anthropic_tools():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [
+        function_tool(description="Weather now.", parameters=schema, strict=True),
+        function_tool("ping"),
+    ]
+    assert body(tools=tools)["tools"] == [
+        {
+            "name": "get_weather",
+            "input_schema": schema,
+            "description": "Weather now.",
+            "strict": True,
+        },
+        {"name": "ping", "input_schema": {"type": "object", "properties": {}}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tool", "match"),
+    [
+        ({"type": "web_search"}, "only function tools"),
+        ({"type": "function", "function": {"description": "x"}}, "name: required"),
+    ],
+)
+def test_tools_anthropic_cannot_take_are_refused(tool, match):
+    with pytest.raises(BadRequest, match=rf"tools\[0\].*{match}"):
+        body(tools=[tool])
+
+
+@pytest.mark.parametrize(
+    ("choice", "translated"),
+    [
+        ("auto", {"type": "auto"}),
+        ("required", {"type": "any"}),
+        ("none", {"type": "none"}),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            {"type": "tool", "name": "get_weather"},
+        ),
+    ],
+)
+def test_tool_choice_is_translated(choice, translated):
+    assert body(tools=[function_tool()], tool_choice=choice)["tool_choice"] == translated
+
+
+def test_no_tool_choice_sends_none():
+    assert "tool_choice" not in body(tools=[function_tool()])
+
+
+@pytest.mark.parametrize("choice", ["sometimes", {"type": "function"}, {"type": "allowed_tools"}])
+def test_an_unknown_tool_choice_is_refused(choice):
+    with pytest.raises(BadRequest, match="tool_choice"):
+        body(tools=[function_tool()], tool_choice=choice)
+
+
+def test_parallel_tool_calls_false_disables_parallel_tool_use():
+    tools = [function_tool()]
+    assert body(tools=tools, parallel_tool_calls=False)["tool_choice"] == {
+        "type": "auto",
+        "disable_parallel_tool_use": True,
+    }
+    assert body(tools=tools, tool_choice="required", parallel_tool_calls=False)["tool_choice"] == {
+        "type": "any",
+        "disable_parallel_tool_use": True,
+    }
+    assert body(tools=tools, tool_choice="none", parallel_tool_calls=False)["tool_choice"] == {
+        "type": "none"
+    }
+    assert "tool_choice" not in body(tools=tools, parallel_tool_calls=True)
+
+
+def test_without_tools_tool_choice_none_and_parallel_tool_calls_change_nothing():
+    assert body(tool_choice="none", parallel_tool_calls=False) == body()
+    with pytest.raises(BadRequest, match="tool_choice: needs tools"):
+        body(tool_choice="required")
+
+
+def test_sampling_fields_are_translated():
+    out = body(max_tokens=100, temperature=0.5, top_p=0.9, stop="END", user="user-42")
+    assert out["max_tokens"] == 100
+    assert out["temperature"] == 0.5
+    assert out["top_p"] == 0.9
+    assert out["stop_sequences"] == ["END"]
+    assert out["metadata"] == {"user_id": "user-42"}
+    assert body(stop=["a", "b"])["stop_sequences"] == ["a", "b"]
+    assert "stop_sequences" not in body(stop=[])
+
+
+def test_a_temperature_above_one_is_refused():
+    assert body(temperature=1.0)["temperature"] == 1.0
+    with pytest.raises(BadRequest, match="temperature"):
+        body(temperature=1.5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", 7),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", 0.5),
+        ("reasoning_effort", "high"),
+    ],
+)
+def test_fields_anthropic_cannot_take_are_refused_by_name(field, value):
+    with pytest.raises(BadRequest, match=rf"^{field}: not supported by Anthropic$"):
+        body(**{field: value})
+
+
+def test_response_format_text_is_the_default_and_json_schema_is_output_format():
+    assert body(response_format={"type": "text"}) == body()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    spec = {"name": "answer", "strict": True, "schema": schema}
+    out = body(response_format={"type": "json_schema", "json_schema": spec})
+    assert out["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+
+
+@pytest.mark.parametrize(
+    "response_format", [{"type": "json_object"}, {"type": "json_schema", "json_schema": {}}]
+)
+def test_other_response_formats_are_refused(response_format):
+    with pytest.raises(BadRequest, match="response_format"):
+        body(response_format=response_format)

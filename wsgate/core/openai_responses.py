@@ -1,0 +1,494 @@
+"""OpenAI Responses API: the streaming request body, and the stream's translation to events.
+
+Owns the meaning of `POST /v1/responses` with `stream: true`: the typed events (`type` and a
+`sequence_number` in every JSON payload), role, text, refusals, reasoning, function calls,
+usage, the end of the turn and in-stream errors; and the translation of wsgate's
+chat-completions-shaped request into that API's body. No I/O, no SSE framing
+(`wsgate.core.sse`). Shared helpers come from `wsgate.core.openai_chat`.
+
+Rules:
+1. Events are dispatched on the JSON `type` (servers that omit the `event:` line work too).
+   `data: [DONE]` (sent by some proxies), the types not named below (`output_text.done`,
+   `content_part.*`, annotations, hosted-tool progress, keep-alives...) and everything
+   after the end are ignored.
+2. `RoleDelta("assistant")` once: at `response.created`/`in_progress` or the first message
+   item. Text and refusal deltas are `TextDelta` through one `SurrogateJoiner`; reasoning
+   summary and reasoning text deltas are `ReasoningDelta` through another, a blank line
+   between two summary parts or reasoning items (they would otherwise run together).
+3. A `function_call` item is one call of the `ToolCallAccumulator`, found by `output_index`
+   (by item id when a delta has no index). Its wsgate `call_id` is the item's `call_id`; its
+   `index` is its rank among the turn's function calls (0, 1...), since `output_index` also
+   counts message and reasoning items. `function_call_arguments.done` or `output_item.done`
+   ends it, once. Their full `arguments` text is used only when no delta was streamed (a
+   server that sends arguments whole): streamed deltas stand, because the client already
+   holds them as chunks and `tool_call.end` must agree with those. The API defines the full
+   text as the deltas joined, so no second copy is kept to compare.
+4. End of the turn: flushed text, open calls ended in index order, `Usage` (when the
+   response has `usage`), then `Finish`. `response.completed` is `tool_calls` when the turn
+   made a function call, else `stop`; `response.incomplete` follows its reason:
+
+   | provider                                       | wsgate                  |
+   |------------------------------------------------|-------------------------|
+   | `response.completed`, function calls made      | `tool_calls`            |
+   | `response.completed`, no function call         | `stop`                  |
+   | `response.incomplete`, `max_output_tokens`     | `length`                |
+   | `response.incomplete`, `content_filter`        | `content_filter`        |
+   | `response.incomplete`, any other reason / none | `error`                 |
+   | body ends without completed/incomplete/failed  | `UpstreamProtocolError` |
+
+5. `response.failed` (`response.error`) and the top-level `error` event (fields at the top
+   or under `error`) raise a typed error naming only the provider's short `type`/`code`:
+
+   | `code` / `type` (first matching row)                         | raised                |
+   |--------------------------------------------------------------|-----------------------|
+   | contains `rate_limit` (`rate_limit_exceeded`)                | `UpstreamRateLimited` |
+   | `server_error`, `overloaded`, `api_error`, timeouts          | `UpstreamError`       |
+   | `invalid_*`, `image_*`, policy, auth, not found, too large   | `UpstreamRejected`    |
+   | anything else, or none                                       | `UpstreamError`       |
+
+6. The body (`openai_responses_body`) says everything the request says, or raises
+   `BadRequest` naming the field: `stop`, `seed`, `presence_penalty`, `frequency_penalty`
+   and a message `name` have no Responses equivalent. Messages become `input` items (text
+   parts are `input_text`, or `output_text` for the assistant; `image_url` is
+   `input_image`; assistant `tool_calls` are `function_call` items; tool messages are
+   `function_call_output`, their parts joined). Function tools are flattened, with
+   `strict: false` and an empty `parameters` schema unless given, as chat-completions
+   assumes (Responses would make an omitted `strict` true). `max_tokens` is
+   `max_output_tokens`, `response_format` is `text.format`, `reasoning_effort` is
+   `reasoning.effort`; `stream` is true and `store` false (the gateway keeps no state there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from wsgate.core.errors import (
+    BadRequest,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
+from wsgate.core.events import Finish, FinishReason, ReasoningDelta, RoleDelta, TextDelta, Usage
+from wsgate.core.payloads import IDENTIFIER, json_object, string, tool_events
+from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
+from wsgate.core.utf8 import SurrogateJoiner
+
+if TYPE_CHECKING:
+    from wsgate.core.events import UpstreamEvent
+    from wsgate.core.frames import ChatRequest, Message
+    from wsgate.core.sse import SSEEvent
+
+_INCOMPLETE: Final[dict[str, FinishReason]] = {
+    "max_output_tokens": "length",
+    "content_filter": "content_filter",
+}
+_TRANSIENT: Final = frozenset(
+    {"server_error", "overloaded", "overloaded_error", "api_error", "internal_error"}
+    | {"service_unavailable", "timeout", "vector_store_timeout"}
+)
+_REJECTED: Final = frozenset(
+    {"invalid_request_error", "context_length_exceeded", "request_too_large"}
+    | {"authentication_error", "permission_error", "not_found_error", "model_not_found"}
+    | {"insufficient_quota", "bio_policy", "misalignment_policy_violation"}
+    | {"content_policy_violation", "data_residency_mismatch", "empty_image_file"}
+    | {"failed_to_download_image", "unsupported_image_media_type"}
+)
+_REJECTED_PREFIXES: Final = ("invalid_", "image_")
+_UNSUPPORTED: Final = ("stop", "seed", "presence_penalty", "frequency_penalty")
+_BLANK_LINE: Final = "\n\n"
+
+
+class OpenAIResponsesTranslator:
+    """Feed the SSE events of one OpenAI Responses stream; collect upstream events."""
+
+    __slots__ = (
+        "_done",
+        "_ended",
+        "_item_index",
+        "_joiner",
+        "_ranks",
+        "_reason",
+        "_reasoning",
+        "_reasoning_part",
+        "_role_sent",
+        "_streamed",
+        "_tools",
+    )
+
+    def __init__(self, *, tool_snapshots: bool = False) -> None:
+        self._done = False
+        self._role_sent = False
+        self._reason: str | None = None
+        self._joiner = SurrogateJoiner()
+        self._reasoning = SurrogateJoiner()
+        self._reasoning_part: tuple[Any, ...] | None = None
+        self._tools = ToolCallAccumulator(snapshots=tool_snapshots)
+        self._ranks: dict[int, int] = {}  # output_index -> rank among the function calls
+        self._item_index: dict[str, int] = {}  # item id -> output_index
+        self._streamed: set[int] = set()  # ranks that received argument text
+        self._ended: set[int] = set()
+
+    @property
+    def done(self) -> bool:
+        """True once the turn ended (completed, incomplete, failed, error) or `finish()`."""
+        return self._done
+
+    @property
+    def raw_finish_reason(self) -> str | None:
+        """The provider's own word (`completed`, an incomplete reason, `failed`), for logs."""
+        return self._reason
+
+    def feed(self, event: SSEEvent) -> list[UpstreamEvent]:
+        """Translate one SSE event."""
+        if self._done or event.data.strip() == "[DONE]":
+            return []
+        chunk = json_object(event.data)
+        out: list[UpstreamEvent] = []
+        kind = chunk.get("type")
+        handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is not None:
+            handler(self, chunk, out)
+        return out
+
+    def finish(self) -> list[UpstreamEvent]:
+        """The body ended: nothing more if the turn ended, else raise (it was cut short)."""
+        if not self._done:
+            self._done = True
+            raise UpstreamProtocolError("upstream stream ended before it finished")
+        return []
+
+    # --- one handler per event type (`_HANDLERS`) -----------------------------------------
+
+    def _on_started(self, _chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        if not self._role_sent:
+            self._role_sent = True
+            out.append(RoleDelta("assistant"))
+
+    def _on_item(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        item = chunk.get("item")
+        if not isinstance(item, dict):
+            raise UpstreamProtocolError("upstream output item is not a JSON object")
+        if item.get("type") == "message":
+            self._on_started(chunk, out)
+        elif item.get("type") == "function_call":
+            rank = self._rank(_output_index(chunk), item.get("id"))
+            if chunk.get("type") == "response.output_item.done":
+                self._end_call(rank, item, out)
+            else:
+                self._call(rank, item, out)
+
+    def _on_text(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        _emit(self._joiner.push(string(chunk.get("delta"))), TextDelta, out)
+
+    def _on_reasoning(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        text = string(chunk.get("delta"))
+        if not text:
+            return
+        part = (chunk.get("item_id"), chunk.get("summary_index"), chunk.get("content_index"))
+        if self._reasoning_part is not None and part != self._reasoning_part:
+            text = _BLANK_LINE + text
+        self._reasoning_part = part
+        _emit(self._reasoning.push(text), ReasoningDelta, out)
+
+    def _on_arguments(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        rank = self._rank(_output_index(chunk), chunk.get("item_id"))
+        text = string(chunk.get("delta"))
+        if text:  # text for an ended call: the accumulator raises
+            self._streamed.add(rank)
+            piece = ToolCallFragment(index=rank, call_id=None, name=None, arguments=text)
+            out.extend(tool_events(self._tools.feed(piece)))
+
+    def _on_arguments_done(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        rank = self._rank(_output_index(chunk), chunk.get("item_id"))
+        self._end_call(rank, {"arguments": chunk.get("arguments")}, out)
+
+    def _on_completed(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        reason: FinishReason = "tool_calls" if self._tools.has_calls else "stop"
+        self._end(reason, "completed", _response(chunk), out)
+
+    def _on_incomplete(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        response = _response(chunk)
+        details = response.get("incomplete_details")
+        raw = details.get("reason") if isinstance(details, dict) else None
+        raw = raw if isinstance(raw, str) else "incomplete"
+        self._end(_INCOMPLETE.get(raw, "error"), raw, response, out)
+
+    def _on_failed(self, chunk: dict[str, Any], _out: list[UpstreamEvent]) -> None:
+        self._done, self._reason = True, "failed"
+        raise _error(_response(chunk).get("error"), ("type", "code"))
+
+    def _on_error(self, chunk: dict[str, Any], _out: list[UpstreamEvent]) -> None:
+        self._done, self._reason = True, "error"
+        nested = chunk.get("error")
+        # OpenAI puts code/message/param at the top; some proxies nest them under `error`.
+        raise _error(nested, ("type", "code")) if nested else _error(chunk, ("code",))
+
+    _HANDLERS: ClassVar[dict[str, _Handler]] = {
+        "response.created": _on_started,
+        "response.in_progress": _on_started,
+        "response.output_item.added": _on_item,
+        "response.output_item.done": _on_item,
+        "response.output_text.delta": _on_text,
+        "response.refusal.delta": _on_text,
+        "response.reasoning_summary_text.delta": _on_reasoning,
+        "response.reasoning_text.delta": _on_reasoning,
+        "response.function_call_arguments.delta": _on_arguments,
+        "response.function_call_arguments.done": _on_arguments_done,
+        "response.completed": _on_completed,
+        "response.incomplete": _on_incomplete,
+        "response.failed": _on_failed,
+        "error": _on_error,
+    }
+
+    # --- function calls and the end -------------------------------------------------------
+
+    def _rank(self, output_index: int | None, item_id: Any) -> int:
+        """The call's rank, found by output_index, else by item id; a new one when unseen."""
+        if output_index is None and isinstance(item_id, str):
+            output_index = self._item_index.get(item_id)
+        if output_index is None:
+            raise UpstreamProtocolError("upstream function call event names no output item")
+        if isinstance(item_id, str):
+            self._item_index.setdefault(item_id, output_index)
+        return self._ranks.setdefault(output_index, len(self._ranks))
+
+    def _call(self, rank: int, item: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        """Name and id of a call, and its whole arguments if none were streamed yet."""
+        call_id, name = item.get("call_id"), item.get("name")
+        arguments = item.get("arguments") if rank not in self._streamed else None
+        piece = ToolCallFragment(
+            index=rank,
+            call_id=string(call_id) if call_id else None,
+            name=string(name) if name else None,
+            arguments=string(arguments) if arguments else "",
+        )
+        if piece.arguments:
+            self._streamed.add(rank)
+        out.extend(tool_events(self._tools.feed(piece)))
+
+    def _end_call(self, rank: int, item: dict[str, Any], out: list[UpstreamEvent]) -> None:
+        if rank in self._ended:
+            return
+        self._call(rank, item, out)
+        self._ended.add(rank)
+        out.extend(tool_events(self._tools.end_call(index=rank)))
+
+    def _end(
+        self, reason: FinishReason, raw: str, response: dict[str, Any], out: list[UpstreamEvent]
+    ) -> None:
+        self._reason = raw
+        _emit(self._joiner.flush(), TextDelta, out)
+        _emit(self._reasoning.flush(), ReasoningDelta, out)
+        out.extend(tool_events(self._tools.finish()))
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            out.append(Usage(_count(usage, "input_tokens"), _count(usage, "output_tokens")))
+        self._done = True
+        out.append(Finish(reason))
+
+
+_Handler = Callable[[OpenAIResponsesTranslator, dict[str, Any], list["UpstreamEvent"]], None]
+
+
+def _emit(text: str, kind: type[TextDelta | ReasoningDelta], out: list[UpstreamEvent]) -> None:
+    if text:
+        out.append(kind(text))
+
+
+def _output_index(chunk: dict[str, Any]) -> int | None:
+    value = chunk.get("output_index")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _response(chunk: dict[str, Any]) -> dict[str, Any]:
+    response = chunk.get("response")
+    if not isinstance(response, dict):
+        raise UpstreamProtocolError("upstream event has no response object")
+    return response
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    value = usage.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _error(error: Any, keys: tuple[str, ...]) -> UpstreamError:
+    labels: list[str] = []
+    if isinstance(error, dict):
+        for key in keys:
+            value = error.get(key)
+            if isinstance(value, str) and IDENTIFIER.fullmatch(value) and value not in labels:
+                labels.append(value)
+    message = "upstream reported an error"
+    if labels:
+        message += f" ({', '.join(labels)})"
+    if any("rate_limit" in label for label in labels):
+        return UpstreamRateLimited(message)
+    if any(label in _TRANSIENT for label in labels):
+        return UpstreamError(message)
+    if any(label in _REJECTED or label.startswith(_REJECTED_PREFIXES) for label in labels):
+        return UpstreamRejected(message)
+    return UpstreamError(message)
+
+
+# --- request body -----------------------------------------------------------------------------
+
+
+def openai_responses_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
+    """The streaming `POST /v1/responses` body for a chat-completions-shaped request (rule 6)."""
+    for field in _UNSUPPORTED:
+        if getattr(request, field) is not None:
+            raise BadRequest(f"{field}: not supported by OpenAI Responses")
+    body: dict[str, Any] = {"model": upstream_model, "input": _input(request.messages)}
+    if request.tools is not None:
+        body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
+    if request.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(request.tool_choice)
+    if request.response_format is not None:
+        body["text"] = {"format": _text_format(request.response_format)}
+    if request.reasoning_effort is not None:
+        body["reasoning"] = {"effort": request.reasoning_effort}
+    for field, key in _KEPT:
+        value = getattr(request, field)
+        if value is not None:
+            body[key] = value
+    body["stream"] = True
+    body["store"] = False
+    return body
+
+
+_KEPT: Final = (
+    ("parallel_tool_calls", "parallel_tool_calls"),
+    ("max_tokens", "max_output_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("user", "user"),
+)
+_FUNCTION_KEYS: Final = frozenset({"name", "description", "parameters", "strict"})
+_NO_PARAMETERS: Final = {"type": "object", "properties": {}}
+
+
+def _input(messages: list[Message]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if message.role == "tool":
+            # `name` on a tool message is redundant: the call_id names the call.
+            items.append(_tool_output(message, where))
+            continue
+        if message.name is not None:
+            raise BadRequest(f"{where}.name: not supported by OpenAI Responses")
+        if message.role != "assistant":
+            items.append({"role": message.role, "content": _content(message, where)})
+            continue
+        if message.content:  # an assistant turn with only tool calls has no message item
+            items.append({"role": "assistant", "content": _content(message, where)})
+        for j, call in enumerate(message.tool_calls or ()):
+            items.append(_function_call(call, f"{where}.tool_calls[{j}]"))
+    return items
+
+
+def _content(message: Message, where: str) -> str | list[dict[str, Any]]:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    if content is None:
+        raise BadRequest(f"{where}.content: required")
+    text_type = "output_text" if message.role == "assistant" else "input_text"
+    return [_part(part, f"{where}.content[{j}]", text_type) for j, part in enumerate(content)]
+
+
+def _part(part: dict[str, Any], where: str, text_type: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": text_type, "text": _string(part.get("text"), f"{where}.text")}
+    if kind == "image_url" and text_type == "input_text":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        detail = image.get("detail") if isinstance(image, dict) else None
+        return {
+            "type": "input_image",
+            "image_url": _string(url, f"{where}.image_url.url"),
+            "detail": detail if isinstance(detail, str) else "auto",
+        }
+    raise BadRequest(f"{where}: this content part type is not supported by OpenAI Responses")
+
+
+def _function_call(call: dict[str, Any], where: str) -> dict[str, Any]:
+    function = call.get("function")
+    if call.get("type", "function") != "function" or not isinstance(function, dict):
+        raise BadRequest(f"{where}: only function tool calls are supported")
+    return {
+        "type": "function_call",
+        "call_id": _string(call.get("id"), f"{where}.id"),
+        "name": _string(function.get("name"), f"{where}.function.name"),
+        "arguments": _string(function.get("arguments", ""), f"{where}.function.arguments"),
+    }
+
+
+def _tool_output(message: Message, where: str) -> dict[str, Any]:
+    call_id = _string(message.tool_call_id, f"{where}.tool_call_id")
+    content = message.content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if part.get("type") != "text":
+                raise BadRequest(f"{where}.content[{j}]: a tool result must be text")
+            texts.append(_string(part.get("text"), f"{where}.content[{j}].text"))
+        content = "".join(texts)
+    return {"type": "function_call_output", "call_id": call_id, "output": content or ""}
+
+
+def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
+    function = tool.get("function")
+    if tool.get("type") != "function" or not isinstance(function, dict):
+        raise BadRequest(f"{where}: only function tools are supported by OpenAI Responses")
+    if not _FUNCTION_KEYS.issuperset(function):
+        raise BadRequest(f"{where}.function: has fields OpenAI Responses does not support")
+    name = _string(function.get("name"), f"{where}.function.name")
+    out: dict[str, Any] = {"type": "function", "name": name}
+    if function.get("description") is not None:
+        out["description"] = function["description"]
+    # Chat functions take no arguments when `parameters` is absent and are not strict unless
+    # asked; Responses needs `parameters` and makes an omitted `strict` true.
+    out["parameters"] = function.get("parameters") or _NO_PARAMETERS
+    out["strict"] = function.get("strict") is True
+    return out
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if choice in ("auto", "none", "required"):
+        return choice
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(function, dict):
+        name = _string(function.get("name"), "tool_choice.function.name")
+        return {"type": "function", "name": name}
+    raise BadRequest("tool_choice: not supported by OpenAI Responses")
+
+
+def _text_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    kind = response_format.get("type")
+    if kind in ("text", "json_object"):
+        return {"type": kind}
+    schema = response_format.get("json_schema")
+    if kind != "json_schema" or not isinstance(schema, dict):
+        raise BadRequest("response_format: not supported by OpenAI Responses")
+    if not isinstance(schema.get("schema"), dict):
+        raise BadRequest("response_format.json_schema.schema: required by OpenAI Responses")
+    out: dict[str, Any] = {
+        "type": "json_schema",
+        "name": _string(schema.get("name"), "response_format.json_schema.name"),
+        "schema": schema["schema"],
+        "strict": schema.get("strict") is True,
+    }
+    if schema.get("description") is not None:
+        out["description"] = schema["description"]
+    return out
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: must be a string")
+    return value

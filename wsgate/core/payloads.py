@@ -1,0 +1,79 @@
+"""Reading provider payloads: what every translator does the same way.
+
+Owns the small, shared rules of turning one provider event's JSON into values: the event
+must be a JSON object (read with `jsonio.loads`, so lone-surrogate escapes survive), text
+fields must be strings, a provider's error `type`/`code` reaches the client only as a short
+identifier, and the tool-call accumulator's outputs become provider-neutral events. Every
+violation is an `UpstreamProtocolError`; provider text never goes into a message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
+from wsgate.core.events import (
+    ToolCallChunk,
+    ToolCallEnd,
+    ToolCallFailed,
+    ToolCallSnapshot,
+    ToolCallStart,
+    UpstreamEvent,
+)
+from wsgate.core.jsonio import loads
+from wsgate.core.toolcalls import ArgumentsChunk, Ended, Snapshot, Started, ToolCallOutput
+
+IDENTIFIER: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+"""A provider label safe to show: an error type or code, never free text."""
+
+
+def json_object(data: str) -> dict[str, Any]:
+    """One event's JSON payload, which must be an object."""
+    try:
+        chunk = loads(data)
+    except ValueError:
+        raise UpstreamProtocolError("upstream sent malformed JSON") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamProtocolError("upstream chunk is not a JSON object")
+    return chunk
+
+
+def string(value: Any) -> str:
+    """A text field, which must be a string."""
+    if not isinstance(value, str):
+        raise UpstreamProtocolError("upstream chunk has a non-string text field")
+    return value
+
+
+def tool_events(outputs: list[ToolCallOutput]) -> list[UpstreamEvent]:
+    """The accumulator's outputs as provider-neutral events, in order."""
+    events: list[UpstreamEvent] = []
+    for output in outputs:
+        if isinstance(output, Started):
+            events.append(ToolCallStart(output.call_id, output.index, output.name))
+        elif isinstance(output, ArgumentsChunk):
+            events.append(ToolCallChunk(output.call_id, output.chunk))
+        elif isinstance(output, Snapshot):
+            events.append(ToolCallSnapshot(output.call_id, output.partial))
+        elif isinstance(output, Ended):
+            events.append(ToolCallEnd(output.call_id, output.name, output.arguments))
+        else:
+            events.append(ToolCallFailed(output.call_id, output.name, output.raw, output.reason))
+    return events
+
+
+def error_from(error: Any) -> UpstreamError:
+    """The typed error of an OpenAI-shaped `{"type", "code"}` error object."""
+    labels: list[str] = []
+    if isinstance(error, dict):
+        for key in ("type", "code"):
+            value = error.get(key)
+            if isinstance(value, str) and IDENTIFIER.fullmatch(value) and value not in labels:
+                labels.append(value)
+    message = "upstream reported an error"
+    if labels:
+        message += f" ({', '.join(labels)})"
+    if any("rate_limit" in label for label in labels):
+        return UpstreamRateLimited(message)
+    return UpstreamError(message)
