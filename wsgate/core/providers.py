@@ -41,8 +41,10 @@ class Decoder(Protocol[E]):
         """Consume bytes; return the items they complete."""
 
     def eof(self) -> list[E]:
-        """The body ended; return what it completes (SSE discards an unfinished event,
-        NDJSON returns an unterminated last line)."""
+        """The body ended; return what it completes.
+
+        SSE discards an unfinished event; NDJSON returns an unterminated last line.
+        """
 
 
 class Translator(Protocol[E_contra]):
