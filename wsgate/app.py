@@ -26,6 +26,13 @@ from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 log = get_logger("wsgate.app")
 
 MOCK_MODEL = "mock"
+MOCK_ROUTES = {  # alias -> (provider kind, path of its API under the mock's root)
+    MOCK_MODEL: ("openai_chat", "/v1"),
+    "mock-responses": ("openai_responses", "/v1"),
+    "mock-anthropic": ("anthropic", "/v1"),
+    "mock-ollama": ("ollama", ""),
+}
+"""With the built-in mock, one model alias per provider dialect the mock speaks."""
 EXIT_ON_SECOND_SIGNAL = 1
 
 
@@ -103,10 +110,10 @@ class App:
                 default_ttft_ms=settings.mock.ttft_ms,
                 default_tokens_per_s=settings.mock.tokens_per_s,
             )
-            base_url = await self.mock.start("127.0.0.1", 0)
-            routes.setdefault(
-                MOCK_MODEL, Route(MOCK_MODEL, "mock", "openai_chat", base_url, MOCK_MODEL)
-            )
+            await self.mock.start("127.0.0.1", 0)
+            root = f"http://127.0.0.1:{self.mock.port}"
+            for alias, (kind, path) in MOCK_ROUTES.items():
+                routes.setdefault(alias, Route(alias, "mock", kind, root + path, alias))
         up = settings.upstream
         self.upstream = UpstreamClient(
             routes,

@@ -59,7 +59,8 @@ async def test_an_unreachable_provider_is_a_retryable_upstream_unavailable():
         await client.close()
 
 
-async def test_a_429_with_retry_after_reaches_the_client_typed(app):
+async def test_a_429_with_retry_after_reaches_the_client_typed(start_app):
+    app = await start_app(**{"upstream.retry_attempts": 0})
     script = {"status": 429, "retry_after": 2}
     async with raw_connect(app.url) as conn:
         await conn.start("s1", mock_request(script))

@@ -1,0 +1,220 @@
+"""How the upstream client speaks HTTP to each provider kind: paths, headers, keys, caps.
+
+A small recording aiohttp server stands in for the provider; what matters here is what the
+client sends and how it reads an answer that is not a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from aiohttp import web
+
+from wsgate.core.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
+from wsgate.core.frames import ChatRequest, Message
+from wsgate.upstream.client import Route, Timeouts, UpstreamClient
+
+REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="hi")])
+
+
+class Recorder:
+    """An HTTP server that records requests and answers each from `self.answer`."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], dict]] = []
+        self.answer = self.sse
+        self.in_flight = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append((request.path, dict(request.headers), body))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await self.release.wait()
+            return await self.answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[tuple[Recorder, str]]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", recorder.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield recorder, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def call(route: Route) -> None:
+    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=2, idle=2))
+    await client.start()
+    try:
+        async with client.open(REQUEST) as chunks:
+            async for _ in chunks:
+                pass
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "base", "path", "accept"),
+    [
+        ("openai_chat", "/v1", "/v1/chat/completions", "text/event-stream"),
+        ("openai_responses", "/v1", "/v1/responses", "text/event-stream"),
+        ("anthropic", "/v1", "/v1/messages", "text/event-stream"),
+        ("ollama", "", "/api/chat", "application/x-ndjson"),
+    ],
+)
+async def test_each_kind_posts_its_streaming_body_to_its_path(provider, kind, base, path, accept):
+    recorder, root = provider
+    await call(Route("m", "p", kind, root + base, "upstream-name"))
+    ((seen_path, headers, body),) = recorder.requests
+    assert seen_path == path
+    assert headers["Accept"] == accept
+    assert headers["Content-Type"] == "application/json"
+    assert body["model"] == "upstream-name"
+    assert body["stream"] is True
+
+
+async def test_openai_kinds_send_the_key_as_a_bearer_token(provider):
+    recorder, root = provider
+    await call(Route("m", "p", "openai_chat", root + "/v1", "m", api_key="sk-openai"))
+    headers = recorder.requests[0][1]
+    assert headers["Authorization"] == "Bearer sk-openai"
+    assert "x-api-key" not in {name.lower() for name in headers}
+
+
+async def test_anthropic_gets_its_key_header_and_api_version(provider):
+    recorder, root = provider
+    await call(Route("m", "p", "anthropic", root + "/v1", "m", api_key="sk-ant"))
+    headers = recorder.requests[0][1]
+    assert headers["x-api-key"] == "sk-ant"
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in headers
+
+
+async def test_no_key_sends_no_credentials(provider):
+    recorder, root = provider
+    await call(Route("m", "p", "ollama", root, "m"))
+    names = {name.lower() for name in recorder.requests[0][1]}
+    assert not names & {"authorization", "x-api-key"}
+
+
+def json_answer(status: int, payload: object, headers: dict[str, str] | None = None):
+    async def answer(_request: web.Request) -> web.StreamResponse:
+        return web.json_response(payload, status=status, headers=headers)
+
+    return answer
+
+
+OPENAI_ERROR = {"error": {"message": "secret text", "type": "server_error"}}
+OPENAI_REJECT = {"error": {"message": "secret text", "type": "invalid_request_error"}}
+ANTHROPIC_OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}
+RATE_LIMITED = {"error": {"type": "rate_limit_error", "message": "x"}}
+OLLAMA_ERROR = {"error": "model 'x' not found"}
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "error_type", "label"),
+    [
+        (200, OPENAI_ERROR, UpstreamError, "server_error"),
+        (200, ANTHROPIC_OVERLOADED, UpstreamError, "overloaded_error"),
+        (200, RATE_LIMITED, UpstreamRateLimited, "rate_limit_error"),
+        (529, ANTHROPIC_OVERLOADED, UpstreamError, "HTTP 529, overloaded_error"),
+        (400, OPENAI_REJECT, UpstreamRejected, "HTTP 400, invalid_request_error"),
+        (404, OLLAMA_ERROR, UpstreamRejected, "HTTP 404"),
+        (408, {}, UpstreamError, "HTTP 408"),
+    ],
+)
+async def test_an_error_answer_is_typed_by_status_and_the_providers_error_type(
+    provider, status, payload, error_type, label
+):
+    recorder, root = provider
+    recorder.answer = json_answer(status, payload)
+    with pytest.raises(UpstreamError) as info:
+        await call(Route("m", "p", "openai_chat", root + "/v1", "m"))
+    assert type(info.value) is error_type
+    assert label in info.value.public_message
+    assert "secret" not in info.value.public_message
+    assert "not found" not in info.value.public_message
+
+
+async def test_retry_after_of_a_503_is_kept_for_the_retry_policy(provider):
+    recorder, root = provider
+    recorder.answer = json_answer(503, {}, {"Retry-After": "3"})
+    with pytest.raises(UpstreamError) as info:
+        await call(Route("m", "p", "openai_chat", root + "/v1", "m"))
+    assert info.value.retry_after_ms == 3000
+    assert info.value.transient
+
+
+async def test_a_capped_provider_never_has_more_calls_in_flight_than_its_cap(provider):
+    recorder, root = provider
+    recorder.release.clear()
+    route = Route("m", "p", "openai_chat", root + "/v1", "m", max_concurrency=2)
+    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=5, idle=5))
+    await client.start()
+
+    async def one() -> None:
+        async with client.open(REQUEST) as chunks:
+            async for _ in chunks:
+                pass
+
+    try:
+        tasks = [asyncio.create_task(one()) for _ in range(5)]
+        async with asyncio.timeout(5):
+            while recorder.in_flight < 2:  # noqa: ASYNC110 - polling the recorder's counter
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert recorder.in_flight == 2
+        assert client.in_flight("p") == 2
+        recorder.release.set()
+        await asyncio.gather(*tasks)
+        assert recorder.peak == 2
+        assert len(recorder.requests) == 5
+        assert client.in_flight("p") == 0
+    finally:
+        await client.close()
+
+
+async def test_per_provider_timeouts_override_the_client_defaults(provider):
+    recorder, root = provider
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    recorder.answer = silent
+    route = Route("m", "p", "openai_chat", root + "/v1", "m", timeouts=Timeouts(1, 0.2, 1))
+    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=30, idle=30))
+    await client.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamError) as info:
+            async with client.open(REQUEST):
+                pass
+        assert info.value.code == "upstream_timeout"
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        await client.close()
