@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
@@ -467,3 +468,13 @@ def test_the_example_configuration_routes_every_provider_kind():
     kinds = {route.kind for route in build_routes(settings, environ).values()}
     assert kinds == {"openai_chat", "openai_responses", "anthropic", "ollama"}
     settings.check_exposure()  # the example listens on loopback
+
+
+def test_the_readme_configuration_example_loads_and_routes(tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+    path = tmp_path / "readme.toml"
+    path.write_text(block, encoding="utf-8")
+    settings = load_settings(path, environ={})
+    routes = build_routes(settings, {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"})
+    assert {route.kind for route in routes.values()} == {"openai_chat", "anthropic"}
