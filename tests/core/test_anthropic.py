@@ -210,7 +210,7 @@ def test_a_lone_surrogate_is_flushed_as_replacement_when_its_block_stops():
 def test_a_tool_use_block_is_started_chunked_and_ended_at_its_stop():
     out = run(tool_block(1), json_delta(1, ""), json_delta(1, '{"a": '), json_delta(1, "1}"))
     assert out == [
-        ev.ToolCallStart("toolu_1", 1, "f"),
+        ev.ToolCallStart("toolu_1", 0, "f"),  # the turn's first call, whatever its block
         ev.ToolCallChunk("toolu_1", '{"a": '),
         ev.ToolCallChunk("toolu_1", "1}"),
     ]
@@ -245,9 +245,9 @@ def test_a_tool_use_block_without_a_name_fails_without_a_start():
     assert out[0].reason == "tool call has no name"
 
 
-def test_tool_calls_still_open_at_message_stop_end_in_index_order():
+def test_tool_calls_still_open_at_message_stop_end_in_the_order_they_began():
     out = run(tool_block(2, "b", "g"), json_delta(2, "[2]"), tool_block(1, "a", "f"), STOP)
-    ends = [ev.ToolCallEnd("a", "f", {}), ev.ToolCallEnd("b", "g", [2])]
+    ends = [ev.ToolCallEnd("b", "g", [2]), ev.ToolCallEnd("a", "f", {})]
     assert out[-3:] == [*ends, ev.Finish("tool_calls")]
 
 

@@ -15,10 +15,12 @@ Rules:
    at every `content_block_stop` (a pair never spans blocks). `signature_delta`,
    `citations_delta`, `redacted_thinking` blocks and every server-side tool block
    (`server_tool_use`, `web_search_tool_result`, ...) are not the client's: ignored.
-3. A `tool_use` block is one call in the `ToolCallAccumulator`, keyed (and reported) by
-   its content-block index: started by `content_block_start` (id, name), fed by
-   `input_json_delta.partial_json`, ended at once by its `content_block_stop`. A non-empty
-   `input` in the start event counts only when no delta follows (as the SDK accumulates).
+3. A `tool_use` block is one call in the `ToolCallAccumulator`, reported with its position
+   among the turn's tool calls (0, 1, ...; the content-block index also counts text and
+   thinking blocks, so it is not what other providers call a tool call's index): started
+   by `content_block_start` (id, name), fed by `input_json_delta.partial_json`, ended at
+   once by its `content_block_stop`. A non-empty `input` in the start event counts only
+   when no delta follows (as the SDK accumulates).
 4. Usage is cumulative: `message_start`'s counts, overwritten field by field by each
    `message_delta`. Input tokens are `input_tokens + cache_creation_input_tokens +
    cache_read_input_tokens` (Anthropic's total; OpenAI's prompt tokens include the cache).
@@ -118,6 +120,8 @@ class AnthropicTranslator:
 
     __slots__ = (
         "_blocks",
+        "_calls",
+        "_calls_ended",
         "_counts",
         "_done",
         "_joiner",
@@ -134,6 +138,8 @@ class AnthropicTranslator:
         self._reason: str | None = None
         self._counts: dict[str, int] = {}
         self._blocks: dict[int, str] = {}  # open content blocks: index -> block type
+        self._calls: dict[int, int] = {}  # open tool_use blocks: block index -> call ordinal
+        self._calls_ended = 0
         self._start_input: dict[int, str] = {}  # a tool_use start's non-empty input, as JSON
         self._joiner = SurrogateJoiner()
         self._reasoning = SurrogateJoiner()
@@ -210,8 +216,9 @@ class AnthropicTranslator:
             self._push(self._reasoning, ReasoningDelta, block.get("thinking"), out)
         elif kind == "tool_use":
             call_id, name, given = block.get("id"), block.get("name"), block.get("input")
+            ordinal = self._calls[index] = len(self._calls) + self._calls_ended
             piece = ToolCallFragment(
-                index, string(call_id) if call_id else None, string(name) if name else None, ""
+                ordinal, string(call_id) if call_id else None, string(name) if name else None, ""
             )
             out.extend(tool_events(self._tools.feed(piece)))
             if isinstance(given, dict) and given:
@@ -229,16 +236,18 @@ class AnthropicTranslator:
             partial = delta.get("partial_json")
             if partial:
                 self._start_input.pop(index, None)  # the deltas carry the whole input
-                self._fragment(index, string(partial), out)
+                self._fragment(self._calls[index], string(partial), out)
 
     def _block_stop(self, payload: dict[str, Any], out: list[UpstreamEvent]) -> None:
         index = _index(payload)
         self._flush(out)
         if self._blocks.pop(index, None) == "tool_use":
+            ordinal = self._calls.pop(index)
+            self._calls_ended += 1
             given = self._start_input.pop(index, None)
             if given is not None:
-                self._fragment(index, given, out)
-            out.extend(tool_events(self._tools.end_call(index=index)))
+                self._fragment(ordinal, given, out)
+            out.extend(tool_events(self._tools.end_call(index=ordinal)))
 
     def _message_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
