@@ -1,10 +1,10 @@
-"""OpenAI Responses API: the streaming request body, and the stream's translation to events.
+"""OpenAI Responses API stream translator: SSE events in, neutral events out.
 
 Owns the meaning of `POST /v1/responses` with `stream: true`: the typed events (`type` and a
 `sequence_number` in every JSON payload), role, text, refusals, reasoning, function calls,
-usage, the end of the turn and in-stream errors; and the translation of wsgate's
-chat-completions-shaped request into that API's body. No I/O, no SSE framing
-(`wsgate.core.sse`). Shared helpers come from `wsgate.core.openai_chat`.
+usage, the end of the turn and in-stream errors. No I/O, no SSE framing
+(`wsgate.core.sse`); the request body is built by `wsgate.core.openai_responses_request`.
+Shared helpers come from `wsgate.core.payloads`.
 
 Rules:
 1. Events are dispatched on the JSON `type` (servers that omit the `event:` line work too).
@@ -45,17 +45,6 @@ Rules:
    | `server_error`, `overloaded`, `api_error`, timeouts          | `UpstreamError`       |
    | `invalid_*`, `image_*`, policy, auth, not found, too large   | `UpstreamRejected`    |
    | anything else, or none                                       | `UpstreamError`       |
-
-6. The body (`openai_responses_body`) says everything the request says, or raises
-   `BadRequest` naming the field: `stop`, `seed`, `presence_penalty`, `frequency_penalty`
-   and a message `name` have no Responses equivalent. Messages become `input` items (text
-   parts are `input_text`, or `output_text` for the assistant; `image_url` is
-   `input_image`; assistant `tool_calls` are `function_call` items; tool messages are
-   `function_call_output`, their parts joined). Function tools are flattened, with
-   `strict: false` and an empty `parameters` schema unless given, as chat-completions
-   assumes (Responses would make an omitted `strict` true). `max_tokens` is
-   `max_output_tokens`, `response_format` is `text.format`, `reasoning_effort` is
-   `reasoning.effort`; `stream` is true and `store` false (the gateway keeps no state there).
 """
 
 from __future__ import annotations
@@ -64,7 +53,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from wsgate.core.errors import (
-    BadRequest,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamRateLimited,
@@ -77,7 +65,6 @@ from wsgate.core.utf8 import SurrogateJoiner
 
 if TYPE_CHECKING:
     from wsgate.core.events import UpstreamEvent
-    from wsgate.core.frames import ChatRequest, Message
     from wsgate.core.sse import SSEEvent
 
 _INCOMPLETE: Final[dict[str, FinishReason]] = {
@@ -96,7 +83,6 @@ _REJECTED: Final = frozenset(
     | {"failed_to_download_image", "unsupported_image_media_type"}
 )
 _REJECTED_PREFIXES: Final = ("invalid_", "image_")
-_UNSUPPORTED: Final = ("stop", "seed", "presence_penalty", "frequency_penalty")
 _BLANK_LINE: Final = "\n\n"
 
 
@@ -331,164 +317,3 @@ def _error(error: Any, keys: tuple[str, ...]) -> UpstreamError:
     if any(label in _REJECTED or label.startswith(_REJECTED_PREFIXES) for label in labels):
         return UpstreamRejected(message)
     return UpstreamError(message)
-
-
-# --- request body -----------------------------------------------------------------------------
-
-
-def openai_responses_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
-    """The streaming `POST /v1/responses` body for a chat-completions-shaped request (rule 6)."""
-    for field in _UNSUPPORTED:
-        if getattr(request, field) is not None:
-            raise BadRequest(f"{field}: not supported by OpenAI Responses")
-    body: dict[str, Any] = {"model": upstream_model, "input": _input(request.messages)}
-    if request.tools is not None:
-        body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
-    if request.tool_choice is not None:
-        body["tool_choice"] = _tool_choice(request.tool_choice)
-    if request.response_format is not None:
-        body["text"] = {"format": _text_format(request.response_format)}
-    if request.reasoning_effort is not None:
-        body["reasoning"] = {"effort": request.reasoning_effort}
-    for field, key in _KEPT:
-        value = getattr(request, field)
-        if value is not None:
-            body[key] = value
-    body["stream"] = True
-    body["store"] = False
-    return body
-
-
-_KEPT: Final = (
-    ("parallel_tool_calls", "parallel_tool_calls"),
-    ("max_tokens", "max_output_tokens"),
-    ("temperature", "temperature"),
-    ("top_p", "top_p"),
-    ("user", "user"),
-)
-_FUNCTION_KEYS: Final = frozenset({"name", "description", "parameters", "strict"})
-_NO_PARAMETERS: Final = {"type": "object", "properties": {}}
-
-
-def _input(messages: list[Message]) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if message.role == "tool":
-            # `name` on a tool message is redundant: the call_id names the call.
-            items.append(_tool_output(message, where))
-            continue
-        if message.name is not None:
-            raise BadRequest(f"{where}.name: not supported by OpenAI Responses")
-        if message.role != "assistant":
-            items.append({"role": message.role, "content": _content(message, where)})
-            continue
-        if message.content:  # an assistant turn with only tool calls has no message item
-            items.append({"role": "assistant", "content": _content(message, where)})
-        for j, call in enumerate(message.tool_calls or ()):
-            items.append(_function_call(call, f"{where}.tool_calls[{j}]"))
-    return items
-
-
-def _content(message: Message, where: str) -> str | list[dict[str, Any]]:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    if content is None:
-        raise BadRequest(f"{where}.content: required")
-    text_type = "output_text" if message.role == "assistant" else "input_text"
-    return [_part(part, f"{where}.content[{j}]", text_type) for j, part in enumerate(content)]
-
-
-def _part(part: dict[str, Any], where: str, text_type: str) -> dict[str, Any]:
-    kind = part.get("type")
-    if kind == "text":
-        return {"type": text_type, "text": _string(part.get("text"), f"{where}.text")}
-    if kind == "image_url" and text_type == "input_text":
-        image = part.get("image_url")
-        url = image.get("url") if isinstance(image, dict) else image
-        detail = image.get("detail") if isinstance(image, dict) else None
-        return {
-            "type": "input_image",
-            "image_url": _string(url, f"{where}.image_url.url"),
-            "detail": detail if isinstance(detail, str) else "auto",
-        }
-    raise BadRequest(f"{where}: this content part type is not supported by OpenAI Responses")
-
-
-def _function_call(call: dict[str, Any], where: str) -> dict[str, Any]:
-    function = call.get("function")
-    if call.get("type", "function") != "function" or not isinstance(function, dict):
-        raise BadRequest(f"{where}: only function tool calls are supported")
-    return {
-        "type": "function_call",
-        "call_id": _string(call.get("id"), f"{where}.id"),
-        "name": _string(function.get("name"), f"{where}.function.name"),
-        "arguments": _string(function.get("arguments", ""), f"{where}.function.arguments"),
-    }
-
-
-def _tool_output(message: Message, where: str) -> dict[str, Any]:
-    call_id = _string(message.tool_call_id, f"{where}.tool_call_id")
-    content = message.content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if part.get("type") != "text":
-                raise BadRequest(f"{where}.content[{j}]: a tool result must be text")
-            texts.append(_string(part.get("text"), f"{where}.content[{j}].text"))
-        content = "".join(texts)
-    return {"type": "function_call_output", "call_id": call_id, "output": content or ""}
-
-
-def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
-    function = tool.get("function")
-    if tool.get("type") != "function" or not isinstance(function, dict):
-        raise BadRequest(f"{where}: only function tools are supported by OpenAI Responses")
-    if not _FUNCTION_KEYS.issuperset(function):
-        raise BadRequest(f"{where}.function: has fields OpenAI Responses does not support")
-    name = _string(function.get("name"), f"{where}.function.name")
-    out: dict[str, Any] = {"type": "function", "name": name}
-    if function.get("description") is not None:
-        out["description"] = function["description"]
-    # Chat functions take no arguments when `parameters` is absent and are not strict unless
-    # asked; Responses needs `parameters` and makes an omitted `strict` true.
-    out["parameters"] = function.get("parameters") or _NO_PARAMETERS
-    out["strict"] = function.get("strict") is True
-    return out
-
-
-def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
-    if choice in ("auto", "none", "required"):
-        return choice
-    function = choice.get("function") if isinstance(choice, dict) else None
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(function, dict):
-        name = _string(function.get("name"), "tool_choice.function.name")
-        return {"type": "function", "name": name}
-    raise BadRequest("tool_choice: not supported by OpenAI Responses")
-
-
-def _text_format(response_format: dict[str, Any]) -> dict[str, Any]:
-    kind = response_format.get("type")
-    if kind in ("text", "json_object"):
-        return {"type": kind}
-    schema = response_format.get("json_schema")
-    if kind != "json_schema" or not isinstance(schema, dict):
-        raise BadRequest("response_format: not supported by OpenAI Responses")
-    if not isinstance(schema.get("schema"), dict):
-        raise BadRequest("response_format.json_schema.schema: required by OpenAI Responses")
-    out: dict[str, Any] = {
-        "type": "json_schema",
-        "name": _string(schema.get("name"), "response_format.json_schema.name"),
-        "schema": schema["schema"],
-        "strict": schema.get("strict") is True,
-    }
-    if schema.get("description") is not None:
-        out["description"] = schema["description"]
-    return out
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{where}: must be a string")
-    return value

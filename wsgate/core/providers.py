@@ -2,7 +2,8 @@
 
 Owns the table from a provider `kind` (as configured) to its request-body builder and to the
 parser that turns its response bytes into provider-neutral events. Adding a provider is one
-row here plus its translator module. No I/O: the upstream shell sends and feeds the bytes.
+row here plus its translator and request-body modules. No I/O: the upstream shell sends
+and feeds the bytes.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
-from wsgate.core.anthropic import AnthropicTranslator, anthropic_body
+from wsgate.core.anthropic import AnthropicTranslator
+from wsgate.core.anthropic_request import anthropic_body
 from wsgate.core.errors import WsgateError
 from wsgate.core.events import UpstreamEvent
 from wsgate.core.frames import ChatRequest
 from wsgate.core.ndjson import NDJSONDecoder
-from wsgate.core.ollama import OllamaTranslator, ollama_body
+from wsgate.core.ollama import OllamaTranslator
+from wsgate.core.ollama_request import ollama_body
 from wsgate.core.openai_chat import OpenAIChatTranslator
-from wsgate.core.openai_responses import OpenAIResponsesTranslator, openai_responses_body
+from wsgate.core.openai_responses import OpenAIResponsesTranslator
+from wsgate.core.openai_responses_request import openai_responses_body
 from wsgate.core.sse import SSEDecoder
 from wsgate.core.stream import ParseItem, UpstreamParser
 
