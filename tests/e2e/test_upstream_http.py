@@ -202,7 +202,7 @@ async def test_per_provider_timeouts_override_the_client_defaults(provider):
     recorder, root = provider
 
     async def silent(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(5)
+        await asyncio.sleep(1.2)
         return web.Response()
 
     recorder.answer = silent

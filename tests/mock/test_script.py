@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wsgate.mock.openai_chat import DONE_EVENT, OPENAI_CHAT
+from wsgate.mock.plan import RequestInfo, complete_body, plan_stream
 from wsgate.mock.script import (
-    DONE_EVENT,
     Script,
     ScriptError,
-    completion_body,
+    check_streaming,
     extract_script,
     generate_text,
+    join_surrogates,
+    json_text,
     parse_script,
-    plan_events,
-    prompt_tokens,
     split_chunks,
+    split_surrogate_pairs,
 )
 
 BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "say hi"}]}
+
+
+def plan_events(script, body, *, number=0, created=0):
+    return plan_stream(OPENAI_CHAT, script, RequestInfo(body, number, created)).events
+
+
+def completion_body(script, body, *, number=0, created=0):
+    return complete_body(OPENAI_CHAT, script, RequestInfo(body, number, created))
+
+
+def chat_script(header, body):
+    return extract_script(header, OPENAI_CHAT.user_text(body))
 
 
 def payloads(plan):
@@ -151,29 +167,29 @@ def user(content):
 
 def test_the_header_script_wins_over_the_message_script():
     body = {"messages": [user('{"mock": {"text": "from message"}}')]}
-    assert extract_script('{"text": "from header"}', body) == {"text": "from header"}
-    assert extract_script(None, body) == {"text": "from message"}
+    assert chat_script('{"text": "from header"}', body) == {"text": "from header"}
+    assert chat_script(None, body) == {"text": "from message"}
 
 
 def test_only_the_last_user_message_is_searched_for_a_script():
     scripted = user('{"mock": {"text": "old"}}')
     body = {"messages": [scripted, {"role": "assistant", "content": "ok"}, user("plain")]}
-    assert extract_script(None, body) is None
+    assert chat_script(None, body) is None
     body = {"messages": [user("plain"), scripted, {"role": "assistant", "content": "x"}]}
-    assert extract_script(None, body) == {"text": "old"}
+    assert chat_script(None, body) == {"text": "old"}
 
 
 @pytest.mark.parametrize(
     "content", ["hello", '{"other": 1}', "{not json", '["mock"]', None, [{"type": "text"}]]
 )
 def test_messages_without_a_mock_object_are_unscripted(content):
-    assert extract_script(None, {"messages": [user(content)]}) is None
+    assert chat_script(None, {"messages": [user(content)]}) is None
 
 
 @pytest.mark.parametrize("header", ["not json", "[1]", '"text"', ""])
 def test_a_header_that_is_not_a_json_object_is_a_script_error(header):
     with pytest.raises(ScriptError):
-        extract_script(header, BODY)
+        chat_script(header, BODY)
 
 
 def test_prompt_tokens_count_words_in_string_and_text_part_contents():
@@ -184,19 +200,19 @@ def test_prompt_tokens_count_words_in_string_and_text_part_contents():
             {"role": "assistant", "content": None},
         ]
     }
-    assert prompt_tokens(body) == 5
+    assert OPENAI_CHAT.prompt_tokens(body) == 5
 
 
 # --- the plan ---------------------------------------------------------------------------
 
 
 def test_plan_is_role_contents_finish_done_with_openai_fields():
-    plan = plan_events(Script(text="Hi there"), BODY, completion_id="chatcmpl-x", created=7)
+    plan = plan_events(Script(text="Hi there"), BODY, number=9, created=7)
     events = decoded(plan)
     assert events[-1] == b"[DONE]"
     role, first, second, finish = events[:-1]
     for event in events[:-1]:
-        assert event["id"] == "chatcmpl-x"
+        assert event["id"] == "chatcmpl-mock-9"
         assert event["object"] == "chat.completion.chunk"
         assert event["created"] == 7
         assert event["model"] == "gpt-test"
@@ -267,7 +283,7 @@ def test_max_tokens_below_the_answer_cuts_it_with_finish_length():
 
 def test_completion_body_holds_the_same_answer_as_the_stream():
     script = Script(text="Hi there")
-    body = orjson.loads(completion_body(script, BODY, completion_id="chatcmpl-y", created=3))
+    body = orjson.loads(completion_body(script, BODY, number=4, created=3))
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {
         "role": "assistant",
@@ -284,3 +300,135 @@ def test_completion_body_with_only_tool_calls_has_null_content():
     assert message["content"] is None
     assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
     assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# --- fault keys: parsing ----------------------------------------------------------------
+
+
+def test_parse_script_accepts_every_fault_key():
+    script = parse_script(
+        {
+            "text": "a",
+            "tag": "t",
+            "fail_first": 2,
+            "status": 529,
+            "error_type": "overloaded_error",
+            "headers_delay_ms": 5,
+            "stall_after": 1,
+            "stall_ms": 10,
+            "split_writes": 3,
+            "split_surrogates": True,
+            "tool_index": False,
+            "pad_line": 1024,
+        }
+    )
+    assert (script.fail_first, script.status, script.split_writes) == (2, 529, 3)
+    assert parse_script({"error_after": 0}).error_after == 0
+    assert parse_script({"truncate_after": 4}).truncate_after == 4
+    assert parse_script({"json_error": True, "error_type": "x"}).json_error is True
+    assert parse_script({"interleave_tools": True}).interleave_tools is True
+    assert parse_script({"drip_bytes_per_s": 1}).drip_bytes_per_s == 1.0
+    events = parse_script({"events": ["{}", {"event": "ping", "data": "{}"}]}).events
+    assert events[1].event == "ping"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"fail_first": -1, "tag": "t", "status": 500}, "$.fail_first"),
+        ({"error_after": -1}, "$.error_after"),
+        ({"error_after": 1.5}, "$.error_after"),
+        ({"split_writes": 0}, "$.split_writes"),
+        ({"pad_line": 0}, "$.pad_line"),
+        ({"drip_bytes_per_s": 0}, "$.drip_bytes_per_s"),
+        ({"headers_delay_ms": -1}, "$.headers_delay_ms"),
+        ({"json_error": "yes"}, "$.json_error"),
+        ({"events": [{"event": "x"}]}, "data"),
+        ({"fail_first": 1, "status": 500}, "fail_first needs tag"),
+        ({"fail_first": 1, "tag": "t"}, "fail_first needs tag"),
+        ({"status": 500, "error_after": 1}, "status and error_after exclude each other"),
+        ({"json_error": True, "truncate_after": 1}, "json_error and truncate_after exclude"),
+        ({"error_type": "x"}, "error_type needs"),
+        ({"error_type": "x", "truncate_after": 1}, "error_type needs"),
+        ({"stall_after": 1}, "stall_after and stall_ms go together"),
+        ({"stall_ms": 1}, "stall_after and stall_ms go together"),
+        ({"drip_bytes_per_s": 5, "tokens_per_s": 5}, "drip_bytes_per_s writes its own"),
+        ({"drip_bytes_per_s": 5, "split_writes": 1}, "drip_bytes_per_s writes its own"),
+        ({"tool_index": False, "interleave_tools": True}, "interleaved tool calls need"),
+        ({"events": ["{}"], "error_after": 0}, "events replace generated chunks"),
+        ({"events": ["{}"], "pad_line": 9}, "events replace generated chunks"),
+    ],
+)
+def test_parse_script_rejects_malformed_fault_keys_naming_the_problem(raw, fragment):
+    with pytest.raises(ScriptError) as caught:
+        parse_script(raw)
+    assert fragment in str(caught.value)
+
+
+def test_json_error_false_is_no_failure():
+    assert parse_script({"json_error": False, "status": 500}).status == 500
+
+
+@pytest.mark.parametrize(
+    "key", ["events", "error_after", "truncate_after", "split_writes", "pad_line", "tool_index"]
+)
+def test_stream_shaping_keys_need_a_streaming_request(key):
+    with pytest.raises(ScriptError, match="need a streaming request"):
+        check_streaming({key: 1}, stream=False)
+    check_streaming({key: 1}, stream=True)
+
+
+# --- surrogates -------------------------------------------------------------------------
+
+
+def test_split_surrogate_pairs_ends_a_piece_with_the_high_half():
+    assert split_surrogate_pairs(["a🎉b", " c"]) == ["a\ud83c", "\udf89b", " c"]
+    assert split_surrogate_pairs(["🎉🎉"]) == ["\ud83c", "\udf89\ud83c", "\udf89"]
+    assert split_surrogate_pairs(["日本"]) == ["日本"]
+
+
+@given(st.lists(st.text()))
+def test_split_surrogate_pairs_join_back_to_the_text(chunks):
+    assert join_surrogates("".join(split_surrogate_pairs(chunks))) == "".join(chunks)
+
+
+def test_json_text_escapes_lone_surrogates_and_leaves_other_text_to_orjson():
+    assert json_text("plain ü") == "plain ü"
+    assert orjson.dumps({"t": json_text('a"\ud83c')}) == b'{"t":"a\\"\\ud83c"}'
+    assert json.loads(orjson.dumps(json_text("\udf89 ü\n"))) == "\udf89 ü\n"
+
+
+# --- the plan: cuts, padding, stalls ----------------------------------------------------
+
+
+def test_error_after_zero_cuts_right_after_the_head():
+    events = decoded(plan_events(parse_script({"text": "a b", "error_after": 0}), BODY))
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[1]["error"]["type"] == "server_error"
+    assert len(events) == 2
+
+
+def test_truncate_after_the_last_content_keeps_no_tool_call_and_no_finish():
+    script = parse_script({"text": "a b", "tool_calls": [{"name": "f"}], "truncate_after": 2})
+    plan = plan_stream(OPENAI_CHAT, script, RequestInfo(BODY))
+    assert len(plan.events) == 3
+    assert plan.close_at == plan.events[-1].at_s
+
+
+def test_stall_after_delays_every_later_event():
+    script = parse_script({"text": "a b c", "stall_after": 1, "stall_ms": 500, "tokens_per_s": 10})
+    times = [round(event.at_s, 6) for event in plan_events(script, BODY)]
+    assert times == [0.0, 0.0, 0.6, 0.7, 0.7, 0.7]
+
+
+def test_pad_line_pads_the_first_content_event_to_exactly_the_width():
+    script = parse_script({"text": "a b", "pad_line": 500})
+    events = plan_events(script, BODY)
+    assert len(events[1].data) == len(b"\n\n") + 500
+    assert orjson.loads(events[1].data[len(b"data: ") :])["mock_padding"].strip("x") == ""
+    assert b"mock_padding" not in events[2].data
+
+
+def test_pad_line_needs_a_content_event():
+    with pytest.raises(ScriptError, match="pad_line needs a content event"):
+        plan_events(parse_script({"text": "", "pad_line": 100}), BODY)

@@ -12,20 +12,6 @@ import pytest
 from wsgate.mock import MockProvider
 
 
-@pytest.fixture
-async def mock():
-    provider = MockProvider(default_ttft_ms=0, default_tokens_per_s=0)
-    await provider.start()
-    yield provider
-    await provider.stop()
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
-        yield client
-
-
 def chat(prompt="hello", *, script=None, stream=True, **extra):
     content = orjson.dumps({"mock": script}).decode() if script is not None else prompt
     return {
@@ -323,6 +309,8 @@ async def test_record_endpoints_list_and_clear_and_health_answers(mock, session)
         "id",
         "tag",
         "model",
+        "dialect",
+        "fault",
         "started_at",
         "first_byte_at",
         "completed_at",
@@ -337,3 +325,59 @@ async def test_record_endpoints_list_and_clear_and_health_answers(mock, session)
         assert await response.json() == {"ok": True}
     async with session.get(mock.base_url + "/models") as response:
         assert (await response.json())["data"][0]["id"] == "mock"
+
+
+# --- connection counts ------------------------------------------------------------------
+
+
+async def test_tcp_connections_counts_client_connections_kept_alive_or_not(mock):
+    assert mock.tcp_connections == 0
+    async with aiohttp.ClientSession() as client:
+        url = mock.base_url + "/chat/completions"
+        async with client.post(url, json=chat(script={"text": "one"})) as response:
+            await response.read()
+        assert mock.tcp_connections == 1  # kept alive by the session's pool
+        async with client.post(url, json=chat(script={"text": "two"})) as response:
+            await response.read()
+        assert mock.tcp_connections == 1  # the same connection, reused
+        second = aiohttp.ClientSession()
+        async with second.post(url, json=chat(script={"text": "x", "ttft_ms": 5000})) as r:
+            assert r.status == 200
+            assert mock.tcp_connections == 2
+            assert mock.open_connections == 1
+        await second.close()
+    await mock.wait_tcp_connections(0, timeout=2.0)
+    assert mock.open_connections == 0
+
+
+async def test_tcp_connections_counts_a_silent_raw_socket(mock):
+    reader, writer = await asyncio.open_connection("127.0.0.1", mock.port)
+    await mock.wait_tcp_connections(1, timeout=2.0)
+    assert mock.open_connections == 0  # no request yet: a connection, not a stream
+    writer.close()
+    await writer.wait_closed()
+    await mock.wait_tcp_connections(0, timeout=2.0)
+    assert await reader.read() == b""
+
+
+async def test_open_connections_counts_streams_only_while_they_are_open(mock, session):
+    url = mock.base_url + "/chat/completions"
+    script = {"text": "a b", "tokens_per_s": 0.5, "tag": "open"}
+    response = await session.post(url, json=chat(script=script))
+    await response.content.readuntil(b"\n\n")
+    assert mock.open_connections == 1
+    await post(mock, session, chat(script={"text": "x"}, stream=False))
+    assert mock.open_connections == 1  # a JSON answer is not a stream
+    response.close()
+    await mock.wait_disconnected("open", timeout=1.0)
+    await asyncio.sleep(0)
+    assert mock.open_connections == 0
+
+
+async def test_tcp_connections_is_zero_before_start_and_after_stop():
+    provider = MockProvider()
+    assert provider.tcp_connections == 0
+    await provider.start()
+    assert provider.root_url + "/v1" == provider.base_url
+    await provider.stop()
+    assert provider.tcp_connections == 0

@@ -1,22 +1,30 @@
-"""The mock LLM provider: deterministic, scripted OpenAI chat-completions SSE over real HTTP.
+"""The mock LLM provider: deterministic, scripted provider streams over real HTTP.
 
-Used by the test suite, by `wsgate serve` when no provider is configured (model `mock`), by
-`wsgate mock-upstream`, and by load tests. The script format is documented in
-`protocol/MOCK.md`. A shell package: it may import aiohttp and `wsgate.core`, never the
-gateway, the upstream client, the composition root or the client library.
+Speaks four dialects, chosen by the route: OpenAI chat completions, OpenAI Responses,
+Anthropic Messages and Ollama `/api/chat`, byte-faithfully, and injects the faults the
+gateway must survive. Used by the test suite, by `wsgate serve` when no provider is
+configured (model `mock`), by `wsgate mock-upstream`, and by load tests. The script format is
+documented in `protocol/MOCK.md`. A shell package: it imports aiohttp and its own modules,
+never the core, the gateway, the upstream client, the composition root or the client library.
 """
 
+from wsgate.mock.dialects import ROUTES
 from wsgate.mock.pacer import Pacer
-from wsgate.mock.script import PlannedEvent, Script, ScriptError, parse_script, plan_events
+from wsgate.mock.plan import Dialect, Plan, PlannedEvent, RequestInfo, plan_stream
+from wsgate.mock.script import Script, ScriptError, parse_script
 from wsgate.mock.server import MockProvider, RequestRecord
 
 __all__ = [
+    "ROUTES",
+    "Dialect",
     "MockProvider",
     "Pacer",
+    "Plan",
     "PlannedEvent",
+    "RequestInfo",
     "RequestRecord",
     "Script",
     "ScriptError",
     "parse_script",
-    "plan_events",
+    "plan_stream",
 ]

@@ -1,10 +1,11 @@
-"""The mock provider's per-request script and the exact OpenAI chat SSE bytes it produces.
+"""The mock provider's per-request script: its format, where it is found, and the answer.
 
-Owns the script format (`protocol/MOCK.md` is its documentation; keep them equal), finding a
-script in a request, the deterministic answer text, the chunking rules and the plan: the list
-of `data: ...` events with their time offsets from the request's arrival. Pure: no asyncio, no
-clock (`created` comes in as an argument), no sockets; the server in `server.py` does the
-pacing and the writing.
+Owns the script format (`protocol/MOCK.md` is its documentation; keep them equal): the keys
+and their types, ranges and combinations, finding a script in the last user message's text
+or the `x-mock-script` header, the deterministic answer text, the chunking rules, the token
+limit, and the split of non-BMP characters into surrogate halves. Dialect-neutral: how an
+answer is phrased on the wire belongs to the dialect modules (`openai_chat.py`, ...), when it
+is written to `server.py`. Pure: no asyncio, no clock, no sockets.
 """
 
 from __future__ import annotations
@@ -12,17 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 import orjson
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
 SCRIPT_HEADER: Final = "x-mock-script"
-DONE_EVENT: Final = b"data: [DONE]\n\n"
-SYSTEM_FINGERPRINT: Final = "fp_mock"
 
 # "Plain English words" for generated answers. Changing this list changes every generated
 # text, which tests and recorded load-test baselines pin: append nothing, reorder nothing.
@@ -54,8 +50,16 @@ class ToolCallScript(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     id: str | None = None
 
 
+class RawEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A raw SSE event with an `event:` line (`event: <event>`, then `data: <data>`)."""
+
+    event: str
+    data: str
+
+
 Millis = Annotated[float, msgspec.Meta(ge=0, le=3_600_000)]
 Rate = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Script(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -71,24 +75,39 @@ class Script(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     finish_reason: str | None = None
     tool_calls: tuple[ToolCallScript, ...] = ()
     args_chunk: Annotated[int, msgspec.Meta(ge=1)] = 8
-    events: tuple[str, ...] | None = None
+    events: tuple[str | RawEvent, ...] | None = None
     done: bool = True
     status: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
     retry_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
     tag: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedEvent:
-    """One SSE event: `data` is the `data:` line with its blank line, `at_s` its offset."""
-
-    at_s: float
-    data: bytes
+    # Fault injection (protocol/MOCK.md, "Fault injection").
+    fail_first: Count | None = None
+    error_after: Count | None = None
+    error_type: str | None = None
+    json_error: bool = False
+    headers_delay_ms: Millis = 0.0
+    stall_after: Count | None = None
+    stall_ms: Millis | None = None
+    truncate_after: Count | None = None
+    split_writes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    split_surrogates: bool = False
+    tool_index: bool = True
+    interleave_tools: bool = False
+    pad_line: Annotated[int, msgspec.Meta(ge=1, le=64 * 1024 * 1024)] | None = None
+    drip_bytes_per_s: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
 
 
 # Keys that describe generated chunks; `events` replaces those chunks, so they cannot mix.
 _GENERATED_KEYS: Final = ("text", "words", "seed", "chunk", "chunks", "finish_reason",
-                          "tool_calls", "args_chunk")  # fmt: skip
+                          "tool_calls", "args_chunk", "error_after", "truncate_after",
+                          "stall_after", "stall_ms", "split_surrogates", "tool_index",
+                          "interleave_tools", "pad_line")  # fmt: skip
+# The failures a script can inject; at most one per script, and `fail_first` needs one.
+FAILURE_KEYS: Final = ("status", "json_error", "error_after", "truncate_after")
+# Keys that only shape a stream: a non-streaming request with one of them is an error.
+STREAM_KEYS: Final = ("events", "error_after", "truncate_after", "stall_after", "split_writes",
+                      "split_surrogates", "pad_line", "drip_bytes_per_s", "tool_index",
+                      "interleave_tools")  # fmt: skip
 
 
 def parse_script(raw: object) -> Script:
@@ -99,17 +118,8 @@ def parse_script(raw: object) -> Script:
         script = msgspec.convert(raw, Script)
     except msgspec.ValidationError as exc:
         raise ScriptError(f"bad mock script: {exc}") from None
-    given = [key for key in ("text", "words", "chunks") if key in raw]
-    if len(given) > 1:
-        raise ScriptError(f"bad mock script: {' and '.join(given)} exclude each other")
-    if "chunks" in raw and "chunk" in raw:
-        raise ScriptError("bad mock script: chunk and chunks exclude each other")
-    if "seed" in raw and "words" not in raw:
-        raise ScriptError("bad mock script: seed needs words")
-    if "retry_after" in raw and "status" not in raw:
-        raise ScriptError("bad mock script: retry_after needs status")
-    if "events" in raw and (mixed := [key for key in _GENERATED_KEYS if key in raw]):
-        raise ScriptError(f"bad mock script: events replace generated chunks; drop {mixed}")
+    for problem in _combination_problems(raw):
+        raise ScriptError(f"bad mock script: {problem}")
     for value in _strings(script):
         try:
             value.encode()
@@ -118,20 +128,92 @@ def parse_script(raw: object) -> Script:
     return script
 
 
+def _combination_problems(raw: dict[str, object]) -> list[str]:
+    return _answer_problems(raw) + _fault_problems(raw)
+
+
+def _answer_problems(raw: dict[str, object]) -> list[str]:
+    has = raw.__contains__
+    problems = []
+    if len(given := [key for key in ("text", "words", "chunks") if has(key)]) > 1:
+        problems.append(f"{' and '.join(given)} exclude each other")
+    if has("chunks") and has("chunk"):
+        problems.append("chunk and chunks exclude each other")
+    if has("seed") and not has("words"):
+        problems.append("seed needs words")
+    if has("retry_after") and not has("status"):
+        problems.append("retry_after needs status")
+    if has("events") and (mixed := [key for key in _GENERATED_KEYS if has(key)]):
+        problems.append(f"events replace generated chunks; drop {mixed}")
+    return problems
+
+
+def _fault_problems(raw: dict[str, object]) -> list[str]:
+    has = raw.__contains__
+    problems = []
+    failures = [key for key in FAILURE_KEYS if _given(raw.get(key))]
+    if len(failures) > 1:
+        problems.append(f"{' and '.join(failures)} exclude each other")
+    if has("fail_first") and not (has("tag") and failures):
+        problems.append(f"fail_first needs tag and one of {', '.join(FAILURE_KEYS)}")
+    if has("error_type") and not {"status", "error_after", "json_error"} & set(failures):
+        problems.append("error_type needs status, error_after or json_error")
+    if has("stall_after") != has("stall_ms"):
+        problems.append("stall_after and stall_ms go together")
+    if has("drip_bytes_per_s") and (mixed := [k for k in _DRIP_EXCLUDES if has(k)]):
+        problems.append(f"drip_bytes_per_s writes its own schedule; drop {mixed}")
+    if raw.get("tool_index") is False and raw.get("interleave_tools") is True:
+        problems.append("interleaved tool calls need tool_index")
+    return problems
+
+
+_DRIP_EXCLUDES: Final = ("tokens_per_s", "stall_after", "split_writes")
+
+
 def _strings(script: Script) -> list[str]:
     found = [script.text or "", script.finish_reason or "", script.tag or ""]
+    found += [script.error_type or ""]
     found += script.chunks or ()
-    found += script.events or ()
+    for entry in script.events or ():
+        found += [entry] if isinstance(entry, str) else [entry.event, entry.data]
     for call in script.tool_calls:
         found += [call.name, call.arguments, call.id or ""]
     return found
 
 
-def extract_script(header: str | None, body: Mapping[str, Any]) -> object | None:
+def failure_of(script: Script) -> str | None:
+    """The failure a script injects (a `FAILURE_KEYS` name), or None."""
+    return next((key for key in FAILURE_KEYS if _given(getattr(script, key))), None)
+
+
+def without_failure(script: Script) -> Script:
+    """The script of a `fail_first` request past its failures: every failure key cleared."""
+    return msgspec.structs.replace(
+        script,
+        status=None,
+        retry_after=None,
+        json_error=False,
+        error_after=None,
+        truncate_after=None,
+        error_type=None,
+    )
+
+
+def _given(value: object) -> bool:
+    return value is not None and value is not False
+
+
+def check_streaming(raw: dict[str, object], *, stream: bool) -> None:
+    """Reject keys that shape a stream on a request that does not stream."""
+    if not stream and (given := [key for key in STREAM_KEYS if key in raw]):
+        raise ScriptError(f"bad mock script: {', '.join(given)} need a streaming request")
+
+
+def extract_script(header: str | None, user_text: str | None) -> object | None:
     """Return the raw (unvalidated) script of a request, or None when it is unscripted.
 
-    First match wins: the `x-mock-script` header (must be a JSON object), then the last user
-    message whose string content is a JSON object with a top-level `"mock"` key.
+    First match wins: the `x-mock-script` header (must be a JSON object), then the text of
+    the last user message (found by the dialect) if it is a JSON object with a `"mock"` key.
     """
     if header is not None:
         try:
@@ -141,17 +223,10 @@ def extract_script(header: str | None, body: Mapping[str, Any]) -> object | None
         if not isinstance(value, dict):
             raise ScriptError(f"the {SCRIPT_HEADER} header must hold a JSON object")
         return value
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return None
-    last_user = next(
-        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
-    )
-    content = last_user.get("content") if last_user is not None else None
-    if not isinstance(content, str) or not content.lstrip().startswith("{"):
+    if user_text is None or not user_text.lstrip().startswith("{"):
         return None
     try:
-        value = orjson.loads(content)
+        value = orjson.loads(user_text)
     except orjson.JSONDecodeError:
         return None
     if isinstance(value, dict) and "mock" in value:
@@ -160,9 +235,53 @@ def extract_script(header: str | None, body: Mapping[str, Any]) -> object | None
     return None
 
 
-def prompt_seed(body: Mapping[str, Any]) -> int:
-    """Derive a seed from the request's messages: same prompt, same generated answer."""
-    digest = hashlib.sha256(orjson.dumps(body.get("messages"), option=orjson.OPT_SORT_KEYS))
+def content_text(content: object, part_types: tuple[str, ...] = ("text",)) -> str | None:
+    """The text of a message content: a string, or its text parts joined with no separator.
+
+    A part is a JSON object whose `type` is one of `part_types` and whose `text` is a
+    string; other parts (images, tool results) are skipped. None when there is no text.
+    """
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = [
+        part["text"]
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") in part_types
+        and isinstance(part.get("text"), str)
+    ]
+    return "".join(texts) if texts else None
+
+
+def last_user_content(messages: object) -> object:
+    """The `content` of the last message with `role: "user"`, or None."""
+    if not isinstance(messages, list):
+        return None
+    last = next(
+        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
+    )
+    return last.get("content") if last is not None else None
+
+
+def count_words(value: object) -> int:
+    """Whitespace-separated words in a string, a list of text parts, or message contents."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(count_words(item) for item in value)
+    if isinstance(value, dict):
+        if "content" in value:
+            return count_words(value["content"])
+        text = value.get("text")
+        return len(text.split()) if isinstance(text, str) else 0
+    return 0
+
+
+def prompt_seed(conversation: object) -> int:
+    """Derive a seed from a request's conversation: same prompt, same generated answer."""
+    digest = hashlib.sha256(orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS))
     return int.from_bytes(digest.digest()[:8], "big")
 
 
@@ -194,14 +313,14 @@ def _splitmix64(state: int) -> tuple[int, int]:
     return state, z ^ (z >> 31)
 
 
-def answer_text(script: Script, body: Mapping[str, Any], *, default_words: int = 48) -> str:
+def answer_text(script: Script, conversation: object, *, default_words: int = 48) -> str:
     """Return the whole answer text: `text`, the joined `chunks`, or generated words."""
     if script.text is not None:
         return script.text
     if script.chunks is not None:
         return "".join(script.chunks)
     words = script.words if script.words is not None else default_words
-    seed = script.seed if script.seed is not None else prompt_seed(body)
+    seed = script.seed if script.seed is not None else prompt_seed(conversation)
     return generate_text(words, seed)
 
 
@@ -215,182 +334,94 @@ def split_chunks(script: Script, text: str) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Whitespace-separated words in all message contents (string or text parts)."""
-    total = 0
-    messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content.split())
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                total += len(text.split()) if isinstance(text, str) else 0
-    return total
+def split_surrogate_pairs(chunks: list[str]) -> list[str]:
+    r"""Cut every non-BMP character into its UTF-16 halves across two pieces.
+
+    The high surrogate ends one piece and the low surrogate starts the next, so a chunk
+    with k non-BMP characters becomes k + 1 pieces. The pieces hold lone surrogates: they
+    can only be written as JSON `\uXXXX` escapes (`json_text`).
+    """
+    pieces: list[str] = []
+    for chunk in chunks:
+        current: list[str] = []
+        for char in chunk:
+            point = ord(char)
+            if point < 0x10000:
+                current.append(char)
+                continue
+            point -= 0x10000
+            current.append(chr(0xD800 + (point >> 10)))
+            pieces.append("".join(current))
+            current = [chr(0xDC00 + (point & 0x3FF))]
+        pieces.append("".join(current))
+    return pieces
+
+
+def json_text(text: str) -> str | orjson.Fragment:
+    r"""`text` as a JSON string value; lone surrogates become lowercase `\uXXXX` escapes.
+
+    Text without surrogates is returned as is (orjson encodes it); otherwise a pre-encoded
+    `orjson.Fragment`, since a lone surrogate is not UTF-8 and orjson refuses it.
+    """
+    if not any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        return text
+    out = bytearray(b'"')
+    run: list[str] = []
+    for char in text:
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            out += orjson.dumps("".join(run))[1:-1] + f"\\u{ord(char):04x}".encode()
+            run = []
+        else:
+            run.append(char)
+    out += orjson.dumps("".join(run))[1:-1] + b'"'
+    return orjson.Fragment(bytes(out))
+
+
+def join_surrogates(text: str) -> str:
+    """Join surrogate halves back into characters (what a UTF-16 client sees)."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The resolved answer: content chunks, tool calls and finish reason after `max_tokens`."""
+    """The resolved answer: content chunks, tool calls and finish reason after the limit.
+
+    `chunks` are the content events' texts (after `split_surrogates`, which may leave lone
+    surrogates in them); `completion_tokens` counts the chunks before that split, so usage
+    is the same with and without the fault. `finish_reason` is already the dialect's name.
+    """
 
     chunks: list[str]
     tool_calls: tuple[ToolCallScript, ...]
     finish_reason: str
+    completion_tokens: int
+
+    @property
+    def text(self) -> str:
+        """The whole answer text, surrogate halves joined again."""
+        return join_surrogates("".join(self.chunks))
 
 
-def resolve_answer(script: Script, body: Mapping[str, Any], *, default_words: int = 48) -> Answer:
-    """Chunks, tool calls and finish reason, honouring the request's token limit.
+def resolve_answer(
+    script: Script, conversation: object, limit: int | None, *, default_words: int = 48
+) -> tuple[list[str], tuple[ToolCallScript, ...], str]:
+    """Chunks, tool calls and the neutral finish reason, honouring the token limit.
 
-    A `max_completion_tokens` (or `max_tokens`) below the number of content chunks cuts the
-    answer there, drops the tool calls and finishes with `length` unless the script names one.
+    A `limit` below the number of content chunks cuts the answer there, drops the tool calls
+    and finishes with `length` unless the script names a finish reason.
     """
-    chunks = split_chunks(script, answer_text(script, body, default_words=default_words))
+    chunks = split_chunks(script, answer_text(script, conversation, default_words=default_words))
     tool_calls = script.tool_calls
     finish = script.finish_reason or ("tool_calls" if tool_calls else "stop")
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit < len(chunks):
+    if limit is not None and 0 <= limit < len(chunks):
         chunks, tool_calls = chunks[:limit], ()
         finish = script.finish_reason or "length"
-    return Answer(chunks, tool_calls, finish)
+    return chunks, tool_calls, finish
 
 
-def _sse(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
-
-
-def _offsets(count: int, script: Script) -> list[float]:
-    ttft = script.ttft_ms / 1000
-    rate = script.tokens_per_s
-    return [ttft + (i / rate if rate > 0 else 0.0) for i in range(count)]
-
-
-def plan_events(
-    script: Script,
-    body: Mapping[str, Any],
-    *,
-    completion_id: str = "chatcmpl-mock-0",
-    created: int = 0,
-    default_words: int = 48,
-) -> list[PlannedEvent]:
-    """Every SSE event of a streamed answer with its offset in seconds from arrival.
-
-    Paced events (content chunks, tool-call fragments, or raw `events`) are numbered from 0
-    and due at `ttft + i / tokens_per_s`; the role chunk goes with the first, and the finish,
-    usage and `[DONE]` events go right after the last.
-    """
-    if script.events is not None:
-        times = _offsets(len(script.events), script)
-        plan = [
-            PlannedEvent(t, _sse(p.encode())) for t, p in zip(times, script.events, strict=True)
-        ]
-    else:
-        plan = _generated_plan(script, body, completion_id, created, default_words)
-    if script.done:
-        plan.append(PlannedEvent(plan[-1].at_s if plan else script.ttft_ms / 1000, DONE_EVENT))
-    return plan
-
-
-def _generated_plan(
-    script: Script, body: Mapping[str, Any], completion_id: str, created: int, default_words: int
-) -> list[PlannedEvent]:
-    answer = resolve_answer(script, body, default_words=default_words)
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    head: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": _model(body),
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        event: dict[str, Any] = {**head, "choices": [choice]}
-        if include_usage:
-            event["usage"] = None
-        return _sse(orjson.dumps(event))
-
-    pieces = [chunk({"content": text}) for text in answer.chunks]
-    for index, call in enumerate(answer.tool_calls):
-        call_id = call.id if call.id is not None else f"call_mock_{index}"
-        function = {"name": call.name, "arguments": ""}
-        first = {"index": index, "id": call_id, "type": "function", "function": function}
-        pieces.append(chunk({"tool_calls": [first]}))
-        args, step = call.arguments, script.args_chunk
-        for start in range(0, len(args), step):
-            fragment = {"index": index, "function": {"arguments": args[start : start + step]}}
-            pieces.append(chunk({"tool_calls": [fragment]}))
-    times = _offsets(max(len(pieces), 1), script)
-    role = chunk({"role": "assistant", "content": "", "refusal": None})
-    plan = [PlannedEvent(times[0], role)]
-    plan += [PlannedEvent(t, data) for t, data in zip(times, pieces, strict=False)]
-    plan.append(PlannedEvent(times[-1], chunk({}, answer.finish_reason)))
-    if include_usage:
-        usage = _usage(body, len(answer.chunks))
-        plan.append(PlannedEvent(times[-1], _sse(orjson.dumps({**head, "choices": [], **usage}))))
-    return plan
-
-
-def _model(body: Mapping[str, Any]) -> str:
-    model = body.get("model")
-    return model if isinstance(model, str) else "mock"
-
-
-def _usage(body: Mapping[str, Any], completion: int) -> dict[str, Any]:
-    prompt = prompt_tokens(body)
-    return {
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-    }
-
-
-def completion_body(
-    script: Script,
-    body: Mapping[str, Any],
-    *,
-    completion_id: str = "chatcmpl-mock-0",
-    created: int = 0,
-    default_words: int = 48,
-) -> bytes:
-    """Build the non-streaming `chat.completion` JSON of the answer the stream would give."""
-    answer = resolve_answer(script, body, default_words=default_words)
-    text = "".join(answer.chunks)
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": text if text or not answer.tool_calls else None,
-        "refusal": None,
-    }
-    if answer.tool_calls:
-        message["tool_calls"] = [
-            {
-                "id": call.id if call.id is not None else f"call_mock_{index}",
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for index, call in enumerate(answer.tool_calls)
-        ]
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": answer.finish_reason,
-    }
-    return orjson.dumps(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": _model(body),
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [choice],
-            **_usage(body, len(answer.chunks)),
-        }
-    )
+def int_limit(value: object) -> int | None:
+    """A token limit from a request field: an int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def script_tag(raw: object) -> str | None:

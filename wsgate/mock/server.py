@@ -1,11 +1,13 @@
-"""The mock OpenAI-compatible provider: aiohttp.web routes, pacing, and a record per request.
+"""The mock provider's HTTP server: routes, scripts, faults on the connection, and records.
 
-Owns the HTTP surface (`POST /v1/chat/completions`, `GET /v1/models`, `GET|DELETE
-/mock/requests`, `GET /healthz`), the writing of planned SSE events at their due times through
-the shared `Pacer`, and the `RequestRecord` that tells tests when each client went away. Runs
-with `handler_cancellation=True`, so a client that closes its socket cancels the handler at
-once, even while it waits for a token seconds away. What it answers is decided in `script.py`;
-this module must not import the gateway, the upstream client or the composition root.
+Owns the HTTP surface (one `POST` route per dialect from `dialects.ROUTES`, `GET /v1/models`,
+`GET|DELETE /mock/requests`, `GET /healthz`), choosing between a JSON answer and a stream,
+the faults that act on the exchange (`headers_delay_ms`, `fail_first`'s per-tag counter,
+`truncate_after`'s close), the connection counts, and the `RequestRecord` that tells tests
+when each client went away. Runs with `handler_cancellation=True`, so a client that closes
+its socket cancels the handler at once, even while it waits for a token seconds away. What
+is answered is decided by `script.py`, `plan.py` and the dialect modules, how the bytes go
+out by `writer.py`; this module must not import any other wsgate package.
 """
 
 from __future__ import annotations
@@ -14,47 +16,55 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
 
+from wsgate.mock.dialects import ROUTES
 from wsgate.mock.pacer import Pacer
+from wsgate.mock.plan import (
+    Plan,
+    RequestInfo,
+    complete_body,
+    json_error_body,
+    plan_stream,
+    status_body,
+)
 from wsgate.mock.script import (
     SCRIPT_HEADER,
-    PlannedEvent,
     Script,
     ScriptError,
-    completion_body,
+    check_streaming,
     extract_script,
+    failure_of,
     parse_script,
-    plan_events,
     script_tag,
     unscripted,
+    without_failure,
 )
+from wsgate.mock.writer import DRAIN_POLL_S, Writer, close_abruptly
 
-# Unpaced events are coalesced into writes up to this size: the fastest the mock can go.
-_BATCH_BYTES = 16 * 1024
-_REQUEST_ID_HEADER = "x-mock-request-id"
-_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-# OpenAI's error `type` and `code` per HTTP status, for scripted failures.
-_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", None),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", None),
-    404: ("invalid_request_error", "model_not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-}
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from wsgate.mock.plan import Dialect
+
+_REQUEST_ID_HEADER: Final = "x-mock-request-id"
+_BAD_JSON: Final = "We could not parse the JSON body of your request."
 
 
 @dataclass(slots=True)
 class RequestRecord:
-    """What happened to one `POST /v1/chat/completions`; times are `time.monotonic()`."""
+    """What happened to one dialect `POST`; times are `time.monotonic()`."""
 
     id: str
     tag: str | None
     model: str
     started_at: float
+    dialect: str = "openai_chat"
+    fault: str | None = None
     first_byte_at: float | None = None
     completed_at: float | None = None
     disconnected_at: float | None = None
@@ -62,14 +72,8 @@ class RequestRecord:
     status: int = 200
 
 
-def error_body(message: str, *, kind: str, code: str | None, param: str | None = None) -> bytes:
-    """Encode an OpenAI-style error object."""
-    error = {"message": message, "type": kind, "param": param, "code": code}
-    return orjson.dumps({"error": error})
-
-
 class MockProvider:
-    """An OpenAI chat-completions server whose every answer is scripted or seeded.
+    """A provider server (four dialects) whose every answer is scripted or seeded.
 
     `records` keeps the last `max_records` requests in arrival order. `start()` binds a real
     socket; `app` can also be mounted by a caller's own runner (with `handler_cancellation`).
@@ -91,16 +95,18 @@ class MockProvider:
         self.open_connections = 0
         self.port = 0
         self.base_url = ""
+        self.root_url = ""
         self.pacer = Pacer()
         self._ids = itertools.count(1)
+        self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._disconnects: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.app = web.Application()
+        self.app.add_routes([web.post(path, self._route(d)) for path, d in ROUTES.items()])
         self.app.add_routes(
             [
-                web.post("/v1/chat/completions", self._chat),
                 web.get("/v1/models", self._models),
                 web.get("/mock/requests", self._list_records),
                 web.delete("/mock/requests", self._clear_records),
@@ -125,7 +131,8 @@ class MockProvider:
         self.port = int(runner.addresses[0][1])
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        self.base_url = f"http://{shown}:{self.port}/v1"
+        self.root_url = f"http://{shown}:{self.port}"
+        self.base_url = f"{self.root_url}/v1"
         return self.base_url
 
     async def stop(self) -> None:
@@ -140,6 +147,25 @@ class MockProvider:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         self.pacer.stop()
+
+    @property
+    def tcp_connections(self) -> int:
+        """Client TCP connections open right now (0 unless served by `start()`).
+
+        aiohttp's low-level `web.Server` keeps one handler per accepted connection and drops
+        it once the connection is lost and its handler task has finished.
+        """
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    async def wait_tcp_connections(self, count: int, timeout: float) -> None:  # noqa: ASYNC109 - the published test API
+        """Wait until exactly `count` client connections are open; TimeoutError after `timeout`.
+
+        Polls every millisecond: aiohttp offers no event when a connection closes.
+        """
+        async with asyncio.timeout(timeout):
+            while self.tcp_connections != count:  # noqa: ASYNC110 - no event to wait for
+                await asyncio.sleep(DRAIN_POLL_S)
 
     # --- records -----------------------------------------------------------------------
 
@@ -181,15 +207,17 @@ class MockProvider:
             self._disconnects.set()
             self._disconnects = None
 
-    def _new_record(self) -> tuple[int, RequestRecord]:
+    def _new_record(self, dialect: str) -> tuple[int, RequestRecord]:
         number = next(self._ids)
-        record = RequestRecord(id=f"req-{number}", tag=None, model="", started_at=time.monotonic())
+        record = RequestRecord(
+            id=f"req-{number}", tag=None, model="", started_at=time.monotonic(), dialect=dialect
+        )
         self.records[record.id] = record
         while len(self.records) > self.max_records:
             del self.records[next(iter(self.records))]
         return number, record
 
-    # --- handlers ----------------------------------------------------------------------
+    # --- small handlers ----------------------------------------------------------------
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True}, dumps=_dumps)
@@ -203,16 +231,25 @@ class MockProvider:
 
     async def _clear_records(self, _request: web.Request) -> web.Response:
         self.records.clear()
+        self._failures.clear()
         return web.json_response({"ok": True}, dumps=_dumps)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    # --- dialect routes ----------------------------------------------------------------
+
+    def _route(self, dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, dialect)
+
+        return handle
+
+    async def _handle(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
         arrived = self.pacer.time()
-        number, record = self._new_record()
+        number, record = self._new_record(dialect.name)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
-            return await self._answer(request, record, number, arrived)
+            return await self._answer(request, dialect, record, number, arrived)
         except web.HTTPException as exc:  # e.g. 413 from request.read() past client_max_size
             record.status = exc.status
             raise
@@ -227,53 +264,55 @@ class MockProvider:
                 self._tasks.discard(task)
 
     async def _answer(
-        self, request: web.Request, record: RequestRecord, number: int, arrived: float
+        self,
+        request: web.Request,
+        dialect: Dialect,
+        record: RequestRecord,
+        number: int,
+        arrived: float,
     ) -> web.StreamResponse:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
-            message = "We could not parse the JSON body of your request."
-            return self._error(record, 400, _bad_request(message))
-        model = body.get("model")
-        record.model = model if isinstance(model, str) else "mock"
-        if not isinstance(body.get("messages"), list):
-            return self._error(record, 400, _bad_request("'messages' must be a list", "messages"))
-        stream = body.get("stream") is True
+            return self._whole(record, 400, dialect.error_body(_BAD_JSON, kind=_INVALID))
+        info = RequestInfo(body, number, int(time.time()), self.default_words)
+        record.model = info.model
+        if (problem := dialect.invalid(body)) is not None:
+            message, param = problem
+            return self._whole(record, 400, dialect.error_body(message, kind=_INVALID, param=param))
+        stream = dialect.wants_stream(body)
+        status, data, plan = 200, b"", None
         try:
-            script = self._script(request, body, record, stream=stream)
+            script = self._script(request, body, record, dialect, stream=stream)
+            if script.status is not None:
+                status, data = script.status, status_body(dialect, script, script.status)
+            elif script.json_error:
+                data = json_error_body(dialect, script)
+            elif not stream:
+                data = complete_body(dialect, script, info)
+            else:
+                plan = plan_stream(dialect, script, info)
         except ScriptError as exc:
-            return self._error(record, 400, _bad_request(str(exc), code="mock_bad_script"))
-        completion_id, created = f"chatcmpl-mock-{number}", int(time.time())
-        if script.status is not None or not stream:
-            await self.pacer.wait_until(arrived + script.ttft_ms / 1000)
-        if script.status is not None:
-            return self._scripted_error(record, script)
-        if not stream:
-            data = completion_body(
-                script,
-                body,
-                completion_id=completion_id,
-                created=created,
-                default_words=self.default_words,
-            )
-            record.first_byte_at = record.completed_at = time.monotonic()
-            return web.Response(body=data, headers=_headers(record, "application/json"))
-        plan = plan_events(
-            script,
-            body,
-            completion_id=completion_id,
-            created=created,
-            default_words=self.default_words,
-        )
-        batched = script.tokens_per_s == 0
-        return await self._stream(request, record, plan, arrived, batched=batched)
+            error = dialect.error_body(str(exc), kind=_INVALID, code="mock_bad_script")
+            return self._whole(record, 400, error)
+        origin = arrived + script.headers_delay_ms / 1000
+        if plan is not None:
+            return await self._stream(request, dialect, record, _Stream(script, plan, origin))
+        await self.pacer.wait_until(origin + script.ttft_ms / 1000)
+        return self._whole(record, status, data, _retry_after(script))
 
     def _script(
-        self, request: web.Request, body: dict[str, Any], record: RequestRecord, *, stream: bool
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        record: RequestRecord,
+        dialect: Dialect,
+        *,
+        stream: bool,
     ) -> Script:
-        raw = extract_script(request.headers.get(SCRIPT_HEADER), body)
+        raw = extract_script(request.headers.get(SCRIPT_HEADER), dialect.user_text(body))
         if raw is None:
             return unscripted(
                 words=self.default_words,
@@ -282,32 +321,42 @@ class MockProvider:
             )
         record.tag = script_tag(raw)
         script = parse_script(raw)
-        if script.events is not None and not stream:
-            raise ScriptError("bad mock script: events need a streaming request")
+        assert isinstance(raw, dict)  # noqa: S101 - parse_script accepted it
+        dialect.check(raw)
+        check_streaming(raw, stream=stream)
+        if script.fail_first is not None and script.tag is not None:
+            seen = self._failures[script.tag] = self._failures.get(script.tag, 0) + 1
+            if seen > script.fail_first:
+                script = without_failure(script)
+        record.fault = failure_of(script)
         return script
 
+    # --- writing -----------------------------------------------------------------------
+
     async def _stream(
-        self,
-        request: web.Request,
-        record: RequestRecord,
-        plan: list[PlannedEvent],
-        arrived: float,
-        *,
-        batched: bool,
+        self, request: web.Request, dialect: Dialect, record: RequestRecord, stream: _Stream
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={**_SSE_HEADERS, _REQUEST_ID_HEADER: record.id})
+        headers = {"Content-Type": dialect.content_type, _REQUEST_ID_HEADER: record.id}
+        if dialect.content_type.startswith("text/event-stream"):
+            headers["Cache-Control"] = "no-cache"
+        response = web.StreamResponse(headers=headers)
+        plan, origin = stream.plan, stream.origin
         self.open_connections += 1
         try:
+            await self.pacer.wait_until(origin)  # headers_delay_ms: nothing at all before
             await response.prepare(request)
-            index = 0
-            while index < len(plan):
-                await self.pacer.wait_until(arrived + plan[index].at_s)
-                data, count = _take(plan, index, batched=batched)
-                await response.write(data)
-                index += count
-                record.chunks_sent += count
-                if record.first_byte_at is None:
-                    record.first_byte_at = time.monotonic()
+            script = stream.script
+            writer = Writer(self.pacer, request, response, origin, partial(_sent, record))
+            if script.drip_bytes_per_s is not None:
+                await writer.drip(plan.events, script.drip_bytes_per_s)
+            else:
+                batched = script.tokens_per_s == 0
+                await writer.events(plan.events, batched=batched, split=script.split_writes)
+            if plan.close_at is not None:
+                await self.pacer.wait_until(origin + plan.close_at)
+                record.completed_at = time.monotonic()
+                close_abruptly(request)
+                return response
             await response.write_eof()
             record.completed_at = time.monotonic()
         except ConnectionError:
@@ -318,48 +367,39 @@ class MockProvider:
             self.open_connections -= 1
         return response
 
-    def _error(
+    def _whole(
         self, record: RequestRecord, status: int, data: bytes, extra: dict[str, str] | None = None
     ) -> web.Response:
+        """A whole JSON answer: an error, a `json_error`, or a non-streaming completion."""
         record.status = status
         record.first_byte_at = record.completed_at = time.monotonic()
-        headers = {**_headers(record, "application/json"), **(extra or {})}
-        return web.Response(status=status, body=data, headers=headers)
-
-    def _scripted_error(self, record: RequestRecord, script: Script) -> web.Response:
-        status = script.status or 500
-        kind, code = _ERROR_KINDS.get(
-            status, ("server_error", None) if status >= 500 else ("invalid_request_error", None)
-        )
-        extra: dict[str, str] = {}
-        if script.retry_after is not None:
-            seconds = script.retry_after
-            extra["Retry-After"] = str(int(seconds)) if seconds.is_integer() else repr(seconds)
-        data = error_body(f"mock: scripted HTTP {status}", kind=kind, code=code)
-        return self._error(record, status, data, extra)
+        headers = {"Content-Type": "application/json", _REQUEST_ID_HEADER: record.id}
+        return web.Response(status=status, body=data, headers={**headers, **(extra or {})})
 
 
-def _take(plan: list[PlannedEvent], index: int, *, batched: bool) -> tuple[bytes, int]:
-    """Return one write's bytes: one event when paced, a run of co-due events when not."""
-    first = plan[index]
-    if not batched:
-        return first.data, 1
-    parts = [first.data]
-    size = len(first.data)
-    end = index + 1
-    while end < len(plan) and plan[end].at_s == first.at_s and size < _BATCH_BYTES:
-        parts.append(plan[end].data)
-        size += len(plan[end].data)
-        end += 1
-    return b"".join(parts), end - index
+_INVALID: Final = "invalid_request_error"
 
 
-def _bad_request(message: str, param: str | None = None, code: str | None = None) -> bytes:
-    return error_body(message, kind="invalid_request_error", code=code, param=param)
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """A planned stream: its script, its plan, and the loop time its offsets count from."""
+
+    script: Script
+    plan: Plan
+    origin: float
 
 
-def _headers(record: RequestRecord, content_type: str) -> dict[str, str]:
-    return {"Content-Type": content_type, _REQUEST_ID_HEADER: record.id}
+def _sent(record: RequestRecord, count: int) -> None:
+    record.chunks_sent += count
+    if record.first_byte_at is None:
+        record.first_byte_at = time.monotonic()
+
+
+def _retry_after(script: Script) -> dict[str, str]:
+    if script.status is None or script.retry_after is None:
+        return {}
+    seconds = script.retry_after
+    return {"Retry-After": str(int(seconds)) if seconds.is_integer() else repr(seconds)}
 
 
 def _dumps(value: Any) -> str:

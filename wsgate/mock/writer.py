@@ -1,0 +1,119 @@
+"""Writing one planned response body: at the due times, whole, split, or dripped.
+
+Owns the byte-level writing of a prepared `aiohttp.web.StreamResponse`: events (or runs of
+co-due events, coalesced up to 16 KiB when unpaced) at their due times through the shared
+`Pacer`; `split_writes` pieces, each its own transport write with the write buffer drained
+between them (so a piece leaves in its own `send`); a one-byte-per-write drip; and the
+abrupt close of `truncate_after`. It decides nothing about what is written (`plan.py` does)
+and keeps no records: it reports each finished event through `on_sent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiohttp import web
+
+    from wsgate.mock.pacer import Pacer
+    from wsgate.mock.plan import PlannedEvent
+
+# Unpaced events are coalesced into writes up to this size: the fastest the mock can go.
+BATCH_BYTES: Final = 16 * 1024
+# How often a split stream looks whether the kernel took the last piece. Only polled while
+# the client is not reading: asyncio has no "write buffer empty" event.
+DRAIN_POLL_S: Final = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Writes one prepared response's events at `origin + at_s` (loop time)."""
+
+    pacer: Pacer
+    request: web.Request
+    response: web.StreamResponse
+    origin: float
+    on_sent: Callable[[int], None]
+
+    async def events(self, events: list[PlannedEvent], *, batched: bool, split: int | None) -> None:
+        """Each event (or run of co-due events when `batched`) in one write, or in pieces.
+
+        With `split`, every event is written alone, in pieces of `split` bytes, each piece
+        its own write after the previous one left the transport's buffer.
+        """
+        index = 0
+        while index < len(events):
+            await self.pacer.wait_until(self.origin + events[index].at_s)
+            data, count = take(events, index, batched=batched and split is None)
+            if split is None:
+                await self.response.write(data)
+            else:
+                for start in range(0, len(data), split):
+                    await self.response.write(data[start : start + split])
+                    await drained(self.request)
+            index += count
+            self.on_sent(count)
+
+    async def drip(self, events: list[PlannedEvent], rate: float) -> None:
+        """The whole body one byte per write, byte j due at the first event + j / rate.
+
+        Each byte is drained like a `split_writes` piece before the next is due.
+        """
+        body = b"".join(event.data for event in events)
+        ends = list(itertools.accumulate(len(event.data) for event in events))
+        start = self.origin + (events[0].at_s if events else 0.0)
+        done = 0
+        for position in range(len(body)):
+            await self.pacer.wait_until(start + position / rate)
+            await self.response.write(body[position : position + 1])
+            await drained(self.request)
+            finished = done
+            while finished < len(ends) and ends[finished] <= position + 1:
+                finished += 1
+            self.on_sent(finished - done)
+            done = finished
+
+
+def take(plan: list[PlannedEvent], index: int, *, batched: bool) -> tuple[bytes, int]:
+    """Return one write's bytes: one event when paced, a run of co-due events when not."""
+    first = plan[index]
+    if not batched:
+        return first.data, 1
+    parts = [first.data]
+    size = len(first.data)
+    end = index + 1
+    while end < len(plan) and plan[end].at_s == first.at_s and size < BATCH_BYTES:
+        parts.append(plan[end].data)
+        size += len(plan[end].data)
+        end += 1
+    return b"".join(parts), end - index
+
+
+async def drained(request: web.Request) -> None:
+    """Return once the transport's write buffer is empty, after one turn of the loop.
+
+    The kernel then has every byte written so far, and a reader in the same process (the
+    gateway in the end-to-end tests) gets its turn to read them before the next write, so
+    consecutive pieces reach it as separate reads.
+    """
+    while (transport := request.transport) is not None and transport.get_write_buffer_size():
+        if transport.is_closing():
+            raise ConnectionResetError("the client connection is closing")
+        await asyncio.sleep(DRAIN_POLL_S)
+    await asyncio.sleep(0)
+
+
+def close_abruptly(request: web.Request) -> None:
+    """Close the connection with the body unfinished: no end chunk, no end marker.
+
+    aiohttp's own `write_eof` after the handler then finds the transport closing and drops
+    the response as a client disconnect; the client sees a body cut off mid-stream.
+    """
+    transport = request.transport
+    if transport is not None:
+        transport.close()
