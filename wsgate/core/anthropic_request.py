@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wsgate.core.errors import BadRequest
 from wsgate.core.jsonio import loads
+from wsgate.core.requests import check_message
 
 if TYPE_CHECKING:
     from wsgate.core.frames import ChatRequest, Message
@@ -79,8 +80,7 @@ def _messages(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
         where = f"messages[{i}]"
         if message.name is not None:
             raise BadRequest(f"{where}.name: not supported by Anthropic")
-        if message.tool_calls is not None and message.role != "assistant":
-            raise BadRequest(f"{where}.tool_calls: only assistant messages make tool calls")
+        check_message(message, where)
         if message.role in ("system", "developer"):
             if out:
                 raise BadRequest(f"{where}: Anthropic takes system text only before the chat")

@@ -35,6 +35,7 @@ from typing import Any, Final
 from wsgate.core.errors import BadRequest
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.core.jsonio import loads
+from wsgate.core.requests import check_message
 
 _OPTIONS: Final = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 _REASONING_EFFORTS: Final = frozenset({"minimal", "low", "medium", "high", "xhigh"})
@@ -113,14 +114,13 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
+        check_message(message, where)
         if message.name is not None:
             raise BadRequest(f"{where}.name: not supported by Ollama")
         role = "system" if message.role == "developer" else message.role
         item: dict[str, Any] = {"role": role}
         item.update(_content(message.content, where))
         if message.tool_calls:
-            if message.role != "assistant":
-                raise BadRequest(f"{where}.tool_calls: only assistant messages make tool calls")
             item["tool_calls"] = [
                 _tool_call(call, f"{where}.tool_calls[{j}]", names)
                 for j, call in enumerate(message.tool_calls)

@@ -14,7 +14,9 @@ Rules:
 3. Function tools are flattened, with `strict: false` and an empty `parameters` schema
    unless given, as chat-completions assumes (Responses would make an omitted `strict`
    true).
-4. `max_tokens` is `max_output_tokens`, `response_format` is `text.format`,
+4. `max_tokens` is `max_output_tokens` (at least 16, the API's minimum: a smaller value is
+   `bad_request` here rather than an `upstream_rejected` after a round trip),
+   `response_format` is `text.format`,
    `reasoning_effort` is `reasoning.effort`; `stream` is true and `store` false (the
    gateway keeps no state there).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from wsgate.core.errors import BadRequest
+from wsgate.core.requests import check_message
 
 if TYPE_CHECKING:
     from wsgate.core.frames import ChatRequest, Message
@@ -38,6 +41,8 @@ _KEPT: Final = (
 )
 _FUNCTION_KEYS: Final = frozenset({"name", "description", "parameters", "strict"})
 _NO_PARAMETERS: Final = {"type": "object", "properties": {}}
+MIN_OUTPUT_TOKENS: Final = 16
+"""The Responses API refuses a smaller `max_output_tokens` (`integer_below_min_value`)."""
 
 
 def openai_responses_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
@@ -45,6 +50,8 @@ def openai_responses_body(request: ChatRequest, upstream_model: str) -> dict[str
     for field in _UNSUPPORTED:
         if getattr(request, field) is not None:
             raise BadRequest(f"{field}: not supported by OpenAI Responses")
+    if request.max_tokens is not None and request.max_tokens < MIN_OUTPUT_TOKENS:
+        raise BadRequest(f"max_tokens: OpenAI Responses needs at least {MIN_OUTPUT_TOKENS}")
     body: dict[str, Any] = {"model": upstream_model, "input": _input(request.messages)}
     if request.tools is not None:
         body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
@@ -67,6 +74,7 @@ def _input(messages: list[Message]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
+        check_message(message, where)
         if message.role == "tool":
             # `name` on a tool message is redundant: the call_id names the call.
             items.append(_tool_output(message, where))
