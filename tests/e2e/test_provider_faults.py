@@ -276,3 +276,24 @@ async def test_a_line_over_the_cap_ends_the_stream_typed(start_app, model):
     script = {"text": "never shown", "pad_line": 1 << 20}
     frames = await run_beside_bystander(app, mock_request(script, model=model))
     assert_failed(frames, "upstream_line_too_long", retryable=False)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_stream_cut_off_before_its_first_token_is_not_retried(start_app, model):
+    app = await start_app(**FAST_RETRIES)
+    tag = f"trunc0-{model}"
+    script = {"text": "alpha beta", "truncate_after": 0, "tag": tag}
+    frames = await run_beside_bystander(app, mock_request(script, model=model))
+    error = frames[-2]
+    assert error["code"] in {"upstream_error", "upstream_protocol"}
+    assert frames[-1]["reason"] == "error"
+    assert len(app.mock.find_all(tag)) == 1  # truncation is never retried (§7.1)
+
+
+async def test_a_retry_after_beyond_the_first_token_timeout_gives_the_typed_rate_limit(start_app):
+    app = await start_app(**{"upstream.first_token_timeout_s": 1.0})
+    script = {"status": 429, "retry_after": 3, "tag": "late-retry"}
+    frames = await run_beside_bystander(app, mock_request(script))
+    error = assert_failed(frames, "upstream_rate_limited", retryable=True)
+    assert error["retry_after_ms"] == 3000
+    assert len(app.mock.find_all("late-retry")) == 1

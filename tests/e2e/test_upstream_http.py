@@ -7,6 +7,8 @@ client sends and how it reads an answer that is not a stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import orjson
@@ -218,3 +220,127 @@ async def test_per_provider_timeouts_override_the_client_defaults(provider):
         assert asyncio.get_running_loop().time() - started < 1.0
     finally:
         await client.close()
+
+
+def chunked_json(status: int, body: bytes, pieces: int, headers: dict[str, str] | None = None):
+    """An error answer written in `pieces` TCP writes, 20 ms apart."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=status, headers={"content-type": "application/json", **(headers or {})}
+        )
+        await response.prepare(request)
+        step = max(1, len(body) // pieces)
+        for start in range(0, len(body), step):
+            await response.write(body[start : start + step])
+            await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    return answer
+
+
+@pytest.mark.parametrize("status", [200, 429, 400])
+async def test_an_error_body_split_across_writes_is_still_typed(provider, status):
+    recorder, root = provider
+    body = orjson.dumps(
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "x" * 200}}
+    )
+    recorder.answer = chunked_json(status, body, pieces=4)
+    with pytest.raises(UpstreamError) as info:
+        await call(Route("m", "p", "anthropic", root + "/v1", "m"))
+    assert type(info.value) is UpstreamRateLimited
+    assert "rate_limit_error" in info.value.public_message
+
+
+@pytest.mark.parametrize(
+    "label", ["invalid_request_error", "authentication_error", "permission_error"]
+)
+async def test_a_json_rejection_with_status_200_is_a_rejection_not_a_retryable_failure(
+    provider, label
+):
+    recorder, root = provider
+    recorder.answer = json_answer(200, {"type": "error", "error": {"type": label}})
+    with pytest.raises(UpstreamError) as info:
+        await call(Route("m", "p", "anthropic", root + "/v1", "m"))
+    assert type(info.value) is UpstreamRejected
+    assert not info.value.transient
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected_ms"),
+    [
+        ({"Retry-After": "2"}, 2000),
+        ({"Retry-After": "0.25"}, 250),
+        ({"retry-after-ms": "1500"}, 1500),
+        ({"retry-after-ms": "1500", "Retry-After": "2"}, 1500),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0),  # a date in the past: now
+        ({"Retry-After": "soon"}, None),
+    ],
+)
+async def test_retry_after_is_read_in_seconds_milliseconds_or_as_an_http_date(
+    provider, headers, expected_ms
+):
+    recorder, root = provider
+    recorder.answer = json_answer(429, {}, headers)
+    with pytest.raises(UpstreamRateLimited) as info:
+        await call(Route("m", "p", "openai_chat", root + "/v1", "m"))
+    assert info.value.retry_after_ms == expected_ms
+
+
+async def test_waiting_for_a_concurrency_slot_is_not_charged_to_the_providers_first_byte(
+    provider,
+):
+    recorder, root = provider
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.3)
+        return await recorder.sse(request)
+
+    recorder.answer = slow
+    route = Route("m", "p", "openai_chat", root + "/v1", "m", max_concurrency=1)
+    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=0.5, idle=5))
+    await client.start()
+
+    async def one() -> None:
+        async with client.open(REQUEST) as chunks:
+            async for _ in chunks:
+                pass
+
+    try:
+        # Three calls through one slot: the third waits ~0.6 s, longer than the first-byte
+        # timeout, but its provider answers in 0.3 s once called.
+        await asyncio.gather(one(), one(), one())
+    finally:
+        await client.close()
+
+
+async def test_a_providers_own_connect_timeout_is_applied():
+    # A listener with a full backlog that never accepts: a new connect hangs.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)  # noqa: FBT003 - the socket API
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    route = Route(
+        "m", "p", "openai_chat", f"http://127.0.0.1:{port}", "m", timeouts=Timeouts(0.3, 10, 10)
+    )
+    client = UpstreamClient({"m": route}, Timeouts(connect=3, first_byte=10, idle=10))
+    await client.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamError):
+            async with client.open(REQUEST):
+                pass
+        assert asyncio.get_running_loop().time() - started < 1.5
+    finally:
+        await client.close()
+        server.close()
+        for filler in fillers:
+            filler.close()

@@ -134,6 +134,16 @@ class UpstreamError(WsgateError):
     transient = True
 
 
+class UpstreamBroken(UpstreamError):
+    """The provider's response broke off mid-body (reset, bad chunking): a truncation.
+
+    Same wire code as `UpstreamError`, but never retried by the gateway: the provider may
+    have generated (and billed) the turn, and a truncated stream is not a transient refusal.
+    """
+
+    transient = False
+
+
 class UpstreamUnavailable(UpstreamError):
     """Connecting to the provider failed."""
 

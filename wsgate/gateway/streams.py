@@ -172,7 +172,9 @@ class StreamRunner:
                 attempt += 1
                 elapsed = time.monotonic() - began
                 delay = policy.delay(attempt, exc, elapsed, random.random())  # noqa: S311 - jitter, not a secret
-                if delay is None or not session.retry_upstream(start.stream_id, start.request):
+                if delay is None or _too_late(first, delay):
+                    raise  # the real error, with its Retry-After, not a first-token timeout
+                if not session.retry_upstream(start.stream_id, start.request):
                     raise
                 log.info(
                     "upstream_retry",
@@ -227,3 +229,9 @@ class StreamRunner:
                 await connection.uncongested.wait()
             else:
                 return
+
+
+def _too_late(first: asyncio.Timeout, delay: float) -> bool:
+    """Whether a retry after `delay` s would start after the first-token deadline."""
+    deadline = first.when()
+    return deadline is not None and asyncio.get_running_loop().time() + delay >= deadline

@@ -15,7 +15,10 @@ Does not parse anything (the core does) and does not know about WebSocket client
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import math
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import orjson
 
 from wsgate.core.errors import (
     UnknownModel,
+    UpstreamBroken,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -146,7 +150,8 @@ class UpstreamClient:
 
         Raises the typed `UpstreamError` subclasses for every failure, before or during the
         stream (and `BadRequest` for a request the provider's format cannot express).
-        Leaving the context closes the response's connection.
+        Leaving the context closes the response's connection. The bytes must be read by the
+        task that opened the call: its read deadlines cancel that task.
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
@@ -155,30 +160,31 @@ class UpstreamClient:
         body = _encoder.encode(build_body(route.kind, request, route.upstream_model))
         timeouts = route.timeouts or self.timeouts
         response: aiohttp.ClientResponse | None = None
-        # One deadline from the request to the first body byte, across headers and body.
-        first_byte_deadline = asyncio.get_running_loop().time() + timeouts.first_byte
-        async with self._slot(route):
+        deadline = ReadDeadline(asyncio.get_running_loop())
+        reading = False  # past the headers: a failure now is a truncation, never retried
+        async with self._slot(route):  # waiting for a slot is not the provider's time
+            # One deadline from the request to the first body byte, across headers and body.
+            first_byte_deadline = asyncio.get_running_loop().time() + timeouts.first_byte
             try:
                 async with asyncio.timeout_at(first_byte_deadline):
                     response = await self._session.post(
                         route.base_url.rstrip("/") + http.path,
                         data=body,
                         headers=_headers(http, route.api_key),
+                        timeout=_client_timeout(timeouts),
                     )
                     if response.status != 200:
                         raise await _status_error(response)
                     if response.content_type == "application/json":
                         raise await _json_error(response)
-                yield self._chunks(response, first_byte_deadline, timeouts.idle)
-            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
-                raise UpstreamUnavailable("could not connect to the provider") from exc
+                reading = True
+                yield self._chunks(response, deadline, first_byte_deadline, timeouts.idle)
             except TimeoutError as exc:
                 raise UpstreamTimeout("the provider did not answer in time") from exc
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-                raise UpstreamError("the provider closed the stream unexpectedly") from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamError("the provider call failed") from exc
+                raise _client_error(exc, reading=reading) from exc
             finally:
+                deadline.close()
                 if response is not None:
                     response.close()
 
@@ -203,24 +209,101 @@ class UpstreamClient:
         return cap - semaphore._value  # noqa: SLF001 - asyncio exposes no public count
 
     async def _chunks(
-        self, response: aiohttp.ClientResponse, first_byte_deadline: float, idle: float
+        self,
+        response: aiohttp.ClientResponse,
+        deadline: ReadDeadline,
+        first_byte_deadline: float,
+        idle: float,
     ) -> AsyncIterator[bytes]:
         # A deadline per read: the first byte's, then the idle gap. Time spent waiting for
-        # the client to make room (backpressure) is not counted against the provider.
-        reader = response.content.iter_any().__aiter__()
-        try:
-            async with asyncio.timeout_at(first_byte_deadline):
-                chunk = await reader.__anext__()
-        except StopAsyncIteration:
-            return
-        yield chunk
+        # the client to make room (backpressure, between our yields) is not counted.
+        content = response.content
+        loop = asyncio.get_running_loop()
+        when = first_byte_deadline
         while True:
             try:
-                async with asyncio.timeout(idle):
-                    chunk = await reader.__anext__()
-            except StopAsyncIteration:
+                deadline.reading(when)
+                chunk = await content.readany()  # b"" at the end of the body
+            except asyncio.CancelledError:
+                if deadline.expired():
+                    raise TimeoutError from None  # `open` turns it into UpstreamTimeout
+                raise
+            except aiohttp.EofStream:
+                return
+            finally:
+                deadline.reading(None)
+            if not chunk:
                 return
             yield chunk
+            when = loop.time() + idle
+
+
+class ReadDeadline:
+    """The deadline of the read in progress, on one timer per stream instead of one per read.
+
+    `asyncio.timeout` around every read creates and cancels a timer handle per chunk, i.e.
+    per token of a paced stream. Here a read only stores its deadline; one timer, armed for
+    the earliest deadline it has to watch, checks it when it fires: if the read it was armed
+    for is still waiting, the task is cancelled, and `expired()` tells that cancel from any
+    other (the same bookkeeping as `asyncio.Timeout`); if a later read is waiting, the timer
+    is re-armed for that read's deadline; if no read is waiting (the consumer holds a chunk,
+    e.g. under backpressure), nothing is armed until the next read. So the timer fires about
+    once per idle timeout, whatever the token rate.
+    """
+
+    __slots__ = ("_armed", "_cancelling", "_deadline", "_expired", "_handle", "_loop", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("ReadDeadline must be created in the task that reads")
+        self._loop = loop
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0
+        self._expired = False
+
+    def reading(self, deadline: float | None) -> None:
+        """A read starts that must end by `deadline` (loop time); None: no read waits."""
+        self._deadline = deadline
+        if deadline is None:
+            return
+        if self._handle is not None:
+            if self._armed <= deadline:
+                return  # fires first and re-arms for this read then
+            self._handle.cancel()  # a deadline earlier than the armed one (rare)
+        self._arm(deadline)
+
+    def expired(self) -> bool:
+        """True when this deadline cancelled the task and no one else did."""
+        if not self._expired:
+            return False
+        self._expired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        """Drop the timer (the stream ended)."""
+        self._deadline = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, when: float) -> None:
+        self._armed = when
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # no read waits: the next one arms the timer again
+        if deadline <= self._armed:
+            self._expired = True
+            self._task.cancel()
+        else:
+            self._arm(deadline)
 
 
 def _headers(http: ProviderHTTP, api_key: str | None) -> dict[str, str]:
@@ -233,21 +316,34 @@ def _headers(http: ProviderHTTP, api_key: str | None) -> dict[str, str]:
     return headers
 
 
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """This provider's connect timeout; no total, no read timeout (our deadlines do that)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=None)
+
+
+def _client_error(exc: aiohttp.ClientError, *, reading: bool) -> UpstreamError:
+    if reading:  # the body broke off: a truncation, whatever the socket said
+        return UpstreamBroken("the provider closed the stream unexpectedly")
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError):
+        return UpstreamUnavailable("could not connect to the provider")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamError("the provider closed the connection before answering")
+    return UpstreamError("the provider call failed")
+
+
 async def _status_error(response: aiohttp.ClientResponse) -> UpstreamError:
     status = response.status
     label = await _error_label(response)
     detail = f"HTTP {status}, {label}" if label else f"HTTP {status}"
+    retry_after_ms = _retry_after_ms(response)
     if status == 429 or label in RATE_LIMIT_TYPES:
         return UpstreamRateLimited(
-            f"the provider rate-limited the request ({detail})",
-            retry_after_ms=_retry_after_ms(response),
+            f"the provider rate-limited the request ({detail})", retry_after_ms=retry_after_ms
         )
     if 400 <= status < 500 and status not in TRANSIENT_4XX:
         return UpstreamRejected(f"the provider refused the request ({detail})")
     # 5xx, Anthropic's 529 (overloaded), 408 and 409: worth another try before any token.
-    return UpstreamError(
-        f"the provider failed ({detail})", retry_after_ms=_retry_after_ms(response)
-    )
+    return UpstreamError(f"the provider failed ({detail})", retry_after_ms=retry_after_ms)
 
 
 async def _json_error(response: aiohttp.ClientResponse) -> UpstreamError:
@@ -255,11 +351,29 @@ async def _json_error(response: aiohttp.ClientResponse) -> UpstreamError:
     label = await _error_label(response)
     detail = f" ({label})" if label else ""
     if label in RATE_LIMIT_TYPES:
-        return UpstreamRateLimited(f"the provider rate-limited the request{detail}")
+        return UpstreamRateLimited(
+            f"the provider rate-limited the request{detail}",
+            retry_after_ms=_retry_after_ms(response),
+        )
+    if label in REJECTION_TYPES:
+        return UpstreamRejected(f"the provider refused the request{detail}")
     return UpstreamError(f"the provider answered with an error instead of a stream{detail}")
 
 
 RATE_LIMIT_TYPES = frozenset({"rate_limit_error", "rate_limit_exceeded", "requests"})
+REJECTION_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "billing_error",
+        "invalid_api_key",
+        "insufficient_quota",
+    }
+)
+"""Error types that say the request itself is wrong, whatever the HTTP status."""
 TRANSIENT_4XX = frozenset({408, 409})
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -269,11 +383,17 @@ async def _error_label(response: aiohttp.ClientResponse) -> str | None:
 
     OpenAI: `{"error": {"type", "code"}}`; Anthropic: `{"type": "error", "error": {"type"}}`;
     Ollama: `{"error": "text"}` (text is never shown). Nothing else of the body is kept.
+    The body is read to its end (or `MAX_ERROR_BODY`), however many TCP segments it takes.
     """
     try:
-        raw = await response.content.read(MAX_ERROR_BODY)
+        raw = bytearray()
+        while len(raw) < MAX_ERROR_BODY:
+            piece = await response.content.read(MAX_ERROR_BODY - len(raw))
+            if not piece:
+                break
+            raw += piece
         error = orjson.loads(raw).get("error")
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
+    except (aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
         return None
     if not isinstance(error, dict):
         return None
@@ -285,11 +405,34 @@ async def _error_label(response: aiohttp.ClientResponse) -> str | None:
 
 
 def _retry_after_ms(response: aiohttp.ClientResponse) -> int | None:
-    value = response.headers.get("retry-after")
+    """How long the provider asked us to wait, in milliseconds.
+
+    `retry-after-ms` (OpenAI), else `Retry-After` in seconds or as an HTTP date; None when
+    absent, unreadable or a day or more.
+    """
+    headers = response.headers
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            milliseconds = float(value)
+        except ValueError:
+            milliseconds = math.nan
+        if 0 <= milliseconds < DAY_MS:
+            return int(milliseconds)
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        seconds = float(value)
+        milliseconds = float(value) * 1000
     except ValueError:
-        return None
-    return max(0, int(seconds * 1000)) if seconds < 86400 else None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        milliseconds = max(0.0, (when.timestamp() - time.time()) * 1000)
+    return int(milliseconds) if 0 <= milliseconds < DAY_MS else None
+
+
+DAY_MS = 86_400_000
