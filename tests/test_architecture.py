@@ -111,6 +111,31 @@ def test_leaf_modules_import_no_shell_and_no_root(module):
         assert name not in ROOTS, f"{module} imports {name}"
 
 
+# The load generator (wsgate/loadgen/, behind `wsgate loadtest`) is a client-side tool like
+# wsgate.client: it measures a gateway from outside, so it imports no shell and no root. One
+# exception: the mock's script module, whose text generator and chunker give the exact answer a
+# script makes the mock send, so every stream can be checked byte for byte without a second
+# copy of them. wsgate.mock.script itself imports only the standard library, msgspec and orjson.
+LOADGEN_MAY_IMPORT = {"wsgate.mock.script"}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("wsgate.loadgen")))
+def test_the_load_generator_imports_no_shell_but_the_mock_script_and_no_root(module):
+    for name in MODULES[module]:
+        assert shell_of(name) is None or name in LOADGEN_MAY_IMPORT, f"{module} imports {name}"
+        assert name not in ROOTS, f"{module} imports {name}"
+
+
+def test_only_the_command_line_imports_the_load_generator():
+    importers = {
+        module
+        for module, names in MODULES.items()
+        if not module.startswith("wsgate.loadgen")
+        and any(name.startswith("wsgate.loadgen") for name in names)
+    }
+    assert importers == {"wsgate.cli"}
+
+
 def test_every_module_has_a_docstring():
     missing = [
         module_name(p)

@@ -1,6 +1,7 @@
-"""Smoke runs of the bundled load tools: the load tester against a real gateway, the naive
-relay and the mock read directly; the bench harness in its smallest mode. They assert the
-output's structure and the correctness counts, never speed."""
+"""Smoke runs of the bundled load tools: the load generator (`wsgate.loadgen`, behind
+`wsgate loadtest` and `scripts/loadtest.py`) against a real gateway, the naive relay and the
+mock read directly; the bench harness in its smallest mode. They assert the output's structure
+and the correctness counts, never speed."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from pathlib import Path
 
 import orjson
 import pytest
+from proc_helpers import WSGATE
 
 from wsgate.app import App
+from wsgate.cli import main as wsgate_main
 from wsgate.config import load_settings
+from wsgate.loadgen import command, report, websocket
+from wsgate.loadgen.config import LoadConfig
+from wsgate.loadgen.plan import Expected, Plan
+from wsgate.loadgen.runner import run
+from wsgate.loadgen.stream import Slot, Stream
+from wsgate.loadgen.tally import Result
 from wsgate.mock import MockProvider
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-import _common  # noqa: E402
-import loadtest  # noqa: E402
+import loadtest  # noqa: E402 - the wrapper script, still run by the bench and the docs
 import naive_relay  # noqa: E402
 
 MUST_BE_ZERO = (
@@ -82,8 +90,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def assert_correct(result: loadtest.Result) -> dict:
-    data = orjson.loads(orjson.dumps(result.to_dict()))
+def assert_correct(result: Result | dict) -> dict:
+    data = result if isinstance(result, dict) else orjson.loads(orjson.dumps(result.to_dict()))
     bad = {key: data["checks"][key] for key in MUST_BE_ZERO if data["checks"][key]}
     assert not bad, (bad, data["checks"], data["streams"], data["errors"])
     assert data["ok"] is True
@@ -94,7 +102,7 @@ def assert_correct(result: loadtest.Result) -> dict:
 
 
 async def test_loadtest_verifies_every_stream_through_the_gateway_under_the_unhappy_mix(app):
-    config = loadtest.LoadConfig(
+    config = LoadConfig(
         url=app.url,
         mock_url=app.mock.base_url,
         cancel_fraction=0.3,
@@ -107,7 +115,7 @@ async def test_loadtest_verifies_every_stream_through_the_gateway_under_the_unha
         seed=7,
         **SMALL,
     )
-    data = assert_correct(await loadtest.run(config))
+    data = assert_correct(await run(config))
     assert set(data) >= {"streams", "checks", "errors", "throughput", "latency_ms", "timeline"}
     assert data["target"] == "gateway"
     assert data["anchors"].get("mock", 0) > 0
@@ -123,33 +131,31 @@ async def test_loadtest_verifies_every_stream_through_the_gateway_under_the_unha
 
 
 async def test_loadtest_drives_the_naive_relay_unchanged(relay, mock):
-    config = loadtest.LoadConfig(url=relay, mock_url=mock.base_url, cancel_fraction=0.3, **SMALL)
-    data = assert_correct(await loadtest.run(config))
+    config = LoadConfig(url=relay, mock_url=mock.base_url, cancel_fraction=0.3, **SMALL)
+    data = assert_correct(await run(config))
     assert data["streams"]["cancelled"] > 0
     assert data["latency_ms"]["cancel"]["count"] > 0
     assert data["gateway_stats"] is None
 
 
 async def test_loadtest_reads_the_mock_directly_as_the_floor(mock):
-    config = loadtest.LoadConfig(
-        direct=mock.base_url, cancel_fraction=0.2, fault_fraction=0.2, **SMALL
-    )
-    data = assert_correct(await loadtest.run(config))
+    config = LoadConfig(direct=mock.base_url, cancel_fraction=0.2, fault_fraction=0.2, **SMALL)
+    data = assert_correct(await run(config))
     assert data["target"] == "direct"
     assert data["anchors"]["mock"] > 0
     assert data["latency_ms"]["cancel_upstream"]["count"] > 0
 
 
 async def test_loadtest_burst_counts_every_delta_and_renders_its_reports(app):
-    config = loadtest.LoadConfig(
+    config = LoadConfig(
         url=app.url, **{**SMALL, "tokens_per_s": 0.0, "words": 300, "duration_s": 0.5}
     )
-    data = assert_correct(await loadtest.run(config))
+    data = assert_correct(await run(config))
     assert data["throughput"]["deltas"] == 300 * data["streams"]["completed"]
-    table = _common.format_table(data)
+    table = report.format_table(data)
     assert "TTFT" in table
     assert "OK" in table
-    page = _common.format_html(data)
+    page = report.format_html(data)
     assert page.startswith("<!doctype html>")
     assert "<svg" in page
 
@@ -159,9 +165,68 @@ def test_loadtest_refuses_a_target_off_loopback(capsys):
     assert "loopback" in capsys.readouterr().err
 
 
+SMALL_FLAGS = [
+    *("-c", "2", "-s", "3", "--words", "12", "--rate", "200", "--ttft-ms", "5"),
+    *("--duration", "1", "--ramp", "0.1", "--drain-s", "5"),
+]
+
+
+def test_wsgate_loadtest_help_lists_the_load_testers_flags(capsys):
+    with pytest.raises(SystemExit) as exited:
+        wsgate_main(["loadtest", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: wsgate loadtest")
+    for flag in ("--direct", "--mock-url", "--streams-per-conn", "--rate", "--cancel", "--html"):
+        assert flag in out
+
+
+def test_wsgate_loadtest_refuses_a_target_off_loopback_in_one_line(capsys):
+    assert wsgate_main(["loadtest", "ws://192.0.2.1:8080/v1/ws", "--json"]) == 2
+    assert capsys.readouterr().err == (
+        "wsgate loadtest: ws://192.0.2.1:8080/v1/ws: the load tools talk to loopback hosts only\n"
+    )
+
+
+def test_wsgate_loadtest_without_hdrhistogram_names_the_extra_to_install(monkeypatch, capsys):
+    for name in ("hdrh", "hdrh.histogram"):
+        monkeypatch.setitem(sys.modules, name, None)  # what an import finds when it is missing
+    for name in ("wsgate.loadgen.runner", "wsgate.loadgen.tally", "wsgate.loadgen.hist"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert wsgate_main(["loadtest", "--duration", "1"]) == 2
+    assert capsys.readouterr().err == f"wsgate loadtest: {command.MISSING_EXTRA}\n"
+    assert "wsgate[loadtest]" in command.MISSING_EXTRA
+
+
+async def test_wsgate_loadtest_runs_through_the_command_line_and_writes_json_and_html(
+    app, tmp_path
+):
+    page = tmp_path / "report.html"
+    proc = await asyncio.create_subprocess_exec(
+        *WSGATE,
+        *("loadtest", app.url, "--mock-url", app.mock.base_url, "--cancel", "0.3"),
+        *("--json", "--html", str(page), "-q", *SMALL_FLAGS),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    data = assert_correct(orjson.loads(out))
+    assert data["target"] == "gateway"
+    assert data["config"]["connections"] == 2
+    streams = data["streams"]
+    assert streams["cancelled"] > 0
+    ended = sum(count for key, count in streams.items() if key not in ("started", "late_starts"))
+    assert ended == streams["started"]
+    assert data["gateway_stats"]["finishes"]["stop"] >= streams["completed"]
+    html = page.read_text()
+    assert html.startswith("<!doctype html>")
+    assert "<svg" in html
+
+
 def test_stream_counts_gaps_and_duplicates_across_coalesced_frames():
-    plan = loadtest.Plan("normal", {}, loadtest.Expected.of(["a"]), frozenset({"stop"}))
-    stream = loadtest.Stream("s1", "t", plan, loadtest.Slot(0, 0.0), 0.0)
+    plan = Plan("normal", {}, Expected.of(["a"]), frozenset({"stop"}))
+    stream = Stream("s1", "t", plan, Slot(0, 0.0), 0.0)
     for first, last in [(1, 1), (2, 4), (5, 5), (8, 9), (9, 10), (11, 11)]:
         stream.seq(first, last)
     assert (stream.gaps, stream.dups) == (2, 1)
@@ -169,8 +234,8 @@ def test_stream_counts_gaps_and_duplicates_across_coalesced_frames():
 
 def test_stream_times_each_chunk_when_its_last_character_arrives():
     chunks = ["Hello", " wide", " world."]
-    plan = loadtest.Plan("normal", {}, loadtest.Expected.of(chunks), frozenset({"stop"}))
-    stream = loadtest.Stream("s1", "t", plan, loadtest.Slot(0, 0.0), 0.0)
+    plan = Plan("normal", {}, Expected.of(chunks), frozenset({"stop"}))
+    stream = Stream("s1", "t", plan, Slot(0, 0.0), 0.0)
     assert stream.text("Hel", 1.0) == 0
     assert stream.text("lo wide w", 2.0) == 2  # a coalesced piece completes two chunks
     assert stream.text("orld.", 3.0) == 1
@@ -202,8 +267,8 @@ def _server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     return bytes((first, 127)) + size.to_bytes(8, "big") + payload
 
 
-async def _handshaken(received: list) -> tuple[_common.RawWebSocket, RecordingTransport]:
-    ws = _common.RawWebSocket(
+async def _handshaken(received: list) -> tuple[websocket.RawWebSocket, RecordingTransport]:
+    ws = websocket.RawWebSocket(
         "ws://127.0.0.1:1/v1/ws", "wsgate.v1", lambda p, _t: received.append(p)
     )
     transport = RecordingTransport()
@@ -212,7 +277,7 @@ async def _handshaken(received: list) -> tuple[_common.RawWebSocket, RecordingTr
     import base64  # noqa: PLC0415
     import hashlib  # noqa: PLC0415
 
-    accept = base64.b64encode(hashlib.sha1(key + _common._WS_GUID).digest())  # noqa: S324
+    accept = base64.b64encode(hashlib.sha1(key + websocket._WS_GUID).digest())  # noqa: S324
     ws.data_received(
         b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
     )

@@ -1,4 +1,4 @@
-"""The `wsgate` command line: serve, mock-upstream, chat, schema, check-config, version.
+"""The `wsgate` command line: serve, mock-upstream, chat, loadtest, schema, check-config, version.
 
 Owns argument parsing, exit codes (0 ok, 1 failure, 2 usage or configuration error) and
 running coroutines on uvloop. Thin: every command is a call into `app`, `mock`, `client`
@@ -59,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", default="mock")
     chat.add_argument("--system", help="system prompt")
 
+    # Everything after `loadtest` goes verbatim to the load generator's own parser, where its
+    # flags and --help live: with no usable prefix character, nothing here reads as a flag.
+    loadtest = sub.add_parser(
+        "loadtest",
+        help="load-test a gateway with scripted mock streams",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    loadtest.add_argument("argv", nargs=argparse.REMAINDER)
+
     schema = sub.add_parser("schema", help="write the protocol's JSON Schemas")
     schema.add_argument("--out", default="protocol/schema", help="output directory")
     schema.add_argument("--check", action="store_true", help="fail if the files differ")
@@ -101,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per command
     command = args.command
     if command == "version":
         print(f"wsgate {__version__}")
@@ -112,6 +122,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from wsgate.client import chat  # noqa: PLC0415 - keep server start-up lean
 
         return _run(chat(args.url, args.prompt, model=args.model, system=args.system))
+    if command == "loadtest":
+        from wsgate.loadgen.command import main as loadtest  # noqa: PLC0415 - lean start-up
+
+        return loadtest(args.argv, prog="wsgate loadtest")
     if command == "check-config":
         settings = _settings(args)
         settings.check_exposure()
