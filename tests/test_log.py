@@ -215,3 +215,17 @@ def test_configure_rejects_unknown_level_and_format(out):
         log.configure(level="verbose", stream=out)
     with pytest.raises(ValueError, match="log format"):
         log.configure(fmt="xml", stream=out)
+
+
+def test_settings_that_only_mention_tokens_stay_readable(out):
+    log.configure(stream=out)
+    log.get_logger().info(
+        "settings",
+        first_token_timeout_s=120.0,
+        access_token="v",
+        api_token="v",
+    )
+    (line,) = lines(out)
+    assert line["first_token_timeout_s"] == 120.0
+    assert line["access_token"] == "[redacted]"
+    assert line["api_token"] == "[redacted]"

@@ -89,8 +89,10 @@ class _Redactor:
 
 def _names_secret(key: str) -> bool:
     parts = [part for part in _SECRET_KEY_PARTS if part in key]
-    # "max_tokens", "prompt_tokens", "tokens_per_s" count tokens; they are not credentials.
-    return bool(parts) and not (parts == ["token"] and "tokens" in key)
+    # "max_tokens", "prompt_tokens", "tokens_per_s" count tokens and "first_token_timeout_s"
+    # times one; they are not credentials.
+    counts_or_times = "tokens" in key or "token_timeout" in key
+    return bool(parts) and not (parts == ["token"] and counts_or_times)
 
 
 class _NamedPrintLogger(structlog.PrintLogger):
