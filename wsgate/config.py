@@ -4,8 +4,9 @@ Owns every setting's name, type, default and bounds, and the precedence: default
 file < `WSGATE_*` environment < command-line overrides. Every value is checked where it
 enters, so a `ConfigError` names the setting and the source it came from (the file, the
 variable, the command line) in one line, and never shows a secret. API keys stay lazy:
-`ProviderSettings.resolve_api_key` reads the named variable or file only when a provider is
-used, so a config naming an unset key variable still loads. This module reads files and the
+`ProviderSettings.resolve_api_key` reads the named variable or file only when asked (the
+gateway asks for every route as it starts), so a config naming an unset key variable still
+loads and `check-config` works without the keys. This module reads files and the
 environment it is given, nothing else; it opens no sockets and starts nothing.
 
 Environment variables: `WSGATE_<SECTION>__<FIELD>` (double underscore between levels, names
