@@ -205,3 +205,26 @@ def test_loopback_an_explicit_allow_anonymous_or_the_mock_alone_may_listen(
     config = tmp_path / "wsgate.toml"
     config.write_text(toml)
     assert main(["check-config", "--config", str(config), *args]) == 0, capsys.readouterr().err
+
+
+def test_serve_with_an_unset_key_variable_stops_at_once_with_one_line(tmp_path):
+    config = tmp_path / "wsgate.toml"
+    config.write_text(
+        "[providers.openai]\n"
+        'base_url = "https://api.example.invalid/v1"\n'
+        'api_key_env = "WSGATE_TEST_UNSET_KEY"\n'
+        "[models.gpt]\n"
+        'provider = "openai"\n'
+    )
+    result = subprocess.run(
+        [*WSGATE, "serve", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "wsgate: config error: api_key_env: environment variable WSGATE_TEST_UNSET_KEY is unset"
+    ]
