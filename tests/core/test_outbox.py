@@ -172,6 +172,43 @@ def test_an_ended_stream_is_forgotten_once_drained():
     assert box._streams == {}
 
 
+def test_a_drained_outbox_holds_no_queue_of_any_kind():
+    # Memory: an idle connection, or a running stream with nothing waiting, holds no deque.
+    box = Outbox(10, 1000)
+    box.push_control(b"c")
+    box.push("a", b"a0")  # a stream that goes on: not ended
+    box.push("b", b"b-finish", FinishFrame("b", 2, "stop"))
+    drain(box)
+    assert box._streams == {}
+    assert box._control is None
+    assert box._active is None
+    assert box._urgent is None
+    assert box.queued("a") == (0, 0)
+    assert box.has_room("a")
+    assert not box.is_full("a")
+
+
+def test_a_stream_that_drained_queues_again_in_its_own_order():
+    box = Outbox(10, 1000, quantum=2)
+    box.push("a", b"a0")
+    assert drain(box) == [("a", b"a0")]
+    box.push("a", b"a1")
+    box.push("b", b"b0")
+    box.push("a", b"a2")
+    assert drain(box) == [("a", b"a1"), ("b", b"b0"), ("a", b"a2")]
+
+
+def test_taking_the_only_waiting_stream_leaves_no_schedule_behind():
+    box = Outbox(10, 1000)
+    box.push("a", b"a0")
+    box.push("b", b"b-finish", FinishFrame("b", 2, "stop"))
+    box.take_stream("a")
+    box.take_stream("b")
+    assert box._active is None
+    assert box._urgent is None
+    assert box.pop() is None
+
+
 def test_bounds_must_be_positive():
     with pytest.raises(ValueError):
         Outbox(0, 10)
@@ -227,6 +264,7 @@ def test_any_interleaving_of_pushes_and_pops_loses_nothing_and_keeps_seq_gapless
     sent_text = dict.fromkeys("abc", "")
     received: list[tuple[str | None, bytes]] = []
     for sid, action in script:
+        assert all(queue.entries for queue in box._streams.values())  # no empty queue kept
         if action == "pop":
             item = box.pop()
             if item is not None:
@@ -257,6 +295,7 @@ def test_any_interleaving_of_pushes_and_pops_loses_nothing_and_keeps_seq_gapless
         assert "".join(f.text for f in frames if isinstance(f, DeltaText)) == sent_text[sid]
     assert box.pending_bytes == 0
     assert box.backlog_bytes == 0
+    assert box._streams == {}
 
 
 def test_taking_a_streams_frames_removes_them_in_order_and_leaves_the_rest():

@@ -25,6 +25,11 @@ shell on `pending_bytes` (see the gateway). What the *reader* adds (refusals of 
 queues of ended streams) is tracked apart as `backlog_bytes`, so the shell can stop reading
 a client that sends faster than it reads.
 
+Memory: queues exist only while frames wait. A stream's queue is dropped when it drains
+and made again by its next frame (an empty queue and no queue mean the same), and so are
+the control and scheduling queues: an idle connection, or a stream stalled on its provider,
+holds no deque (each costs ~0.75 KiB, more than the rest of an idle connection's outbox).
+
 Pure data structure: no asyncio, no clock; the gateway shell wakes tasks around it.
 """
 
@@ -63,6 +68,23 @@ class _StreamQueue:
 class Outbox:
     """Outgoing encoded frames of one connection, in the order they must leave."""
 
+    __slots__ = (
+        "_active",
+        "_control",
+        "_control_bytes",
+        "_ended_bytes",
+        "_pending_bytes",
+        "_streams",
+        "_telemetry",
+        "_urgent",
+        "coalesce_bytes",
+        "coalesced",
+        "max_bytes",
+        "max_events",
+        "quantum",
+        "shed_telemetry",
+    )
+
     def __init__(
         self,
         max_events: int,
@@ -79,10 +101,11 @@ class Outbox:
         self.coalesce_bytes = coalesce_bytes
         self.shed_telemetry = 0
         self.coalesced = 0
-        self._control: deque[bytes] = deque()
-        self._streams: dict[str, _StreamQueue] = {}
-        self._active: deque[str] = deque()  # streams with data waiting, round-robin order
-        self._urgent: deque[str] = deque()  # streams whose next frame is terminal
+        # The deques are None while empty (see "Memory" above).
+        self._control: deque[bytes] | None = None
+        self._streams: dict[str, _StreamQueue] = {}  # only streams with frames waiting
+        self._active: deque[str] | None = None  # streams with data waiting, round robin
+        self._urgent: deque[str] | None = None  # streams whose next frame is terminal
         self._telemetry: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._control_bytes = 0
@@ -99,10 +122,13 @@ class Outbox:
         return self._control_bytes + self._ended_bytes
 
     def __len__(self) -> int:
-        return len(self._control) + sum(len(q.entries) for q in self._streams.values())
+        control = len(self._control) if self._control is not None else 0
+        return control + sum(len(q.entries) for q in self._streams.values())
 
     def push_control(self, data: bytes) -> None:
         """Queue a connection-level frame; it leaves before any stream frame."""
+        if self._control is None:
+            self._control = deque()
         self._control.append(data)
         self._pending_bytes += len(data)
         self._control_bytes += len(data)
@@ -143,8 +169,6 @@ class Outbox:
             return
         queue.ended = True
         self._ended_bytes += queue.bytes
-        if not queue.entries:
-            del self._streams[stream_id]
 
     def is_full(self, stream_id: str) -> bool:
         """True when the stream's producer must stop reading its upstream."""
@@ -167,21 +191,28 @@ class Outbox:
 
     def pop(self) -> tuple[str | None, bytes] | None:
         """The next frame to send with its stream id (None for control), or None if empty."""
-        if self._control:
-            data = self._control.popleft()
+        control = self._control
+        if control is not None:
+            data = control.popleft()
+            if not control:
+                self._control = None
             self._pending_bytes -= len(data)
             self._control_bytes -= len(data)
             return None, data
-        if self._urgent:
-            stream_id = self._urgent.popleft()
+        urgent = self._urgent
+        if urgent is not None:
+            stream_id = urgent.popleft()
+            if not urgent:
+                self._urgent = None
             return stream_id, self._take(stream_id, self._streams[stream_id], from_active=False)
-        while self._active:
-            stream_id = self._active[0]
+        active = self._active
+        while active is not None:
+            stream_id = active[0]
             queue = self._streams[stream_id]
             head = queue.entries[0]
             if queue.deficit < len(head.data):
                 queue.deficit += self.quantum
-                self._active.rotate(-1)
+                active.rotate(-1)
                 continue
             return stream_id, self._take(stream_id, queue, from_active=True)
         if self._telemetry:
@@ -198,26 +229,30 @@ class Outbox:
         self._pending_bytes -= queue.bytes
         if queue.ended:
             self._ended_bytes -= queue.bytes
-        if stream_id in self._active:
+        if self._active is not None and stream_id in self._active:
             self._active.remove(stream_id)
-        if stream_id in self._urgent:
+            self._active = self._active or None
+        if self._urgent is not None and stream_id in self._urgent:
             self._urgent.remove(stream_id)
+            self._urgent = self._urgent or None
         return [entry.data for entry in queue.entries]
 
     def clear(self) -> None:
         """Drop everything (the connection is gone)."""
-        self._control.clear()
+        self._control = self._active = self._urgent = None
         self._streams.clear()
-        self._active.clear()
-        self._urgent.clear()
         self._telemetry.clear()
         self._pending_bytes = self._control_bytes = self._ended_bytes = 0
 
     def _schedule(self, stream_id: str, head: _Entry) -> None:
         """Put a stream whose queue just got a new head where that head belongs."""
         if head.terminal:
+            if self._urgent is None:
+                self._urgent = deque()
             self._urgent.append(stream_id)
         else:
+            if self._active is None:
+                self._active = deque()
             self._active.append(stream_id)
 
     def _take(self, stream_id: str, queue: _StreamQueue, *, from_active: bool) -> bytes:
@@ -239,16 +274,23 @@ class Outbox:
             queue.deficit -= len(data)
         if not queue.entries:
             if from_active:
-                self._active.popleft()
-            queue.deficit = 0
-            if queue.ended:
-                del self._streams[stream_id]
+                self._leave_active()
+            # Drained: forget the queue (its deficit restarts at 0 with the next frame).
+            del self._streams[stream_id]
         elif not from_active:
             self._schedule(stream_id, queue.entries[0])
         elif queue.entries[0].terminal:
-            self._active.popleft()
-            self._urgent.append(stream_id)
+            self._leave_active()
+            self._schedule(stream_id, queue.entries[0])
         return data
+
+    def _leave_active(self) -> None:
+        """Take the stream at the front of the round robin out of it."""
+        active = self._active
+        assert active is not None  # noqa: S101 - only called for a stream served from it
+        active.popleft()
+        if not active:
+            self._active = None
 
     def _coalesce(self, stream_id: str, queue: _StreamQueue) -> tuple[bytes, int]:
         """Merge the leading run of text deltas into one frame; (its bytes, bytes removed)."""

@@ -96,6 +96,17 @@ ParserFactory = Callable[[ChatRequest, StartOptions], UpstreamParser]
 class Session:
     """The core of one client connection."""
 
+    # One per connection, and connections are many: no per-instance dict.
+    __slots__ = (
+        "_new_message_id",
+        "_parser_factory",
+        "_server_version",
+        "conn_id",
+        "draining",
+        "limits",
+        "streams",
+    )
+
     def __init__(
         self,
         conn_id: str,

@@ -10,6 +10,10 @@ Owns the order of the three text stages a stream may ask for in its `options`:
 A section leaves only after every text before it: the later stages are flushed first, so
 the client sees text and sections in the order the provider wrote them. Nothing is ever
 dropped: `flush` at the end returns everything still held. Pure: time comes in as `now`.
+
+A stage a stream did not ask for is not built: with the default options (immediate
+buffering, no sections) only the guard exists. Streams are many and long-lived (a stalled
+one costs its pipeline all the while), and an immediate `Buffer` holds nothing ever.
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ class TextPipeline:
             else StructuredSplitter(structured.open, structured.close, mode=structured.mode)
         )
         self._guard = GraphemeGuard() if options.grapheme_safe else None
-        self._buffer = Buffer(
-            options.buffering,
-            debounce_ms=options.debounce_ms,
-            max_latency_ms=options.max_latency_ms,
+        self._buffer = (
+            None
+            if options.buffering == "immediate"
+            else Buffer(
+                options.buffering,
+                debounce_ms=options.debounce_ms,
+                max_latency_ms=options.max_latency_ms,
+            )
         )
         self._now = 0.0
 
@@ -59,12 +67,12 @@ class TextPipeline:
 
     def poll(self, now: float) -> list[TextPiece]:
         """Text whose buffering deadline has come."""
-        text = self._buffer.poll(now)
+        text = self._buffer.poll(now) if self._buffer is not None else ""
         return [text] if text else []
 
     def deadline(self) -> float | None:
         """When `poll` should be called next, if anything waits on time."""
-        return self._buffer.deadline()
+        return self._buffer.deadline() if self._buffer is not None else None
 
     def flush(self) -> list[TextPiece]:
         """The stream is ending: everything held, in order."""
@@ -91,12 +99,12 @@ class TextPipeline:
             text = self._guard.push(text)
         if not text:
             return []
-        shown = self._buffer.push(text, now)
+        shown = self._buffer.push(text, now) if self._buffer is not None else text
         return [shown] if shown else []
 
     def _drain(self) -> list[TextPiece]:
         # The buffer holds older text than the guard (the guard feeds the buffer).
-        held = self._buffer.flush()
+        held = self._buffer.flush() if self._buffer is not None else ""
         if self._guard is not None:
             held += self._guard.flush()
         return [held] if held else []

@@ -1,4 +1,4 @@
-"""One client connection: a reader task, a writer task and one task per stream.
+"""One client connection: a reader task, a writer task while frames wait, a task per stream.
 
 Owns the asyncio side of a connection. The core `Session` decides; this module executes:
 it feeds received frames to the session, queues what it returns in the connection's
@@ -18,12 +18,19 @@ it feeds received frames to the session, queues what it returns in the connectio
 - Disconnect: streams that asked `on_disconnect: continue` are detached into an event log
   (`detached.py`) for the disconnect window instead of being cancelled.
 
+Memory: connections are many and mostly idle, so an idle one holds only what it must: the
+reader (websockets' handler task) and one loop timer (send timeout, heartbeat). The writer
+task exists while frames wait (the first frame queued starts it, it ends when the outbox is
+empty); the stream runner, the backpressure events and the outbox's queues are made on
+first use. A task with its coroutine costs ~1.5 KiB, an `asyncio.Event` ~0.85 KiB.
+
 Every `await` here is cancellable; `CancelledError` is always re-raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -93,8 +100,13 @@ class ConnectionOptions:
     disconnect_log_bytes: int = 1024 * 1024
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # before the first token only
 
+    @property
+    def tick(self) -> float:
+        """How often a connection's timer checks the send timeout and the heartbeat (s)."""
+        return min(1.0, max(0.01, min(self.send_timeout, self.heartbeat_interval) / 4))
 
-@dataclass
+
+@dataclass(slots=True)
 class ConnectionStats:
     """Counters of one connection, read by tests and the gateway's accounting."""
 
@@ -118,6 +130,29 @@ class Shared:
 class Connection:
     """Runs one accepted WebSocket until it closes."""
 
+    __slots__ = (
+        "_backlog_room",
+        "_closer",
+        "_context",
+        "_last_send",
+        "_runner",
+        "_send_since",
+        "_silenced",
+        "_timer",
+        "_uncongested",
+        "_upstream",
+        "_write_closed",
+        "_writer",
+        "logs",
+        "options",
+        "outbox",
+        "room",
+        "session",
+        "shared",
+        "stats",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: ServerConnection,
@@ -132,16 +167,38 @@ class Connection:
         self.shared = shared
         self.outbox = Outbox(options.queue_events, options.queue_bytes)
         self.stats = ConnectionStats()
-        self.runner = StreamRunner(self, upstream)
         self.logs: dict[str, DetachedLog] = {}  # detached streams of this connection
         self.room: dict[str, asyncio.Event] = {}
-        self.uncongested = asyncio.Event()
-        self._wake_writer = asyncio.Event()
-        self._backlog_room = asyncio.Event()
+        self._upstream = upstream
+        self._runner: StreamRunner | None = None  # made by the first stream
+        self._uncongested: asyncio.Event | None = None  # made by the first stream to wait
+        self._backlog_room: asyncio.Event | None = None  # exists while the reader waits
+        self._writer: asyncio.Task[None] | None = None  # exists while frames wait
+        self._write_closed = False  # a send saw the connection closed: start no writer
+        self._context = contextvars.copy_context()  # with `conn_id`: the writer logs in it
+        self._timer: asyncio.TimerHandle | None = None
         self._silenced = False  # no more output: slow consumer, or the connection is gone
         self._closer: asyncio.Task[None] | None = None
         self._last_send = asyncio.get_running_loop().time()
         self._send_since: float | None = None
+
+    @property
+    def runner(self) -> StreamRunner:
+        """The stream tasks of this connection (made when the first stream starts)."""
+        if self._runner is None:
+            self._runner = StreamRunner(self, self._upstream)
+        return self._runner
+
+    @property
+    def uncongested(self) -> asyncio.Event:
+        """Set when the connection's buffered bytes fell to a quarter of `buffer_bytes`.
+
+        Streams paused by the connection-wide cap clear it and wait; it is made for the
+        first one and dropped when the outbox empties (after waking every waiter).
+        """
+        if self._uncongested is None:
+            self._uncongested = asyncio.Event()
+        return self._uncongested
 
     @property
     def idle(self) -> bool:
@@ -150,18 +207,20 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection; returns when it is closed and its own tasks have ended."""
-        writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
-        watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.session.conn_id}")
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.options.tick, self._tick)
         self._control(encode_frame(self.session.ready()))
         try:
             await self._reader()
         finally:
             self._silenced = True
-            watchdog.cancel()
+            self._timer.cancel()
             self.apply(self.session.connection_lost())
-            await self.runner.reap()
-            writer.cancel()
-            await asyncio.gather(writer, watchdog, return_exceptions=True)
+            if self._runner is not None:
+                await self._runner.reap()
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
             if self._closer is not None:
                 await asyncio.gather(self._closer, return_exceptions=True)
             accounting = self.shared.accounting
@@ -188,16 +247,18 @@ class Connection:
         # Stop reading the client until the writer has sent what the reader queued: a
         # client that sends faster than it reads gets TCP backpressure, not our memory.
         closed = asyncio.ensure_future(self.ws.wait_closed())
+        backlog_room = self._backlog_room = asyncio.Event()
         try:
             while self.outbox.backlog_bytes > READER_BACKLOG_BYTES // 2:
-                self._backlog_room.clear()
-                room = asyncio.ensure_future(self._backlog_room.wait())
+                backlog_room.clear()
+                room = asyncio.ensure_future(backlog_room.wait())
                 done, _ = await asyncio.wait({room, closed}, return_when=asyncio.FIRST_COMPLETED)
                 room.cancel()
                 if closed in done:
                     return  # the reader's next read raises ConnectionClosed
         finally:
             closed.cancel()
+            self._backlog_room = None
 
     # --- executing the session's actions ------------------------------------------------
 
@@ -221,7 +282,7 @@ class Connection:
         if self._silenced:
             return
         self.outbox.push_control(data)
-        self._wake_writer.set()
+        self._wake_writer()
 
     def deliver(self, stream_id: str, output: StreamOutput) -> None:
         """Queue a stream's frames (or log them, for a detached stream)."""
@@ -243,7 +304,7 @@ class Connection:
         if output.closed:
             outbox.end_stream(stream_id)
         if output.frames or output.telemetry is not None:
-            self._wake_writer.set()
+            self._wake_writer()
         in_transport = self._transport_buffered()
         buffered = outbox.pending_bytes + in_transport
         self.stats.max_buffered = max(self.stats.max_buffered, buffered)
@@ -284,7 +345,8 @@ class Connection:
         room = self.room.get(sid)
         if room is not None:
             room.set()
-        self.uncongested.set()
+        if self._uncongested is not None:
+            self._uncongested.set()
         log.info("stream_detached", stream_id=sid, message_id=action.message_id)
         if not kept:  # a log with a gap could never be resumed: stop paying for it
             self.apply(self.session.cancel(sid))
@@ -320,7 +382,7 @@ class Connection:
     def expire_all(self) -> None:
         """The gateway stops: end every detached stream of this connection as if expired."""
         for stream_id in list(self.logs):
-            self.runner.cancel_expiry(stream_id)
+            self.runner.cancel_expiry(stream_id)  # a detached stream's runner exists
             self.expire(stream_id)
         self.shared.detached_owners.discard(self)
 
@@ -372,13 +434,25 @@ class Connection:
 
     # --- writing -------------------------------------------------------------------------
 
-    async def _writer(self) -> None:
+    def _wake_writer(self) -> None:
+        """Start the writer unless it runs: it sends until the outbox is empty, then ends.
+
+        A writer per burst instead of one per connection waiting on an event: an idle
+        connection then holds no task. It runs in the connection's log context, not in
+        that of the stream that queued the frame.
+        """
+        if self._writer is None and not self._write_closed:
+            self._writer = asyncio.create_task(
+                self._write(), name=f"writer-{self.session.conn_id}", context=self._context.copy()
+            )
+
+    async def _write(self) -> None:
         try:
             await self._write_loop()
         except Exception:
             log.exception("writer_crashed")
             self.abort("writer_crashed")
-            raise
+            raise  # `_writer` keeps the failed task: no writer starts again
 
     async def _write_loop(self) -> None:
         outbox, ws, stats = self.outbox, self.ws, self.stats
@@ -388,15 +462,16 @@ class Connection:
         while True:
             item = outbox.pop()
             if item is None:
-                await self._idle()
-                continue
+                self._drained()
+                return
             stream_id, data = item
-            # No timer per send: the watchdog checks `_send_since` (one timer per connection
-            # instead of one per frame, which dominated the cost of paced token streams).
+            # No timer per send: the connection's timer checks `_send_since` (one timer per
+            # connection instead of one per frame, which dominated the cost of paced streams).
             self._send_since = loop.time()
             try:
                 await ws.send(data, text=True)
             except websockets.ConnectionClosed:
+                self._write_closed = True  # what is queued from now on stays queued
                 return
             finally:
                 self._send_since = None
@@ -407,9 +482,9 @@ class Connection:
                 room = self.room.get(stream_id)
                 if room is not None and outbox.has_room(stream_id):
                     room.set()
-            if outbox.pending_bytes <= soft // 2:
-                self.uncongested.set()
-            if outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
+            if self._uncongested is not None and outbox.pending_bytes <= soft // 2:
+                self._uncongested.set()
+            if self._backlog_room is not None and outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
                 self._backlog_room.set()
             # send() only yields when the transport is paused; yield now and then so one
             # busy connection cannot starve the others on the loop.
@@ -418,27 +493,30 @@ class Connection:
                 sent_since_yield = 0
                 await asyncio.sleep(0)
 
-    async def _idle(self) -> None:
-        self._wake_writer.clear()
-        self.uncongested.set()
-        self._backlog_room.set()
-        await self._wake_writer.wait()
+    def _drained(self) -> None:
+        """The outbox is empty: wake whoever waits for room, and end the writer."""
+        self._writer = None  # no `await` between the empty pop and here: no frame is missed
+        if self._uncongested is not None:
+            self._uncongested.set()  # wakes every waiter; a later one makes a new event
+            self._uncongested = None
+        if self._backlog_room is not None:
+            self._backlog_room.set()
 
-    async def _watchdog(self) -> None:
-        """One timer for the connection: the send timeout and the heartbeat."""
+    def _tick(self) -> None:
+        """Every `options.tick`: the send timeout and the heartbeat, by one loop timer."""
+        if self._silenced:
+            return
         options = self.options
-        tick = min(1.0, max(0.01, min(options.send_timeout, options.heartbeat_interval) / 4))
         loop = asyncio.get_running_loop()
-        while not self._silenced:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            since = self._send_since
-            if since is not None and now - since >= options.send_timeout:
-                # The client has not read for send_timeout: a slow consumer. Its close can
-                # only land if it reads again within a second; otherwise the TCP is aborted.
-                self.shared.accounting.send_timeouts += 1
-                self._slow_consumer(self.outbox.pending_bytes + self._transport_buffered())
-                return
-            if since is None and now - self._last_send >= options.heartbeat_interval:
-                self._last_send = now  # one heartbeat per interval of silence
-                self._control(HEARTBEAT)
+        now = loop.time()
+        since = self._send_since
+        if since is not None and now - since >= options.send_timeout:
+            # The client has not read for send_timeout: a slow consumer. Its close can
+            # only land if it reads again within a second; otherwise the TCP is aborted.
+            self.shared.accounting.send_timeouts += 1
+            self._slow_consumer(self.outbox.pending_bytes + self._transport_buffered())
+            return
+        if since is None and now - self._last_send >= options.heartbeat_interval:
+            self._last_send = now  # one heartbeat per interval of silence
+            self._control(HEARTBEAT)
+        self._timer = loop.call_later(options.tick, self._tick)
