@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsgate.core import events as ev
+from wsgate.core import openai_chat
 from wsgate.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
@@ -360,3 +363,129 @@ def test_error_payload_labels_only_short_identifiers(error):
 
 def test_null_error_field_is_not_an_error():
     assert run(chunk({"content": "a"}, error=None)) == [ev.TextDelta("a")]
+
+
+# --- the two readings (rule 7) -----------------------------------------------------------------
+
+ODD = st.sampled_from(
+    [None, "", "x", "\ud83d", 0, 1, False, True, 0.0, 2**70, [], {}, ["a"], {"a": 1}]
+)
+ABSENT = object()
+
+
+def usually(*typical: object) -> st.SearchStrategy[object]:
+    """A field of a usual chunk (the typed reading) most of the time; else absent or odd."""
+    common = st.sampled_from(typical)
+    return st.one_of(*[common] * 6, st.just(ABSENT), st.just(ABSENT), ODD)
+
+
+def shape(**fields: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """A JSON object of these fields, the absent ones left out."""
+    return st.fixed_dictionaries(fields).map(
+        lambda value: {key: item for key, item in value.items() if item is not ABSENT}
+    )
+
+
+def obj(**fields: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """`shape`, or now and then an odd value instead of the object."""
+    return st.one_of(*[shape(**fields)] * 8, ODD)
+
+
+TEXT = st.one_of(
+    usually("a", " b", "é", "👩\u200d", "", None), st.sampled_from(["\ud83d", "\ude00"])
+)
+FRAGMENT = obj(
+    index=usually(0, 1, None, 2**70),
+    id=usually("c1", None),
+    function=obj(name=usually("f", None), arguments=TEXT),
+)
+DELTA = obj(
+    role=usually("assistant", None),
+    content=TEXT,
+    refusal=TEXT,
+    reasoning_content=TEXT,
+    reasoning=TEXT,
+    tool_calls=st.one_of(st.just(ABSENT), st.just(ABSENT), st.lists(FRAGMENT, max_size=2), ODD),
+)
+CHOICE = obj(
+    index=usually(0, 1, None, 2**70),
+    delta=DELTA,
+    finish_reason=usually(None, None, "stop", "length", "weird"),
+    logprobs=usually(None),
+)
+CHUNK = obj(
+    id=st.just("chatcmpl-1"),
+    choices=st.one_of(*[st.lists(CHOICE, min_size=1, max_size=2)] * 4, ODD),
+    usage=usually(ABSENT, None, {"prompt_tokens": 3, "completion_tokens": 2}),
+    error=usually(ABSENT, ABSENT, None, {"type": "server_error"}),
+)
+
+TYPED_TEXT = st.sampled_from(["a", " b", "é", "👩\u200d", "", None, ABSENT])
+TYPED_CHUNK = shape(
+    id=st.just("chatcmpl-1"),
+    choices=st.lists(
+        shape(
+            index=st.sampled_from([0, 0, 0, None, 1, ABSENT]),
+            delta=shape(
+                role=st.sampled_from(["assistant", None, "", ABSENT]),
+                content=TYPED_TEXT,
+                refusal=TYPED_TEXT,
+                reasoning_content=TYPED_TEXT,
+                reasoning=TYPED_TEXT,
+                tool_calls=st.sampled_from([None, ABSENT]),
+            ),
+            finish_reason=st.sampled_from([None, None, None, "stop", "length", "weird", ABSENT]),
+        ),
+        max_size=2,
+    ),
+    usage=st.sampled_from([None, ABSENT]),
+    error=st.sampled_from([None, ABSENT]),
+)
+"""Chunks of the typed reading only: every field of its type."""
+PAYLOAD = st.one_of(
+    TYPED_CHUNK.map(json.dumps),
+    TYPED_CHUNK.map(json.dumps),
+    CHUNK.map(json.dumps),
+    CHUNK.map(json.dumps),
+    st.sampled_from(["[DONE]", "not json", '{"choices": [', '{"a": 1e999}', "[1, 2]"]),
+)
+
+
+class _Refuses:
+    """Stands in for the typed decoder: every chunk takes the dict reading."""
+
+    def decode(self, _data: str) -> None:
+        raise ValueError("refused")
+
+
+def _outcomes(translator, payloads):
+    outcomes = []
+    for payload in payloads:
+        try:
+            outcomes.append(translator.feed(SSEEvent(payload)))
+        except WsgateError as exc:
+            outcomes.append((type(exc), exc.public_message))
+    try:
+        outcomes.append(translator.finish())
+    except WsgateError as exc:
+        outcomes.append((type(exc), exc.public_message))
+    return outcomes
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(PAYLOAD, max_size=6))
+def test_the_typed_reading_means_exactly_what_the_dict_reading_means(payloads):
+    both = _outcomes(OpenAIChatTranslator(), payloads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openai_chat, "_text_chunk", _Refuses())
+        dict_only = _outcomes(OpenAIChatTranslator(), payloads)
+    assert both == dict_only
+
+
+def test_a_usual_text_chunk_takes_the_typed_reading():
+    text = openai_chat._text_chunk.decode(
+        '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+        '"choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,'
+        '"finish_reason":null}],"usage":null}'
+    )
+    assert text.choices[0].delta.content == "hi"

@@ -18,12 +18,15 @@ Rules (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stre
    when the line ends), bounded by `max_line_bytes`. A longer line ends the decoder: the
    events completed before it are still returned, `failure` holds `UpstreamLineTooLong`,
    and every later `feed` returns nothing. Worst case held: `max_line_bytes` + one chunk.
+4. Cost: a token stream is one event per token, so everything here runs per token. An event
+   is a frozen `msgspec.Struct` (built in C: a tenth of a frozen dataclass's cost).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from wsgate.core.errors import UpstreamLineTooLong
 
@@ -37,9 +40,8 @@ _EOL: Final = (_LF, _CR)
 _MAX_RETRY_DIGITS: Final = 15
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched event.
+class SSEEvent(msgspec.Struct, frozen=True, gc=False):
+    """One dispatched event (immutable; `gc=False`: it holds only strings and an int).
 
     `id` is the stream's last event id when the event was dispatched (it persists across
     events; None until an `id` field was seen). `retry` is likewise the latest valid `retry`
@@ -169,9 +171,18 @@ class SSEDecoder:
         self._tail_len = 0
         return line
 
-    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:  # noqa: C901 - the field table, inline on the hot path
+    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:  # noqa: C901, PLR0912 - the field table, inline on the hot path
         events: list[SSEEvent] = []
         for raw in lines:
+            if raw[:6] == b"data: ":
+                # The line of nearly every event, first: the field is `data` exactly when
+                # the line starts so, and the one space after the colon is dropped.
+                text = raw[6:].decode("utf-8", "replace")
+                if self._data is None:
+                    self._data = [text]
+                else:
+                    self._data.append(text)
+                continue
             if not raw:
                 if self._data is not None:
                     events.append(

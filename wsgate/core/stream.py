@@ -241,26 +241,56 @@ class Stream:
     def _translate(self, events: list[ParseItem], now: float) -> StreamOutput:
         out = StreamOutput()
         for event in events:
-            if self.closed:
+            if self.state is State.CLOSED:
                 break
-            if isinstance(event, WsgateError | ev.Finish):
-                self._end(event, out)
-                break
-            if isinstance(event, ev.RoleDelta):
-                if self._role_sent:
-                    continue  # a retried call (or a chatty provider) announces it again
-                self._role_sent = True
+            if type(event) is ev.TextDelta:  # the token path first
+                going = self._text_delta(out, event.text, now)
             else:
-                self._committed = True
-            self._apply(Event.CONTENT)
-            if not self._add_all(out, self._frames_for(event, now)):
+                going = self._event(out, event, now)
+            if not going:
                 break
-        out.closed = self.closed
-        if not self.closed:
+        out.closed = closed = self.state is State.CLOSED
+        if not closed:
             out.deadline = self._text.deadline()
             if self.options.telemetry and self._tokens:
                 out.telemetry = self._telemetry(now)
         return out
+
+    def _event(self, out: StreamOutput, event: ParseItem, now: float) -> bool:
+        """Any event but a text delta; False when the stream ended or failed."""
+        if isinstance(event, WsgateError | ev.Finish):
+            self._end(event, out)
+            return False
+        if isinstance(event, ev.RoleDelta):
+            if self._role_sent:
+                return True  # a retried call (or a chatty provider) announces it again
+            self._role_sent = True
+        else:
+            self._committed = True
+        self._apply(Event.CONTENT)
+        return self._add_all(out, self._frames_for(event, now))
+
+    def _text_delta(self, out: StreamOutput, text: str, now: float) -> bool:
+        """The token path, once per provider token; False when the stream failed.
+
+        `_event`'s steps for a text delta (`_apply`, `_frames_for`, `_add_all`) without
+        its type dispatch, calls and lists: the text pipeline nearly always returns one
+        string, which becomes one `delta.text` (text never fails to encode).
+        """
+        self._committed = True
+        if self.state is not State.STREAMING:
+            self._apply(Event.CONTENT)
+        if self._first_token_at is None:
+            self._first_token_at = now
+        self._tokens += 1  # `_token`, inline
+        pieces = self._text.push(text, now)
+        if len(pieces) == 1 and type(piece := pieces[0]) is str:
+            self._seq += 1
+            frame = DeltaText(self.stream_id, self._seq, piece)
+            out.frames.append(frame)
+            out.data.append(encode_frame(frame))
+            return True
+        return self._add_all(out, self._text_frames(pieces))
 
     def _end(self, event: WsgateError | ev.Finish, out: StreamOutput) -> None:
         """The provider's turn ended: a finish, a failure, or a failure worth a retry."""
@@ -280,12 +310,14 @@ class Stream:
         """Add frames; a frame that cannot be encoded fails the stream (False)."""
         for frame in frames:
             try:
-                out.add(frame)
+                data = encode_frame(frame)  # `out.add`, inline: this runs once per token
             except FrameEncodeError:
                 # Neither this frame nor those after it were emitted: their seqs are free.
                 self._seq = getattr(frame, "seq", self._seq) - 1
                 out.extend(self.fail(UpstreamProtocolError(UNRELAYABLE)))
                 return False
+            out.frames.append(frame)
+            out.data.append(data)
         return True
 
     def _flush_text(self) -> StreamOutput:
@@ -381,6 +413,10 @@ class Stream:
         return FinishFrame(self.stream_id, self._next(), reason)
 
     def _apply(self, event: Event) -> None:
+        if self.state is State.STREAMING and event is Event.CONTENT:
+            # `TRANSITIONS` keeps a streaming stream streaming on content: skip the lookup,
+            # which runs for every frame and hashes two enums (a Python-level `__hash__`).
+            return
         new = transition(self.state, event)
         if new is not None:
             self.state = new

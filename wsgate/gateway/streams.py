@@ -205,30 +205,35 @@ class StreamRunner:
                     if stream is not None and stream.has_content:
                         first.reschedule(None)
                         waiting_for_token = False
-                await self._backpressure(sid)
+                while (room := self._paused(sid)) is not None:
+                    await room.wait()
         output = session.upstream_eof(sid, time.monotonic())
         connection.deliver(sid, output)
         if output.retry is not None:
             raise output.retry
 
-    async def _backpressure(self, stream_id: str) -> None:
-        # Stop reading the provider while this stream's queue is full, or while the
-        # connection holds half of its byte cap: the provider is slowed through TCP.
+    def _paused(self, stream_id: str) -> asyncio.Event | None:
+        """The event to wait for before reading the provider again; None: read now.
+
+        Backpressure: stop reading while this stream's queue is full, or while the
+        connection holds half of its byte cap; the provider is slowed through TCP. A plain
+        function, not a coroutine: it runs after every chunk and nearly always says "read".
+        """
         connection = self.connection
+        if stream_id in connection.logs:
+            return None  # detached: its log, not the client, takes the frames
         outbox = connection.outbox
-        soft = connection.options.buffer_bytes // 2
-        while stream_id not in connection.logs:
-            if outbox.is_full(stream_id):
-                room = connection.room.get(stream_id)
-                if room is None:
-                    room = connection.room[stream_id] = asyncio.Event()
-                room.clear()
-                await room.wait()
-            elif outbox.pending_bytes >= soft:
-                connection.uncongested.clear()
-                await connection.uncongested.wait()
-            else:
-                return
+        if outbox.is_full(stream_id):
+            room = connection.room.get(stream_id)
+            if room is None:
+                room = connection.room[stream_id] = asyncio.Event()
+            room.clear()
+            return room
+        if outbox.pending_bytes >= connection.options.buffer_bytes // 2:
+            uncongested = connection.uncongested
+            uncongested.clear()
+            return uncongested
+        return None
 
 
 def _too_late(first: asyncio.Timeout, delay: float) -> bool:

@@ -4,6 +4,8 @@ Owns the upstream HTTP session (one pool for all streams, sized for thousands of
 streams: aiohttp's default `limit=100` would silently queue the 101st), the timeouts
 (connect, first byte, idle gap between chunks; no hidden 300 s total, so long generations
 live), and the translation of aiohttp's exceptions into wsgate's typed upstream errors.
+The first-byte and idle deadlines are watched by one timer per call (`ReadDeadline`), not
+one per read: a read only notes its deadline, which keeps a paced token at O(1) here.
 
 Cancellation reaches the provider because the response is closed in a `finally` whatever
 ends the stream (a cancel is a `CancelledError` at an `await` here): the TCP connection is

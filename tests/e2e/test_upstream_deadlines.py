@@ -1,0 +1,182 @@
+"""The upstream client's read deadlines: the first byte's, then the idle gap per read.
+
+One timer per stream watches them (`ReadDeadline`); these tests pin what it must still
+mean: only time spent waiting on the provider counts, a gap longer than the idle timeout
+ends the call about that long after its read started, and a cancel stays a cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp import web
+
+from wsgate.core.errors import UpstreamTimeout
+from wsgate.core.frames import ChatRequest, Message
+from wsgate.upstream.client import ReadDeadline, Route, Timeouts, UpstreamClient
+
+EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="x")])
+
+
+@asynccontextmanager
+async def provider(gaps: list[float], timeouts: Timeouts) -> AsyncIterator[UpstreamClient]:
+    """A client of a provider that writes one event after each gap (seconds)."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for gap in gaps:
+            await asyncio.sleep(gap)
+            try:
+                await response.write(EVENT)
+            except ConnectionError:  # the client closed the call: that is the test's end
+                break
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    route = Route("m", "p", "openai_chat", f"http://127.0.0.1:{port}/v1", "m")
+    client = UpstreamClient({"m": route}, timeouts)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def read_all(
+    client: UpstreamClient, hold: float = 0.0, reads: list[float] | None = None
+) -> bytes:
+    """Read the whole body, holding each chunk `hold` s; note when each next read began."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    async with client.open(REQUEST) as body:
+        async for chunk in body:
+            received += chunk
+            if hold:
+                await asyncio.sleep(hold)
+            if reads is not None:
+                reads.append(loop.time())
+    return received
+
+
+async def test_time_the_reader_spends_between_chunks_is_not_an_idle_gap():
+    # The reader holds every chunk for longer than the idle timeout (backpressure), while
+    # the provider is never silent for long: the call must complete.
+    async with provider([0.0] + [0.05] * 6, Timeouts(first_byte=5, idle=0.2)) as client:
+        assert await read_all(client, hold=0.3) == EVENT * 7
+
+
+async def test_a_stream_longer_than_the_idle_timeout_with_short_gaps_completes():
+    async with provider([0.0] + [0.05] * 12, Timeouts(first_byte=5, idle=0.2)) as client:
+        assert await read_all(client) == EVENT * 13
+
+
+async def test_an_idle_gap_is_measured_from_the_start_of_its_read():
+    # First byte at once, then the reader holds the chunk (not counted), then the provider
+    # stays silent: the timeout comes one idle period after the read began, not earlier
+    # (the time held) and not later (the first-byte deadline still armed).
+    loop = asyncio.get_running_loop()
+    reads: list[float] = []
+    async with provider([0.0, 1.5], Timeouts(first_byte=5, idle=0.3)) as client:
+        with pytest.raises(UpstreamTimeout):
+            await read_all(client, hold=0.4, reads=reads)
+        waited = loop.time() - reads[-1]
+    assert 0.25 <= waited < 1.0
+
+
+async def test_a_silent_provider_times_out_at_the_first_byte_deadline():
+    loop = asyncio.get_running_loop()
+    async with provider([1.5], Timeouts(first_byte=0.3, idle=10)) as client:
+        began = loop.time()
+        with pytest.raises(UpstreamTimeout):
+            await read_all(client)
+        waited = loop.time() - began
+    assert 0.25 <= waited < 1.5
+
+
+async def test_a_cancel_during_a_read_stays_a_cancel():
+    async with provider([0.0, 1.0], Timeouts(first_byte=5, idle=5)) as client:
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async with client.open(REQUEST) as body:
+                async for _ in body:
+                    first.set()
+
+        task = asyncio.create_task(read())
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+
+
+async def test_a_cancel_in_the_same_turn_as_an_expiry_is_still_a_cancel():
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    reader = loop.create_future()
+
+    async def wait() -> None:
+        deadline = ReadDeadline(loop)
+        deadline.reading(loop.time())  # due at once
+        started.set()
+        try:
+            await reader
+        except asyncio.CancelledError:
+            assert not deadline.expired()  # someone else cancelled too: not a timeout
+            raise
+        finally:
+            deadline.close()
+
+    task = asyncio.create_task(wait())
+    await started.wait()
+    task.cancel()  # before the deadline's timer runs, in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_expired_read_deadline_tells_its_cancel_from_others():
+    loop = asyncio.get_running_loop()
+    reader = loop.create_future()
+    deadline: ReadDeadline | None = None
+
+    async def wait() -> str:
+        nonlocal deadline
+        deadline = ReadDeadline(loop)
+        deadline.reading(loop.time() + 0.05)
+        try:
+            await reader
+        except asyncio.CancelledError:
+            return "timeout" if deadline.expired() else "cancel"
+        finally:
+            deadline.reading(None)
+            deadline.close()
+        return "read"
+
+    assert await asyncio.create_task(wait()) == "timeout"
+    assert deadline is not None
+
+
+async def test_a_read_deadline_needs_a_task():
+    loop = asyncio.get_running_loop()
+    refused = loop.create_future()
+
+    def outside_any_task() -> None:
+        try:
+            ReadDeadline(loop)
+        except RuntimeError as exc:
+            refused.set_result(str(exc))
+
+    loop.call_soon(outside_any_task)
+    assert "task" in await refused
