@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.core.errors import StreamTimeout, UpstreamTimeout, WsgateError
 from wsgate.core.session import StartUpstream
-from wsgate.log import bound, get_logger
+from wsgate.log import bind, get_logger
 
 if TYPE_CHECKING:
     from wsgate.gateway.connection import Connection, Upstream
@@ -132,32 +132,34 @@ class StreamRunner:
         sid = start.stream_id
         connection = self.connection
         options = connection.options
-        with bound(stream_id=sid, message_id=start.message_id):
-            try:
-                async with (
-                    asyncio.timeout(options.max_duration) as whole,
-                    asyncio.timeout(options.first_token_timeout) as first,
-                ):
-                    await self._attempts(start, first)
-            except TimeoutError:
-                error: WsgateError
-                if whole.expired():
-                    error = StreamTimeout(f"the stream ran longer than {options.max_duration:g} s")
-                elif first.expired():
-                    error = UpstreamTimeout(
-                        f"no token within {options.first_token_timeout:g} s of the request"
-                    )
-                else:  # a TimeoutError from elsewhere is a bug, not the provider's fault
-                    log.exception("stream_crashed")
-                    error = WsgateError("internal error")
-                connection.deliver(sid, connection.session.upstream_failed(sid, error))
-            except WsgateError as exc:
-                log.info("upstream_failed", code=exc.code)
-                connection.deliver(sid, connection.session.upstream_failed(sid, exc))
-            except Exception:
+        # The task runs in its own copy of the context: what is bound here dies with it
+        # (cheaper per stream than a `bound` block kept open for the stream's life).
+        bind(stream_id=sid, message_id=start.message_id)
+        try:
+            async with (
+                asyncio.timeout(options.max_duration) as whole,
+                asyncio.timeout(options.first_token_timeout) as first,
+            ):
+                await self._attempts(start, first)
+        except TimeoutError:
+            error: WsgateError
+            if whole.expired():
+                error = StreamTimeout(f"the stream ran longer than {options.max_duration:g} s")
+            elif first.expired():
+                error = UpstreamTimeout(
+                    f"no token within {options.first_token_timeout:g} s of the request"
+                )
+            else:  # a TimeoutError from elsewhere is a bug, not the provider's fault
                 log.exception("stream_crashed")
-                failed = connection.session.upstream_failed(sid, WsgateError("internal error"))
-                connection.deliver(sid, failed)
+                error = WsgateError("internal error")
+            connection.deliver(sid, connection.session.upstream_failed(sid, error))
+        except WsgateError as exc:
+            log.info("upstream_failed", code=exc.code)
+            connection.deliver(sid, connection.session.upstream_failed(sid, exc))
+        except Exception:
+            log.exception("stream_crashed")
+            failed = connection.session.upstream_failed(sid, WsgateError("internal error"))
+            connection.deliver(sid, failed)
 
     async def _attempts(self, start: StartUpstream, first: asyncio.Timeout) -> None:
         """Call the provider; retry transient failures while the client saw no content."""
@@ -189,28 +191,36 @@ class StreamRunner:
 
     async def _pump(self, start: StartUpstream, first: asyncio.Timeout) -> None:
         sid = start.stream_id
-        connection = self.connection
-        session = connection.session
-        waiting_for_token = True
         async with self.upstream.open(start.request) as chunks:
             async for chunk in chunks:
-                output = session.upstream_data(sid, chunk, time.monotonic())
-                connection.deliver(sid, output)
-                if output.retry is not None:
-                    raise output.retry  # leaving the context closes this provider call
-                if output.closed:
+                if self._feed(sid, chunk, first):
                     return
-                if waiting_for_token:
-                    stream = session.streams.get(sid)
-                    if stream is not None and stream.has_content:
-                        first.reschedule(None)
-                        waiting_for_token = False
                 while (room := self._paused(sid)) is not None:
                     await room.wait()
-        output = session.upstream_eof(sid, time.monotonic())
-        connection.deliver(sid, output)
+        output = self.connection.session.upstream_eof(sid, time.monotonic())
+        self.connection.deliver(sid, output)
         if output.retry is not None:
             raise output.retry
+
+    def _feed(self, stream_id: str, chunk: bytes, first: asyncio.Timeout) -> bool:
+        """Hand one chunk to the session and deliver its frames; True once the stream ended.
+
+        A plain function, so that its output is not kept alive while the stream waits for
+        the provider's next chunk. Raises the stream's `retry` error (leaving `open` closes
+        the provider call); stops the first-token timer at the first content.
+        """
+        session = self.connection.session
+        output = session.upstream_data(stream_id, chunk, time.monotonic())
+        self.connection.deliver(stream_id, output)
+        if output.retry is not None:
+            raise output.retry
+        if output.closed:
+            return True
+        if first.when() is not None:
+            stream = session.streams.get(stream_id)
+            if stream is not None and stream.has_content:
+                first.reschedule(None)
+        return False
 
     def _paused(self, stream_id: str) -> asyncio.Event | None:
         """The event to wait for before reading the provider again; None: read now.

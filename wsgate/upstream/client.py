@@ -17,13 +17,15 @@ Does not parse anything (the core does) and does not know about WebSocket client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import math
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 import msgspec
@@ -98,6 +100,7 @@ MAX_ERROR_BODY = 64 * 1024
 """How much of an error answer is read to find the provider's error type."""
 
 _encoder = msgspec.json.Encoder()
+_NO_SLOT: Final = contextlib.nullcontext()
 
 READ_BUFSIZE = 16 * 1024
 """aiohttp buffers up to 2x this per response before it stops reading the socket; one
@@ -175,6 +178,7 @@ class UpstreamClient:
                         headers=_headers(http, route.api_key),
                         timeout=_client_timeout(timeouts),
                     )
+                    del body  # sent: not kept for the stream's life (it grows with the prompt)
                     if response.status != 200:
                         raise await _status_error(response)
                     if response.content_type == "application/json":
@@ -190,17 +194,17 @@ class UpstreamClient:
                 if response is not None:
                     response.close()
 
-    @asynccontextmanager
-    async def _slot(self, route: Route) -> AsyncIterator[None]:
-        """Hold one of the provider's `max_concurrency` call slots (waits for one)."""
+    def _slot(self, route: Route) -> AbstractAsyncContextManager[object]:
+        """One of the provider's `max_concurrency` call slots (waits for one); no-op uncapped.
+
+        A semaphore or a shared null context, not a generator: nothing per call to keep.
+        """
         if route.max_concurrency <= 0:
-            yield
-            return
+            return _NO_SLOT
         semaphore = self._slots.get(route.provider)
         if semaphore is None:
             semaphore = self._slots[route.provider] = asyncio.Semaphore(route.max_concurrency)
-        async with semaphore:
-            yield
+        return semaphore
 
     def in_flight(self, provider: str) -> int:
         """Calls holding a slot of a capped provider now (0 for an uncapped one)."""
