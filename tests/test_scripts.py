@@ -321,6 +321,6 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
         line for line in report.splitlines() if line.startswith(("| direct", "| naive", "| wsgate"))
     ]
     workload_rows = [row for row in rows if row.count("|") == 12]
-    assert len(workload_rows) == 6  # two workloads x three targets
+    assert len(workload_rows) == 8  # two workloads x four targets (a)-(d)
     assert all("| ok |" in row for row in workload_rows), workload_rows
     assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
