@@ -67,6 +67,7 @@ KNEE_WORDS = 120
 KNEE_MIN = 100
 TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce")
 DEFAULT_TARGETS = TARGETS
+ANALYSIS = Path(__file__).with_name("bench_analysis.md")
 # (d) of the issue: wsgate with time-based coalescing, once `options.buffering` is served.
 DEBOUNCE_OPTIONS = '{"buffering": "debounce", "debounce_ms": 20}'
 
@@ -878,6 +879,8 @@ def render(bench: Bench, command: str) -> str:
         *METHOD,
         "",
     ]
+    if ANALYSIS.is_file():  # the people's reading of the profiles, kept beside the script
+        out += [ANALYSIS.read_text(encoding="utf-8").rstrip(), ""]
     for title, lines in bench.profiles.items():
         out += [f"## Where wsgate spends its CPU: {title}", "", *lines]
     return "\n".join(out).rstrip() + "\n"
