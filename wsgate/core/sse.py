@@ -1,25 +1,27 @@
 """Incremental Server-Sent Events decoder: bytes in, `SSEEvent` values out (WHATWG rules).
 
 Owns the `text/event-stream` framing of every SSE provider: line splitting on CR, LF and
-CRLF (also when a CRLF is split across two chunks), the one leading BOM, comments, fields,
-dispatch on a blank line, the persistent last event id and the reconnection time. It does
-no I/O, never reads the clock and knows nothing of any provider's JSON.
+CRLF (also when a CRLF is split across two chunks), comments, fields, dispatch on a blank
+line, the persistent last event id and the reconnection time. The leading BOM, the
+unterminated tail, its cap and the `UpstreamLineTooLong` verdict are lines.py's
+`LineBuffer` (its rules hold here). It does no I/O, never reads the clock and knows
+nothing of any provider's JSON.
 
 Rules (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
 1. Lines are split at the byte level: CR and LF are ASCII and never occur inside a UTF-8
    multibyte sequence, so a complete line always holds whole characters and is decoded on its
-   own with ``errors="replace"``; a character split across chunks is joined because the
-   unterminated tail is kept as bytes until its line end arrives. This gives exactly what
-   decoding the whole stream first would give, with one decode per line and no per-character
-   Python loop.
-2. A line is dispatched only when complete; an unterminated line at EOF and an event without
+   own with ``errors="replace"`` (a character split across chunks is whole again once
+   `LineBuffer` joins the tail). This gives exactly what decoding the whole stream first
+   would give, with one decode per line and no per-character Python loop.
+2. A chunk that ends in CR has ended its line; a LF opening the next chunk is the rest of
+   that CRLF and ends nothing.
+3. A line is dispatched only when complete; an unterminated line at EOF and an event without
    its closing blank line are discarded, as the spec says.
-3. Memory: the unterminated tail is a list of chunks (appending is O(1), joining happens once
-   when the line ends), bounded by `max_line_bytes`. A longer line ends the decoder: the
-   events completed before it are still returned, `failure` holds `UpstreamLineTooLong`,
-   and every later `feed` returns nothing. Worst case held: `max_line_bytes` + one chunk.
-4. Cost: a token stream is one event per token, so everything here runs per token. An event
-   is a frozen `msgspec.Struct` (built in C: a tenth of a frozen dataclass's cost).
+4. A line over `max_line_bytes` ends the decoder: the events completed before it are still
+   returned, `failure` holds `UpstreamLineTooLong`, and every later `feed` returns nothing.
+5. Cost: a token stream is one event per token, so everything here runs per token. An event
+   is a frozen `msgspec.Struct` (built in C: a tenth of a frozen dataclass's cost), and the
+   split stays inline in `feed`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Final
 import msgspec
 
 from wsgate.core.errors import UpstreamLineTooLong
+from wsgate.core.lines import DEFAULT_MAX_LINE_BYTES, LineBuffer
 
-DEFAULT_MAX_LINE_BYTES: Final = 4 * 1024 * 1024
-_BOM: Final = b"\xef\xbb\xbf"
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "SSEDecoder", "SSEEvent"]
+
 _CR: Final = 13
 _LF: Final = 10
 _EOL: Final = (_LF, _CR)
@@ -58,27 +61,11 @@ class SSEEvent(msgspec.Struct, frozen=True, gc=False):
 class SSEDecoder:
     """Feed bytes as they arrive; get the events each chunk completes."""
 
-    __slots__ = (
-        "_data",
-        "_event",
-        "_head",
-        "_last_id",
-        "_max",
-        "_pending_cr",
-        "_retry",
-        "_started",
-        "_tail",
-        "_tail_len",
-        "failure",
-    )
+    __slots__ = ("_buffer", "_data", "_event", "_last_id", "_pending_cr", "_retry", "failure")
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        self._max = max_line_bytes
-        self._started = False  # False until the first 3 bytes settled the BOM question
-        self._head = b""  # the first bytes while they may still be a split BOM
+        self._buffer = LineBuffer(max_line_bytes)
         self._pending_cr = False  # the last chunk ended in CR: a leading LF ends nothing
-        self._tail: list[bytes] = []
-        self._tail_len = 0
         self._data: list[str] | None = None  # None: no data field since the last dispatch
         self._event = ""
         self._last_id: str | None = None
@@ -95,15 +82,16 @@ class SSEDecoder:
         """The reconnection time in milliseconds the stream asked for, if any."""
         return self._retry
 
-    def feed(self, data: bytes) -> list[SSEEvent]:  # noqa: C901 - one chunk's framing steps, inline on the hot path
+    def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode one chunk; return the events it completes, in order.
 
         After a line over the cap, returns the events before it and sets `failure`.
         """
         if self.failure is not None:
             return []
-        if not self._started:
-            data = self._strip_bom(data)
+        buffer = self._buffer
+        if not buffer.started:
+            data = buffer.strip_bom(data)
         if self._pending_cr and data:
             self._pending_cr = False
             if data[0] == _LF:
@@ -114,62 +102,22 @@ class SSEDecoder:
         last = data[-1]
         if last in _EOL:
             self._pending_cr = last == _CR
-            piece = b""
+            lines = buffer.frame(lines, b"", len(data))
         else:
-            piece = lines.pop()
-        if lines:
-            if self._tail:
-                lines[0] = self._join_tail(lines[0])
-            overlong = self._first_overlong(lines, len(data))
-            if overlong is not None:
-                return self._fail(lines[:overlong])
-        if piece and self._keep(piece):
-            return self._fail(lines)
+            lines = buffer.frame(lines, lines.pop(), len(data))
+        if buffer.failure is not None:
+            events = self._lines(lines)
+            self.failure = buffer.failure
+            self.eof()
+            return events
         return self._lines(lines) if lines else []
 
     def eof(self) -> list[SSEEvent]:
         """End of stream: an unterminated line and an undispatched event are discarded."""
-        self._head = b""
-        self._tail.clear()
-        self._tail_len = 0
+        self._buffer.clear()
         self._data = None
         self._event = ""
         return []
-
-    def _strip_bom(self, data: bytes) -> bytes:
-        head = self._head + data if self._head else data
-        if len(head) < len(_BOM) and _BOM.startswith(head):
-            self._head = head
-            return b""
-        self._started = True
-        self._head = b""
-        return head[3:] if head.startswith(_BOM) else head
-
-    def _first_overlong(self, lines: list[bytes], chunk_size: int) -> int | None:
-        # Only a chunk longer than the cap can hold a complete line longer than the cap
-        # (beyond the first line, which carries the old tail): skip the scan otherwise.
-        if len(lines[0]) <= self._max and chunk_size <= self._max:
-            return None
-        return next((i for i, line in enumerate(lines) if len(line) > self._max), None)
-
-    def _keep(self, piece: bytes) -> bool:
-        """Hold an unterminated piece; True when the line now exceeds the cap."""
-        self._tail.append(piece)
-        self._tail_len += len(piece)
-        return self._tail_len > self._max
-
-    def _fail(self, complete: list[bytes]) -> list[SSEEvent]:
-        events = self._lines(complete)
-        self.failure = UpstreamLineTooLong(f"upstream line exceeds {self._max} bytes")
-        self.eof()
-        return events
-
-    def _join_tail(self, first: bytes) -> bytes:
-        self._tail.append(first)
-        line = b"".join(self._tail)
-        self._tail.clear()
-        self._tail_len = 0
-        return line
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:  # noqa: C901, PLR0912 - the field table, inline on the hot path
         events: list[SSEEvent] = []
