@@ -13,6 +13,9 @@ it feeds received frames to the session, queues what it returns in the connectio
   ping would wait behind the same full buffer.
 - Reader backpressure: refusals of bad frames and the frames of ended streams are bounded
   by `READER_BACKLOG_BYTES`; past it the reader stops reading the client.
+- Writing: the frames waiting when the writer runs leave in one transport write (up to
+  `WRITE_BATCH_FRAMES` / `WRITE_BATCH_BYTES`): one system call for the many streams'
+  tokens a paced provider releases in the same instant, instead of one per frame.
 - Liveness: a `heartbeat` frame after `heartbeat_interval` of silence, for browsers, which
   cannot see WebSocket pings.
 - Disconnect: streams that asked `on_disconnect: continue` are detached into an event log
@@ -75,6 +78,13 @@ READER_BACKLOG_BYTES = 256 * 1024
 SOCKET_BACKLOG_BYTES = 32 * 1024
 """websockets' write high-water mark: above it, sends wait for the client to read."""
 
+WRITE_BATCH_FRAMES = 64
+"""Most frames the writer sends in one transport write (and between two yields)."""
+
+WRITE_BATCH_BYTES = SOCKET_BACKLOG_BYTES // 2
+"""A batch stops growing past this many bytes: under backpressure, frames wait in the
+outbox (where a stream's deltas coalesce) rather than in the socket's buffer."""
+
 HEARTBEAT = encode_frame(Heartbeat())
 
 
@@ -112,6 +122,7 @@ class ConnectionStats:
 
     frames_sent: int = 0
     bytes_sent: int = 0
+    writes: int = 0  # transport writes: a batch of frames is one
     max_buffered: int = 0
     aborted: bool = False
     slow_consumer: bool = False
@@ -455,43 +466,87 @@ class Connection:
             raise  # `_writer` keeps the failed task: no writer starts again
 
     async def _write_loop(self) -> None:
-        outbox, ws, stats = self.outbox, self.ws, self.stats
+        outbox, stats = self.outbox, self.stats
         loop = asyncio.get_running_loop()
         soft = self.options.buffer_bytes // 2
         sent_since_yield = 0
         while True:
-            item = outbox.pop()
-            if item is None:
+            batch = self._take_batch()
+            if not batch:
                 self._drained()
                 return
-            stream_id, data = item
             # No timer per send: the connection's timer checks `_send_since` (one timer per
             # connection instead of one per frame, which dominated the cost of paced streams).
             self._send_since = loop.time()
             try:
-                await ws.send(data, text=True)
+                await self._send_batch(batch)
             except websockets.ConnectionClosed:
                 self._write_closed = True  # what is queued from now on stays queued
                 return
             finally:
                 self._send_since = None
-            stats.frames_sent += 1
-            stats.bytes_sent += len(data)
             self._last_send = loop.time()
-            if stream_id is not None:
-                room = self.room.get(stream_id)
-                if room is not None and outbox.has_room(stream_id):
-                    room.set()
+            stats.writes += 1
+            for stream_id, data in batch:
+                stats.frames_sent += 1
+                stats.bytes_sent += len(data)
+                if stream_id is not None:
+                    room = self.room.get(stream_id)
+                    if room is not None and outbox.has_room(stream_id):
+                        room.set()
             if self._uncongested is not None and outbox.pending_bytes <= soft // 2:
                 self._uncongested.set()
             if self._backlog_room is not None and outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
                 self._backlog_room.set()
-            # send() only yields when the transport is paused; yield now and then so one
+            # A send only yields when the transport is paused; yield now and then so one
             # busy connection cannot starve the others on the loop.
-            sent_since_yield += 1
-            if sent_since_yield >= 64:
+            sent_since_yield += len(batch)
+            if sent_since_yield >= WRITE_BATCH_FRAMES:
                 sent_since_yield = 0
                 await asyncio.sleep(0)
+
+    def _take_batch(self) -> list[tuple[str | None, bytes]]:
+        """The next frames to send together: at least one, then up to the batch bounds."""
+        outbox = self.outbox
+        batch: list[tuple[str | None, bytes]] = []
+        size = 0
+        while len(batch) < WRITE_BATCH_FRAMES and size < WRITE_BATCH_BYTES:
+            item = outbox.pop()
+            if item is None:
+                break
+            batch.append(item)
+            size += len(item[1])
+        return batch
+
+    async def _send_batch(self, batch: list[tuple[str | None, bytes]]) -> None:
+        """Send the batch's frames as text frames in one transport write.
+
+        Paced streams queue a few frames per connection per loop turn, and `ws.send` makes
+        one `transport.write` per message, which uvloop turns into one system call each:
+        the largest per-token cost of the shell. Here every frame is framed by websockets'
+        sans-I/O protocol and the bytes are written at once, inside `send_context()`, the
+        context `send` itself uses: it checks the connection is open, turns a failure into
+        `ConnectionClosed`, and waits on the transport's high-water mark (flow control).
+        Nothing awaits between the frames, so another sender (a close) cannot interleave.
+
+        websockets internals relied on (17.x; pinned `<18` in pyproject.toml):
+        `Connection.send_context()` (undocumented; the context `send`, `ping` and `close`
+        use), the `protocol` attribute (the sans-I/O `ServerProtocol`, whose `send_text`
+        and `data_to_send` are documented) and `transport`; and that the frames
+        `protocol.send_text` queues in the OPEN state are the only bytes pending in
+        `protocol.data_to_send()` (the asyncio connection flushes after every event, and an
+        OPEN protocol queues no EOF marker). wsgate never sends fragmented messages, so
+        `send`'s wait for one to finish (`send_in_progress`) is not needed.
+        """
+        ws = self.ws
+        if len(batch) == 1:
+            await ws.send(batch[0][1], text=True)
+            return
+        async with ws.send_context():
+            protocol = ws.protocol
+            for _, data in batch:
+                protocol.send_text(data)
+            ws.transport.write(b"".join(protocol.data_to_send()))
 
     def _drained(self) -> None:
         """The outbox is empty: wake whoever waits for room, and end the writer."""
