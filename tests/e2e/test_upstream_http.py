@@ -344,3 +344,46 @@ async def test_a_providers_own_connect_timeout_is_applied():
         server.close()
         for filler in fillers:
             filler.close()
+
+
+async def test_a_finished_call_returns_its_connection_to_the_pool_and_a_cancelled_one_does_not(
+    provider,
+):
+    recorder, root = provider
+    client = UpstreamClient(
+        {"m": Route("m", "p", "openai_chat", root + "/v1", "m")}, Timeouts(1, 2, 2)
+    )
+    await client.start()
+    ports = []
+
+    async def sse_with_port(request: web.Request) -> web.StreamResponse:
+        ports.append(request.transport.get_extra_info("peername")[1])
+        return await recorder.sse(request)
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        ports.append(request.transport.get_extra_info("peername")[1])
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices":[]}\n\n')
+        await asyncio.sleep(1)
+        return response
+
+    try:
+        recorder.answer = sse_with_port
+        for _ in range(3):
+            async with client.open(REQUEST) as chunks:
+                async for _chunk in chunks:
+                    pass
+        assert len(set(ports)) == 1  # one TCP connection served all three calls
+        recorder.answer = endless
+        async with client.open(REQUEST) as chunks:
+            async for _chunk in chunks:
+                break  # the stream ends (a cancel, a finish) before the body does
+        recorder.answer = sse_with_port
+        async with client.open(REQUEST) as chunks:
+            async for _chunk in chunks:
+                pass
+        assert ports[3] == ports[0]  # the pooled connection served the endless call
+        assert ports[4] != ports[0]  # which was closed: the provider saw the stream end
+    finally:
+        await client.close()

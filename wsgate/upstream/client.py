@@ -9,7 +9,9 @@ one per read: a read only notes its deadline, which keeps a paced token at O(1) 
 
 Cancellation reaches the provider because the response is closed in a `finally` whatever
 ends the stream (a cancel is a `CancelledError` at an `await` here): the TCP connection is
-closed, not returned to the pool, so the provider sees the disconnect at once.
+closed, not returned to the pool, so the provider sees the disconnect at once. A call whose
+body was read to its end has already gone back to aiohttp's pool by then (keep-alive: the
+next call skips the TCP and TLS handshakes); closing it is then a no-op.
 
 Does not parse anything (the core does) and does not know about WebSocket clients.
 """
