@@ -70,7 +70,13 @@ from wsgate.core.events import (
     Usage,
 )
 from wsgate.core.jsonio import loads
-from wsgate.core.payloads import IDENTIFIER, json_object, string, tool_events
+from wsgate.core.payloads import (
+    error_labels,
+    error_message,
+    json_object,
+    string,
+    tool_events,
+)
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 from wsgate.core.utf8 import SurrogateJoiner
 
@@ -303,7 +309,6 @@ def _object(payload: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _error(error: Any) -> UpstreamError:
-    kind = error.get("type") if isinstance(error, dict) else None
-    if not isinstance(kind, str) or not IDENTIFIER.fullmatch(kind):
-        return UpstreamError("upstream reported an error")
-    return _ERRORS.get(kind, UpstreamError)(f"upstream reported an error ({kind})")
+    labels = error_labels(error, ("type",))
+    kind = _ERRORS.get(labels[0], UpstreamError) if labels else UpstreamError
+    return kind(error_message(labels))

@@ -59,7 +59,13 @@ from wsgate.core.errors import (
     UpstreamRejected,
 )
 from wsgate.core.events import Finish, FinishReason, ReasoningDelta, RoleDelta, TextDelta, Usage
-from wsgate.core.payloads import IDENTIFIER, json_object, string, tool_events
+from wsgate.core.payloads import (
+    error_labels,
+    error_message,
+    json_object,
+    string,
+    tool_events,
+)
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 from wsgate.core.utf8 import SurrogateJoiner
 
@@ -301,15 +307,8 @@ def _count(usage: dict[str, Any], key: str) -> int:
 
 
 def _error(error: Any, keys: tuple[str, ...]) -> UpstreamError:
-    labels: list[str] = []
-    if isinstance(error, dict):
-        for key in keys:
-            value = error.get(key)
-            if isinstance(value, str) and IDENTIFIER.fullmatch(value) and value not in labels:
-                labels.append(value)
-    message = "upstream reported an error"
-    if labels:
-        message += f" ({', '.join(labels)})"
+    labels = error_labels(error, keys)
+    message = error_message(labels)
     if any("rate_limit" in label for label in labels):
         return UpstreamRateLimited(message)
     if any(label in _TRANSIENT for label in labels):

@@ -63,17 +63,31 @@ def tool_events(outputs: list[ToolCallOutput]) -> list[UpstreamEvent]:
     return events
 
 
-def error_from(error: Any) -> UpstreamError:
-    """The typed error of an OpenAI-shaped `{"type", "code"}` error object."""
+def error_labels(error: Any, keys: tuple[str, ...] = ("type", "code")) -> list[str]:
+    """The distinct short identifiers under `keys` of a provider's error object, in order.
+
+    Anything else in the object (its message above all) is provider text and never kept.
+    """
     labels: list[str] = []
     if isinstance(error, dict):
-        for key in ("type", "code"):
+        for key in keys:
             value = error.get(key)
             if isinstance(value, str) and IDENTIFIER.fullmatch(value) and value not in labels:
                 labels.append(value)
-    message = "upstream reported an error"
+    return labels
+
+
+def error_message(labels: list[str]) -> str:
+    """The public message of an in-band provider error: its labels, nothing of its text."""
     if labels:
-        message += f" ({', '.join(labels)})"
+        return f"upstream reported an error ({', '.join(labels)})"
+    return "upstream reported an error"
+
+
+def error_from(error: Any) -> UpstreamError:
+    """The typed error of an OpenAI-shaped `{"type", "code"}` error object."""
+    labels = error_labels(error)
+    message = error_message(labels)
     if any("rate_limit" in label for label in labels):
         return UpstreamRateLimited(message)
     return UpstreamError(message)

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import email.utils
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -43,6 +42,7 @@ from wsgate.core.errors import (
     UpstreamUnavailable,
 )
 from wsgate.core.frames import ChatRequest
+from wsgate.core.payloads import error_labels
 from wsgate.core.providers import build_body
 
 
@@ -383,7 +383,6 @@ REJECTION_TYPES = frozenset(
 )
 """Error types that say the request itself is wrong, whatever the HTTP status."""
 TRANSIENT_4XX = frozenset({408, 409})
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 async def _error_label(response: aiohttp.ClientResponse) -> str | None:
@@ -403,13 +402,8 @@ async def _error_label(response: aiohttp.ClientResponse) -> str | None:
         error = orjson.loads(raw).get("error")
     except (aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
         return None
-    if not isinstance(error, dict):
-        return None
-    for key in ("type", "code"):
-        value = error.get(key)
-        if isinstance(value, str) and _IDENTIFIER.fullmatch(value):
-            return value
-    return None
+    labels = error_labels(error)
+    return labels[0] if labels else None
 
 
 def _retry_after_ms(response: aiohttp.ClientResponse) -> int | None:
