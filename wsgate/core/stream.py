@@ -273,16 +273,16 @@ class Stream:
     def _text_delta(self, out: StreamOutput, text: str, now: float) -> bool:
         """The token path, once per provider token; False when the stream failed.
 
-        `_event`'s steps for a text delta (`_apply`, `_frames_for`, `_add_all`) without
-        its type dispatch, calls and lists: the text pipeline nearly always returns one
-        string, which becomes one `delta.text` (text never fails to encode).
+        The only place text deltas are handled, without `_event`'s type dispatch: the text
+        pipeline nearly always returns one string, which becomes one `delta.text` directly
+        (text never fails to encode); anything else goes through `_add_all`.
         """
         self._committed = True
         if self.state is not State.STREAMING:
             self._apply(Event.CONTENT)
         if self._first_token_at is None:
             self._first_token_at = now
-        self._tokens += 1  # `_token`, inline
+        self._tokens += 1
         pieces = self._text.push(text, now)
         if len(pieces) == 1 and type(piece := pieces[0]) is str:
             self._seq += 1
@@ -346,10 +346,8 @@ class Stream:
         return frames
 
     def _frames_for(self, event: ev.UpstreamEvent, now: float) -> list[ServerFrame]:
+        # Text deltas never come here: `_translate` sends them down `_text_delta`.
         sid = self.stream_id
-        if isinstance(event, ev.TextDelta):
-            self._token(now)
-            return self._text_frames(self._text.push(event.text, now))
         if isinstance(event, ev.RoleDelta):
             return [DeltaRole(sid, self._next(), event.role)]
         if isinstance(event, ORDERED_AFTER_TEXT):
@@ -391,11 +389,6 @@ class Stream:
         if isinstance(event, ev.Usage):
             return [UsageFrame(sid, self._next(), event.input_tokens, event.output_tokens)]
         raise TypeError(f"unhandled upstream event {type(event).__name__}")  # pragma: no cover
-
-    def _token(self, now: float) -> None:
-        if self._first_token_at is None:
-            self._first_token_at = now
-        self._tokens += 1
 
     def _telemetry(self, now: float) -> Telemetry | None:
         if now - self._last_telemetry < self._telemetry_interval:
