@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import orjson
 import websockets
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
 SCHEMA_DIR = Path(__file__).parents[2] / "protocol" / "schema"
@@ -122,11 +123,26 @@ async def raw_connect(url: str, **kwargs: Any) -> AsyncIterator[RawConn]:
         yield conn
 
 
+@asynccontextmanager
+async def serving(handler: Callable[..., Any]) -> AsyncIterator[str]:
+    """A stand-in provider on 127.0.0.1 answering every POST with `handler`; its root URL."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 __all__ = [
     "RawConn",
     "assert_gapless",
     "mock_request",
     "raw_connect",
+    "serving",
     "stream_text",
     "validate_server_frame",
     "websockets",

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 from aiohttp import web
-from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
+from e2e_helpers import assert_gapless, mock_request, raw_connect, serving, stream_text
 
 from wsgate.core.errors import UpstreamTimeout, UpstreamUnavailable
 from wsgate.core.frames import ChatRequest, Message
@@ -138,24 +138,17 @@ async def test_the_first_byte_deadline_covers_headers_and_body_together():
         await asyncio.sleep(0.5)
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    client = UpstreamClient(
-        {"m": Route("m", "p", "openai_chat", f"http://127.0.0.1:{port}/v1", "m")},
-        Timeouts(connect=1, first_byte=1.0, idle=5),
-    )
-    await client.start()
-    request = ChatRequest(model="m", messages=[Message(role="user", content="x")])
-    try:
-        started = asyncio.get_running_loop().time()
-        with pytest.raises(UpstreamTimeout):
-            await drain(client, request)
-        assert asyncio.get_running_loop().time() - started < 1.15
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving(slow) as root:
+        client = UpstreamClient(
+            {"m": Route("m", "p", "openai_chat", root + "/v1", "m")},
+            Timeouts(connect=1, first_byte=1.0, idle=5),
+        )
+        await client.start()
+        request = ChatRequest(model="m", messages=[Message(role="user", content="x")])
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamTimeout):
+                await drain(client, request)
+            assert asyncio.get_running_loop().time() - started < 1.15
+        finally:
+            await client.close()

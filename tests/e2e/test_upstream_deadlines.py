@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
+from e2e_helpers import serving
 
 from wsgate.core.errors import UpstreamTimeout
 from wsgate.core.frames import ChatRequest, Message
@@ -37,21 +38,14 @@ async def provider(gaps: list[float], timeouts: Timeouts) -> AsyncIterator[Upstr
                 break
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    route = Route("m", "p", "openai_chat", f"http://127.0.0.1:{port}/v1", "m")
-    client = UpstreamClient({"m": route}, timeouts)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving(stream) as root:
+        route = Route("m", "p", "openai_chat", root + "/v1", "m")
+        client = UpstreamClient({"m": route}, timeouts)
+        await client.start()
+        try:
+            yield client
+        finally:
+            await client.close()
 
 
 async def read_all(

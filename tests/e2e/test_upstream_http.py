@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 from aiohttp import web
+from e2e_helpers import serving
 
 from wsgate.core.errors import (
     UpstreamError,
@@ -58,14 +59,8 @@ class Recorder:
 @pytest.fixture
 async def provider() -> AsyncIterator[tuple[Recorder, str]]:
     recorder = Recorder()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", recorder.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield recorder, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serving(recorder.handle) as root:
+        yield recorder, root
 
 
 async def call(route: Route) -> None:
