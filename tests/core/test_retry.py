@@ -81,3 +81,10 @@ def test_a_delay_is_never_negative_never_before_retry_after_and_within_the_budge
         assert elapsed + delay <= POLICY.budget
         if retry_after is not None:
             assert delay >= retry_after / 1000
+
+
+def test_a_retry_that_would_not_start_before_the_streams_own_deadline_is_not_made():
+    error = UpstreamRateLimited("429", retry_after_ms=3000)
+    assert POLICY.delay(1, error, 0.0, 0.5, time_left=1.0) is None
+    assert POLICY.delay(1, error, 0.0, 0.5, time_left=3.5) == 3.0
+    assert POLICY.delay(1, error, 0.0, 0.5) == 3.0

@@ -15,7 +15,9 @@ Rules:
    honoured as given, even beyond `max_delay`.
 4. `budget` bounds the whole affair: a retry whose wait would end later than `budget`
    seconds after the first request is not made (a `Retry-After` of a minute with a 15 s
-   budget gives up at once, and the client gets that `retry_after_ms`).
+   budget gives up at once, and the client gets that `retry_after_ms`); nor is one that
+   would not start before the stream's own deadline (`time_left`), so the client gets the
+   provider's error rather than a timeout.
 """
 
 from __future__ import annotations
@@ -35,14 +37,25 @@ class RetryPolicy:
     budget: float = 15.0
 
     def delay(
-        self, attempt: int, error: WsgateError, elapsed: float, jitter: float
+        self,
+        attempt: int,
+        error: WsgateError,
+        elapsed: float,
+        jitter: float,
+        time_left: float | None = None,
     ) -> float | None:
-        """Seconds to wait before retry number `attempt` (from 1), or None to give up."""
+        """Seconds to wait before retry number `attempt` (from 1), or None to give up.
+
+        `time_left`: seconds until the stream's own deadline (its first-token timeout), if
+        it has one; a retry that would not start before it is not made (rule 4).
+        """
         if not error.transient or attempt > self.max_attempts:
             return None
         backoff = jitter * min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         if error.retry_after_ms is not None:
             backoff = max(backoff, error.retry_after_ms / 1000)
         if elapsed + backoff > self.budget:
+            return None
+        if time_left is not None and backoff >= time_left:
             return None
         return backoff

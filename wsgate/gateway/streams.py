@@ -173,11 +173,10 @@ class StreamRunner:
             except WsgateError as exc:
                 attempt += 1
                 elapsed = time.monotonic() - began
-                delay = policy.delay(attempt, exc, elapsed, random.random())  # noqa: S311 - jitter, not a secret
-                if delay is None or _too_late(first, delay):
+                jitter = random.random()  # noqa: S311 - jitter, not a secret
+                delay = policy.delay(attempt, exc, elapsed, jitter, _time_left(first))
+                if delay is None or not session.retry_upstream(start.stream_id, start.request):
                     raise  # the real error, with its Retry-After, not a first-token timeout
-                if not session.retry_upstream(start.stream_id, start.request):
-                    raise
                 log.info(
                     "upstream_retry",
                     attempt=attempt,
@@ -246,7 +245,7 @@ class StreamRunner:
         return None
 
 
-def _too_late(first: asyncio.Timeout, delay: float) -> bool:
-    """Whether a retry after `delay` s would start after the first-token deadline."""
+def _time_left(first: asyncio.Timeout) -> float | None:
+    """Seconds until the first-token deadline (None once the first token came)."""
     deadline = first.when()
-    return deadline is not None and asyncio.get_running_loop().time() + delay >= deadline
+    return None if deadline is None else deadline - asyncio.get_running_loop().time()
