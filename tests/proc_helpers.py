@@ -21,6 +21,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_wsgate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run one `wsgate` command to its end, in a clean environment plus `env`."""
+    return subprocess.run(
+        [*WSGATE, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(**env),
+        check=False,
+    )
+
+
 def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float = 20) -> dict:
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None

@@ -5,17 +5,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
-from proc_helpers import WSGATE, clean_env, running, wait_for_log
+from proc_helpers import run_wsgate, running, wait_for_log
 
 from wsgate.cli import main
 from wsgate.config import load_settings
 
 ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_wsgate_environment(monkeypatch):
+    """In-process commands read the environment: none of the runner's WSGATE_ settings."""
+    for key in list(os.environ):
+        if key.startswith("WSGATE_"):
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture
@@ -29,14 +36,7 @@ def served():
 def test_serve_with_no_configuration_streams_from_the_mock_to_wsgate_chat(served):
     proc, url = served
     prompt = json.dumps({"mock": {"text": "Hello from the mock, token by token."}})
-    chat = subprocess.run(
-        [*WSGATE, "chat", "--url", url, prompt],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
+    chat = run_wsgate("chat", "--url", url, prompt)
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout == "Hello from the mock, token by token.\n"
     proc.send_signal(signal.SIGTERM)
@@ -46,14 +46,7 @@ def test_serve_with_no_configuration_streams_from_the_mock_to_wsgate_chat(served
 def test_serve_logs_json_lines_without_prompt_text(served):
     proc, url = served
     secret_prompt = "my very private prompt"
-    subprocess.run(
-        [*WSGATE, "chat", "--url", url, secret_prompt],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=True,
-    )
+    run_wsgate("chat", "--url", url, secret_prompt).check_returncode()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -62,14 +55,7 @@ def test_serve_logs_json_lines_without_prompt_text(served):
 
 
 def test_a_bad_setting_exits_2_with_one_clear_line():
-    result = subprocess.run(
-        [*WSGATE, "serve"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(WSGATE_SERVER__PORT="not-a-port"),
-        check=False,
-    )
+    result = run_wsgate("serve", WSGATE_SERVER__PORT="not-a-port")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -82,10 +68,7 @@ def test_a_missing_config_file_exits_2(tmp_path, capsys):
     assert "nope.toml" in capsys.readouterr().err
 
 
-def test_check_config_prints_settings_with_secrets_masked(tmp_path, capsys, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("WSGATE_"):
-            monkeypatch.delenv(key)
+def test_check_config_prints_settings_with_secrets_masked(tmp_path, capsys):
     config = tmp_path / "wsgate.toml"
     config.write_text(
         "[providers.openai]\n"
@@ -157,14 +140,7 @@ def test_serve_listens_on_loopback_by_default():
 def test_serve_refuses_a_non_local_address_with_a_real_provider_and_no_auth(tmp_path):
     config = tmp_path / "wsgate.toml"
     config.write_text(REAL_PROVIDER_TOML)
-    result = subprocess.run(
-        [*WSGATE, "serve", "--config", str(config), "--host", "0.0.0.0", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
+    result = run_wsgate("serve", "--config", str(config), "--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -174,12 +150,7 @@ def test_serve_refuses_a_non_local_address_with_a_real_provider_and_no_auth(tmp_
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "gateway.example"])
-def test_check_config_refuses_every_non_loopback_host_with_a_real_provider(
-    tmp_path, capsys, monkeypatch, host
-):
-    for key in list(os.environ):
-        if key.startswith("WSGATE_"):
-            monkeypatch.delenv(key)
+def test_check_config_refuses_every_non_loopback_host_with_a_real_provider(tmp_path, capsys, host):
     config = tmp_path / "wsgate.toml"
     config.write_text(REAL_PROVIDER_TOML)
     assert main(["check-config", "--config", str(config), "--host", host]) == 2
@@ -197,11 +168,8 @@ def test_check_config_refuses_every_non_loopback_host_with_a_real_provider(
     ],
 )
 def test_loopback_an_explicit_allow_anonymous_or_the_mock_alone_may_listen(
-    tmp_path, capsys, monkeypatch, args, toml
+    tmp_path, capsys, args, toml
 ):
-    for key in list(os.environ):
-        if key.startswith("WSGATE_"):
-            monkeypatch.delenv(key)
     config = tmp_path / "wsgate.toml"
     config.write_text(toml)
     assert main(["check-config", "--config", str(config), *args]) == 0, capsys.readouterr().err
@@ -216,14 +184,7 @@ def test_serve_with_an_unset_key_variable_stops_at_once_with_one_line(tmp_path):
         "[models.gpt]\n"
         'provider = "openai"\n'
     )
-    result = subprocess.run(
-        [*WSGATE, "serve", "--config", str(config), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
+    result = run_wsgate("serve", "--config", str(config), "--port", "0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "wsgate: config error: api_key_env: environment variable WSGATE_TEST_UNSET_KEY is unset"
