@@ -94,3 +94,64 @@ async def test_pacer_stop_cancels_waiters_and_restarts_lazily():
     await asyncio.gather(waiter, return_exceptions=True)
     assert waiter.cancelled()
     await asyncio.wait_for(pacer.wait_until(pacer.time() + 0.01), timeout=1.0)
+
+
+async def test_pacer_runs_callbacks_from_its_timer_in_deadline_order():
+    pacer = Pacer()
+    now = pacer.time()
+    order: list[int] = []
+    finished = asyncio.get_running_loop().create_future()
+    for offset in (3, 0, 2, 1):
+        pacer.call_at(now + 0.01 + offset * 0.005, lambda o=offset: order.append(o))
+    pacer.call_at(now + 0.04, lambda: finished.set_result(None))
+    await asyncio.wait_for(finished, timeout=1.0)
+    assert order == [0, 1, 2, 3]
+    assert pacer.pending == 0
+
+
+async def test_pacer_runs_co_due_callbacks_and_their_successors_without_extra_wakeups():
+    pacer = Pacer()
+    start = pacer.time()
+    ran: list[int] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    def tick(stream: int, token: int) -> None:
+        ran.append(stream)
+        if token < 4:
+            pacer.call_at(start + 0.01 * (token + 1), lambda: tick(stream, token + 1))
+        elif len(ran) == 500 and not finished.done():
+            finished.set_result(None)
+
+    for stream in range(100):
+        pacer.call_at(start, lambda s=stream: tick(s, 0))
+    await asyncio.wait_for(finished, timeout=2.0)
+    assert len(ran) == 500
+    assert pacer.fired <= 10  # one pass per due time (two where a timer fires a hair early)
+
+
+async def test_pacer_callback_that_fails_does_not_stall_the_others():
+    pacer = Pacer()
+    loop = asyncio.get_running_loop()
+    reported: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+    finished = loop.create_future()
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    due = pacer.time() + 0.01
+    pacer.call_at(due, broken)
+    pacer.call_at(due, lambda: finished.set_result(None))
+    await asyncio.wait_for(finished, timeout=1.0)
+    loop.set_exception_handler(None)
+    assert [str(exc) for exc in reported] == ["boom"]
+
+
+async def test_pacer_stop_drops_pending_callbacks_unrun():
+    pacer = Pacer()
+    ran: list[int] = []
+    pacer.call_at(pacer.time() + 0.02, lambda: ran.append(1))
+    pacer.stop()
+    await asyncio.sleep(0.05)
+    assert ran == []
+    assert pacer.pending == 0

@@ -2,10 +2,13 @@
 
 Owns the byte-level writing of a prepared `aiohttp.web.StreamResponse`: events (or runs of
 co-due events, coalesced up to 16 KiB when unpaced) at their due times through the shared
-`Pacer`; `split_writes` pieces, each its own transport write with the write buffer drained
-between them (so a piece leaves in its own `send`); a one-byte-per-write drip; and the
-abrupt close of `truncate_after`. It decides nothing about what is written (`plan.py` does)
-and keeps no records: it reports each finished event through `on_sent`.
+`Pacer`; paced events after the first are written from the pacer's timer itself, each as one
+HTTP chunk on the transport, with no task wake-up per token (the mock is a load-test instrument:
+thousands of paced streams must not make it the bottleneck); `split_writes` pieces, each its own
+transport write with the write buffer drained between them (so a piece leaves in its own
+`send`); a one-byte-per-write drip; and the abrupt close of `truncate_after`. It decides nothing
+about what is written (`plan.py` does) and keeps no records: it reports each finished event
+through `on_sent`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 
 # Unpaced events are coalesced into writes up to this size: the fastest the mock can go.
 BATCH_BYTES: Final = 16 * 1024
+# A paced run written from the timer stops once the transport holds this much unsent (aiohttp's
+# own drain threshold); the handler drains the buffer, then starts the next run.
+FLOW_LIMIT: Final = 64 * 1024
 # How often a split stream looks whether the kernel took the last piece. Only polled while
 # the client is not reading: asyncio has no "write buffer empty" event.
 DRAIN_POLL_S: Final = 0.001
@@ -47,7 +53,13 @@ class Writer:
         its own write after the previous one left the transport's buffer.
         """
         index = 0
+        timed = not batched and split is None
         while index < len(events):
+            if index and timed and (run := self._timed_run(events, index)) is not None:
+                index = await run
+                if index < len(events):  # the client stopped reading: wait until it has all
+                    await drained(self.request)
+                continue
             await self.pacer.wait_until(self.origin + events[index].at_s)
             data, count = take(events, index, batched=batched and split is None)
             if split is None:
@@ -58,6 +70,21 @@ class Writer:
                     await drained(self.request)
             index += count
             self.on_sent(count)
+
+    def _timed_run(self, events: list[PlannedEvent], index: int) -> asyncio.Future[int] | None:
+        """Start writing `events[index:]` from the pacer's timer; None where that cannot be.
+
+        Needs the headers sent (the first event went the awaiting way) and chunked framing,
+        which the mock writes itself. The future gives the index reached: the end, or where
+        the transport's buffer passed FLOW_LIMIT. A closing transport fails it with
+        ConnectionResetError, as `response.write` would.
+        """
+        transport = self.request.transport
+        if transport is None or self.response.headers.get("Transfer-Encoding") != "chunked":
+            return None
+        run = _TimedRun(self, transport, events, index, asyncio.get_running_loop().create_future())
+        self.pacer.call_at(self.origin + events[index].at_s, run.step)
+        return run.done
 
     async def drip(self, events: list[PlannedEvent], rate: float) -> None:
         """The whole body one byte per write, byte j due at the first event + j / rate.
@@ -77,6 +104,41 @@ class Writer:
                 finished += 1
             self.on_sent(finished - done)
             done = finished
+
+
+@dataclass(slots=True)
+class _TimedRun:
+    """Paced events written one chunk per write from the pacer's timer callbacks."""
+
+    writer: Writer
+    transport: asyncio.Transport
+    events: list[PlannedEvent]
+    index: int
+    done: asyncio.Future[int]
+
+    def step(self) -> None:
+        """Write every event due now (each its own write), then schedule the next one."""
+        if self.done.done():  # the handler awaiting the run was cancelled: stop here
+            return
+        transport = self.transport
+        if transport.is_closing():
+            self.done.set_exception(ConnectionResetError("the client connection is closing"))
+            return
+        writer, events = self.writer, self.events
+        pacer = writer.pacer
+        horizon = pacer.time() + pacer.granularity
+        while True:
+            data = events[self.index].data
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self.index += 1
+            writer.on_sent(1)
+            if self.index == len(events) or transport.get_write_buffer_size() > FLOW_LIMIT:
+                self.done.set_result(self.index)
+                return
+            due = writer.origin + events[self.index].at_s
+            if due > horizon:
+                pacer.call_at(due, self.step)
+                return
 
 
 def take(plan: list[PlannedEvent], index: int, *, batched: bool) -> tuple[bytes, int]:
