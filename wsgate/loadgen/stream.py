@@ -10,6 +10,8 @@ float in an `array`. No I/O here.
 from __future__ import annotations
 
 import array
+from bisect import bisect_right
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from wsgate.loadgen.plan import Plan
@@ -27,6 +29,7 @@ class Stream:
         "conn",
         "dups",
         "end_at",
+        "ends",
         "error",
         "first_at",
         "gaps",
@@ -51,6 +54,7 @@ class Stream:
         self.pieces: list[str] = []
         self.chars = 0
         self.recv = array.array("d")
+        self.ends = plan.expected.ends
         self.next_seq = 1
         self.gaps = self.dups = 0
         self.error = ""
@@ -61,11 +65,15 @@ class Stream:
         if not self.first_at:
             self.first_at = now
         self.pieces.append(piece)
-        self.chars += len(piece)
-        ends, recv, before = self.plan.expected.ends, self.recv, len(self.recv)
-        while len(recv) < len(ends) and ends[len(recv)] <= self.chars:
+        self.chars = chars = self.chars + len(piece)
+        recv = self.recv
+        # The chunks completed so far are the ends <= chars (ends only grow, and so does chars).
+        added = bisect_right(self.ends, chars) - len(recv)
+        if added == 1:
             recv.append(now)
-        return len(recv) - before
+        elif added:
+            recv.extend(repeat(now, added))
+        return added
 
     def seq(self, first: int, last: int) -> None:
         """Account for a frame covering `first`..`last` (a coalesced frame covers several)."""

@@ -2,17 +2,21 @@
 
 Owns `Tally`: every ended stream is checked against its plan (byte-exact text on `stop`, a
 prefix otherwise, `seq` gaps and duplicates, the expected outcome) and its TTFT, end-to-end,
-cancel and inter-token times go into HDR histograms; token latency against the mock's own
-schedule, and upstream close times, are added at the end from the mock's request records
-(`anchor`). Latencies are measured from schedules, never from sends (coordinated omission,
-see the package docstring). `Result` is the `--json` document. No I/O here.
+cancel and inter-token times go into HDR histograms (as raw floats: `Hist` fills the
+histogram later); token latency against the mock's own schedule, and upstream close times,
+are added at the end from the mock's request records (`anchor`, which then fills them all).
+Latencies are measured from schedules, never from sends (coordinated omission, see the
+package docstring). `Result` is the `--json` document. No I/O here.
 """
 
 from __future__ import annotations
 
+import array
 import math
+import operator
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 from wsgate.loadgen.config import LoadConfig
@@ -78,14 +82,17 @@ class Tally:
         if not self.config.tokens_per_s:
             return  # in a burst every gap is ~0: nothing to learn, and costly to record
         step = 1 / self.config.tokens_per_s
-        recv = stream.recv
-        for i in range(max(1, self._first_measured(stream)), len(recv)):
-            gap = recv[i] - recv[i - 1]
-            hists["gap"].record(gap)
-            hists["gap_excess"].record(gap - step)
+        recv, first = stream.recv, max(1, self._first_measured(stream))
+        if first < len(recv):  # recv[i] - recv[i - 1] for each measured i, without a loop here
+            gaps = array.array("d", map(operator.sub, recv[first:], recv[first - 1 :]))
+            hists["gap"].record_all(gaps)
+            hists["gap_excess"].record_all(map(operator.sub, gaps, repeat(step)))
 
     def anchor(self, records: dict[str, dict[str, Any]]) -> dict[str, int]:
-        """Token latency and upstream close times, from the mock's records when present."""
+        """Token latency and upstream close times, from the mock's records when present.
+
+        The end-of-run pass: it also fills every histogram from its pending values.
+        """
         anchors: Counter[str] = Counter()
         ttft, rate = self.config.ttft_ms / 1000, self.config.tokens_per_s
         for stream in self.kept:
@@ -94,11 +101,15 @@ class Tally:
             if rate and len(stream.recv):
                 anchors["mock" if record else "client"] += 1
                 start = record["started_at"] if record else stream.intended
-                token, recv = hists["token"], stream.recv
-                for k in range(self._first_measured(stream), len(recv)):
-                    token.record(recv[k] - (start + ttft + k / rate))
+                due, recv = start + ttft, stream.recv
+                first = self._first_measured(stream)
+                hists["token"].record_all(
+                    [recv[k] - (due + k / rate) for k in range(first, len(recv))]
+                )
             if stream.cancel_at and record is not None:
                 self._upstream_close(stream, record, hists)
+        for hist in (*self.hists.values(), *self.slow_hists.values()):
+            hist.flush()  # here, so the run's CPU figure includes filling the histograms
         return dict(anchors)
 
     def _first_measured(self, stream: Stream) -> int:
