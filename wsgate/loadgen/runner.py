@@ -197,12 +197,16 @@ class Runner:
         return records, stats if isinstance(stats, dict) else None
 
     async def _ticker(self) -> None:
+        # One row per whole second since t0, counted by tick: a timer that wakes a hair
+        # early (uvloop's are millisecond-grained) must not make a second row for a second.
         last = (0, 0, 0)
+        tick = 0
         while True:
-            await asyncio.sleep(1.0 - (time.monotonic() - self.t0) % 1.0)
+            tick += 1
+            await asyncio.sleep(max(0.0, self.t0 + tick - time.monotonic()))
             now = (self.tokens, self.frames, self.bytes)
             row = {
-                "t": round(time.monotonic() - self.t0, 1),
+                "t": float(tick),
                 "deltas": now[0] - last[0],
                 "frames": now[1] - last[1],
                 "bytes": now[2] - last[2],
