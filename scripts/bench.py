@@ -65,6 +65,7 @@ SUT_CPU, LOAD_CPU = 1, 0
 KNEE_P99_MS = 5.0
 KNEE_WORDS = 120
 KNEE_MIN = 100
+KNEE_RERUN = 20  # a failed step with p99 within this many times the bound is run again
 TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce")
 DEFAULT_TARGETS = TARGETS
 ANALYSIS = Path(__file__).with_name("bench_analysis.md")
@@ -153,7 +154,7 @@ def _profiles() -> dict[str, Profile]:
         paced("paced_100x50", "paced (smoke)", (4, 50, 10, 1.0), "--cancel", 0.3),
     )
     return {
-        "full": Profile(full, (500, 4000), 5.0, 2000, 2000),
+        "full": Profile(full, (500, 4000), 8.0, 2000, 2000),
         "quick": Profile(quick, (), 0.0, 300, 300),
         "smoke": Profile(smoke, (), 0.0, 20, 20),
     }
@@ -361,17 +362,18 @@ def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
 
     Double from the first step while steps pass (halve while they fail), then try once
     halfway between the last pass and the first failure. A step fails on a p99 token latency
-    over 5 ms, an error or a failed check; a near miss (p99 within 4x the bound) is run once
-    more and fails only if both runs do (the machine is shared: one noisy second should not
-    end the search).
+    over 5 ms, an error or a failed check; a failure that is not plainly saturation (p99
+    within 20x the bound) is run once more and fails only if both runs do (the machine is
+    shared: one stall of a few tens of ms, in any of the four processes, should not end the
+    search).
     """
     steps: list[Measured] = []
 
     def step(streams: int) -> bool:
         steps.append(knee_step(fleet, target, profile, streams))
         p99 = steps[-1].latency("token", "p99")
-        if not steps[-1].extra["passed"] and p99 is not None and p99 <= 4 * KNEE_P99_MS:
-            steps.append(knee_step(fleet, target, profile, streams))  # a near miss: once more
+        if not steps[-1].extra["passed"] and p99 is not None and p99 <= KNEE_RERUN * KNEE_P99_MS:
+            steps.append(knee_step(fleet, target, profile, streams))  # not saturation: once more
         return bool(steps[-1].extra["passed"])
 
     streams = profile.knee_steps[0]
@@ -1030,10 +1032,14 @@ METHOD = """## Method
   scheduled start (coordinated omission: a late start is measured from its schedule).
 - Paced workloads spread their starts evenly over one stream period and leave that first
   period (connection set-up) out of the latencies; every stream is still verified.
-- The direct reader is aiohttp (a task per stream), heavier per token than the load
-  generator's callback-driven WebSocket client: at high stream counts the floor's own p99
-  can exceed a relay's, and CPU 0 (mock and load generator) can be the limit. The CPU 0
-  column says when it was saturated.
+- The instruments are callback-driven so that they are not the limit: the mock writes paced
+  tokens from one timer (no task wake-up per token), the direct reader decodes HTTP and SSE
+  in its protocol callback, the WebSocket client parses frames in its own, and latency
+  histograms are filled after the run. CPU 0 (mock and load generator) can still be the
+  limit at the largest steps; the CPU 0 column says when it was saturated.
+- Knee steps last 8 s (the first third ramps up, latencies count from 0.5 s after it); a
+  failed step whose p99 is within 20x the bound is run once more and fails only if both
+  runs do.
 - CPU: utime + stime from `/proc/PID/stat` over the load generator's whole run (ramp and drain
   included); deltas per SUT CPU-second = deltas delivered / that.
 - Memory: a fresh process; 10 streams to warm it up; VmRSS before and after opening the idle
