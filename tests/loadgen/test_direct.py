@@ -18,7 +18,6 @@ from wsgate.loadgen.direct import DirectReader, _Exchange, status_code
 from wsgate.loadgen.plan import Expected, Plan
 from wsgate.loadgen.runner import Runner
 from wsgate.loadgen.stream import Slot, Stream
-from wsgate.mock import MockProvider
 
 WORDS = 24
 HEAD_200 = (
@@ -66,14 +65,6 @@ class Fed:
     @property
     def text(self):
         return "".join(self.stream.pieces)
-
-
-@pytest.fixture
-async def mock():
-    provider = MockProvider(default_ttft_ms=0, default_tokens_per_s=0)
-    await provider.start()
-    yield provider
-    await provider.stop()
 
 
 def new_runner(base_url="http://127.0.0.1:9/v1", **knobs):

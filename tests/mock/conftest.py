@@ -1,19 +1,12 @@
-"""Fixtures of the mock provider's tests: a started provider and an HTTP client session."""
+"""Fixtures of the mock provider's tests: an HTTP client session.
+
+The started provider, `mock`, is shared with other tests: tests/conftest.py.
+"""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
-
-from wsgate.mock import MockProvider
-
-
-@pytest.fixture
-async def mock():
-    provider = MockProvider(default_ttft_ms=0, default_tokens_per_s=0)
-    await provider.start()
-    yield provider
-    await provider.stop()
 
 
 @pytest.fixture
