@@ -63,7 +63,8 @@ SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
 SUT_CPU, LOAD_CPU = 1, 0
 KNEE_P99_MS = 5.0
-KNEE_WORDS = 120
+KNEE_SECONDS = 8.0  # one knee step
+KNEE_WORDS = int(20 * KNEE_SECONDS)  # a stream outlasts the step: its slot starts no other
 KNEE_MIN = 100
 KNEE_RERUN = 20  # a failed step with p99 within this many times the bound is run again
 TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce")
@@ -154,7 +155,7 @@ def _profiles() -> dict[str, Profile]:
         paced("paced_100x50", "paced (smoke)", (4, 50, 10, 1.0), "--cancel", 0.3),
     )
     return {
-        "full": Profile(full, (500, 4000), 8.0, 2000, 2000),
+        "full": Profile(full, (500, 4000), KNEE_SECONDS, 2000, 2000),
         "quick": Profile(quick, (), 0.0, 300, 300),
         "smoke": Profile(smoke, (), 0.0, 20, 20),
     }
@@ -362,17 +363,17 @@ def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
 
     Double from the first step while steps pass (halve while they fail), then try once
     halfway between the last pass and the first failure. A step fails on a p99 token latency
-    over 5 ms, an error or a failed check; a failure that is not plainly saturation (p99
-    within 20x the bound) is run once more and fails only if both runs do (the machine is
-    shared: one stall of a few tens of ms, in any of the four processes, should not end the
-    search).
+    over 5 ms, an error or a failed check; a failure on latency alone that is not plainly
+    saturation (p99 within 20x the bound, no error, every check passed) is run once more and
+    fails only if both runs do (the machine is shared: one stall of a few tens of ms, in any
+    of the four processes, should not end the search).
     """
     steps: list[Measured] = []
 
     def step(streams: int) -> bool:
         steps.append(knee_step(fleet, target, profile, streams))
-        p99 = steps[-1].latency("token", "p99")
-        if not steps[-1].extra["passed"] and p99 is not None and p99 <= KNEE_RERUN * KNEE_P99_MS:
+        last = steps[-1]
+        if not last.extra["passed"] and _latency_only(last, KNEE_RERUN * KNEE_P99_MS):
             steps.append(knee_step(fleet, target, profile, streams))  # not saturation: once more
         return bool(steps[-1].extra["passed"])
 
@@ -393,25 +394,33 @@ def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
 def knee_step(fleet: Fleet, target: str, profile: Profile, streams: int) -> Measured:
     """One step of the knee search: `streams` streams at 20 tok/s, all open at once.
 
-    Every slot runs one long stream (KNEE_WORDS tokens) started during the ramp; tokens due
-    after the ramp (plus half a second) are measured: the steady delivery of `streams`
-    concurrent streams, without the churn of stream starts.
+    Every slot runs one long stream (KNEE_WORDS tokens, as long as the step) started during
+    the ramp, and no other (the think time outlasts the step); tokens due after the ramp
+    (plus half a second) are measured: the steady delivery of `streams` concurrent streams,
+    without the churn of stream starts, until the first streams end and the load falls off
+    over one ramp's length (about a fifth of the measured tokens).
     """
     seconds = profile.knee_seconds
     workload = _w(f"knee_{streams}", f"{streams} streams x 20 tok/s", *_spread(streams),
                   "--rate", 20, "--ttft-ms", 50, "--words", KNEE_WORDS, "--duration", seconds,
-                  "--ramp", seconds / 3, "--warmup", seconds / 3 + 0.5)  # fmt: skip
+                  "--ramp", seconds / 3, "--warmup", seconds / 3 + 0.5,
+                  "--think-ms", seconds * 1000)  # fmt: skip
     step = measure(fleet, workload, target)
     step.extra["streams"] = streams
     step.extra["passed"] = knee_passed(step)
     return step
 
 
-def knee_passed(step: Measured) -> bool:
-    """No failed check, no error, p99 token latency within the bound."""
+def _latency_only(step: Measured, bound_ms: float) -> bool:
+    """No error, every check passed, and p99 token latency within `bound_ms`."""
     p99 = step.latency("token", "p99")
     result = step.result
-    return bool(result["ok"]) and not result["errors"] and p99 is not None and p99 <= KNEE_P99_MS
+    return bool(result["ok"]) and not result["errors"] and p99 is not None and p99 <= bound_ms
+
+
+def knee_passed(step: Measured) -> bool:
+    """No failed check, no error, p99 token latency within the bound."""
+    return _latency_only(step, KNEE_P99_MS)
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -1037,9 +1046,10 @@ METHOD = """## Method
   in its protocol callback, the WebSocket client parses frames in its own, and latency
   histograms are filled after the run. CPU 0 (mock and load generator) can still be the
   limit at the largest steps; the CPU 0 column says when it was saturated.
-- Knee steps last 8 s (the first third ramps up, latencies count from 0.5 s after it); a
-  failed step whose p99 is within 20x the bound is run once more and fails only if both
-  runs do.
+- Knee steps last 8 s: each slot runs one 8 s stream started during the first third (the
+  ramp), latencies count from 0.5 s after the ramp; a step that failed on latency alone
+  (no error, every check passed) with p99 within 20x the bound is run once more and fails
+  only if both runs do.
 - CPU: utime + stime from `/proc/PID/stat` over the load generator's whole run (ramp and drain
   included); deltas per SUT CPU-second = deltas delivered / that.
 - Memory: a fresh process; 10 streams to warm it up; VmRSS before and after opening the idle

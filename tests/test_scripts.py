@@ -324,3 +324,39 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     assert len(workload_rows) == 8  # two workloads x four targets (a)-(d)
     assert all("| ok |" in row for row in workload_rows), workload_rows
     assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
+
+
+def _knee_result(p99: float, *, ok: bool = True, errors: int = 0) -> dict[str, object]:
+    return {"ok": ok, "errors": {"upstream_error": errors} if errors else {},
+            "latency_ms": {"token": {"p50": 0.5, "p99": p99}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("first", "runs"),
+    [
+        (_knee_result(9.0), 2),  # latency alone, not saturation: once more
+        (_knee_result(900.0), 1),  # plain saturation: not again
+        (_knee_result(2.0, ok=False), 1),  # a failed check is a failure, whatever the latency
+        (_knee_result(2.0, errors=3), 1),  # so is an error
+    ],
+)
+def test_bench_knee_runs_a_step_again_only_when_it_failed_on_latency_short_of_saturation(
+    monkeypatch, first, runs
+):
+    import bench  # noqa: PLC0415 - imported here: only these tests need it
+
+    calls: list[int] = []
+
+    def fake_step(fleet, target, profile, streams):
+        calls.append(streams)
+        result = first if len(calls) == 1 else _knee_result(900.0)
+        step = bench.Measured(f"knee_{streams}", target, result, 1.0, 1.0, 1.0)
+        step.extra["streams"] = streams
+        step.extra["passed"] = bench.knee_passed(step)
+        return step
+
+    monkeypatch.setattr(bench, "knee_step", fake_step)
+    profile = bench.Profile((), (400, 4000), bench.KNEE_SECONDS, 0, 0)
+    bench.knee(None, "wsgate", profile)
+    assert calls[:runs] == [400] * runs
+    assert calls[runs] != 400

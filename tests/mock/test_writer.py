@@ -123,3 +123,28 @@ async def test_writer_stops_writing_from_the_timer_once_its_handler_is_cancelled
     count = len(transport.writes)
     await asyncio.sleep(0.05)
     assert len(transport.writes) == count < len(events) - 1
+
+
+async def test_writer_run_that_fails_in_the_timer_raises_in_its_handler_instead_of_hanging():
+    writer, transport, _, _ = make_writer()
+    failing = RuntimeError("the write failed")
+    calls: list[bytes] = []
+
+    def write(data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 2:
+            raise failing
+
+    transport.write = write  # type: ignore[method-assign]
+    events = paced_events(5)
+    with pytest.raises(RuntimeError, match="the write failed"):
+        await asyncio.wait_for(writer.events(events, batched=False, split=None), timeout=2.0)
+
+
+async def test_writer_run_sends_no_chunk_for_an_empty_event_which_would_end_the_body():
+    writer, transport, _, sent = make_writer()
+    events = paced_events(4)
+    events[2] = PlannedEvent(events[2].at_s, b"")
+    await asyncio.wait_for(writer.events(events, batched=False, split=None), timeout=2.0)
+    assert [data for _, data in transport.writes] == [chunk(events[1].data), chunk(events[3].data)]
+    assert sum(sent) == len(events)

@@ -57,8 +57,8 @@ class Writer:
         while index < len(events):
             if index and timed and (run := self._timed_run(events, index)) is not None:
                 index = await run
-                if index < len(events):  # the client stopped reading: wait until it has all
-                    await drained(self.request)
+                if index < len(events):  # the client stopped reading: wait for room
+                    await _room(self.request)
                 continue
             await self.pacer.wait_until(self.origin + events[index].at_s)
             data, count = take(events, index, batched=batched and split is None)
@@ -117,9 +117,20 @@ class _TimedRun:
     done: asyncio.Future[int]
 
     def step(self) -> None:
-        """Write every event due now (each its own write), then schedule the next one."""
+        """Write every event due now (each its own write), then schedule the next one.
+
+        Runs in the pacer's timer pass: any failure ends the run through `done` (the handler
+        raises it), never into the pacer.
+        """
         if self.done.done():  # the handler awaiting the run was cancelled: stop here
             return
+        try:
+            self._write_due()
+        except Exception as exc:  # the handler sees it, as it would a failed write
+            if not self.done.done():
+                self.done.set_exception(exc)
+
+    def _write_due(self) -> None:
         transport = self.transport
         if transport.is_closing():
             self.done.set_exception(ConnectionResetError("the client connection is closing"))
@@ -129,7 +140,8 @@ class _TimedRun:
         horizon = pacer.time() + pacer.granularity
         while True:
             data = events[self.index].data
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            if data:  # an empty chunk would be the body's last-chunk marker
+                transport.write(b"%x\r\n%b\r\n" % (len(data), data))
             self.index += 1
             writer.on_sent(1)
             if self.index == len(events) or transport.get_write_buffer_size() > FLOW_LIMIT:
@@ -168,6 +180,22 @@ async def drained(request: web.Request) -> None:
             raise ConnectionResetError("the client connection is closing")
         await asyncio.sleep(DRAIN_POLL_S)
     await asyncio.sleep(0)
+
+
+async def _room(request: web.Request) -> None:
+    """Return once the transport holds at most half of FLOW_LIMIT unsent.
+
+    Polls with a growing interval (1 ms to 32 ms): a client that stopped reading for long
+    costs the mock a few wake-ups a second, not a thousand.
+    """
+    pause = DRAIN_POLL_S
+    while (transport := request.transport) is not None and (
+        transport.get_write_buffer_size() > FLOW_LIMIT // 2
+    ):
+        if transport.is_closing():
+            raise ConnectionResetError("the client connection is closing")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.032)
 
 
 def close_abruptly(request: web.Request) -> None:
