@@ -63,14 +63,13 @@ from wsgate.core.errors import (
 from wsgate.core.events import (
     Finish,
     FinishReason,
-    ReasoningDelta,
     RoleDelta,
-    TextDelta,
     UpstreamEvent,
     Usage,
 )
 from wsgate.core.jsonio import loads
 from wsgate.core.payloads import (
+    DeltaText,
     error_labels,
     error_message,
     json_object,
@@ -78,9 +77,10 @@ from wsgate.core.payloads import (
     tool_events,
 )
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
-from wsgate.core.utf8 import SurrogateJoiner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from wsgate.core.sse import SSEEvent
 
 _REASONS: Final[dict[str, FinishReason]] = {
@@ -120,10 +120,9 @@ class AnthropicTranslator:
         "_calls",
         "_calls_ended",
         "_counts",
+        "_delta",
         "_done",
-        "_joiner",
         "_reason",
-        "_reasoning",
         "_role_sent",
         "_start_input",
         "_tools",
@@ -138,8 +137,7 @@ class AnthropicTranslator:
         self._calls: dict[int, int] = {}  # open tool_use blocks: block index -> call ordinal
         self._calls_ended = 0
         self._start_input: dict[int, str] = {}  # a tool_use start's non-empty input, as JSON
-        self._joiner = SurrogateJoiner()
-        self._reasoning = SurrogateJoiner()
+        self._delta = DeltaText()
         self._tools = ToolCallAccumulator(snapshots=tool_snapshots)
 
     @property
@@ -208,9 +206,9 @@ class AnthropicTranslator:
         kind = string(block.get("type", ""))
         self._blocks[index] = kind
         if kind == "text":
-            self._push(self._joiner, TextDelta, block.get("text"), out)
+            self._push(self._delta.text, block.get("text"), out)
         elif kind == "thinking":
-            self._push(self._reasoning, ReasoningDelta, block.get("thinking"), out)
+            self._push(self._delta.reasoning, block.get("thinking"), out)
         elif kind == "tool_use":
             call_id, name, given = block.get("id"), block.get("name"), block.get("input")
             ordinal = self._calls[index] = len(self._calls) + self._calls_ended
@@ -226,9 +224,9 @@ class AnthropicTranslator:
         delta = _object(payload, "delta")
         kind = delta.get("type")
         if kind == "text_delta":
-            self._push(self._joiner, TextDelta, delta.get("text"), out)
+            self._push(self._delta.text, delta.get("text"), out)
         elif kind == "thinking_delta":
-            self._push(self._reasoning, ReasoningDelta, delta.get("thinking"), out)
+            self._push(self._delta.reasoning, delta.get("thinking"), out)
         elif kind == "input_json_delta" and self._blocks.get(index) == "tool_use":
             partial = delta.get("partial_json")
             if partial:
@@ -259,26 +257,19 @@ class AnthropicTranslator:
                 if isinstance(value, int) and not isinstance(value, bool):
                     self._counts[key] = value  # cumulative: the latest count wins
 
+    @staticmethod
     def _push(
-        self,
-        joiner: SurrogateJoiner,
-        kind: type[TextDelta | ReasoningDelta],
-        value: Any,
-        out: list[UpstreamEvent],
+        add: Callable[[str, list[UpstreamEvent]], None], value: Any, out: list[UpstreamEvent]
     ) -> None:
         if value:
-            text = joiner.push(string(value))
-            if text:
-                out.append(kind(text))
+            add(string(value), out)
 
     def _fragment(self, index: int, arguments: str, out: list[UpstreamEvent]) -> None:
         out.extend(tool_events(self._tools.feed(ToolCallFragment(index, None, None, arguments))))
 
     def _flush(self, out: list[UpstreamEvent]) -> None:
-        for joiner, kind in ((self._joiner, TextDelta), (self._reasoning, ReasoningDelta)):
-            tail = joiner.flush()
-            if tail:
-                out.append(kind(tail))
+        self._delta.flush_text(out)
+        self._delta.flush_reasoning(out)
 
     def _message_stop(self, out: list[UpstreamEvent]) -> None:
         self._flush(out)

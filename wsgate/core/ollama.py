@@ -51,15 +51,12 @@ from wsgate.core.errors import UpstreamProtocolError
 from wsgate.core.events import (
     Finish,
     FinishReason,
-    ReasoningDelta,
     RoleDelta,
-    TextDelta,
     UpstreamEvent,
     Usage,
 )
-from wsgate.core.payloads import error_from, json_object, string, tool_events
+from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
-from wsgate.core.utf8 import SurrogateJoiner
 
 _REASONS: Final[dict[str, FinishReason]] = {
     "stop": "stop",
@@ -74,11 +71,10 @@ class OllamaTranslator:
 
     __slots__ = (
         "_calls",
+        "_delta",
         "_done",
         "_ids",
-        "_joiner",
         "_reason",
-        "_reasoning",
         "_role_sent",
         "_tools",
     )
@@ -89,8 +85,7 @@ class OllamaTranslator:
         self._reason: str | None = None
         self._calls = 0  # tool calls seen: the next call's index
         self._ids: set[str] = set()  # Ollama's call ids already used
-        self._joiner = SurrogateJoiner()
-        self._reasoning = SurrogateJoiner()
+        self._delta = DeltaText()
         self._tools = ToolCallAccumulator(snapshots=tool_snapshots)
 
     @property
@@ -136,14 +131,10 @@ class OllamaTranslator:
             out.append(RoleDelta(string(role)))
         thinking = message.get("thinking")
         if thinking:
-            thought = self._reasoning.push(string(thinking))
-            if thought:
-                out.append(ReasoningDelta(thought))
+            self._delta.reasoning(string(thinking), out)
         content = message.get("content")
         if content:
-            text = self._joiner.push(string(content))
-            if text:
-                out.append(TextDelta(text))
+            self._delta.text(string(content), out)
         calls = message.get("tool_calls")
         if calls:
             if not isinstance(calls, list):
@@ -177,10 +168,8 @@ class OllamaTranslator:
     def _end(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
         reason = chunk.get("done_reason")
         self._reason = string(reason) if reason is not None else None
-        for joiner, kind in ((self._reasoning, ReasoningDelta), (self._joiner, TextDelta)):
-            tail = joiner.flush()
-            if tail:
-                out.append(kind(tail))
+        self._delta.flush_reasoning(out)
+        self._delta.flush_text(out)
         out.extend(tool_events(self._tools.finish()))
         if "prompt_eval_count" in chunk or "eval_count" in chunk:
             out.append(Usage(_count(chunk, "prompt_eval_count"), _count(chunk, "eval_count")))

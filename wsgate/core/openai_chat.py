@@ -47,18 +47,15 @@ from wsgate.core.errors import UpstreamProtocolError
 from wsgate.core.events import (
     Finish,
     FinishReason,
-    ReasoningDelta,
     RoleDelta,
-    TextDelta,
     UpstreamEvent,
     Usage,
 )
-from wsgate.core.payloads import error_from, json_object, string, tool_events
+from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
 from wsgate.core.toolcalls import (
     ToolCallAccumulator,
     ToolCallFragment,
 )
-from wsgate.core.utf8 import SurrogateJoiner
 
 if TYPE_CHECKING:
     from wsgate.core.sse import SSEEvent
@@ -113,11 +110,10 @@ class OpenAIChatTranslator:
     """Feed the SSE events of one OpenAI chat-completions stream; collect upstream events."""
 
     __slots__ = (
+        "_delta",
         "_done",
-        "_joiner",
         "_pending_usage",
         "_reason",
-        "_reasoning",
         "_role_sent",
         "_tools",
         "_usage_sent",
@@ -129,8 +125,7 @@ class OpenAIChatTranslator:
         self._usage_sent = False
         self._pending_usage: Usage | None = None
         self._reason: str | None = None
-        self._joiner = SurrogateJoiner()
-        self._reasoning = SurrogateJoiner()
+        self._delta = DeltaText()
         self._tools = ToolCallAccumulator(snapshots=tool_snapshots)
 
     @property
@@ -230,14 +225,10 @@ class OpenAIChatTranslator:
             out.append(RoleDelta(string(role)))
         for value in (content, refusal):
             if value:
-                text = self._joiner.push(string(value))
-                if text:
-                    out.append(TextDelta(text))
+                self._delta.text(string(value), out)
         for value in (reasoning_content, reasoning):
             if value and isinstance(value, str):
-                thought = self._reasoning.push(value)
-                if thought:
-                    out.append(ReasoningDelta(thought))
+                self._delta.reasoning(value, out)
                 break  # servers that send both carry the same text twice
 
     def _reason_seen(self, reason: Any, out: list[UpstreamEvent]) -> None:
@@ -272,10 +263,8 @@ class OpenAIChatTranslator:
 
     def _close(self, out: list[UpstreamEvent]) -> None:
         """Flush held text, then end every open tool call in index order."""
-        for joiner, kind in ((self._joiner, TextDelta), (self._reasoning, ReasoningDelta)):
-            tail = joiner.flush()
-            if tail:
-                out.append(kind(tail))
+        self._delta.flush_text(out)
+        self._delta.flush_reasoning(out)
         out.extend(tool_events(self._tools.finish()))
 
     def _end(self) -> list[UpstreamEvent]:

@@ -58,8 +58,9 @@ from wsgate.core.errors import (
     UpstreamRateLimited,
     UpstreamRejected,
 )
-from wsgate.core.events import Finish, FinishReason, ReasoningDelta, RoleDelta, TextDelta, Usage
+from wsgate.core.events import Finish, FinishReason, RoleDelta, Usage
 from wsgate.core.payloads import (
+    DeltaText,
     error_labels,
     error_message,
     json_object,
@@ -67,7 +68,6 @@ from wsgate.core.payloads import (
     tool_events,
 )
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
-from wsgate.core.utf8 import SurrogateJoiner
 
 if TYPE_CHECKING:
     from wsgate.core.events import UpstreamEvent
@@ -96,13 +96,12 @@ class OpenAIResponsesTranslator:
     """Feed the SSE events of one OpenAI Responses stream; collect upstream events."""
 
     __slots__ = (
+        "_delta",
         "_done",
         "_ended",
         "_item_index",
-        "_joiner",
         "_ranks",
         "_reason",
-        "_reasoning",
         "_reasoning_part",
         "_role_sent",
         "_streamed",
@@ -113,8 +112,7 @@ class OpenAIResponsesTranslator:
         self._done = False
         self._role_sent = False
         self._reason: str | None = None
-        self._joiner = SurrogateJoiner()
-        self._reasoning = SurrogateJoiner()
+        self._delta = DeltaText()
         self._reasoning_part: tuple[Any, ...] | None = None
         self._tools = ToolCallAccumulator(snapshots=tool_snapshots)
         self._ranks: dict[int, int] = {}  # output_index -> rank among the function calls
@@ -172,7 +170,7 @@ class OpenAIResponsesTranslator:
                 self._call(rank, item, out)
 
     def _on_text(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
-        _emit(self._joiner.push(string(chunk.get("delta"))), TextDelta, out)
+        self._delta.text(string(chunk.get("delta")), out)
 
     def _on_reasoning(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
         text = string(chunk.get("delta"))
@@ -182,7 +180,7 @@ class OpenAIResponsesTranslator:
         if self._reasoning_part is not None and part != self._reasoning_part:
             text = _BLANK_LINE + text
         self._reasoning_part = part
-        _emit(self._reasoning.push(text), ReasoningDelta, out)
+        self._delta.reasoning(text, out)
 
     def _on_arguments(self, chunk: dict[str, Any], out: list[UpstreamEvent]) -> None:
         rank = self._rank(_output_index(chunk), chunk.get("item_id"))
@@ -271,8 +269,8 @@ class OpenAIResponsesTranslator:
         self, reason: FinishReason, raw: str, response: dict[str, Any], out: list[UpstreamEvent]
     ) -> None:
         self._reason = raw
-        _emit(self._joiner.flush(), TextDelta, out)
-        _emit(self._reasoning.flush(), ReasoningDelta, out)
+        self._delta.flush_text(out)
+        self._delta.flush_reasoning(out)
         out.extend(tool_events(self._tools.finish()))
         usage = response.get("usage")
         if isinstance(usage, dict):
@@ -282,11 +280,6 @@ class OpenAIResponsesTranslator:
 
 
 _Handler = Callable[[OpenAIResponsesTranslator, dict[str, Any], list["UpstreamEvent"]], None]
-
-
-def _emit(text: str, kind: type[TextDelta | ReasoningDelta], out: list[UpstreamEvent]) -> None:
-    if text:
-        out.append(kind(text))
 
 
 def _output_index(chunk: dict[str, Any]) -> int | None:

@@ -3,7 +3,8 @@
 Owns the small, shared rules of turning one provider event's JSON into values: the event
 must be a JSON object (read with `jsonio.loads`, so lone-surrogate escapes survive), text
 fields must be strings, a provider's error `type`/`code` reaches the client only as a short
-identifier, and the tool-call accumulator's outputs become provider-neutral events. Every
+identifier, answer and reasoning text pass each through its own `SurrogateJoiner`
+(`DeltaText`), and the tool-call accumulator's outputs become provider-neutral events. Every
 violation is an `UpstreamProtocolError`; provider text never goes into a message.
 """
 
@@ -14,6 +15,8 @@ from typing import Any, Final
 
 from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
 from wsgate.core.events import (
+    ReasoningDelta,
+    TextDelta,
     ToolCallChunk,
     ToolCallEnd,
     ToolCallFailed,
@@ -23,6 +26,7 @@ from wsgate.core.events import (
 )
 from wsgate.core.jsonio import loads
 from wsgate.core.toolcalls import ArgumentsChunk, Ended, Snapshot, Started, ToolCallOutput
+from wsgate.core.utf8 import SurrogateJoiner
 
 IDENTIFIER: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 """A provider label safe to show: an error type or code, never free text."""
@@ -44,6 +48,45 @@ def string(value: Any) -> str:
     if not isinstance(value, str):
         raise UpstreamProtocolError("upstream chunk has a non-string text field")
     return value
+
+
+class DeltaText:
+    """A turn's answer text and reasoning text, each made safe by its own `SurrogateJoiner`.
+
+    Every provider streams both in pieces: `text` / `reasoning` add what is safe to emit as a
+    `TextDelta` / `ReasoningDelta` (nothing for a piece that only holds back a surrogate), and
+    `flush_text` / `flush_reasoning` add the held tail when the turn ends.
+    """
+
+    __slots__ = ("_reasoning", "_text")
+
+    def __init__(self) -> None:
+        self._text = SurrogateJoiner()
+        self._reasoning = SurrogateJoiner()
+
+    def text(self, value: str, out: list[UpstreamEvent]) -> None:
+        """Add answer text."""
+        piece = self._text.push(value)
+        if piece:
+            out.append(TextDelta(piece))
+
+    def reasoning(self, value: str, out: list[UpstreamEvent]) -> None:
+        """Add reasoning text."""
+        piece = self._reasoning.push(value)
+        if piece:
+            out.append(ReasoningDelta(piece))
+
+    def flush_text(self, out: list[UpstreamEvent]) -> None:
+        """End of the answer text: its held tail, if any."""
+        tail = self._text.flush()
+        if tail:
+            out.append(TextDelta(tail))
+
+    def flush_reasoning(self, out: list[UpstreamEvent]) -> None:
+        """End of the reasoning text: its held tail, if any."""
+        tail = self._reasoning.flush()
+        if tail:
+            out.append(ReasoningDelta(tail))
 
 
 def tool_events(outputs: list[ToolCallOutput]) -> list[UpstreamEvent]:
