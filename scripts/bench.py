@@ -89,7 +89,6 @@ class Profile:
 
     workloads: tuple[Workload, ...]
     knee_steps: tuple[int, ...]  # (first, largest); () skips the search
-    knee_seconds: float
     idle_connections: int
     open_streams: int
 
@@ -155,9 +154,9 @@ def _profiles() -> dict[str, Profile]:
         paced("paced_100x50", "paced (smoke)", (4, 50, 10, 1.0), "--cancel", 0.3),
     )
     return {
-        "full": Profile(full, (500, 4000), KNEE_SECONDS, 2000, 2000),
-        "quick": Profile(quick, (), 0.0, 300, 300),
-        "smoke": Profile(smoke, (), 0.0, 20, 20),
+        "full": Profile(full, (500, 4000), 2000, 2000),
+        "quick": Profile(quick, (), 300, 300),
+        "smoke": Profile(smoke, (), 20, 20),
     }
 
 
@@ -371,10 +370,10 @@ def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
     steps: list[Measured] = []
 
     def step(streams: int) -> bool:
-        steps.append(knee_step(fleet, target, profile, streams))
+        steps.append(knee_step(fleet, target, streams))
         last = steps[-1]
         if not last.extra["passed"] and _latency_only(last, KNEE_RERUN * KNEE_P99_MS):
-            steps.append(knee_step(fleet, target, profile, streams))  # not saturation: once more
+            steps.append(knee_step(fleet, target, streams))  # not saturation: once more
         return bool(steps[-1].extra["passed"])
 
     streams = profile.knee_steps[0]
@@ -391,7 +390,7 @@ def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
     return steps
 
 
-def knee_step(fleet: Fleet, target: str, profile: Profile, streams: int) -> Measured:
+def knee_step(fleet: Fleet, target: str, streams: int) -> Measured:
     """One step of the knee search: `streams` streams at 20 tok/s, all open at once.
 
     Every slot runs one long stream (KNEE_WORDS tokens, as long as the step) started during
@@ -400,7 +399,7 @@ def knee_step(fleet: Fleet, target: str, profile: Profile, streams: int) -> Meas
     without the churn of stream starts, until the first streams end and the load falls off
     over one ramp's length (about a fifth of the measured tokens).
     """
-    seconds = profile.knee_seconds
+    seconds = KNEE_SECONDS
     workload = _w(f"knee_{streams}", f"{streams} streams x 20 tok/s", *_spread(streams),
                   "--rate", 20, "--ttft-ms", 50, "--words", KNEE_WORDS, "--duration", seconds,
                   "--ramp", seconds / 3, "--warmup", seconds / 3 + 0.5,

@@ -347,7 +347,7 @@ def test_bench_knee_runs_a_step_again_only_when_it_failed_on_latency_short_of_sa
 
     calls: list[int] = []
 
-    def fake_step(fleet, target, profile, streams):
+    def fake_step(fleet, target, streams):
         calls.append(streams)
         result = first if len(calls) == 1 else _knee_result(900.0)
         step = bench.Measured(f"knee_{streams}", target, result, 1.0, 1.0, 1.0)
@@ -356,7 +356,7 @@ def test_bench_knee_runs_a_step_again_only_when_it_failed_on_latency_short_of_sa
         return step
 
     monkeypatch.setattr(bench, "knee_step", fake_step)
-    profile = bench.Profile((), (400, 4000), bench.KNEE_SECONDS, 0, 0)
+    profile = bench.Profile((), (400, 4000), 0, 0)
     bench.knee(None, "wsgate", profile)
     assert calls[:runs] == [400] * runs
     assert calls[runs] != 400
