@@ -44,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -62,11 +63,13 @@ except ImportError:  # loaded by path from elsewhere
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
 SUT_CPU, LOAD_CPU = 1, 0
+RATE = 20  # tokens/s per stream of the knee search and of the per-token cost
 KNEE_P99_MS = 5.0
 KNEE_SECONDS = 8.0  # one knee step
-KNEE_WORDS = int(20 * KNEE_SECONDS)  # a stream outlasts the step: its slot starts no other
+KNEE_WORDS = int(RATE * KNEE_SECONDS)  # a stream outlasts the step: its slot starts no other
 KNEE_MIN = 100
 KNEE_RERUN = 20  # a failed step with p99 within this many times the bound is run again
+COST_STREAMS = 200  # the per-token cost is measured at this load, well below saturation
 TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce")
 DEFAULT_TARGETS = TARGETS
 ANALYSIS = Path(__file__).with_name("bench_analysis.md")
@@ -91,6 +94,7 @@ class Profile:
     knee_steps: tuple[int, ...]  # (first, largest); () skips the search
     idle_connections: int
     open_streams: int
+    cost: tuple[int, float] | None = None  # per-token cost: (streams, seconds); None skips it
 
 
 def _w(name: str, title: str, *args: object) -> Workload:
@@ -154,9 +158,9 @@ def _profiles() -> dict[str, Profile]:
         paced("paced_100x50", "paced (smoke)", (4, 50, 10, 1.0), "--cancel", 0.3),
     )
     return {
-        "full": Profile(full, (500, 4000), 2000, 2000),
+        "full": Profile(full, (500, 4000), 2000, 2000, (COST_STREAMS, KNEE_SECONDS)),
         "quick": Profile(quick, (), 300, 300),
-        "smoke": Profile(smoke, (), 20, 20),
+        "smoke": Profile(smoke, (), 20, 20, (4, 3.0)),
     }
 
 
@@ -332,8 +336,14 @@ class Measured:
         return None if value is None else float(value)
 
 
-def measure(fleet: Fleet, workload: Workload, target: str) -> Measured:
-    """Run the load generator once against the current system under test."""
+def measure(
+    fleet: Fleet, workload: Workload, target: str, window: tuple[float, float] | None = None
+) -> Measured:
+    """Run the load generator once against the current system under test.
+
+    With `window` (seconds from the load generator's start, seconds long), the system under
+    test's CPU seconds in that window and its length go to `extra["steady"]`.
+    """
     argv = [sys.executable, str(SCRIPTS / "loadtest.py"), "--json", "-q", "--drain-s", "10"]
     if target == "direct":
         argv += ["--direct", fleet.mock_url]
@@ -344,6 +354,7 @@ def measure(fleet: Fleet, workload: Workload, target: str) -> Measured:
     argv += list(workload.args)
     sut0 = fleet.sut.cpu_s() if fleet.sut else None
     mock0, wall0 = fleet.mock.cpu_s(), time.monotonic()
+    steady = _Window(fleet.sut, *window) if window and fleet.sut else None
     with (fleet.logs / "loadtest.log").open("ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and scripts
         pin(proc.pid, LOAD_CPU)
@@ -352,9 +363,36 @@ def measure(fleet: Fleet, workload: Workload, target: str) -> Measured:
     if not out.strip():
         raise RuntimeError(f"{workload.name} on {target}: loadtest failed (see {fleet.logs})")
     sut_cpu = fleet.sut.cpu_s() - sut0 if fleet.sut and sut0 is not None else None
-    return Measured(
+    m = Measured(
         workload.name, target, orjson.loads(out), sut_cpu, fleet.mock.cpu_s() - mock0, wall
     )
+    if steady is not None:
+        m.extra["steady"] = steady.result()
+    return m
+
+
+class _Window:
+    """A process's CPU seconds over a window of wall time, sampled by a thread."""
+
+    def __init__(self, proc: Proc, start: float, length: float) -> None:
+        self.proc = proc
+        self.samples: list[tuple[float, float]] = []
+        self.thread = threading.Thread(target=self._run, args=(start, length), daemon=True)
+        self.thread.start()
+
+    def _run(self, start: float, length: float) -> None:
+        time.sleep(start)
+        for pause in (0.0, length):
+            time.sleep(pause)
+            self.samples.append((self.proc.cpu_s(), time.monotonic()))
+
+    def result(self) -> tuple[float, float]:
+        """(CPU seconds, wall seconds) of the window; raises if the run ended before it."""
+        self.thread.join()
+        if len(self.samples) != 2:
+            raise RuntimeError("the steady window outlasted the run")
+        (cpu0, wall0), (cpu1, wall1) = self.samples
+        return cpu1 - cpu0, wall1 - wall0
 
 
 def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
@@ -399,15 +437,18 @@ def knee_step(fleet: Fleet, target: str, streams: int) -> Measured:
     without the churn of stream starts, until the first streams end and the load falls off
     over one ramp's length (about a fifth of the measured tokens).
     """
-    seconds = KNEE_SECONDS
-    workload = _w(f"knee_{streams}", f"{streams} streams x 20 tok/s", *_spread(streams),
-                  "--rate", 20, "--ttft-ms", 50, "--words", KNEE_WORDS, "--duration", seconds,
-                  "--ramp", seconds / 3, "--warmup", seconds / 3 + 0.5,
-                  "--think-ms", seconds * 1000)  # fmt: skip
-    step = measure(fleet, workload, target)
+    step = measure(fleet, _long_streams(f"knee_{streams}", streams, KNEE_SECONDS), target)
     step.extra["streams"] = streams
     step.extra["passed"] = knee_passed(step)
     return step
+
+
+def _long_streams(name: str, streams: int, seconds: float) -> Workload:
+    """`streams` slots of one 20 tok/s stream as long as the run, started in its first third."""
+    return _w(name, f"{streams} streams x {RATE} tok/s", *_spread(streams),
+              "--rate", RATE, "--ttft-ms", 50, "--words", int(RATE * seconds),
+              "--duration", seconds, "--ramp", seconds / 3, "--warmup", seconds / 3 + 0.5,
+              "--think-ms", seconds * 1000)  # fmt: skip
 
 
 def _latency_only(step: Measured, bound_ms: float) -> bool:
@@ -420,6 +461,52 @@ def _latency_only(step: Measured, bound_ms: float) -> bool:
 def knee_passed(step: Measured) -> bool:
     """No failed check, no error, p99 token latency within the bound."""
     return _latency_only(step, KNEE_P99_MS)
+
+
+# --- what a token costs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """CPU per token of one reader at the cost load, in a window of steady load."""
+
+    reader: str
+    us_per_token: float
+    cpu_share: float  # of one core, in the window
+    p99_ms: float | None = None  # token latency at the client (relay and gateway only)
+
+
+def cost_window(seconds: float) -> float:
+    """The measured window of a cost run `seconds` long: inside the steady part, after the ramp."""
+    return round(0.3 * seconds, 2)
+
+
+def cost_step(fleet: Fleet, target: str, streams: int, seconds: float) -> Cost:
+    """The current relay or gateway under `streams` long 20 tok/s streams: CPU per token.
+
+    Tokens in the window are counted as the mock sends them (every stream is open and paced
+    through the window); the CPU share shows when the target could not keep up.
+    """
+    window = (seconds / 3 + 1.0, cost_window(seconds))  # + the load generator's start-up
+    step = measure(fleet, _long_streams(f"cost_{streams}", streams, seconds), target, window)
+    cpu, wall = step.extra["steady"]
+    tokens = streams * RATE * wall
+    return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"))
+
+
+def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
+    """`scripts/read_floor.py` on the system-under-test CPU: reading the mock and nothing else."""
+    argv = [sys.executable, str(SCRIPTS / "read_floor.py"), "--upstream", fleet.mock_url,
+            "--streams", str(streams), "--mode", mode, "--seconds", str(seconds),
+            "--window", str(cost_window(seconds))]  # fmt: skip
+    with (fleet.logs / "read_floor.log").open("ab") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and script
+        pin(proc.pid, SUT_CPU)
+        out, _ = proc.communicate(timeout=120)
+    if proc.returncode != 0 or not out.strip():
+        raise RuntimeError(f"read_floor.py --mode {mode} failed (see {fleet.logs})")
+    result = orjson.loads(out)
+    return Cost(f"read-{mode}", float(result["us_per_event"]), float(result["cpu_share"]))
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -584,6 +671,7 @@ class Bench:
     knees: dict[str, list[Measured]] = field(default_factory=dict)
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
     profiles: dict[str, list[str]] = field(default_factory=dict)
+    costs: dict[str, Cost] = field(default_factory=dict)
     seconds: float = 0.0
 
     def get(self, workload: str, target: str) -> Measured | None:
@@ -616,6 +704,9 @@ def run_target(bench: Bench, fleet: Fleet, profile: Profile, target: str) -> Non
                 f"{target:6} knee {step.extra['streams']:>5} streams: p99 token "
                 f"{step.latency('token', 'p99')} ms passed={step.extra['passed']}"
             )
+    if profile.cost and target in ("naive", "wsgate"):
+        bench.costs[target] = cost = cost_step(fleet, target, *profile.cost)
+        say(f"{target:6} cost {cost.us_per_token:.1f} us/token, {100 * cost.cpu_share:.0f}% CPU")
     if target in ("naive", "wsgate"):
         fleet.start_sut(target)  # a fresh process: RSS deltas without earlier garbage
         assert fleet.sut is not None  # noqa: S101 - set before use
@@ -635,6 +726,10 @@ def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | Non
     _common.raise_nofile()
     fleet = Fleet(logs)
     try:
+        if profile.cost and {"naive", "wsgate"} & set(targets):
+            for reader in ("socket", "aiohttp"):
+                bench.costs[f"read-{reader}"] = cost = read_floor(fleet, reader, *profile.cost)
+                say(f"read-{reader} cost {cost.us_per_token:.1f} us/token")
         for target in targets:
             run_target(bench, fleet, profile, target)
         if py_spy and "wsgate" in targets:  # after the others: it takes fresh processes
@@ -883,6 +978,7 @@ def render(bench: Bench, command: str) -> str:
         ),
         *_workload_sections(bench),
         *_knee_section(bench),
+        *_cost_section(bench),
         *_memory_section(bench),
         *_cancel_section(bench),
         *_unhappy_section(bench),
@@ -946,6 +1042,66 @@ def _knee_section(bench: Bench) -> list[str]:
         "(0: the first step already failed; the last step tried is the limit of the search)",
         "",
     ]
+    return out
+
+
+COST_READERS = {
+    "read-socket": "bare socket read: a uvloop protocol per stream, nothing parsed",
+    "read-aiohttp": "aiohttp read: `readany()` in a task per stream, nothing parsed",
+    "naive": "naive relay",
+    "wsgate": "wsgate",
+}
+
+
+def _cost_section(bench: Bench) -> list[str]:
+    cost = _profiles()[bench.mode].cost
+    if not bench.costs or cost is None:
+        return []
+    streams, seconds = cost
+    out = [
+        f"## What a token costs: {streams} streams x {RATE} tok/s",
+        "",
+        (
+            f"CPU of one process per token delivered (or read), in a {cost_window(seconds):g} s "
+            "window of steady load: every stream open and paced, none starting or ending; each "
+            f"process alone on CPU {SUT_CPU}. The two read floors (`scripts/read_floor.py`) "
+            "read the same answers from the mock and drop them: what a gateway pays per token "
+            "before it parses a byte."
+        ),
+        "",
+    ]
+    relay = bench.costs.get("naive")
+    rows = []
+    for key, label in COST_READERS.items():
+        c = bench.costs.get(key)
+        if c is None:
+            continue
+        share = _ratio(c.us_per_token, relay.us_per_token) if relay else None
+        rows.append(
+            [
+                label,
+                _num(c.us_per_token, 1),
+                f"{100 * c.cpu_share:.0f}%",
+                "-" if share is None else f"{100 * share:.0f}%",
+                _num(c.p99_ms),
+            ]
+        )
+    header = ["reader", "us CPU per token", "CPU share", "of the relay's", "token p99 ms"]
+    out += _md_table(header, rows)
+    read = bench.costs.get("read-aiohttp")
+    if relay is not None and read is not None:
+        budget = relay.us_per_token / 2
+        out += [
+            (
+                "Twice the relay's paced capacity needs about half its CPU per token: "
+                f"{budget:.1f} us here. Reading the provider through aiohttp, before any "
+                f"parsing, takes {read.us_per_token:.1f} us of it "
+                f"({100 * read.us_per_token / budget:.0f}%), leaving "
+                f"{budget - read.us_per_token:.1f} us to parse, translate, frame and write "
+                "each token."
+            ),
+            "",
+        ]
     return out
 
 

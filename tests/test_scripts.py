@@ -5,6 +5,7 @@ and the correctness counts, never speed."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
@@ -30,6 +31,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import loadtest  # noqa: E402 - the wrapper script, still run by the bench and the docs
 import naive_relay  # noqa: E402
+import read_floor  # noqa: E402
 
 MUST_BE_ZERO = (
     "mismatches",
@@ -324,6 +326,46 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     assert len(workload_rows) == 8  # two workloads x four targets (a)-(d)
     assert all("| ok |" in row for row in workload_rows), workload_rows
     assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
+    costs = report.split("## What a token costs", 1)[1].split("\n## ", 1)[0]
+    for reader in ("bare socket read", "aiohttp read", "naive relay", "wsgate"):
+        assert f"| {reader}" in costs
+    assert "Twice the relay's paced capacity needs" in costs
+
+
+@pytest.mark.parametrize("mode", ["socket", "aiohttp"])
+async def test_read_floor_reads_every_paced_answer_and_counts_the_steady_windows_events(mock, mode):
+    args = argparse.Namespace(upstream=mock.base_url, streams=3, mode=mode, seconds=3.0, window=0.5)
+    result = await read_floor.run(args)
+    assert result["failed"] == 0
+    assert result["mode"] == mode
+    assert result["streams"] == 3
+    assert result["events"] > 0  # three streams at 20 tok/s for half a second: about 30
+    assert result["cpu_s"] >= 0
+    assert len(mock.records) == 3
+
+
+async def test_read_floor_counts_an_answer_that_is_not_a_stream_as_failed(mock):
+    args = argparse.Namespace(
+        upstream=mock.base_url + "/nowhere", streams=2, mode="socket", seconds=3.0, window=0.5
+    )
+    result = await read_floor.run(args)
+    assert result["failed"] == 2
+    assert result["events"] == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--upstream", "http://192.0.2.1:8090/v1"],
+        ["--upstream", "http://127.0.0.1:8090/v1", "--streams", "0"],
+        ["--upstream", "http://127.0.0.1:8090/v1", "--seconds", "2", "--window", "2.5"],
+    ],
+)
+def test_read_floor_refuses_a_target_off_loopback_or_a_window_outside_the_answers(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        read_floor.main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
 
 
 def _knee_result(p99: float, *, ok: bool = True, errors: int = 0) -> dict[str, object]:

@@ -1,0 +1,177 @@
+"""What reading a paced provider stream costs before a gateway does anything with it.
+
+The floor under every gateway's per-token CPU, measured by `bench.py` next to the naive relay
+and wsgate at the same load: `--streams` concurrent answers from the mock at 20 tokens/s
+(one HTTP chunk per token), started evenly over the first third of `--seconds`, read and
+dropped. The CPU this process spends in a window of steady load (every stream open, none
+starting or ending) is divided by the SSE events it received in that window.
+
+- `--mode socket`: one bare asyncio protocol per stream on uvloop; `data_received` counts
+  events and keeps nothing: the event loop, the system calls and one Python call per read.
+- `--mode aiohttp`: one task per stream reading `response.content.readany()` from a shared
+  `aiohttp.ClientSession`, as wsgate reads its providers (and the naive relay, line by line):
+  what any gateway built on aiohttp pays per token before parsing a byte.
+
+Prints one JSON object: mode, streams, events and CPU seconds in the window, microseconds of
+CPU per event, the share of a core used, and how many answers failed (non-200 or cut off).
+Loopback only.
+
+Usage: `python scripts/read_floor.py --upstream http://127.0.0.1:8090/v1 --streams 200`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import uvloop
+
+from wsgate.loadgen.config import require_loopback
+
+RATE = 20  # tokens per second per stream, as in the knee search
+EVENT_END = b"\n\n"  # one SSE event per token; chunked framing never holds two newlines
+
+
+class Count:
+    """SSE events received by every stream, and the answers that failed."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.failed = 0
+
+
+def request_body(seed: int, words: int) -> bytes:
+    """A mock chat request for one paced answer of `words` tokens."""
+    script = {"words": words, "seed": seed, "ttft_ms": 50, "tokens_per_s": RATE}
+    message = {"role": "user", "content": orjson.dumps({"mock": script}).decode()}
+    return orjson.dumps({"model": "mock", "stream": True, "messages": [message]})
+
+
+async def read_aiohttp(
+    session: aiohttp.ClientSession, url: str, body: bytes, count: Count, delay: float
+) -> None:
+    """One answer through aiohttp: `readany()` until the body ends."""
+    await asyncio.sleep(delay)
+    headers = {"content-type": "application/json"}
+    async with session.post(url, data=body, headers=headers) as response:
+        if response.status != 200:
+            count.failed += 1
+            return
+        content = response.content
+        while chunk := await content.readany():
+            count.events += chunk.count(EVENT_END)
+        if not content.is_eof():
+            count.failed += 1
+
+
+class _Reader(asyncio.Protocol):
+    """A bare socket reader: counts events, keeps nothing."""
+
+    def __init__(self, count: Count, done: asyncio.Future[None]) -> None:
+        self.count = count
+        self.done = done
+        self.head = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.head:  # the status line arrives in the first read
+            self.head = False
+            if not data.startswith(b"HTTP/1.1 200"):
+                self.count.failed += 1
+        self.count.events += data.count(EVENT_END)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.count.failed += 1
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def read_socket(url: str, body: bytes, count: Count, delay: float) -> None:
+    """One answer over a bare socket: an HTTP/1.1 POST with `Connection: close`."""
+    await asyncio.sleep(delay)
+    parts = urlsplit(url)
+    host, port = require_loopback(url)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    transport, _ = await loop.create_connection(lambda: _Reader(count, done), host, port)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    transport.write(head.encode() + body)
+    try:
+        await done
+    finally:
+        transport.close()
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    """Open every stream, measure the steady window, wait for the answers."""
+    url = args.upstream.rstrip("/") + "/chat/completions"
+    words = int(RATE * args.seconds)
+    ramp = args.seconds / 3
+    count = Count()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        readers = []
+        for i in range(args.streams):
+            body, delay = request_body(i, words), ramp * i / args.streams
+            if args.mode == "aiohttp":
+                readers.append(read_aiohttp(session, url, body, count, delay))
+            else:
+                readers.append(read_socket(url, body, count, delay))
+        tasks = [asyncio.ensure_future(reader) for reader in readers]
+        await asyncio.sleep(ramp + 0.5)  # every stream open and past its first token
+        events0, cpu0, wall0 = count.events, _cpu_s(), time.monotonic()
+        await asyncio.sleep(args.window)
+        events, cpu = count.events - events0, _cpu_s() - cpu0
+        wall = time.monotonic() - wall0
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    failed = count.failed + sum(isinstance(r, BaseException) for r in results)
+    return {
+        "mode": args.mode,
+        "streams": args.streams,
+        "window_s": round(wall, 3),
+        "events": events,
+        "cpu_s": round(cpu, 4),
+        "us_per_event": round(1e6 * cpu / events, 2) if events else None,
+        "cpu_share": round(cpu / wall, 3),
+        "failed": failed,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run, print the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--upstream", required=True, help="the mock's base URL (…/v1)")
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--mode", choices=("socket", "aiohttp"), default="aiohttp")
+    parser.add_argument("--seconds", type=float, default=8.0, help="one answer's length")
+    parser.add_argument("--window", type=float, default=2.5, help="seconds measured")
+    args = parser.parse_args(argv)
+    if args.streams < 1 or args.window <= 0 or args.seconds < 3 * args.window / 2 + 1:
+        parser.error("need --streams >= 1, --window > 0 and --seconds >= 1.5 x window + 1")
+    try:
+        require_loopback(args.upstream)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = uvloop.run(run(args))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0 if not result["failed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
