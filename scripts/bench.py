@@ -11,6 +11,11 @@
 - workloads (`loadtest.py` as a subprocess, `--json`): burst saturation; 100 streams x 50
   tok/s; 1000 x 20 tok/s; cancellation; a mix of unhappy paths; a knee search (the most
   streams at 20 tok/s whose p99 token latency stays under 5 ms, with no error).
+- what a token costs (full and smoke): CPU per token of the relay and of wsgate under 200
+  long 20 tok/s streams, in a window of steady load, next to two read floors on the same
+  core (`scripts/read_floor.py`: the same answers read by bare sockets, and by aiohttp's
+  `readany()`, and dropped), with the budget per token that twice the relay's capacity
+  leaves and how much of it the aiohttp read alone takes.
 - memory: RSS of a fresh gateway/relay process per idle connection and per open stream.
 - with `--py-spy PATH`: py-spy samples a fresh wsgate under the burst and the 1000 x 20
   workloads; the report gets the top functions by self and inclusive time.
