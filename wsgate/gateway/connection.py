@@ -13,7 +13,10 @@ it feeds received frames to the session, queues what it returns in the connectio
   ping would wait behind the same full buffer.
 - Reader backpressure: refusals of bad frames and the frames of ended streams are bounded
   by `READER_BACKLOG_BYTES`; past it the reader stops reading the client.
-- Writing: the frames waiting when the writer runs leave in one transport write (up to
+- Writing: a frame queued while no writer runs is written at once by the task that queued
+  it (a stream's, or the reader's) during the first `INLINE_WINDOW_S` of a loop turn: no
+  hop to another task under light load. Later in a long turn (a loaded loop), a writer
+  task takes over and the frames waiting when it runs leave in one transport write (up to
   `WRITE_BATCH_FRAMES` / `WRITE_BATCH_BYTES`): one system call for the many streams'
   tokens a paced provider releases in the same instant, instead of one per frame.
 - Liveness: a `heartbeat` frame after `heartbeat_interval` of silence, for browsers, which
@@ -35,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,6 +82,8 @@ READER_BACKLOG_BYTES = 256 * 1024
 SOCKET_BACKLOG_BYTES = 32 * 1024
 """websockets' write high-water mark: above it, sends wait for the client to read."""
 
+INLINE_WINDOW_S = 0.001
+"""How long into a loop turn a stream's task still writes its frames itself (InlineWindow)."""
 WRITE_BATCH_FRAMES = 64
 """Most frames the writer sends in one transport write (and between two yields)."""
 
@@ -124,6 +129,7 @@ class ConnectionStats:
     frames_sent: int = 0
     bytes_sent: int = 0
     writes: int = 0  # transport writes: a batch of frames is one
+    inline_writes: int = 0  # of which written by the task that queued the frames
     max_buffered: int = 0
     aborted: bool = False
     slow_consumer: bool = False
@@ -137,6 +143,40 @@ class Shared:
     detached: DetachedStreams = field(default_factory=DetachedStreams)
     detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     detached_owners: set[Connection] = field(default_factory=set)
+    inline: InlineWindow = field(default_factory=lambda: InlineWindow(INLINE_WINDOW_S))
+
+
+class InlineWindow:
+    """Whether a frame may still be written by the task that queued it, in this loop turn.
+
+    A frame queued while no writer runs is written at once by the stream's own task, as a
+    relay would, during the first `window` seconds of a loop turn (timed from the first
+    such write); later in a long turn, a writer task takes the connection's frames and
+    sends them together in the next turn. A light load thus skips the hop to a writer task
+    (about one loop turn of latency per token), and an overloaded loop still batches (one
+    write for many streams' frames). Shared by every connection of a gateway.
+    """
+
+    __slots__ = ("_armed", "_clock", "_until", "window")
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._armed = False
+        self._until = 0.0
+
+    def open(self) -> bool:
+        """True while the current turn is young enough to write inline."""
+        now = self._clock()
+        if not self._armed:
+            self._armed = True
+            self._until = now + self.window
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            return True
+        return now < self._until
+
+    def _next_turn(self) -> None:
+        self._armed = False
 
 
 class Connection:
@@ -453,10 +493,40 @@ class Connection:
         connection then holds no task. It runs in the connection's log context, not in
         that of the stream that queued the frame.
         """
-        if self._writer is None and not self._write_closed:
-            self._writer = asyncio.create_task(
-                self._write(), name=f"writer-{self.session.conn_id}", context=self._context.copy()
-            )
+        if self._writer is not None or self._write_closed:
+            return
+        if self.shared.inline.open() and self._write_now():
+            return
+        self._writer = asyncio.create_task(
+            self._write(), name=f"writer-{self.session.conn_id}", context=self._context.copy()
+        )
+
+    def _write_now(self) -> bool:
+        """Write what waits from the caller's task; False: a writer task must (still) send.
+
+        Only while the connection is open and its transport takes more (then a write never
+        waits): one batch, as the writer would send it. False when it cannot write, or when
+        frames remain after the batch or the write filled the transport.
+        """
+        ws = self.ws
+        transport = ws.transport
+        if ws.protocol.state is not State.OPEN or _paused(ws) or transport.is_closing():
+            return False
+        batch = self._take_batch()
+        if not batch:
+            self._drained()
+            return True
+        protocol = ws.protocol
+        for _, data in batch:
+            protocol.send_text(data)
+        transport.write(b"".join(protocol.data_to_send()))
+        self._last_send = asyncio.get_running_loop().time()
+        self.stats.inline_writes += 1
+        self._sent(batch)
+        if self.outbox.pending_bytes or _paused(ws):
+            return False
+        self._drained()
+        return True
 
     async def _write(self) -> None:
         try:
@@ -467,9 +537,7 @@ class Connection:
             raise  # `_writer` keeps the failed task: no writer starts again
 
     async def _write_loop(self) -> None:
-        outbox, stats = self.outbox, self.stats
         loop = asyncio.get_running_loop()
-        soft = self.options.buffer_bytes // 2
         sent_since_yield = 0
         while True:
             batch = self._take_batch()
@@ -487,24 +555,29 @@ class Connection:
             finally:
                 self._send_since = None
             self._last_send = loop.time()
-            stats.writes += 1
-            for stream_id, data in batch:
-                stats.frames_sent += 1
-                stats.bytes_sent += len(data)
-                if stream_id is not None:
-                    room = self.room.get(stream_id)
-                    if room is not None and outbox.has_room(stream_id):
-                        room.set()
-            if self._uncongested is not None and outbox.pending_bytes <= soft // 2:
-                self._uncongested.set()
-            if self._backlog_room is not None and outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
-                self._backlog_room.set()
+            self._sent(batch)
             # A send only yields when the transport is paused; yield now and then so one
             # busy connection cannot starve the others on the loop.
             sent_since_yield += len(batch)
             if sent_since_yield >= WRITE_BATCH_FRAMES:
                 sent_since_yield = 0
                 await asyncio.sleep(0)
+
+    def _sent(self, batch: list[tuple[str | None, bytes]]) -> None:
+        """Account a written batch and wake whoever waits for the room it made."""
+        outbox, stats = self.outbox, self.stats
+        stats.writes += 1
+        for stream_id, data in batch:
+            stats.frames_sent += 1
+            stats.bytes_sent += len(data)
+            if stream_id is not None:
+                room = self.room.get(stream_id)
+                if room is not None and outbox.has_room(stream_id):
+                    room.set()
+        if self._uncongested is not None and outbox.pending_bytes <= self.options.buffer_bytes // 4:
+            self._uncongested.set()
+        if self._backlog_room is not None and outbox.backlog_bytes <= READER_BACKLOG_BYTES // 2:
+            self._backlog_room.set()
 
     def _take_batch(self) -> list[tuple[str | None, bytes]]:
         """The next frames to send together: at least one, then up to the batch bounds."""
