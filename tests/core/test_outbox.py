@@ -164,6 +164,19 @@ def test_pending_bytes_tracks_control_and_stream_frames():
     assert box.pending_bytes == 0
 
 
+def test_the_outbox_is_empty_only_when_no_frame_and_no_telemetry_waits():
+    box = Outbox(10, 1000)
+    assert box.empty
+    box.push_telemetry("a", b"t")
+    assert not box.empty
+    assert box.pending_bytes == 0  # telemetry is not counted there
+    box.push("a", b"a0")
+    assert box.pop() == ("a", b"a0")
+    assert not box.empty  # the telemetry still waits
+    assert box.pop() == ("a", b"t")
+    assert box.empty
+
+
 def test_an_ended_stream_is_forgotten_once_drained():
     box = Outbox(10, 1000)
     box.push("a", b"a0")

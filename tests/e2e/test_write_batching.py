@@ -17,6 +17,7 @@ from wsgate.gateway.connection import InlineWindow
 
 async def test_many_streams_share_writes_and_each_arrives_whole_and_in_order(app):
     texts = {f"s{i}": " ".join(f"w{i}.{j}" for j in range(60)) for i in range(80)}
+    app.gateway.shared.inline = InlineWindow(0)  # every write by the writer task
     async with raw_connect(app.url) as conn:
         (connection,) = app.gateway.connections
         for sid, text in texts.items():
@@ -28,6 +29,7 @@ async def test_many_streams_share_writes_and_each_arrives_whole_and_in_order(app
         assert stream_text(frames) == texts[sid]
         assert frames[-1]["reason"] == "stop"
         assert_gapless(frames)
+    assert stats.inline_writes == 0
     assert 0 < stats.writes < stats.frames_sent
 
 

@@ -117,6 +117,11 @@ class Outbox:
         return self._pending_bytes
 
     @property
+    def empty(self) -> bool:
+        """Nothing to pop: no frame and no telemetry waits."""
+        return not self._pending_bytes and not self._telemetry
+
+    @property
     def backlog_bytes(self) -> int:
         """Bytes the reader is answerable for: control frames and ended streams' queues."""
         return self._control_bytes + self._ended_bytes

@@ -166,7 +166,9 @@ class InlineWindow:
         self._until = 0.0
 
     def open(self) -> bool:
-        """True while the current turn is young enough to write inline."""
+        """True while the current turn is young enough to write inline (never if window <= 0)."""
+        if self.window <= 0:
+            return False
         now = self._clock()
         if not self._armed:
             self._armed = True
@@ -517,14 +519,20 @@ class Connection:
             self._drained()
             return True
         protocol = ws.protocol
-        for _, data in batch:
-            protocol.send_text(data)
-        transport.write(b"".join(protocol.data_to_send()))
+        try:
+            for _, data in batch:
+                protocol.send_text(data)
+            transport.write(b"".join(protocol.data_to_send()))
+        except Exception:  # contained as in the writer task, not raised into the caller's
+            log.exception("writer_crashed")
+            self._write_closed = True
+            self.abort("writer_crashed")
+            return True
         self._last_send = asyncio.get_running_loop().time()
         self.stats.inline_writes += 1
         self._sent(batch)
-        if self.outbox.pending_bytes or _paused(ws):
-            return False
+        if not self.outbox.empty or _paused(ws):
+            return False  # more to send, or a full socket to wait on: a writer task does
         self._drained()
         return True
 
@@ -541,9 +549,10 @@ class Connection:
         sent_since_yield = 0
         while True:
             batch = self._take_batch()
-            if not batch:
+            if not batch and not _paused(self.ws):
                 self._drained()
                 return
+            # (An empty batch here: an inline write filled the socket; wait for room, timed.)
             # No timer per send: the connection's timer checks `_send_since` (one timer per
             # connection instead of one per frame, which dominated the cost of paced streams).
             self._send_since = loop.time()
@@ -554,8 +563,9 @@ class Connection:
                 return
             finally:
                 self._send_since = None
-            self._last_send = loop.time()
-            self._sent(batch)
+            if batch:
+                self._last_send = loop.time()
+                self._sent(batch)
             # A send only yields when the transport is paused; yield now and then so one
             # busy connection cannot starve the others on the loop.
             sent_since_yield += len(batch)
@@ -631,10 +641,11 @@ class Connection:
                 async with ws.send_context():
                     pass
             return
-        async with ws.send_context():
+        async with ws.send_context():  # an empty batch only waits for room
             for _, data in batch:
                 protocol.send_text(data)
-            transport.write(b"".join(protocol.data_to_send()))
+            if batch:
+                transport.write(b"".join(protocol.data_to_send()))
 
     def _drained(self) -> None:
         """The outbox is empty: wake whoever waits for room, and end the writer."""
