@@ -359,11 +359,11 @@ def measure(
     argv += list(workload.args)
     sut0 = fleet.sut.cpu_s() if fleet.sut else None
     mock0, wall0 = fleet.mock.cpu_s(), time.monotonic()
-    steady = _Window(fleet.sut, *window) if window and fleet.sut else None
     with (fleet.logs / "loadtest.log").open("ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and scripts
         pin(proc.pid, LOAD_CPU)
-        out, _ = proc.communicate(timeout=900)
+        steady = _Window(fleet.sut, proc, *window) if window and fleet.sut else None
+        out = _communicate(proc, 900)
     wall = time.monotonic() - wall0
     if not out.strip():
         raise RuntimeError(f"{workload.name} on {target}: loadtest failed (see {fleet.logs})")
@@ -376,12 +376,31 @@ def measure(
     return m
 
 
-class _Window:
-    """A process's CPU seconds over a window of wall time, sampled by a thread."""
+def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The process's standard output once it exits; killed (and reaped) if it outlasts `timeout`."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return out
 
-    def __init__(self, proc: Proc, start: float, length: float) -> None:
+
+class _Window:
+    """A process's CPU seconds over a window of wall time, sampled by a thread.
+
+    The window starts `start` seconds after the load generator did (its start-up included)
+    and must end while the load generator still runs, or `result` raises.
+    """
+
+    def __init__(
+        self, proc: Proc, load: subprocess.Popen[bytes], start: float, length: float
+    ) -> None:
         self.proc = proc
+        self.load = load
         self.samples: list[tuple[float, float]] = []
+        self.ended_inside = False
         self.thread = threading.Thread(target=self._run, args=(start, length), daemon=True)
         self.thread.start()
 
@@ -390,12 +409,13 @@ class _Window:
         for pause in (0.0, length):
             time.sleep(pause)
             self.samples.append((self.proc.cpu_s(), time.monotonic()))
+        self.ended_inside = self.load.poll() is None
 
     def result(self) -> tuple[float, float]:
-        """(CPU seconds, wall seconds) of the window; raises if the run ended before it."""
+        """(CPU seconds, wall seconds) of the window; raises if the load ended before it."""
         self.thread.join()
-        if len(self.samples) != 2:
-            raise RuntimeError("the steady window outlasted the run")
+        if len(self.samples) != 2 or not self.ended_inside:
+            raise RuntimeError("the steady window outlasted the load generator's run")
         (cpu0, wall0), (cpu1, wall1) = self.samples
         return cpu1 - cpu0, wall1 - wall0
 
@@ -479,6 +499,7 @@ class Cost:
     us_per_token: float
     cpu_share: float  # of one core, in the window
     p99_ms: float | None = None  # token latency at the client (relay and gateway only)
+    ok: bool = True  # every answer complete: no error, every check passed
 
 
 def cost_window(seconds: float) -> float:
@@ -490,13 +511,15 @@ def cost_step(fleet: Fleet, target: str, streams: int, seconds: float) -> Cost:
     """The current relay or gateway under `streams` long 20 tok/s streams: CPU per token.
 
     Tokens in the window are counted as the mock sends them (every stream is open and paced
-    through the window); the CPU share shows when the target could not keep up.
+    through the window); the CPU share shows when the target could not keep up, and a run
+    with an error or a failed check is marked FAILED in the report.
     """
     window = (seconds / 3 + 1.0, cost_window(seconds))  # + the load generator's start-up
     step = measure(fleet, _long_streams(f"cost_{streams}", streams, seconds), target, window)
     cpu, wall = step.extra["steady"]
     tokens = streams * RATE * wall
-    return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"))
+    ok = bool(step.result["ok"]) and not step.result["errors"]
+    return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"), ok)
 
 
 def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
@@ -507,7 +530,7 @@ def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
     with (fleet.logs / "read_floor.log").open("ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and script
         pin(proc.pid, SUT_CPU)
-        out, _ = proc.communicate(timeout=120)
+        out = _communicate(proc, 120)
     if proc.returncode != 0 or not out.strip():
         raise RuntimeError(f"read_floor.py --mode {mode} failed (see {fleet.logs})")
     result = orjson.loads(out)
@@ -1089,9 +1112,10 @@ def _cost_section(bench: Bench) -> list[str]:
                 f"{100 * c.cpu_share:.0f}%",
                 "-" if share is None else f"{100 * share:.0f}%",
                 _num(c.p99_ms),
+                "ok" if c.ok else "FAILED (errors or checks)",
             ]
         )
-    header = ["reader", "us CPU per token", "CPU share", "of the relay's", "token p99 ms"]
+    header = ["reader", "us CPU per token", "CPU share", "of the relay's", "token p99 ms", "run"]
     out += _md_table(header, rows)
     read = bench.costs.get("read-aiohttp")
     if relay is not None and read is not None:

@@ -328,7 +328,8 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
     costs = report.split("## What a token costs", 1)[1].split("\n## ", 1)[0]
     for reader in ("bare socket read", "aiohttp read", "naive relay", "wsgate"):
-        assert f"| {reader}" in costs
+        row = next(line for line in costs.splitlines() if line.startswith(f"| {reader}"))
+        assert row.endswith("| ok |"), row
     assert "Twice the relay's paced capacity needs" in costs
 
 
@@ -402,3 +403,24 @@ def test_bench_knee_runs_a_step_again_only_when_it_failed_on_latency_short_of_sa
     bench.knee(None, "wsgate", profile)
     assert calls[:runs] == [400] * runs
     assert calls[runs] != 400
+
+
+def test_bench_steady_window_refuses_a_window_the_load_generator_did_not_outlast():
+    import subprocess  # noqa: PLC0415 - only these bench tests start processes
+
+    import bench  # noqa: PLC0415 - imported here: only these tests need it
+
+    class Counter:
+        def cpu_s(self) -> float:
+            return 1.0
+
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    quick.wait()
+    with pytest.raises(RuntimeError, match="outlasted"):
+        bench._Window(Counter(), quick, 0.01, 0.01).result()  # type: ignore[arg-type]
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        assert bench._Window(Counter(), slow, 0.01, 0.05).result()[0] == 0.0  # type: ignore[arg-type]
+    finally:
+        slow.kill()
+        slow.wait()
