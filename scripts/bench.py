@@ -918,11 +918,9 @@ def workload_rows(bench: Bench, workload: str) -> list[list[str]]:
         r, wall = m.result, m.wall_s
         sut = f"{100 * m.sut_cpu_s / wall:.0f}%" if m.sut_cpu_s is not None else "-"
         harness = (m.mock_cpu_s + r["loadgen_cpu_s"]) / wall
-        failed = [
-            k
-            for k in ("mismatches", "seq_gaps", "seq_duplicates", "unexpected_outcomes")
-            if r["checks"].get(k)
-        ]
+        failed = [f"{k} {v}" for k, v in r["checks"].items() if k != "verified" and v]
+        if r["streams"].get("unfinished"):
+            failed.append(f"unfinished {r['streams']['unfinished']}")
         rows.append(
             [
                 target,
@@ -934,9 +932,7 @@ def workload_rows(bench: Bench, workload: str) -> list[list[str]]:
                 _pair(m, "token", floor) if target != "direct" else "-",
                 _pair(m, "ttft"),
                 _num(sum(r["errors"].values()), 0),
-                "ok"
-                if r["ok"]
-                else "FAILED: " + ", ".join(f"{k} {r['checks'][k]}" for k in failed),
+                "ok" if r["ok"] else "FAILED: " + ", ".join(failed),
                 f"{100 * harness:.0f}%" + (" (saturated)" if harness > 0.9 else ""),
             ]
         )

@@ -424,3 +424,20 @@ def test_bench_steady_window_refuses_a_window_the_load_generator_did_not_outlast
     finally:
         slow.kill()
         slow.wait()
+
+
+def test_bench_names_every_failed_check_and_unfinished_streams_in_a_workload_row():
+    import bench  # noqa: PLC0415 - imported here: only these tests need it
+
+    result = {
+        "ok": False,
+        "errors": {},
+        "checks": {"verified": 90, "mismatches": 0, "upstream_left_open": 2},
+        "streams": {"started": 100, "unfinished": 3},
+        "throughput": {"deltas_per_s": 1.0, "frames_per_s": 1.0, "deltas": 10},
+        "latency_ms": {},
+        "loadgen_cpu_s": 0.1,
+    }
+    run = bench.Bench("smoke", [bench.Measured("burst", "naive", result, 1.0, 0.1, 1.0)])
+    (row,) = bench.workload_rows(run, "burst")
+    assert "FAILED: upstream_left_open 2, unfinished 3" in row
