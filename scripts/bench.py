@@ -476,11 +476,15 @@ def _long_streams(name: str, streams: int, seconds: float) -> Workload:
               "--think-ms", seconds * 1000)  # fmt: skip
 
 
+def _completed(step: Measured) -> bool:
+    """No error, and every check passed."""
+    return bool(step.result["ok"]) and not step.result["errors"]
+
+
 def _latency_only(step: Measured, bound_ms: float) -> bool:
     """No error, every check passed, and p99 token latency within `bound_ms`."""
     p99 = step.latency("token", "p99")
-    result = step.result
-    return bool(result["ok"]) and not result["errors"] and p99 is not None and p99 <= bound_ms
+    return _completed(step) and p99 is not None and p99 <= bound_ms
 
 
 def knee_passed(step: Measured) -> bool:
@@ -518,7 +522,7 @@ def cost_step(fleet: Fleet, target: str, streams: int, seconds: float) -> Cost:
     step = measure(fleet, _long_streams(f"cost_{streams}", streams, seconds), target, window)
     cpu, wall = step.extra["steady"]
     tokens = streams * RATE * wall
-    ok = bool(step.result["ok"]) and not step.result["errors"]
+    ok = _completed(step)
     return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"), ok)
 
 

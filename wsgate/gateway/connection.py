@@ -510,19 +510,14 @@ class Connection:
         waits): one batch, as the writer would send it. False when it cannot write, or when
         frames remain after the batch or the write filled the transport.
         """
-        ws = self.ws
-        transport = ws.transport
-        if ws.protocol.state is not State.OPEN or _paused(ws) or transport.is_closing():
+        if not self._writable():
             return False
         batch = self._take_batch()
         if not batch:
             self._drained()
             return True
-        protocol = ws.protocol
         try:
-            for _, data in batch:
-                protocol.send_text(data)
-            transport.write(b"".join(protocol.data_to_send()))
+            self._put(batch)
         except Exception:  # contained as in the writer task, not raised into the caller's
             log.exception("writer_crashed")
             self._write_closed = True
@@ -531,7 +526,7 @@ class Connection:
         self._last_send = asyncio.get_running_loop().time()
         self.stats.inline_writes += 1
         self._sent(batch)
-        if not self.outbox.empty or _paused(ws):
+        if not self.outbox.empty or _paused(self.ws):
             return False  # more to send, or a full socket to wait on: a writer task does
         self._drained()
         return True
@@ -631,21 +626,27 @@ class Connection:
         `send`'s wait for one to finish (`send_in_progress`) is not needed.
         """
         ws = self.ws
-        protocol = ws.protocol
-        transport = ws.transport
-        if protocol.state is State.OPEN and not _paused(ws) and not transport.is_closing():
-            for _, data in batch:
-                protocol.send_text(data)
-            transport.write(b"".join(protocol.data_to_send()))
+        if self._writable():
+            self._put(batch)
             if _paused(ws):  # this write filled the transport: wait for room, as `send` does
                 async with ws.send_context():
                     pass
             return
         async with ws.send_context():  # an empty batch only waits for room
-            for _, data in batch:
-                protocol.send_text(data)
             if batch:
-                transport.write(b"".join(protocol.data_to_send()))
+                self._put(batch)
+
+    def _writable(self) -> bool:
+        """Open, and the transport takes more: a write needs no waiting and cannot fail."""
+        ws = self.ws
+        return ws.protocol.state is State.OPEN and not _paused(ws) and not ws.transport.is_closing()
+
+    def _put(self, batch: list[tuple[str | None, bytes]]) -> None:
+        """Frame the batch (websockets' sans-I/O protocol) and hand it to the transport at once."""
+        protocol = self.ws.protocol
+        for _, data in batch:
+            protocol.send_text(data)
+        self.ws.transport.write(b"".join(protocol.data_to_send()))
 
     def _drained(self) -> None:
         """The outbox is empty: wake whoever waits for room, and end the writer."""
