@@ -8,10 +8,11 @@ replayer's frame matcher. Nothing here opens sockets.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamProtocolError, WsgateError
@@ -89,11 +90,58 @@ def frame_matches(expected: Any, actual: Any) -> bool:
     return bool(expected == actual) and type(expected) is type(actual)
 
 
-class ScriptedUpstream:
-    """An `Upstream` for the gateway that yields scripted byte chunks, counting pulls.
+class ScriptedBody:
+    """A provider body (`gateway.ports.Body`) that hands out scripted chunks, honouring pauses.
 
-    `open()` ignores the request; each stream gets a fresh iterator over `chunks`. `pulled`
-    counts chunks handed out over all streams; `closed` counts contexts exited, however.
+    Like a pull body: each chunk goes to the sink in turn; while paused, the task waits.
+    `pulled` on its upstream counts the chunks handed out.
+    """
+
+    def __init__(self, upstream: ScriptedUpstream) -> None:
+        self._upstream = upstream
+        self._paused = False
+        self._room: asyncio.Event | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Reading is stopped by `pause`."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Hand out no chunk until `resume`."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Hand out chunks again."""
+        self._paused = False
+        if self._room is not None:
+            self._room.set()
+
+    async def run(self, sink: BodySink) -> None:
+        """Hand every scripted chunk to `sink` (a loop turn apart) until it says stop."""
+        for chunk in self._upstream.chunks:
+            while self._paused:
+                self._room = self._room or asyncio.Event()
+                self._room.clear()
+                await self._room.wait()
+            await asyncio.sleep(0)  # a provider's chunks arrive in separate reads
+            self._upstream.pulled += 1
+            if sink.data(chunk):
+                return
+
+
+class BodySink(Protocol):
+    """Where a body's bytes go (as `gateway.ports.BodySink`)."""
+
+    def data(self, chunk: bytes) -> bool:
+        """Take body bytes; True when the body must not be read any further."""
+
+
+class ScriptedUpstream:
+    """An `Upstream` for the gateway whose bodies hand out scripted byte chunks.
+
+    `open()` ignores the request; each stream gets a fresh `ScriptedBody` over `chunks`.
+    `pulled` counts chunks handed out over all streams; `closed` counts contexts exited.
     """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
@@ -103,23 +151,38 @@ class ScriptedUpstream:
         self.opened = 0
         self.closed = 0
 
-    def open(self, request: object) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    def open(self, request: object) -> AbstractAsyncContextManager[ScriptedBody]:
         """Open one scripted response."""
         self.requests.append(request)
         return self._open()
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _open(self) -> AsyncIterator[ScriptedBody]:
         self.opened += 1
         try:
-            yield self._iterate()
+            yield ScriptedBody(self)
         finally:
             self.closed += 1
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            self.pulled += 1
-            yield chunk
+
+async def read_body(body: RunnableBody) -> list[bytes]:
+    """Every chunk of an open body (`Upstream.open`'s), read to its end."""
+    chunks: list[bytes] = []
+
+    class _Collect:
+        def data(self, chunk: bytes) -> bool:
+            chunks.append(chunk)
+            return False
+
+    await body.run(_Collect())
+    return chunks
+
+
+class RunnableBody(Protocol):
+    """Anything with a body's `run` (push, pull or scripted)."""
+
+    async def run(self, sink: BodySink) -> None:
+        """Hand the body to `sink`."""
 
 
 def openai_sse(texts: Iterable[str], *, finish: str = "stop") -> list[bytes]:

@@ -109,9 +109,9 @@ async def test_streams_cancelled_in_the_same_burst_as_their_start_leave_no_task_
         by_stream = await conn.finishes({f"s{i}" for i in range(count)})
         (connection,) = app.gateway.connections
         for _ in range(100):
-            if not connection.runner.tasks:
+            if not connection.stream_tasks.tasks:
                 break
             await asyncio.sleep(0.02)
-        assert connection.runner.tasks == {}
-        assert connection.runner._message_ids == {}
+        assert connection.stream_tasks.tasks == {}
+        assert connection.stream_tasks._message_ids == {}
     assert all(frames[-1]["reason"] == "cancelled" for frames in by_stream.values())

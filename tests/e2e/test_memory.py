@@ -14,7 +14,7 @@ from e2e_helpers import mock_request, raw_connect
 
 
 def _writers() -> list[asyncio.Task[object]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("writer-")]
+    return [t for t in asyncio.all_tasks() if t.get_name() == "writer"]
 
 
 async def _until_no_writer() -> None:
@@ -29,8 +29,9 @@ async def test_an_idle_connection_keeps_no_writer_task_queue_event_or_handshake_
         (connection,) = app.gateway.connections
         assert len(connection.outbox) == 0
         assert connection.outbox._control is None
-        assert connection._runner is None
-        assert connection._uncongested is None
+        assert connection._tasks is None
+        assert connection._held == {}
+        assert not connection.writer.busy
         assert connection._backlog_room is None
         assert len(connection.ws.request.headers) == 0
         assert len(connection.ws.response.headers) == 0

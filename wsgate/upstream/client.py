@@ -4,8 +4,8 @@ Owns the upstream HTTP session (one pool for all streams, sized for thousands of
 streams: aiohttp's default `limit=100` would silently queue the 101st), the timeouts
 (connect, first byte, idle gap between chunks; no hidden 300 s total, so long generations
 live), and the translation of aiohttp's exceptions into wsgate's typed upstream errors.
-The first-byte and idle deadlines are watched by one timer per call (`ReadDeadline`), not
-one per read: a read only notes its deadline, which keeps a paced token at O(1) here.
+Bodies are read in the route's mode: push (`push.py`, the default: bytes reach the stream
+in the socket's data callback, no task wake-up per chunk) or pull (`pull.py`, a task reads).
 
 Cancellation reaches the provider because the response is closed in a `finally` whatever
 ends the stream (a cancel is a `CancelledError` at an `await` here): the TCP connection is
@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import aiohttp
 import msgspec
@@ -44,6 +44,9 @@ from wsgate.core.errors import (
 from wsgate.core.frames import ChatRequest
 from wsgate.core.payloads import error_labels
 from wsgate.core.providers import build_body
+from wsgate.upstream.base import READ_BUFSIZE, Body
+from wsgate.upstream.pull import PullBody
+from wsgate.upstream.push import PushBody, install
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,12 @@ class Timeouts:
     connect: float = 10.0
     first_byte: float = 60.0
     idle: float = 60.0
+
+
+Reader = Literal["push", "pull"]
+"""How a provider's body is read: from the socket's callback (push) or by a task (pull)."""
+
+BODIES: dict[str, type[PushBody | PullBody]] = {"push": PushBody, "pull": PullBody}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,7 @@ class Route:
     api_key: str | None = None
     max_concurrency: int = 0
     timeouts: Timeouts | None = None
+    reader: Reader = "push"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +114,6 @@ MAX_ERROR_BODY = 64 * 1024
 _encoder = msgspec.json.Encoder()
 _NO_SLOT: Final = contextlib.nullcontext()
 
-READ_BUFSIZE = 16 * 1024
-"""aiohttp buffers up to 2x this per response before it stops reading the socket; one
-`iter_any()` chunk can hold all of it, so it bounds how far a stream may overshoot its
-outbox queue in one read. Token events are small: 16 KiB keeps the overshoot small."""
-
 
 class UpstreamClient:
     """Opens streaming provider responses for the gateway's streams."""
@@ -134,6 +139,7 @@ class UpstreamClient:
         connector = aiohttp.TCPConnector(
             limit=self._pool_limit, limit_per_host=0, enable_cleanup_closed=False
         )
+        install(connector, asyncio.get_running_loop())  # push-mode protocols, pull works too
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeouts.connect, sock_read=None
         )
@@ -152,13 +158,13 @@ class UpstreamClient:
             self._session = None
 
     @asynccontextmanager
-    async def open(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Open the streaming call for `request`; yields an iterator over response bytes.
+    async def open(self, request: ChatRequest) -> AsyncIterator[Body]:
+        """Open the streaming call for `request`; yields its body once the headers are in.
 
         Raises the typed `UpstreamError` subclasses for every failure, before or during the
         stream (and `BadRequest` for a request the provider's format cannot express).
-        Leaving the context closes the response's connection. The bytes must be read by the
-        task that opened the call: its read deadlines cancel that task.
+        Leaving the context closes the response's connection. The body is run by the task
+        that opened the call (`Body.run`), in the route's reader mode.
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
@@ -167,7 +173,6 @@ class UpstreamClient:
         body = _encoder.encode(build_body(route.kind, request, route.upstream_model))
         timeouts = route.timeouts or self.timeouts
         response: aiohttp.ClientResponse | None = None
-        deadline = ReadDeadline(asyncio.get_running_loop())
         reading = False  # past the headers: a failure now is a truncation, never retried
         async with self._slot(route):  # waiting for a slot is not the provider's time
             # One deadline from the request to the first body byte, across headers and body.
@@ -186,13 +191,12 @@ class UpstreamClient:
                     if response.content_type == "application/json":
                         raise await _json_error(response)
                 reading = True
-                yield self._chunks(response, deadline, first_byte_deadline, timeouts.idle)
+                yield BODIES[route.reader](response, first_byte_deadline, timeouts.idle)
             except TimeoutError as exc:
                 raise UpstreamTimeout("the provider did not answer in time") from exc
             except aiohttp.ClientError as exc:
                 raise _client_error(exc, reading=reading) from exc
             finally:
-                deadline.close()
                 if response is not None:
                     response.close()
 
@@ -215,103 +219,6 @@ class UpstreamClient:
             return 0
         cap = next(r.max_concurrency for r in self.routes.values() if r.provider == provider)
         return cap - semaphore._value  # noqa: SLF001 - asyncio exposes no public count
-
-    async def _chunks(
-        self,
-        response: aiohttp.ClientResponse,
-        deadline: ReadDeadline,
-        first_byte_deadline: float,
-        idle: float,
-    ) -> AsyncIterator[bytes]:
-        # A deadline per read: the first byte's, then the idle gap. Time spent waiting for
-        # the client to make room (backpressure, between our yields) is not counted.
-        content = response.content
-        loop = asyncio.get_running_loop()
-        when = first_byte_deadline
-        while True:
-            try:
-                deadline.reading(when)
-                chunk = await content.readany()  # b"" at the end of the body
-            except asyncio.CancelledError:
-                if deadline.expired():
-                    raise TimeoutError from None  # `open` turns it into UpstreamTimeout
-                raise
-            except aiohttp.EofStream:
-                return
-            finally:
-                deadline.reading(None)
-            if not chunk:
-                return
-            yield chunk
-            when = loop.time() + idle
-
-
-class ReadDeadline:
-    """The deadline of the read in progress, on one timer per stream instead of one per read.
-
-    `asyncio.timeout` around every read creates and cancels a timer handle per chunk, i.e.
-    per token of a paced stream. Here a read only stores its deadline; one timer, armed for
-    the earliest deadline it has to watch, checks it when it fires: if the read it was armed
-    for is still waiting, the task is cancelled, and `expired()` tells that cancel from any
-    other (the same bookkeeping as `asyncio.Timeout`); if a later read is waiting, the timer
-    is re-armed for that read's deadline; if no read is waiting (the consumer holds a chunk,
-    e.g. under backpressure), nothing is armed until the next read. So the timer fires about
-    once per idle timeout, whatever the token rate.
-    """
-
-    __slots__ = ("_armed", "_cancelling", "_deadline", "_expired", "_handle", "_loop", "_task")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("ReadDeadline must be created in the task that reads")
-        self._loop = loop
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._deadline: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed = 0.0
-        self._expired = False
-
-    def reading(self, deadline: float | None) -> None:
-        """A read starts that must end by `deadline` (loop time); None: no read waits."""
-        self._deadline = deadline
-        if deadline is None:
-            return
-        if self._handle is not None:
-            if self._armed <= deadline:
-                return  # fires first and re-arms for this read then
-            self._handle.cancel()  # a deadline earlier than the armed one (rare)
-        self._arm(deadline)
-
-    def expired(self) -> bool:
-        """True when this deadline cancelled the task and no one else did."""
-        if not self._expired:
-            return False
-        self._expired = False
-        return self._task.uncancel() <= self._cancelling
-
-    def close(self) -> None:
-        """Drop the timer (the stream ended)."""
-        self._deadline = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self, when: float) -> None:
-        self._armed = when
-        self._handle = self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        deadline = self._deadline
-        if deadline is None:
-            return  # no read waits: the next one arms the timer again
-        if deadline <= self._armed:
-            self._expired = True
-            self._task.cancel()
-        else:
-            self._arm(deadline)
 
 
 def _headers(http: ProviderHTTP, api_key: str | None) -> dict[str, str]:

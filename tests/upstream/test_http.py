@@ -15,13 +15,16 @@ import orjson
 import pytest
 from aiohttp import web
 from e2e_helpers import serving
+from upstream_helpers import Stop, route
 
 from wsgate.core.errors import (
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
+    UpstreamTimeout,
 )
 from wsgate.core.frames import ChatRequest, Message
+from wsgate.testing import read_body
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
 REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="hi")])
@@ -63,13 +66,12 @@ async def provider() -> AsyncIterator[tuple[Recorder, str]]:
         yield recorder, root
 
 
-async def call(route: Route) -> None:
-    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=2, idle=2))
+async def call(to: Route) -> None:
+    client = UpstreamClient({"m": to}, Timeouts(connect=1, first_byte=2, idle=2))
     await client.start()
     try:
-        async with client.open(REQUEST) as chunks:
-            async for _ in chunks:
-                pass
+        async with client.open(REQUEST) as body:
+            await read_body(body)
     finally:
         await client.close()
 
@@ -85,7 +87,7 @@ async def call(route: Route) -> None:
 )
 async def test_each_kind_posts_its_streaming_body_to_its_path(provider, kind, base, path, accept):
     recorder, root = provider
-    await call(Route("m", "p", kind, root + base, "upstream-name"))
+    await call(route("m", "p", kind, root + base, "upstream-name"))
     ((seen_path, headers, body),) = recorder.requests
     assert seen_path == path
     assert headers["Accept"] == accept
@@ -96,7 +98,7 @@ async def test_each_kind_posts_its_streaming_body_to_its_path(provider, kind, ba
 
 async def test_openai_kinds_send_the_key_as_a_bearer_token(provider):
     recorder, root = provider
-    await call(Route("m", "p", "openai_chat", root + "/v1", "m", api_key="sk-openai"))
+    await call(route("m", "p", "openai_chat", root + "/v1", "m", api_key="sk-openai"))
     headers = recorder.requests[0][1]
     assert headers["Authorization"] == "Bearer sk-openai"
     assert "x-api-key" not in {name.lower() for name in headers}
@@ -104,7 +106,7 @@ async def test_openai_kinds_send_the_key_as_a_bearer_token(provider):
 
 async def test_anthropic_gets_its_key_header_and_api_version(provider):
     recorder, root = provider
-    await call(Route("m", "p", "anthropic", root + "/v1", "m", api_key="sk-ant"))
+    await call(route("m", "p", "anthropic", root + "/v1", "m", api_key="sk-ant"))
     headers = recorder.requests[0][1]
     assert headers["x-api-key"] == "sk-ant"
     assert headers["anthropic-version"] == "2023-06-01"
@@ -113,7 +115,7 @@ async def test_anthropic_gets_its_key_header_and_api_version(provider):
 
 async def test_no_key_sends_no_credentials(provider):
     recorder, root = provider
-    await call(Route("m", "p", "ollama", root, "m"))
+    await call(route("m", "p", "ollama", root, "m"))
     names = {name.lower() for name in recorder.requests[0][1]}
     assert not names & {"authorization", "x-api-key"}
 
@@ -150,7 +152,7 @@ async def test_an_error_answer_is_typed_by_status_and_the_providers_error_type(
     recorder, root = provider
     recorder.answer = json_answer(status, payload)
     with pytest.raises(UpstreamError) as info:
-        await call(Route("m", "p", "openai_chat", root + "/v1", "m"))
+        await call(route("m", "p", "openai_chat", root + "/v1", "m"))
     assert type(info.value) is error_type
     assert label in info.value.public_message
     assert "secret" not in info.value.public_message
@@ -161,7 +163,7 @@ async def test_retry_after_of_a_503_is_kept_for_the_retry_policy(provider):
     recorder, root = provider
     recorder.answer = json_answer(503, {}, {"Retry-After": "3"})
     with pytest.raises(UpstreamError) as info:
-        await call(Route("m", "p", "openai_chat", root + "/v1", "m"))
+        await call(route("m", "p", "openai_chat", root + "/v1", "m"))
     assert info.value.retry_after_ms == 3000
     assert info.value.transient
 
@@ -169,14 +171,13 @@ async def test_retry_after_of_a_503_is_kept_for_the_retry_policy(provider):
 async def test_a_capped_provider_never_has_more_calls_in_flight_than_its_cap(provider):
     recorder, root = provider
     recorder.release.clear()
-    route = Route("m", "p", "openai_chat", root + "/v1", "m", max_concurrency=2)
-    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=5, idle=5))
+    to = route("m", "p", "openai_chat", root + "/v1", "m", max_concurrency=2)
+    client = UpstreamClient({"m": to}, Timeouts(connect=1, first_byte=5, idle=5))
     await client.start()
 
     async def one() -> None:
-        async with client.open(REQUEST) as chunks:
-            async for _ in chunks:
-                pass
+        async with client.open(REQUEST) as body:
+            await read_body(body)
 
     try:
         tasks = [asyncio.create_task(one()) for _ in range(5)]
@@ -203,8 +204,8 @@ async def test_per_provider_timeouts_override_the_client_defaults(provider):
         return web.Response()
 
     recorder.answer = silent
-    route = Route("m", "p", "openai_chat", root + "/v1", "m", timeouts=Timeouts(1, 0.2, 1))
-    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=30, idle=30))
+    to = route("m", "p", "openai_chat", root + "/v1", "m", timeouts=Timeouts(1, 0.2, 1))
+    client = UpstreamClient({"m": to}, Timeouts(connect=1, first_byte=30, idle=30))
     await client.start()
     try:
         started = asyncio.get_running_loop().time()
@@ -243,7 +244,7 @@ async def test_an_error_body_split_across_writes_is_still_typed(provider, status
     )
     recorder.answer = chunked_json(status, body, pieces=4)
     with pytest.raises(UpstreamError) as info:
-        await call(Route("m", "p", "anthropic", root + "/v1", "m"))
+        await call(route("m", "p", "anthropic", root + "/v1", "m"))
     assert type(info.value) is UpstreamRateLimited
     assert "rate_limit_error" in info.value.public_message
 
@@ -257,7 +258,7 @@ async def test_a_json_rejection_with_status_200_is_a_rejection_not_a_retryable_f
     recorder, root = provider
     recorder.answer = json_answer(200, {"type": "error", "error": {"type": label}})
     with pytest.raises(UpstreamError) as info:
-        await call(Route("m", "p", "anthropic", root + "/v1", "m"))
+        await call(route("m", "p", "anthropic", root + "/v1", "m"))
     assert type(info.value) is UpstreamRejected
     assert not info.value.transient
 
@@ -279,7 +280,7 @@ async def test_retry_after_is_read_in_seconds_milliseconds_or_as_an_http_date(
     recorder, root = provider
     recorder.answer = json_answer(429, {}, headers)
     with pytest.raises(UpstreamRateLimited) as info:
-        await call(Route("m", "p", "openai_chat", root + "/v1", "m"))
+        await call(route("m", "p", "openai_chat", root + "/v1", "m"))
     assert info.value.retry_after_ms == expected_ms
 
 
@@ -293,14 +294,13 @@ async def test_waiting_for_a_concurrency_slot_is_not_charged_to_the_providers_fi
         return await recorder.sse(request)
 
     recorder.answer = slow
-    route = Route("m", "p", "openai_chat", root + "/v1", "m", max_concurrency=1)
-    client = UpstreamClient({"m": route}, Timeouts(connect=1, first_byte=0.5, idle=5))
+    to = route("m", "p", "openai_chat", root + "/v1", "m", max_concurrency=1)
+    client = UpstreamClient({"m": to}, Timeouts(connect=1, first_byte=0.5, idle=5))
     await client.start()
 
     async def one() -> None:
-        async with client.open(REQUEST) as chunks:
-            async for _ in chunks:
-                pass
+        async with client.open(REQUEST) as body:
+            await read_body(body)
 
     try:
         # Three calls through one slot: the third waits ~0.6 s, longer than the first-byte
@@ -323,10 +323,10 @@ async def test_a_providers_own_connect_timeout_is_applied():
         with contextlib.suppress(BlockingIOError):
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
-    route = Route(
+    to = route(
         "m", "p", "openai_chat", f"http://127.0.0.1:{port}", "m", timeouts=Timeouts(0.3, 10, 10)
     )
-    client = UpstreamClient({"m": route}, Timeouts(connect=3, first_byte=10, idle=10))
+    client = UpstreamClient({"m": to}, Timeouts(connect=3, first_byte=10, idle=10))
     await client.start()
     try:
         started = asyncio.get_running_loop().time()
@@ -346,7 +346,7 @@ async def test_a_finished_call_returns_its_connection_to_the_pool_and_a_cancelle
 ):
     recorder, root = provider
     client = UpstreamClient(
-        {"m": Route("m", "p", "openai_chat", root + "/v1", "m")}, Timeouts(1, 2, 2)
+        {"m": route("m", "p", "openai_chat", root + "/v1", "m")}, Timeouts(1, 2, 2)
     )
     await client.start()
     ports = []
@@ -366,19 +366,60 @@ async def test_a_finished_call_returns_its_connection_to_the_pool_and_a_cancelle
     try:
         recorder.answer = sse_with_port
         for _ in range(3):
-            async with client.open(REQUEST) as chunks:
-                async for _chunk in chunks:
-                    pass
+            async with client.open(REQUEST) as body:
+                await read_body(body)
         assert len(set(ports)) == 1  # one TCP connection served all three calls
         recorder.answer = endless
-        async with client.open(REQUEST) as chunks:
-            async for _chunk in chunks:
-                break  # the stream ends (a cancel, a finish) before the body does
+        async with client.open(REQUEST) as body:
+            await body.run(Stop())  # the stream ends (a cancel, a finish) before the body does
         recorder.answer = sse_with_port
-        async with client.open(REQUEST) as chunks:
-            async for _chunk in chunks:
-                pass
+        async with client.open(REQUEST) as body:
+            await read_body(body)
         assert ports[3] == ports[0]  # the pooled connection served the endless call
         assert ports[4] != ports[0]  # which was closed: the provider saw the stream end
     finally:
         await client.close()
+
+
+async def call_with(client: UpstreamClient, request: ChatRequest) -> None:
+    async with client.open(request) as body:
+        await read_body(body)
+
+
+async def test_the_upstream_pool_has_no_total_timeout_and_no_connection_cap():
+    client = UpstreamClient({}, Timeouts())
+    await client.start()
+    try:
+        session = client._session
+        assert session is not None
+        assert session.timeout.total is None
+        assert session.connector is not None
+        assert session.connector.limit == 0
+        assert session.connector.limit_per_host == 0
+    finally:
+        await client.close()
+
+
+async def test_the_first_byte_deadline_covers_headers_and_body_together():
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.6)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(0.6)
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n')
+        await asyncio.sleep(0.5)
+        return response
+
+    async with serving(slow) as root:
+        client = UpstreamClient(
+            {"m": route("m", "p", "openai_chat", root + "/v1", "m")},
+            Timeouts(connect=1, first_byte=1.0, idle=5),
+        )
+        await client.start()
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamTimeout):
+                await call_with(client, REQUEST)
+            assert asyncio.get_running_loop().time() - started < 1.15
+        finally:
+            await client.close()

@@ -1,8 +1,9 @@
 """The upstream client's read deadlines: the first byte's, then the idle gap per read.
 
-One timer per stream watches them (`ReadDeadline`); these tests pin what it must still
-mean: only time spent waiting on the provider counts, a gap longer than the idle timeout
-ends the call about that long after its read started, and a cancel stays a cancel.
+One timer per stream watches them (`pull.ReadDeadline`, `push._Deadline`); these tests
+pin, for both readers, what it must still mean: only time spent waiting on the provider
+counts, a gap longer than the idle timeout ends the call about that long after its read
+started, and a cancel stays a cancel.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 from e2e_helpers import serving
+from upstream_helpers import OnData, route
 
 from wsgate.core.errors import UpstreamTimeout
 from wsgate.core.frames import ChatRequest, Message
-from wsgate.upstream.client import ReadDeadline, Route, Timeouts, UpstreamClient
+from wsgate.upstream.client import Timeouts, UpstreamClient
+from wsgate.upstream.pull import ReadDeadline
 
 EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
 REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="x")])
@@ -39,8 +42,8 @@ async def provider(gaps: list[float], timeouts: Timeouts) -> AsyncIterator[Upstr
         return response
 
     async with serving(stream) as root:
-        route = Route("m", "p", "openai_chat", root + "/v1", "m")
-        client = UpstreamClient({"m": route}, timeouts)
+        to = route("m", "p", "openai_chat", root + "/v1", "m")
+        client = UpstreamClient({"m": to}, timeouts)
         await client.start()
         try:
             yield client
@@ -51,17 +54,31 @@ async def provider(gaps: list[float], timeouts: Timeouts) -> AsyncIterator[Upstr
 async def read_all(
     client: UpstreamClient, hold: float = 0.0, reads: list[float] | None = None
 ) -> bytes:
-    """Read the whole body, holding each chunk `hold` s; note when each next read began."""
+    """Read the whole body, holding each chunk `hold` s; note when each next read began.
+
+    Holding is what the gateway does under backpressure: pause the body, resume it later.
+    """
     loop = asyncio.get_running_loop()
-    received = b""
+    received: list[bytes] = []
     async with client.open(REQUEST) as body:
-        async for chunk in body:
-            received += chunk
-            if hold:
-                await asyncio.sleep(hold)
+
+        def resume() -> None:
             if reads is not None:
                 reads.append(loop.time())
-    return received
+            body.resume()
+
+        class Holding:
+            def data(self, chunk: bytes) -> bool:
+                received.append(chunk)
+                if hold:
+                    body.pause()
+                    loop.call_later(hold, resume)
+                elif reads is not None:
+                    reads.append(loop.time())
+                return False
+
+        await body.run(Holding())
+    return b"".join(received)
 
 
 async def test_time_the_reader_spends_between_chunks_is_not_an_idle_gap():
@@ -105,8 +122,7 @@ async def test_a_cancel_during_a_read_stays_a_cancel():
 
         async def read() -> None:
             async with client.open(REQUEST) as body:
-                async for _ in body:
-                    first.set()
+                await body.run(OnData(first.set))
 
         task = asyncio.create_task(read())
         await first.wait()

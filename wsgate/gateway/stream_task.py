@@ -1,15 +1,20 @@
-"""The task of each stream: read its provider, feed the session, honour time limits.
+"""The task of each stream: open its provider call, retry before the first token, tear down.
 
-Owns one asyncio task per stream: open the upstream call, hand every chunk to the session,
-stop reading while the connection says so (backpressure), and enforce the stream's time
-limits: `max_duration` from start to finish (`stream_timeout`, finish `timeout`) and
+Owns one asyncio task per stream, which does no per-token work: it opens the upstream call
+and awaits the body's `run` once (push mode: the body's bytes reach `_Feed.data` inside the
+provider socket's callback; pull mode: the body's own loop calls it), retries transient
+failures while the client saw no content, and enforces the stream's time limits:
+`max_duration` from start to finish (`stream_timeout`, finish `timeout`) and
 `first_token_timeout` until the first text or tool-call delta (`upstream_timeout`).
-A cancel is `task.cancel()`: leaving the upstream's `async with` closes the provider
-connection, and the time from the cancel decision to that close is accounted.
 
-Tasks are forgotten by a done-callback (a task cancelled before it first runs never
-executes its body). Detached tasks (the client left, `on_disconnect: continue`) are
-handed to the gateway, so they outlive their connection until their window passes.
+A cancel is `task.cancel()`: leaving the upstream's `async with` closes the provider
+connection, and the time from the cancel decision to that close is accounted. Tasks are
+forgotten by a done-callback (a task cancelled before it first runs never executes its
+body). A detached stream's task (`on_disconnect: continue`) is adopted by the gateway, so
+it outlives its connection until its window passes.
+
+Decides nothing about flow control: after each delivery the connection (`StreamHost.hold`)
+says whether the body pauses.
 """
 
 from __future__ import annotations
@@ -17,23 +22,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import TYPE_CHECKING
 
 from wsgate.core.errors import StreamTimeout, UpstreamTimeout, WsgateError
 from wsgate.core.session import StartUpstream
+from wsgate.gateway.ports import Body, StreamHost, Upstream
 from wsgate.log import bind, get_logger
-
-if TYPE_CHECKING:
-    from wsgate.gateway.connection import Connection, Upstream
 
 log = get_logger("wsgate.gateway")
 
 
-class StreamRunner:
+class StreamTasks:
     """The stream tasks of one connection."""
 
-    def __init__(self, connection: Connection, upstream: Upstream) -> None:
-        self.connection = connection
+    __slots__ = ("_cancelled_at", "_expiry", "_message_ids", "_polls", "host", "tasks", "upstream")
+
+    def __init__(self, host: StreamHost, upstream: Upstream) -> None:
+        self.host = host
         self.upstream = upstream
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._message_ids: dict[str, str] = {}
@@ -42,7 +46,7 @@ class StreamRunner:
         self._polls: dict[str, tuple[float, asyncio.TimerHandle]] = {}
 
     def message_id(self, stream_id: str) -> str | None:
-        """The message id of a stream this runner started."""
+        """The message id of a stream started here."""
         return self._message_ids.get(stream_id)
 
     def start(self, start: StartUpstream) -> None:
@@ -67,8 +71,7 @@ class StreamRunner:
         task = self.tasks.get(stream_id)
         if task is None:
             return
-        self.connection.shared.detached_tasks.add(task)
-        task.add_done_callback(self.connection.shared.detached_tasks.discard)
+        self.host.adopt(task)
         loop = asyncio.get_running_loop()
         self._expiry[stream_id] = loop.call_later(window, self._expire, stream_id)
 
@@ -85,13 +88,13 @@ class StreamRunner:
 
     def _poll(self, stream_id: str) -> None:
         self._polls.pop(stream_id, None)
-        connection = self.connection
-        connection.deliver(stream_id, connection.session.poll(stream_id, time.monotonic()))
+        host = self.host
+        host.deliver(stream_id, host.session.poll(stream_id, time.monotonic()))
 
     async def reap(self) -> None:
         """Cancel and await every task that is not detached (the connection is closing)."""
-        detached = self.connection.logs
-        tasks = [task for sid, task in self.tasks.items() if sid not in detached]
+        host = self.host
+        tasks = [task for sid, task in self.tasks.items() if not host.detached(sid)]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -105,13 +108,13 @@ class StreamRunner:
 
     def _expire(self, stream_id: str) -> None:
         self._expiry.pop(stream_id, None)
-        self.connection.expire(stream_id)
+        self.host.expire(stream_id)
 
     def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
         cancelled_at = self._cancelled_at.pop(task, None)
         if cancelled_at is not None:
             latency = time.monotonic() - cancelled_at
-            self.connection.shared.accounting.cancel_latency(latency)
+            self.host.cancel_latency(latency)
             log.info(  # the per-stream figure; /stats has the aggregate
                 "upstream_closed_after_cancel",
                 stream_id=stream_id,
@@ -122,7 +125,6 @@ class StreamRunner:
         if self.tasks.get(stream_id) is task:
             del self.tasks[stream_id]
             self._message_ids.pop(stream_id, None)
-            self.connection.room.pop(stream_id, None)
             poll = self._polls.pop(stream_id, None)
             if poll is not None:
                 poll[1].cancel()
@@ -130,8 +132,8 @@ class StreamRunner:
 
     async def _run(self, start: StartUpstream) -> None:
         sid = start.stream_id
-        connection = self.connection
-        options = connection.options
+        host = self.host
+        options = host.options
         # The task runs in its own copy of the context: what is bound here dies with it
         # (cheaper per stream than a `bound` block kept open for the stream's life).
         bind(stream_id=sid, message_id=start.message_id)
@@ -152,19 +154,18 @@ class StreamRunner:
             else:  # a TimeoutError from elsewhere is a bug, not the provider's fault
                 log.exception("stream_crashed")
                 error = WsgateError("internal error")
-            connection.deliver(sid, connection.session.upstream_failed(sid, error))
+            host.deliver(sid, host.session.upstream_failed(sid, error))
         except WsgateError as exc:
             log.info("upstream_failed", code=exc.code)
-            connection.deliver(sid, connection.session.upstream_failed(sid, exc))
+            host.deliver(sid, host.session.upstream_failed(sid, exc))
         except Exception:
             log.exception("stream_crashed")
-            failed = connection.session.upstream_failed(sid, WsgateError("internal error"))
-            connection.deliver(sid, failed)
+            host.deliver(sid, host.session.upstream_failed(sid, WsgateError("internal error")))
 
     async def _attempts(self, start: StartUpstream, first: asyncio.Timeout) -> None:
         """Call the provider; retry transient failures while the client saw no content."""
-        policy = self.connection.options.retry
-        session = self.connection.session
+        policy = self.host.options.retry
+        session = self.host.session
         began = time.monotonic()
         attempt = 0
         while True:
@@ -183,66 +184,73 @@ class StreamRunner:
                     code=exc.code,
                     delay_ms=round(delay * 1000, 1),
                 )
-                self.connection.shared.accounting.upstream_retries += 1
+                self.host.retried()
                 await asyncio.sleep(delay)
             else:
                 return
 
     async def _pump(self, start: StartUpstream, first: asyncio.Timeout) -> None:
         sid = start.stream_id
-        async with self.upstream.open(start.request) as chunks:
-            async for chunk in chunks:
-                if self._feed(sid, chunk, first):
-                    return
-                while (room := self._paused(sid)) is not None:
-                    await room.wait()
-        output = self.connection.session.upstream_eof(sid, time.monotonic())
-        self.connection.deliver(sid, output)
+        host = self.host
+        async with self.upstream.open(start.request) as body:
+            feed = _Feed(host, sid, body, first)
+            try:
+                await body.run(feed)
+            finally:
+                host.release(sid)
+        if feed.retry is not None:
+            raise feed.retry  # after the provider call was closed
+        if feed.ended:
+            return
+        output = host.session.upstream_eof(sid, time.monotonic())
+        host.deliver(sid, output)
         if output.retry is not None:
             raise output.retry
 
-    def _feed(self, stream_id: str, chunk: bytes, first: asyncio.Timeout) -> bool:
-        """Hand one chunk to the session and deliver its frames; True once the stream ended.
 
-        A plain function, so that its output is not kept alive while the stream waits for
-        the provider's next chunk. Raises the stream's `retry` error (leaving `open` closes
-        the provider call); stops the first-token timer at the first content.
+class _Feed:
+    """One provider call's sink: its bytes into the session, its frames to the connection.
+
+    Runs in the provider socket's data callback (push) or in the stream task (pull): the
+    per-token path. A plain object, so nothing of a chunk's output is kept past the call.
+    """
+
+    __slots__ = ("body", "ended", "first", "host", "retry", "stream_id")
+
+    def __init__(
+        self, host: StreamHost, stream_id: str, body: Body, first: asyncio.Timeout
+    ) -> None:
+        self.host = host
+        self.stream_id = stream_id
+        self.body = body
+        self.first: asyncio.Timeout | None = first
+        self.retry: WsgateError | None = None
+        self.ended = False
+
+    def data(self, chunk: bytes) -> bool:
+        """Hand one chunk to the session and deliver its frames; True once reading must stop.
+
+        Stops the first-token timer at the first content; pauses the body when the
+        connection says so (flow control).
         """
-        session = self.connection.session
-        output = session.upstream_data(stream_id, chunk, time.monotonic())
-        self.connection.deliver(stream_id, output)
+        host, sid = self.host, self.stream_id
+        session = host.session
+        output = session.upstream_data(sid, chunk, time.monotonic())
+        host.deliver(sid, output)
         if output.retry is not None:
-            raise output.retry
-        if output.closed:
+            self.retry = output.retry
             return True
-        if first.when() is not None:
-            stream = session.streams.get(stream_id)
+        if output.closed:
+            self.ended = True
+            return True
+        first = self.first
+        if first is not None:
+            stream = session.streams.get(sid)
             if stream is not None and stream.has_content:
                 first.reschedule(None)
+                self.first = None
+        host.hold(sid, self.body)
         return False
-
-    def _paused(self, stream_id: str) -> asyncio.Event | None:
-        """The event to wait for before reading the provider again; None: read now.
-
-        Backpressure: stop reading while this stream's queue is full, or while the
-        connection holds half of its byte cap; the provider is slowed through TCP. A plain
-        function, not a coroutine: it runs after every chunk and nearly always says "read".
-        """
-        connection = self.connection
-        if stream_id in connection.logs:
-            return None  # detached: its log, not the client, takes the frames
-        outbox = connection.outbox
-        if outbox.is_full(stream_id):
-            room = connection.room.get(stream_id)
-            if room is None:
-                room = connection.room[stream_id] = asyncio.Event()
-            room.clear()
-            return room
-        if outbox.pending_bytes >= connection.options.buffer_bytes // 2:
-            uncongested = connection.uncongested
-            uncongested.clear()
-            return uncongested
-        return None
 
 
 def _time_left(first: asyncio.Timeout) -> float | None:

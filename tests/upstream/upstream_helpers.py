@@ -1,0 +1,34 @@
+"""Helpers of the upstream contract suite: routes in the reader mode under test, sinks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from wsgate.upstream.client import Route
+
+READER = {"mode": "push"}
+"""The reader mode the running test is parametrized with (set by conftest's fixture)."""
+
+
+def route(*args: Any, **kwargs: Any) -> Route:
+    """A `Route` read in the mode under test."""
+    return Route(*args, reader=READER["mode"], **kwargs)  # type: ignore[arg-type]
+
+
+class Stop:
+    """A sink that stops the body at its first bytes (a stream that ended, a cancel)."""
+
+    def data(self, _chunk: bytes) -> bool:
+        return True
+
+
+class OnData:
+    """A sink that calls `callback` for every chunk and reads on."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def data(self, _chunk: bytes) -> bool:
+        self.callback()
+        return False

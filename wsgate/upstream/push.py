@@ -1,0 +1,267 @@
+"""Push-mode body reading: provider bytes reach the stream inside the socket's data callback.
+
+Owns `PushProtocol`, the aiohttp response protocol every pooled connection is made with, and
+`PushBody`, which hands one response's body to a `BodySink` from that protocol's
+`data_received`: aiohttp's HTTP parser (status, headers, chunked framing, keep-alive) runs as
+usual, and what it parsed is read out of the response's `StreamReader` in the same callback
+and given to the sink, which turns it into client frames in the same loop turn. No task
+wakes per chunk: the stream's task waits once, for the body's end.
+
+- Backpressure: `pause()` stops the provider's transport (`transport.pause_reading()`); the
+  sink calls it from `data` when its stream or connection is full. Bytes already parsed
+  stay in the response's `StreamReader` until `resume()`: at most one socket read plus
+  aiohttp's buffer (2 x `read_bufsize`), whatever the provider sends.
+- Deadlines: the first byte and the idle gap between reads are watched by one lazily
+  re-armed timer per body, not one per read (`_Deadline`); time spent paused is not
+  counted. Expiry ends the body with `UpstreamTimeout`.
+- Ends: the parser's end of body (`is_eof`), a broken body (aiohttp's `ClientPayloadError`,
+  a truncated chunked body or a reset) -> `UpstreamBroken`, or the sink asking to stop.
+
+aiohttp internals relied on (3.14.x, pinned `<3.15` in pyproject.toml; each held by a test
+in tests/upstream/test_aiohttp_internals.py): the connector builds protocols with its
+`_factory` (replaced by `PushProtocol` in `install`); `ResponseHandler.data_received` runs
+the parser over every socket read, the parser calling the body's `feed_data`,
+`begin_http_chunk_receiving` / `end_http_chunk_receiving` and `feed_eof` before it returns;
+`connection_lost` sets a `ClientPayloadError` on an unfinished body; `read_nowait()` may call
+`protocol.resume_reading()`, which re-enters `data_received(b"")` (hence the guard).
+
+Does not parse provider formats (the core does) and knows nothing of WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+
+from wsgate.core.errors import UpstreamBroken, UpstreamTimeout
+from wsgate.upstream.base import READ_BUFSIZE, BodySink
+
+READ_PIECE = READ_BUFSIZE
+"""Most body bytes handed to the sink in one call: between two pieces the sink may pause,
+so a stream overshoots its queue by at most the frames of one piece."""
+
+
+class PushProtocol(ResponseHandler):
+    """aiohttp's response protocol, with a body that reads itself in `data_received`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.push_body: PushBody | None = None
+
+    def data_received(self, data: bytes) -> None:
+        """Parse a socket read (aiohttp), then push what it completed to the body's sink."""
+        body = self.push_body  # read before parsing: the body's end detaches it
+        super().data_received(data)
+        if body is not None:
+            body.drain()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The socket closed (aiohttp ends or fails the body); the sink learns which."""
+        body = self.push_body
+        super().connection_lost(exc)
+        if body is not None:
+            body.drain()
+
+
+def install(connector: aiohttp.BaseConnector, loop: asyncio.AbstractEventLoop) -> None:
+    """Make the connector's new connections `PushProtocol`s (pull reads work on them too)."""
+    if not hasattr(connector, "_factory"):  # pragma: no cover - held by the pinning tests
+        raise RuntimeError("aiohttp's connector has no protocol factory: push mode unusable")
+    factory = functools.partial(PushProtocol, loop=loop)
+    connector._factory = factory  # type: ignore[assignment]  # noqa: SLF001 - a subclass
+
+
+class PushBody:
+    """One response's body, pushed to a sink from the socket's callbacks."""
+
+    __slots__ = (
+        "_content",
+        "_deadline",
+        "_done",
+        "_draining",
+        "_paused",
+        "_protocol",
+        "_sink",
+        "_transport",
+    )
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, first_byte_deadline: float, idle: float
+    ) -> None:
+        connection = response.connection
+        protocol = None if connection is None else connection.protocol
+        content = response.content
+        if protocol is None and not content.is_eof():
+            raise TypeError("a response body without its connection cannot be read")
+        if protocol is not None and not isinstance(protocol, PushProtocol):
+            raise TypeError("the response was not read by a PushProtocol (see install())")
+        # None: the whole body came with the headers and the connection is back in the pool.
+        self._protocol = protocol
+        self._transport = None if protocol is None else protocol.transport
+        self._content = response.content
+        loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = loop.create_future()
+        self._deadline = _Deadline(loop, first_byte_deadline, idle, self._expired)
+        self._sink: BodySink | None = None
+        self._paused = False
+        self._draining = False
+
+    async def run(self, sink: BodySink) -> None:
+        """Push the body to `sink` until it ends; raises `UpstreamBroken` / `UpstreamTimeout`.
+
+        Returns at the end of the body or when the sink said stop. Cancelling the waiting
+        task detaches the sink at once (the caller then closes the response).
+        """
+        self._sink = sink
+        self._content.on_eof(self._detach)  # the connection may go back to the pool now
+        if self._protocol is not None and not self._content.is_eof():
+            self._protocol.push_body = self
+        try:
+            self.drain()  # what arrived with the headers
+            await self._done
+        finally:
+            self._close()
+
+    def pause(self) -> None:
+        """Stop reading the provider (its TCP window fills) until `resume`."""
+        if self._paused or self._done.done():
+            return
+        self._paused = True
+        self._deadline.pause()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read the provider again: first what waits in aiohttp's buffer."""
+        if not self._paused or self._done.done():
+            return
+        self._paused = False
+        self._deadline.resume()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        self.drain()
+
+    @property
+    def paused(self) -> bool:
+        """Reading is stopped by `pause`."""
+        return self._paused
+
+    def drain(self) -> None:
+        """Hand what aiohttp parsed to the sink, piece by piece, until empty, paused or ended."""
+        if self._draining or self._done.done():
+            return  # re-entered from read_nowait -> resume_reading -> data_received
+        sink, content = self._sink, self._content
+        if sink is None:
+            return
+        self._draining = True
+        try:
+            while True:
+                if content.exception() is not None:
+                    self._finish(UpstreamBroken("the provider closed the stream unexpectedly"))
+                    return
+                if self._paused:
+                    return
+                data = content.read_nowait(READ_PIECE)
+                if data:
+                    self._deadline.progress()
+                    if sink.data(data):
+                        self._finish(None)
+                        return
+                    continue
+                if content.is_eof():
+                    self._finish(None)
+                return
+        except Exception as exc:  # the sink's own failure ends the body, in the waiting task
+            self._finish(exc)
+        finally:
+            self._draining = False
+
+    def _expired(self) -> None:
+        self._finish(UpstreamTimeout("the provider did not answer in time"))
+
+    def _finish(self, error: BaseException | None) -> None:
+        done = self._done
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+        self._close()
+
+    def _detach(self) -> None:
+        if self._protocol is not None and self._protocol.push_body is self:
+            self._protocol.push_body = None
+
+    def _close(self) -> None:
+        self._detach()
+        self._deadline.close()
+        self._sink = None
+        if self._paused and self._transport is not None and not self._transport.is_closing():
+            self._paused = False
+            self._transport.resume_reading()  # a pooled connection must not stay paused
+
+
+class _Deadline:
+    """The first-byte deadline, then the idle gap: one timer, re-armed when it fires.
+
+    `progress()` (a read) only notes the new deadline; the timer, when it fires early,
+    re-arms itself for it (and a deadline earlier than the armed one, the idle gap after
+    the first byte, re-arms it at once). So it fires about once per idle timeout, whatever
+    the token rate. Paused time is not the provider's: `pause()` stops the watch,
+    `resume()` restarts the idle gap.
+    """
+
+    __slots__ = ("_armed", "_due", "_handle", "_idle", "_loop", "_on_expiry")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        first: float,
+        idle: float,
+        on_expiry: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._idle = idle
+        self._on_expiry = on_expiry
+        self._due = first
+        self._armed = first
+        self._handle: asyncio.TimerHandle | None = loop.call_at(first, self._fire)
+
+    def progress(self) -> None:
+        """A read: the next one is due within the idle gap."""
+        due = self._due = self._loop.time() + self._idle
+        if self._handle is not None and due < self._armed:
+            self._handle.cancel()
+            self._arm()
+
+    def pause(self) -> None:
+        """Stop watching (the gateway, not the provider, holds the body)."""
+        self.close()
+
+    def resume(self) -> None:
+        """Watch again, from a fresh idle gap."""
+        self._due = self._loop.time() + self._idle
+        if self._handle is None:
+            self._arm()
+
+    def close(self) -> None:
+        """Drop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self) -> None:
+        self._armed = self._due
+        self._handle = self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._loop.time() >= self._due:
+            self._on_expiry()
+        else:
+            self._arm()
