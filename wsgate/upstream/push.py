@@ -23,7 +23,8 @@ in tests/upstream/test_aiohttp_internals.py): the connector builds protocols wit
 the parser over every socket read, the parser calling the body's `feed_data`,
 `begin_http_chunk_receiving` / `end_http_chunk_receiving` and `feed_eof` before it returns;
 `connection_lost` sets a `ClientPayloadError` on an unfinished body; `read_nowait()` may call
-`protocol.resume_reading()`, which re-enters `data_received(b"")` (hence the guard).
+`protocol.resume_reading()`, which re-enters `data_received(b"")` (hence the guard) unless
+`_reading_paused` (set by `pause_reading`) is false, when `PushProtocol` skips it.
 
 Does not parse provider formats (the core does) and knows nothing of WebSocket clients.
 """
@@ -58,6 +59,17 @@ class PushProtocol(ResponseHandler):
         super().data_received(data)
         if body is not None:
             body.drain()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """Resume what aiohttp paused, and only then.
+
+        aiohttp's `StreamReader` calls this after every read below its low-water mark,
+        paused or not, and the base class then re-runs the parser on nothing and resumes
+        the transport: per token, and past a pause that `PushBody.pause` made on the
+        transport. Nothing is paused unless `pause_reading` ran: then it is a no-op.
+        """
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The socket closed (aiohttp ends or fails the body); the sink learns which."""
