@@ -71,6 +71,7 @@ SUT_CPU, LOAD_CPU = 1, 0
 RATE = 20  # tokens/s per stream of the knee search and of the per-token cost
 KNEE_P99_MS = 5.0
 KNEE_SECONDS = 8.0  # one knee step
+KNEE_RESOLUTION = 0.125  # the search ends when pass and failure are this close
 KNEE_WORDS = int(RATE * KNEE_SECONDS)  # a stream outlasts the step: its slot starts no other
 KNEE_MIN = 100
 KNEE_RERUN = 20  # a failed step with p99 within this many times the bound is run again
@@ -283,12 +284,14 @@ class Fleet:
             argv = [sys.executable, str(SCRIPTS / "naive_relay.py"), "--port", str(port)]
             argv += ["--upstream", self.mock_url]
             env = _clean_env()
-        else:
+        else:  # wsgate, wsgate-debounce (the same server) and wsgate-pull
             argv = [sys.executable, "-m", "wsgate", "serve", "--port", str(port)]
             argv += ["--log-level", "warning"]
+            reader = "pull" if target == "wsgate-pull" else "push"
             env = _clean_env(
                 {
                     "WSGATE_PROVIDERS__BENCH__BASE_URL": self.mock_url,
+                    "WSGATE_PROVIDERS__BENCH__READER": reader,
                     "WSGATE_MODELS__MOCK__PROVIDER": "bench",
                 }
             )
@@ -423,8 +426,9 @@ class _Window:
 def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
     """Search the most concurrent 20 tok/s streams that pass, in a few steps.
 
-    Double from the first step while steps pass (halve while they fail), then try once
-    halfway between the last pass and the first failure. A step fails on a p99 token latency
+    Double from the first step while steps pass (halve while they fail), then bisect between
+    the last pass and the first failure until they are at most `KNEE_RESOLUTION` apart
+    (relative to the pass): the knee is known to within 12.5%. A step fails on a p99 token latency
     over 5 ms, an error or a failed check; a failure on latency alone that is not plainly
     saturation (p99 within 20x the bound, no error, every check passed) is run once more and
     fails only if both runs do (the machine is shared: one stall of a few tens of ms, in any
@@ -445,12 +449,16 @@ def knee(fleet: Fleet, target: str, profile: Profile) -> list[Measured]:
         streams = streams * 2 if going_up else streams // 2
         if streams > profile.knee_steps[-1] or streams < KNEE_MIN or step(streams) != going_up:
             break
-    passed = [m.extra["streams"] for m in steps if m.extra["passed"]]
-    failed = [m.extra["streams"] for m in steps if not m.extra["passed"]]
-    above = [n for n in failed if not passed or n > max(passed)]
-    if passed and above:
-        step((max(passed) + min(above)) // 2)
-    return steps
+    while True:
+        passed = [m.extra["streams"] for m in steps if m.extra["passed"]]
+        failed = [m.extra["streams"] for m in steps if not m.extra["passed"]]
+        above = [n for n in failed if not passed or n > max(passed)]
+        if not passed or not above:
+            return steps
+        low, high = max(passed), min(above)
+        if high - low <= max(1, int(low * KNEE_RESOLUTION)):
+            return steps
+        step((low + high) // 2)
 
 
 def knee_step(fleet: Fleet, target: str, streams: int) -> Measured:
@@ -759,11 +767,16 @@ def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | Non
     fleet = Fleet(logs)
     try:
         if profile.cost and {"naive", "wsgate"} & set(targets):
-            for reader in ("socket", "aiohttp"):
+            for reader in READ_FLOORS:
                 bench.costs[f"read-{reader}"] = cost = read_floor(fleet, reader, *profile.cost)
                 say(f"read-{reader} cost {cost.us_per_token:.1f} us/token")
         for target in targets:
             run_target(bench, fleet, profile, target)
+        if profile.cost and "wsgate" in targets:  # the pull reader, for the same comparison
+            fleet.start_sut("wsgate-pull")
+            bench.costs["wsgate-pull"] = cost = cost_step(fleet, "wsgate", *profile.cost)
+            fleet.stop_sut()
+            say(f"wsgate-pull cost {cost.us_per_token:.1f} us/token")
         if py_spy and "wsgate" in targets:  # after the others: it takes fresh processes
             for workload in profile.workloads:
                 if workload.name in ("burst", "paced_1000x20"):
@@ -1073,11 +1086,20 @@ def _knee_section(bench: Bench) -> list[str]:
     return out
 
 
+COST_TARGET = 0.4
+"""wsgate's CPU per token at the cost load, as a share of the relay's (the push-mode issue)."""
+
+READ_FLOORS = ("socket", "aiohttp-push", "aiohttp")
+"""`scripts/read_floor.py` modes: bare sockets, wsgate's push reader, aiohttp's `readany()`."""
+
 COST_READERS = {
     "read-socket": "bare socket read: a uvloop protocol per stream, nothing parsed",
-    "read-aiohttp": "aiohttp read: `readany()` in a task per stream, nothing parsed",
+    "read-aiohttp-push": "push read floor: aiohttp's parser, body handed on in the socket "
+    "callback (wsgate's push reader), nothing parsed",
+    "read-aiohttp": "pull read floor: aiohttp `readany()` in a task per stream, nothing parsed",
     "naive": "naive relay",
-    "wsgate": "wsgate",
+    "wsgate": "wsgate (push reader, the default)",
+    "wsgate-pull": 'wsgate (pull reader, `reader = "pull"`)',
 }
 
 
@@ -1092,7 +1114,7 @@ def _cost_section(bench: Bench) -> list[str]:
         (
             f"CPU of one process per token delivered (or read), in a {cost_window(seconds):g} s "
             "window of steady load: every stream open and paced, none starting or ending; each "
-            f"process alone on CPU {SUT_CPU}. The two read floors (`scripts/read_floor.py`) "
+            f"process alone on CPU {SUT_CPU}. The read floors (`scripts/read_floor.py`) "
             "read the same answers from the mock and drop them: what a gateway pays per token "
             "before it parses a byte."
         ),
@@ -1117,17 +1139,13 @@ def _cost_section(bench: Bench) -> list[str]:
         )
     header = ["reader", "us CPU per token", "CPU share", "of the relay's", "token p99 ms", "run"]
     out += _md_table(header, rows)
-    read = bench.costs.get("read-aiohttp")
-    if relay is not None and read is not None:
-        budget = relay.us_per_token / 2
+    wsgate = bench.costs.get("wsgate")
+    if relay is not None and wsgate is not None:
         out += [
             (
-                "Twice the relay's paced capacity needs about half its CPU per token: "
-                f"{budget:.1f} us here. Reading the provider through aiohttp, before any "
-                f"parsing, takes {read.us_per_token:.1f} us of it "
-                f"({100 * read.us_per_token / budget:.0f}%), leaving "
-                f"{budget - read.us_per_token:.1f} us to parse, translate, frame and write "
-                "each token."
+                f"wsgate costs {wsgate.us_per_token / relay.us_per_token:.2f}x the relay's CPU "
+                f"per token (target <= {COST_TARGET:g}x, i.e. <= "
+                f"{COST_TARGET * relay.us_per_token:.1f} us here)."
             ),
             "",
         ]

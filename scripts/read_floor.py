@@ -10,7 +10,12 @@ starting or ending) is divided by the SSE events it received in that window.
   events and keeps nothing: the event loop, the system calls and one Python call per read.
 - `--mode aiohttp`: one task per stream reading `response.content.readany()` from a shared
   `aiohttp.ClientSession`, as wsgate reads its providers (and the naive relay, line by line):
-  what any gateway built on aiohttp pays per token before parsing a byte.
+  what any gateway built on aiohttp pays per token before parsing a byte (wsgate's pull
+  reader, `reader = "pull"`).
+- `--mode aiohttp-push`: wsgate's push reader (`wsgate.upstream.push`): aiohttp makes the
+  request and parses the HTTP, and each read's body bytes are handed to a sink inside the
+  socket's data callback; one task per stream waits for the end only. The floor under
+  wsgate's default path.
 
 Prints one JSON object: mode, streams, events and CPU seconds in the window, microseconds of
 CPU per event, the share of a core used, and how many answers failed (non-200 or cut off).
@@ -34,6 +39,7 @@ import orjson
 import uvloop
 
 from wsgate.loadgen.config import require_loopback
+from wsgate.upstream.push import PushBody, install
 
 RATE = 20  # tokens per second per stream, as in the knee search
 EVENT_END = b"\n\n"  # one SSE event per token; chunked framing never holds two newlines
@@ -68,6 +74,36 @@ async def read_aiohttp(
         while chunk := await content.readany():
             count.events += chunk.count(EVENT_END)
         if not content.is_eof():
+            count.failed += 1
+
+
+class _Counter:
+    """A push sink: counts events, keeps nothing."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: Count) -> None:
+        self.count = count
+
+    def data(self, chunk: bytes) -> bool:
+        self.count.events += chunk.count(EVENT_END)
+        return False
+
+
+async def read_push(
+    session: aiohttp.ClientSession, url: str, body: bytes, count: Count, delay: float
+) -> None:
+    """One answer through wsgate's push reader: the body arrives in the socket callback."""
+    await asyncio.sleep(delay)
+    headers = {"content-type": "application/json"}
+    async with session.post(url, data=body, headers=headers) as response:
+        if response.status != 200:
+            count.failed += 1
+            return
+        loop = asyncio.get_running_loop()
+        pushed = PushBody(response, loop.time() + 60, 60)
+        await pushed.run(_Counter(count))
+        if not response.content.is_eof():
             count.failed += 1
 
 
@@ -125,12 +161,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     ramp = args.seconds / 3
     count = Count()
     connector = aiohttp.TCPConnector(limit=0)
+    install(connector, asyncio.get_running_loop())  # PushProtocol; readany() works on it too
     async with aiohttp.ClientSession(connector=connector) as session:
         readers = []
         for i in range(args.streams):
             body, delay = request_body(i, words), ramp * i / args.streams
             if args.mode == "aiohttp":
                 readers.append(read_aiohttp(session, url, body, count, delay))
+            elif args.mode == "aiohttp-push":
+                readers.append(read_push(session, url, body, count, delay))
             else:
                 readers.append(read_socket(url, body, count, delay))
         tasks = [asyncio.ensure_future(reader) for reader in readers]
@@ -158,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--upstream", required=True, help="the mock's base URL (…/v1)")
     parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--mode", choices=("socket", "aiohttp"), default="aiohttp")
+    parser.add_argument("--mode", choices=("socket", "aiohttp", "aiohttp-push"), default="aiohttp")
     parser.add_argument("--seconds", type=float, default=8.0, help="one answer's length")
     parser.add_argument("--window", type=float, default=2.5, help="seconds measured")
     args = parser.parse_args(argv)

@@ -55,6 +55,7 @@ def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Ro
                 provider.first_byte_timeout_s or settings.upstream.first_byte_timeout_s,
                 provider.idle_timeout_s or settings.upstream.idle_timeout_s,
             ),
+            reader=provider.reader or settings.upstream.reader,
         )
     return routes
 
@@ -124,6 +125,7 @@ class App:
         """Start the mock (if enabled), the upstream pool and the gateway, in that order."""
         settings = self.settings
         routes = build_routes(settings, self.environ)
+        up = settings.upstream
         if settings.mock_enabled:
             self.mock = MockProvider(
                 default_ttft_ms=settings.mock.ttft_ms,
@@ -132,8 +134,8 @@ class App:
             await self.mock.start("127.0.0.1", 0)
             root = f"http://127.0.0.1:{self.mock.port}"
             for alias, (kind, path) in MOCK_ROUTES.items():
-                routes.setdefault(alias, Route(alias, "mock", kind, root + path, alias))
-        up = settings.upstream
+                route = Route(alias, "mock", kind, root + path, alias, reader=up.reader)
+                routes.setdefault(alias, route)
         self.upstream = UpstreamClient(
             routes,
             Timeouts(up.connect_timeout_s, up.first_byte_timeout_s, up.idle_timeout_s),

@@ -137,6 +137,8 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     retry_base_ms: Annotated[float, msgspec.Meta(ge=0)] = 250.0  # full-jitter backoff base
     retry_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 4000.0  # cap of one backoff
     retry_budget_s: _Rate = 15.0  # no retry whose wait ends later than this after the request
+    # How provider bodies are read: in the socket's callback (push) or by a task (pull).
+    reader: Literal["push", "pull"] = "push"
 
 
 class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -152,6 +154,7 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     connect_timeout_s: _Seconds | None = None
     first_byte_timeout_s: _Seconds | None = None
     idle_timeout_s: _Seconds | None = None
+    reader: Literal["push", "pull"] | None = None
 
     def __post_init__(self) -> None:
         if sum(getattr(self, name) is not None for name in API_KEY_FIELDS) > 1:

@@ -1,4 +1,9 @@
-"""End-to-end fixtures: a real gateway and its in-process mock provider on 127.0.0.1."""
+"""End-to-end fixtures: a real gateway and its in-process mock provider on 127.0.0.1.
+
+The upstream contract (every fault of MOCK.md, every dialect, truncation, stalls, split
+UTF-8, retries before the first token, cancel) runs against both body readers: the modules
+holding it set `BOTH_READERS = True`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,35 @@ import pytest
 from wsgate.app import App
 from wsgate.config import load_settings
 
+READERS = ("push", "pull")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with `BOTH_READERS = True` runs each test once per body reader."""
+    if "upstream_reader" in metafunc.fixturenames and getattr(
+        metafunc.module, "BOTH_READERS", False
+    ):
+        metafunc.parametrize("upstream_reader", READERS)
+
 
 @pytest.fixture
-async def start_app() -> AsyncIterator[Callable[..., Any]]:
+def upstream_reader() -> str:
+    """How the gateway reads provider bodies (push, the default, unless parametrized)."""
+    return "push"
+
+
+@pytest.fixture
+async def start_app(upstream_reader: str) -> AsyncIterator[Callable[..., Any]]:
     apps: list[App] = []
 
     async def factory(**overrides: Any) -> App:
-        merged = {"server.port": 0, "mock.ttft_ms": 0, "mock.tokens_per_s": 0, **overrides}
+        merged = {
+            "server.port": 0,
+            "mock.ttft_ms": 0,
+            "mock.tokens_per_s": 0,
+            "upstream.reader": upstream_reader,
+            **overrides,
+        }
         app = App(load_settings(None, environ={}, overrides=merged), environ={})
         await app.start()
         apps.append(app)

@@ -7,6 +7,8 @@ import time
 
 from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
 
+BOTH_READERS = True  # the upstream contract: push and pull (conftest.py)
+
 
 async def test_cancelling_one_stream_of_50_leaves_the_other_49_byte_exact(app):
     texts = {f"s{i}": f"stream {i} says " + "word " * 40 for i in range(50)}

@@ -12,6 +12,8 @@ from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
 
 from wsgate.app import MOCK_ROUTES
 
+BOTH_READERS = True  # the upstream contract: push and pull (conftest.py)
+
 MODELS = sorted(MOCK_ROUTES)
 TEXT = "Grüße, 世界! 👩🏽‍💻 says “hi” — ok."
 

@@ -14,6 +14,8 @@ from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
 
 from wsgate.app import MOCK_ROUTES
 
+BOTH_READERS = True  # the upstream contract: push and pull (conftest.py)
+
 MODELS = sorted(MOCK_ROUTES)
 BYSTANDER = "The bystander is not disturbed by its neighbour."
 FAST_RETRIES = {"upstream.retry_base_ms": 1, "upstream.retry_max_ms": 5}

@@ -12,6 +12,8 @@ from wsgate.core.errors import UpstreamUnavailable
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
+BOTH_READERS = True  # the upstream contract: push and pull (conftest.py)
+
 
 async def test_a_provider_silent_before_its_first_byte_times_out_and_is_closed(start_app):
     app = await start_app(**{"upstream.first_byte_timeout_s": 0.3})
