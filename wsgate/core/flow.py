@@ -23,7 +23,10 @@ Pure: numbers in, verdicts out; no clock, no I/O.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+from wsgate.core.outbox import Outbox
 
 SOCKET_BACKLOG_BYTES = 32 * 1024
 """websockets' write high-water mark: above it, sends wait for the client to read."""
@@ -52,19 +55,28 @@ class Watermarks:
         return level <= self.low
 
 
-class FlowControl:
-    """One connection's verdicts, from its byte cap (`buffer_bytes`)."""
+class Pause(enum.Enum):
+    """Why a stream's provider is paused."""
 
-    __slots__ = ("buffer_bytes", "connection", "reader", "socket_backlog")
+    QUEUE = "queue"  # rule 1: the stream's own queue is full
+    CONNECTION = "connection"  # rule 2: the connection holds half of its byte cap
+
+
+class FlowControl:
+    """One connection's verdicts over its outbox, from its byte cap (`buffer_bytes`)."""
+
+    __slots__ = ("buffer_bytes", "connection", "outbox", "reader", "socket_backlog")
 
     def __init__(
         self,
+        outbox: Outbox,
         buffer_bytes: int,
         socket_backlog: int = SOCKET_BACKLOG_BYTES,
         reader_high: int = READER_BACKLOG_BYTES,
     ) -> None:
         if buffer_bytes < 1:
             raise ValueError("buffer_bytes must be positive")
+        self.outbox = outbox
         self.buffer_bytes = buffer_bytes
         self.socket_backlog = socket_backlog
         self.connection = Watermarks(buffer_bytes // 2, buffer_bytes // 4)
@@ -72,6 +84,38 @@ class FlowControl:
         self.reader = Watermarks(reader_high, reader_high // 2)
         """Rule 4: reader backlog at which the client stops / starts being read."""
 
-    def slow_consumer(self, queued: int, in_socket: int) -> bool:
+    def pause(self, stream_id: str) -> Pause | None:
+        """After a stream's delivery: why its provider must pause now (None: read on)."""
+        outbox = self.outbox
+        if outbox.is_full(stream_id):
+            return Pause.QUEUE
+        if self.connection.over(outbox.pending_bytes):
+            return Pause.CONNECTION
+        return None
+
+    def still_paused(self, stream_id: str, reason: Pause) -> Pause | None:
+        """After a write: why a paused provider must stay paused (None: resume it now).
+
+        A stream paused for its queue whose queue drained while the connection is still
+        over its high mark stays paused for the connection, until the low mark.
+        """
+        outbox = self.outbox
+        if not outbox.has_room(stream_id):
+            return reason
+        pending = outbox.pending_bytes
+        if reason is Pause.CONNECTION:
+            return None if self.connection.under(pending) else reason
+        return Pause.CONNECTION if self.connection.over(pending) else None
+
+    def reader_paused(self) -> bool:
+        """Rule 4: stop reading the client."""
+        return self.reader.over(self.outbox.backlog_bytes)
+
+    def reader_may_resume(self) -> bool:
+        """Rule 4: read the client again."""
+        return self.reader.under(self.outbox.backlog_bytes)
+
+    def slow_consumer(self, in_socket: int) -> bool:
         """Rule 3: the client is not keeping up; its streams end and it is closed (4000)."""
+        queued = self.outbox.pending_bytes
         return queued + in_socket > self.buffer_bytes and in_socket >= self.socket_backlog

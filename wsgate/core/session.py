@@ -3,8 +3,11 @@
 Owns everything a connection decides without I/O: decoding client frames, enforcing the
 connection's limits (streams per connection, frame size, `stream_id` charset and length via
 the frame types), starting and cancelling streams, routing upstream bytes into the right
-stream, and tearing all streams down when the connection goes. The gateway shell executes
-the returned actions (queue frames, start or cancel an upstream task) and passes time in.
+stream, and tearing all streams down when the connection goes. It owns the connection's
+`outbox` (what waits for the client) and its `flow` verdicts (`core/flow.py`: when a
+provider pauses or resumes, when the client is a slow consumer). The gateway shell executes
+the returned actions (start or cancel an upstream task), drains the outbox to the socket,
+applies the verdicts to its transports and passes time in.
 
 Rules:
 1. Every client frame gets exactly one answer path: a stream starts, a stream ends, or a
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wsgate.core.errors import ERROR_CODES, WsgateError
+from wsgate.core.flow import FlowControl
 from wsgate.core.frames import (
     MAX_STREAM_ID_LENGTH,
     PROTOCOL,
@@ -35,17 +39,22 @@ from wsgate.core.frames import (
     StartOptions,
     ToolResult,
     decode_client_frame,
+    encode_frame,
 )
+from wsgate.core.outbox import Outbox
 from wsgate.core.stream import Stream, StreamOutput, UpstreamParser
 
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    """The limits one connection enforces."""
+    """The limits one connection enforces (frames, streams, bytes)."""
 
     max_streams: int = 256
     max_frame_bytes: int = 1024 * 1024
     telemetry_interval: float = 0.5
+    queue_events: int = 256  # per stream: frames waiting before its provider pauses
+    queue_bytes: int = 256 * 1024  # per stream: bytes waiting before its provider pauses
+    buffer_bytes: int = 1024 * 1024  # per connection: the slow-consumer cap (core/flow.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +112,9 @@ class Session:
         "_server_version",
         "conn_id",
         "draining",
+        "flow",
         "limits",
+        "outbox",
         "streams",
     )
 
@@ -122,6 +133,11 @@ class Session:
         self._new_message_id = new_message_id
         self._server_version = server_version
         self.draining = False
+        self.outbox = Outbox(limits.queue_events, limits.queue_bytes)
+        """What waits for the client; the shell drains it (`pop`), as websockets' shell
+        drains `data_to_send()`."""
+        self.flow = FlowControl(self.outbox, limits.buffer_bytes)
+        """Every flow verdict over that outbox: pause, resume, slow consumer."""
 
     def ready(self) -> Ready:
         """The first frame of the connection."""
@@ -182,6 +198,21 @@ class Session:
         for stream_id in list(self.streams):
             actions.extend(self.cancel(stream_id, error=error))
         return actions
+
+    def queue(self, stream_id: str, output: StreamOutput) -> bool:
+        """Queue a stream's output for the client; True when something now waits to be sent.
+
+        The terminal frame (the output is `closed`) ends the stream's queue: what follows
+        for that stream is never sent.
+        """
+        outbox = self.outbox
+        for frame, data in zip(output.frames, output.data, strict=True):
+            outbox.push(stream_id, data, frame)
+        if output.telemetry is not None:
+            outbox.push_telemetry(stream_id, encode_frame(output.telemetry))
+        if output.closed:
+            outbox.end_stream(stream_id)
+        return bool(output.frames) or output.telemetry is not None
 
     def upstream_data(self, stream_id: str, data: bytes, now: float) -> StreamOutput:
         """Bytes from a stream's upstream; frames for that stream (none once it ended)."""

@@ -39,9 +39,8 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from wsgate.core.errors import CloseCode, ShuttingDown, SlowConsumer
-from wsgate.core.flow import FlowControl
+from wsgate.core.flow import Pause
 from wsgate.core.frames import DeltaText, ErrorFrame, FinishFrame, GoAway, Heartbeat, encode_frame
-from wsgate.core.outbox import Outbox
 from wsgate.core.session import (
     Action,
     CancelUpstream,
@@ -111,12 +110,12 @@ class Connection:
         self.session = session
         self.options = options
         self.shared = shared
-        self.outbox = Outbox(options.queue_events, options.queue_bytes)
-        self.flow = FlowControl(options.buffer_bytes)
+        self.outbox = session.outbox  # the session's: it decides, this shell drains
+        self.flow = session.flow
         self.stats = ConnectionStats()
         self.writer = Writer(ws, self.outbox, self._sent, self._drained, self.abort)
         self.logs: dict[str, DetachedLog] = {}  # detached streams of this connection
-        self._held: dict[str, tuple[Body, bool]] = {}  # paused bodies: (body, congestion)
+        self._held: dict[str, tuple[Body, Pause]] = {}  # paused bodies, and why
         self._upstream = upstream
         self._tasks: StreamTasks | None = None  # made by the first stream
         self._backlog_room: asyncio.Event | None = None  # exists while the reader waits
@@ -167,7 +166,7 @@ class Connection:
                 else:
                     actions = self.session.receive_binary()
                 self.apply(actions)
-                if self.flow.reader.over(self.outbox.backlog_bytes):
+                if self.flow.reader_paused():
                     await self._wait_for_backlog()
         except websockets.ConnectionClosed:
             pass
@@ -178,7 +177,7 @@ class Connection:
         closed = asyncio.ensure_future(self.ws.wait_closed())
         backlog_room = self._backlog_room = asyncio.Event()
         try:
-            while not self.flow.reader.under(self.outbox.backlog_bytes):
+            while not self.flow.reader_may_resume():
                 backlog_room.clear()
                 room = asyncio.ensure_future(backlog_room.wait())
                 done, _ = await asyncio.wait({room, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -227,20 +226,13 @@ class Connection:
             self._queue(stream_id, output)
 
     def _queue(self, stream_id: str, output: StreamOutput) -> None:
-        outbox = self.outbox
-        for frame, data in zip(output.frames, output.data, strict=True):
-            outbox.push(stream_id, data, frame)
-        if output.telemetry is not None:
-            outbox.push_telemetry(stream_id, encode_frame(output.telemetry))
-        if output.closed:
-            outbox.end_stream(stream_id)
-        if output.frames or output.telemetry is not None:
+        if self.session.queue(stream_id, output):
             self.writer.wake()
         in_transport = self._transport_buffered()
-        queued = outbox.pending_bytes
-        self.stats.max_buffered = max(self.stats.max_buffered, queued + in_transport)
-        if self.flow.slow_consumer(queued, in_transport):
-            self._slow_consumer(queued + in_transport)
+        buffered = self.outbox.pending_bytes + in_transport
+        self.stats.max_buffered = max(self.stats.max_buffered, buffered)
+        if self.flow.slow_consumer(in_transport):
+            self._slow_consumer(buffered)
 
     def _count_finish(self, output: StreamOutput) -> None:
         last = output.frames[-1] if output.frames else None
@@ -264,15 +256,11 @@ class Connection:
         """After a delivery: pause the stream's body while its queue or the connection is full."""
         if stream_id in self.logs:
             return False  # detached: its log, not the client, takes the frames
-        outbox = self.outbox
-        if outbox.is_full(stream_id):
-            congestion = False
-        elif self.flow.connection.over(outbox.pending_bytes):
-            congestion = True
-        else:
+        reason = self.flow.pause(stream_id)
+        if reason is None:
             return False
         body.pause()
-        self._held[stream_id] = (body, congestion)
+        self._held[stream_id] = (body, reason)
         self.stats.pauses += 1
         return True
 
@@ -281,16 +269,12 @@ class Connection:
         self._held.pop(stream_id, None)
 
     def _resume_held(self) -> None:
-        """Resume every paused body whose reason has passed (rules 1 and 2)."""
-        outbox, marks = self.outbox, self.flow.connection
-        for stream_id, (body, congestion) in list(self._held.items()):
-            if not outbox.has_room(stream_id):
-                continue
-            pending = outbox.pending_bytes
-            if congestion and not marks.under(pending):
-                continue
-            if not congestion and marks.over(pending):
-                self._held[stream_id] = (body, True)  # its queue drained, the connection not
+        """Resume every paused body whose reason has passed (the verdicts of core/flow.py)."""
+        flow = self.flow
+        for stream_id, (body, reason) in list(self._held.items()):
+            still = flow.still_paused(stream_id, reason)
+            if still is not None:
+                self._held[stream_id] = (body, still)
                 continue
             del self._held[stream_id]
             body.resume()  # a push body reads what waits at once: this may hold it again
@@ -303,7 +287,7 @@ class Connection:
         stats.bytes_sent += sum(len(data) for _, data in batch)
         if self._held:
             self._resume_held()
-        if self._backlog_room is not None and self.flow.reader.under(self.outbox.backlog_bytes):
+        if self._backlog_room is not None and self.flow.reader_may_resume():
             self._backlog_room.set()
 
     def _drained(self) -> None:

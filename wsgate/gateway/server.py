@@ -81,8 +81,14 @@ class Gateway:
         self._server: Server | None = None
         self._new_conn_id = new_id("conn")
         self._new_message_id = new_id("msg")
+        connection = options.connection
         self._limits = SessionLimits(
-            options.max_streams, options.max_frame_bytes, options.telemetry_interval
+            options.max_streams,
+            options.max_frame_bytes,
+            options.telemetry_interval,
+            queue_events=connection.queue_events,
+            queue_bytes=connection.queue_bytes,
+            buffer_bytes=connection.buffer_bytes,
         )  # one for every session: it is frozen
 
     @property
