@@ -8,8 +8,8 @@ Owns the moment and the mechanics of writing a connection's `Outbox` to its WebS
   share one system call, and no task wakes per token.
 - A writer task exists only while the transport is paused (the client is not reading) or
   a burst exceeds one batch (`WRITE_BATCH_FRAMES` / `WRITE_BATCH_BYTES`): it waits for room
-  the way `ws.send` does (`send_context()`), writes batch after batch and yields between
-  them so one connection cannot starve the loop, then ends.
+  the way `ws.send` does (`send_context()`), writes batch after batch and yields every
+  `WRITE_BATCH_FRAMES` frames so one connection cannot starve the loop, then ends.
 - The time a send has been waiting (`send_since`) and the time of the last write
   (`last_send`) are kept for the connection's one timer (send timeout, heartbeat).
 
@@ -152,7 +152,8 @@ class Writer:
             self._on_failed("writer_crashed")
             raise
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():
+                self._task = None
 
     async def _write_loop(self) -> None:
         loop = self._loop
@@ -160,6 +161,7 @@ class Writer:
         while not self._closed:
             batch = self.take_batch()
             if not batch and not self.ws.paused:
+                self._task = None  # first: a frame queued by on_drained needs a new flush
                 self._on_drained()
                 return
             # (An empty batch here: a write filled the socket; wait for room, timed.)
