@@ -34,6 +34,8 @@ def make_connection(
         queue_events=options.queue_events,
         queue_bytes=options.queue_bytes,
         buffer_bytes=options.buffer_bytes,
+        first_token_timeout=options.first_token_timeout,
+        max_duration=options.max_duration,
     )
     ids = itertools.count(1)
     session = Session(

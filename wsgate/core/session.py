@@ -55,6 +55,8 @@ class SessionLimits:
     queue_events: int = 256  # per stream: frames waiting before its provider pauses
     queue_bytes: int = 256 * 1024  # per stream: bytes waiting before its provider pauses
     buffer_bytes: int = 1024 * 1024  # per connection: the slow-consumer cap (core/flow.py)
+    first_token_timeout: float = 120.0  # s from `start` to the first content delta
+    max_duration: float = 900.0  # s from `start` to `finish`
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +244,25 @@ class Session:
             return StreamOutput(closed=True)
         return self._settle(stream, stream.fail(error))
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of the running streams (`Stream.deadline`), if any."""
+        return min((stream.deadline() for stream in self.streams.values()), default=None)
+
+    def expire(self, now: float) -> list[Action]:
+        """End every stream past a deadline: its error and `finish`, and its upstream closed."""
+        actions: list[Action] = []
+        for stream_id, stream in list(self.streams.items()):
+            error = stream.timed_out(now)
+            if error is not None:
+                actions.append(SendStream(stream_id, self._settle(stream, stream.fail(error))))
+                actions.append(CancelUpstream(stream_id))
+        return actions
+
+    def first_token_left(self, stream_id: str, now: float) -> float | None:
+        """Seconds until a stream's first-token deadline (None: it has content, or ended)."""
+        stream = self.streams.get(stream_id)
+        return None if stream is None else stream.first_token_left(now)
+
     def retry_upstream(self, stream_id: str, request: ChatRequest) -> bool:
         """A transient provider failure before the first token: read a new call.
 
@@ -286,6 +307,8 @@ class Session:
             parser,
             now,
             self.limits.telemetry_interval,
+            self.limits.first_token_timeout,
+            self.limits.max_duration,
         )
         self.streams[sid] = stream
         return [

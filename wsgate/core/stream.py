@@ -8,11 +8,19 @@ It does not queue or send anything; the session and the shells do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from wsgate.core import events as ev
-from wsgate.core.errors import ProtocolError, UpstreamError, UpstreamProtocolError, WsgateError
+from wsgate.core.errors import (
+    ProtocolError,
+    StreamTimeout,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    WsgateError,
+)
 from wsgate.core.frames import (
     DeltaReasoning,
     DeltaRole,
@@ -112,6 +120,8 @@ class Stream:
         parser: UpstreamParser,
         now: float,
         telemetry_interval: float = 0.5,
+        first_token_timeout: float = math.inf,
+        max_duration: float = math.inf,
     ) -> None:
         self.stream_id = stream_id
         self.message_id = message_id
@@ -129,6 +139,8 @@ class Stream:
         self._text = TextPipeline(options)
         self._committed = False  # something beyond `stream.started`/`delta.role` was produced
         self._role_sent = False
+        self._first_token_timeout = first_token_timeout
+        self._max_duration = max_duration
 
     @property
     def closed(self) -> bool:
@@ -222,6 +234,35 @@ class Stream:
     def tokens(self) -> int:
         """Text deltas produced so far."""
         return self._tokens
+
+    def deadline(self) -> float:
+        """When this stream times out unless it produces content (or ends) first.
+
+        The first-token deadline until a text or tool-call delta arrived, and the maximum
+        duration throughout; the shell arms one timer per connection for its streams'
+        earliest deadline and calls `Session.expire` when it fires.
+        """
+        end = self._started_at + self._max_duration
+        if self.has_content:
+            return end
+        return min(end, self._started_at + self._first_token_timeout)
+
+    def first_token_left(self, now: float) -> float | None:
+        """Seconds until the first-token deadline; None once content arrived."""
+        if self.has_content:
+            return None
+        return self._started_at + self._first_token_timeout - now
+
+    def timed_out(self, now: float) -> WsgateError | None:
+        """The error that ends this stream at `now`, if one of its deadlines has passed."""
+        if now >= self._started_at + self._max_duration:
+            return StreamTimeout(f"the stream ran longer than {self._max_duration:g} s")
+        left = self.first_token_left(now)
+        if left is not None and left <= 0:
+            return UpstreamTimeout(
+                f"no token within {self._first_token_timeout:g} s of the request"
+            )
+        return None
 
     @property
     def has_content(self) -> bool:

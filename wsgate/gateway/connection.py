@@ -19,12 +19,15 @@ hands writing to the `Writer` (`writer.py`), and applies the flow verdicts of
   (rule 4); past it the reader stops reading the client.
 - Liveness: a `heartbeat` frame after `heartbeat_interval` of silence, for browsers, which
   cannot see WebSocket pings; one loop timer per connection does this and the send timeout.
+- Deadlines: the streams' first-token and maximum-duration deadlines are the core's
+  (`Stream.deadline`); one timer per connection is armed for the earliest, and when it fires
+  the session ends what is past due (`Session.expire`) and the tasks are cancelled.
 - Disconnect: streams that asked `on_disconnect: continue` are detached into an event log
   (`detached.py`) for the disconnect window instead of being cancelled.
 
 Memory: connections are many and mostly idle, so an idle one holds only what it must: the
 reader (websockets' handler task), the writer's state and one loop timer. Writer tasks,
-stream tasks and the outbox's queues exist only while used.
+stream tasks, the deadline timer and the outbox's queues exist only while used.
 
 Every `await` here is cancellable; `CancelledError` is always re-raised.
 """
@@ -82,6 +85,8 @@ class Connection:
     __slots__ = (
         "_backlog_room",
         "_closer",
+        "_deadline",
+        "_deadline_at",
         "_held",
         "_silenced",
         "_tasks",
@@ -122,6 +127,8 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._silenced = False  # no more output: slow consumer, or the connection is gone
         self._closer: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # the streams' earliest deadline
+        self._deadline_at = 0.0
 
     @property
     def stream_tasks(self) -> StreamTasks:
@@ -146,6 +153,9 @@ class Connection:
             self._silenced = True
             self._timer.cancel()
             self.apply(self.session.connection_lost())
+            if not self.logs and self._deadline is not None:
+                self._deadline.cancel()  # detached streams keep it: their deadlines still hold
+                self._deadline = None
             if self._tasks is not None:
                 await self._tasks.reap()
             await self.writer.stop()
@@ -200,6 +210,7 @@ class Connection:
             elif isinstance(action, StartUpstream):
                 self.shared.accounting.streams_started += 1
                 self.stream_tasks.start(action)
+                self._watch(self.session.streams[action.stream_id].deadline())
             elif isinstance(action, CancelUpstream):
                 self.shared.accounting.cancels += 1
                 self.stream_tasks.cancel(action.stream_id)
@@ -297,6 +308,26 @@ class Connection:
         if self._backlog_room is not None:
             self._backlog_room.set()
 
+    # --- stream deadlines: one timer per connection --------------------------------------
+
+    def _watch(self, due: float) -> None:
+        """Arm the connection's deadline timer for `due` (monotonic s) if it is earlier."""
+        if self._deadline is not None:
+            if self._deadline_at <= due:
+                return
+            self._deadline.cancel()
+        self._deadline_at = due
+        delay = max(0.0, due - time.monotonic())
+        self._deadline = asyncio.get_running_loop().call_later(delay, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        """End the streams past their deadline (the session decides), then watch the next."""
+        self._deadline = None
+        self.apply(self.session.expire(time.monotonic()))
+        due = self.session.next_deadline()
+        if due is not None:
+            self._watch(due)
+
     # --- what a stream task needs of its connection (ports.StreamHost) -----------------
 
     def detached(self, stream_id: str) -> bool:
@@ -369,6 +400,9 @@ class Connection:
             self.stream_tasks.cancel_expiry(stream_id)  # a detached stream's tasks exist
             self.expire(stream_id)
         self.shared.detached_owners.discard(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     # --- shutdown and slow consumers ---------------------------------------------------
 

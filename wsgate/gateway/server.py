@@ -89,6 +89,8 @@ class Gateway:
             queue_events=connection.queue_events,
             queue_bytes=connection.queue_bytes,
             buffer_bytes=connection.buffer_bytes,
+            first_token_timeout=connection.first_token_timeout,
+            max_duration=connection.max_duration,
         )  # one for every session: it is frozen
 
     @property

@@ -3,9 +3,9 @@
 Owns one asyncio task per stream, which does no per-token work: it opens the upstream call
 and awaits the body's `run` once (push mode: the body's bytes reach `_Feed.data` inside the
 provider socket's callback; pull mode: the body's own loop calls it), retries transient
-failures while the client saw no content, and enforces the stream's time limits:
-`max_duration` from start to finish (`stream_timeout`, finish `timeout`) and
-`first_token_timeout` until the first text or tool-call delta (`upstream_timeout`).
+failures while the client saw no content (within the first-token deadline the session
+reports). The stream's time limits are the core's deadlines (`Stream.deadline`), watched by
+one timer per connection: an expired stream is ended by the session and its task cancelled.
 
 A cancel is `task.cancel()`: leaving the upstream's `async with` closes the provider
 connection, and the time from the cancel decision to that close is accounted. Tasks are
@@ -23,7 +23,7 @@ import asyncio
 import random
 import time
 
-from wsgate.core.errors import StreamTimeout, UpstreamTimeout, WsgateError
+from wsgate.core.errors import WsgateError
 from wsgate.core.session import StartUpstream
 from wsgate.gateway.ports import Body, StreamHost, Upstream
 from wsgate.log import bind, get_logger
@@ -133,28 +133,11 @@ class StreamTasks:
     async def _run(self, start: StartUpstream) -> None:
         sid = start.stream_id
         host = self.host
-        options = host.options
         # The task runs in its own copy of the context: what is bound here dies with it
         # (cheaper per stream than a `bound` block kept open for the stream's life).
         bind(stream_id=sid, message_id=start.message_id)
         try:
-            async with (
-                asyncio.timeout(options.max_duration) as whole,
-                asyncio.timeout(options.first_token_timeout) as first,
-            ):
-                await self._attempts(start, first)
-        except TimeoutError:
-            error: WsgateError
-            if whole.expired():
-                error = StreamTimeout(f"the stream ran longer than {options.max_duration:g} s")
-            elif first.expired():
-                error = UpstreamTimeout(
-                    f"no token within {options.first_token_timeout:g} s of the request"
-                )
-            else:  # a TimeoutError from elsewhere is a bug, not the provider's fault
-                log.exception("stream_crashed")
-                error = WsgateError("internal error")
-            host.deliver(sid, host.session.upstream_failed(sid, error))
+            await self._attempts(start)
         except WsgateError as exc:
             log.info("upstream_failed", code=exc.code)
             host.deliver(sid, host.session.upstream_failed(sid, exc))
@@ -162,7 +145,7 @@ class StreamTasks:
             log.exception("stream_crashed")
             host.deliver(sid, host.session.upstream_failed(sid, WsgateError("internal error")))
 
-    async def _attempts(self, start: StartUpstream, first: asyncio.Timeout) -> None:
+    async def _attempts(self, start: StartUpstream) -> None:
         """Call the provider; retry transient failures while the client saw no content."""
         policy = self.host.options.retry
         session = self.host.session
@@ -170,12 +153,13 @@ class StreamTasks:
         attempt = 0
         while True:
             try:
-                await self._pump(start, first)
+                await self._pump(start)
             except WsgateError as exc:
                 attempt += 1
                 elapsed = time.monotonic() - began
                 jitter = random.random()  # noqa: S311 - jitter, not a secret
-                delay = policy.delay(attempt, exc, elapsed, jitter, _time_left(first))
+                left = session.first_token_left(start.stream_id, time.monotonic())
+                delay = policy.delay(attempt, exc, elapsed, jitter, left)
                 if delay is None or not session.retry_upstream(start.stream_id, start.request):
                     raise  # the real error, with its Retry-After, not a first-token timeout
                 log.info(
@@ -189,11 +173,11 @@ class StreamTasks:
             else:
                 return
 
-    async def _pump(self, start: StartUpstream, first: asyncio.Timeout) -> None:
+    async def _pump(self, start: StartUpstream) -> None:
         sid = start.stream_id
         host = self.host
         async with self.upstream.open(start.request) as body:
-            feed = _Feed(host, sid, body, first)
+            feed = _Feed(host, sid, body)
             try:
                 await body.run(feed)
             finally:
@@ -215,27 +199,22 @@ class _Feed:
     per-token path. A plain object, so nothing of a chunk's output is kept past the call.
     """
 
-    __slots__ = ("body", "ended", "first", "host", "retry", "stream_id")
+    __slots__ = ("body", "ended", "host", "retry", "stream_id")
 
-    def __init__(
-        self, host: StreamHost, stream_id: str, body: Body, first: asyncio.Timeout
-    ) -> None:
+    def __init__(self, host: StreamHost, stream_id: str, body: Body) -> None:
         self.host = host
         self.stream_id = stream_id
         self.body = body
-        self.first: asyncio.Timeout | None = first
         self.retry: WsgateError | None = None
         self.ended = False
 
     def data(self, chunk: bytes) -> bool:
         """Hand one chunk to the session and deliver its frames; True once reading must stop.
 
-        Stops the first-token timer at the first content; pauses the body when the
-        connection says so (flow control).
+        Pauses the body when the connection says so (flow control).
         """
         host, sid = self.host, self.stream_id
-        session = host.session
-        output = session.upstream_data(sid, chunk, time.monotonic())
+        output = host.session.upstream_data(sid, chunk, time.monotonic())
         host.deliver(sid, output)
         if output.retry is not None:
             self.retry = output.retry
@@ -243,17 +222,5 @@ class _Feed:
         if output.closed:
             self.ended = True
             return True
-        first = self.first
-        if first is not None:
-            stream = session.streams.get(sid)
-            if stream is not None and stream.has_content:
-                first.reschedule(None)
-                self.first = None
         host.hold(sid, self.body)
         return False
-
-
-def _time_left(first: asyncio.Timeout) -> float | None:
-    """Seconds until the first-token deadline (None once the first token came)."""
-    deadline = first.when()
-    return None if deadline is None else deadline - asyncio.get_running_loop().time()
