@@ -31,7 +31,8 @@ import asyncio
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -64,17 +65,29 @@ async def read_aiohttp(
     session: aiohttp.ClientSession, url: str, body: bytes, count: Count, delay: float
 ) -> None:
     """One answer through aiohttp: `readany()` until the body ends."""
-    await asyncio.sleep(delay)
-    headers = {"content-type": "application/json"}
-    async with session.post(url, data=body, headers=headers) as response:
-        if response.status != 200:
-            count.failed += 1
+    async with _post(session, url, body, count, delay) as response:
+        if response is None:
             return
         content = response.content
         while chunk := await content.readany():
             count.events += chunk.count(EVENT_END)
         if not content.is_eof():
             count.failed += 1
+
+
+@asynccontextmanager
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, count: Count, delay: float
+) -> AsyncIterator[aiohttp.ClientResponse | None]:
+    """After `delay` s, POST one answer's request; None (counted as failed) unless 200."""
+    await asyncio.sleep(delay)
+    headers = {"content-type": "application/json"}
+    async with session.post(url, data=body, headers=headers) as response:
+        if response.status != 200:
+            count.failed += 1
+            yield None
+        else:
+            yield response
 
 
 class _Counter:
@@ -94,15 +107,11 @@ async def read_push(
     session: aiohttp.ClientSession, url: str, body: bytes, count: Count, delay: float
 ) -> None:
     """One answer through wsgate's push reader: the body arrives in the socket callback."""
-    await asyncio.sleep(delay)
-    headers = {"content-type": "application/json"}
-    async with session.post(url, data=body, headers=headers) as response:
-        if response.status != 200:
-            count.failed += 1
+    async with _post(session, url, body, count, delay) as response:
+        if response is None:
             return
         loop = asyncio.get_running_loop()
-        pushed = PushBody(response, loop.time() + 60, 60)
-        await pushed.run(_Counter(count))
+        await PushBody(response, loop.time() + 60, 60).run(_Counter(count))
         if not response.content.is_eof():
             count.failed += 1
 

@@ -333,7 +333,7 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     assert "Twice the relay's paced capacity needs" in costs
 
 
-@pytest.mark.parametrize("mode", ["socket", "aiohttp"])
+@pytest.mark.parametrize("mode", ["socket", "aiohttp", "aiohttp-push"])
 async def test_read_floor_reads_every_paced_answer_and_counts_the_steady_windows_events(mock, mode):
     args = argparse.Namespace(upstream=mock.base_url, streams=3, mode=mode, seconds=3.0, window=0.5)
     result = await read_floor.run(args)

@@ -10,62 +10,18 @@ connection's held bodies nor the session remember the stream.
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from e2e_helpers import mock_request, validate_server_frame
+from gateway_helpers import make_connection, running, until
 
 from wsgate.core.errors import UpstreamUnavailable
-from wsgate.core.providers import make_parser
-from wsgate.core.session import Session, SessionLimits
-from wsgate.gateway.connection import Connection, ConnectionOptions, Shared
-from wsgate.gateway.ports import Upstream
+from wsgate.gateway.connection import Connection, ConnectionOptions
 from wsgate.testing import HangingUpstream, RecordingWebSocket, ScriptedUpstream, openai_sse
 
 # A provider's answer cut short: content, but no finish and no `[DONE]`.
 PARTIAL = openai_sse(["Hel", "lo"])[:-2]
-
-
-def make_connection(
-    ws: RecordingWebSocket, upstream: Upstream, options: ConnectionOptions | None = None
-) -> Connection:
-    """A connection over `ws` with a real session, its byte limits taken from `options`."""
-    options = options or ConnectionOptions()
-    limits = SessionLimits(  # as the gateway builds them (gateway/server.py)
-        queue_events=options.queue_events,
-        queue_bytes=options.queue_bytes,
-        buffer_bytes=options.buffer_bytes,
-        first_token_timeout=options.first_token_timeout,
-        max_duration=options.max_duration,
-    )
-    ids = itertools.count(1)
-    session = Session(
-        "conn_t",
-        limits,
-        lambda _request, _options: make_parser("openai_chat", 1 << 20),
-        lambda: f"msg_{next(ids)}",
-    )
-    return Connection(ws, session, upstream, options, Shared())  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def running(conn: Connection) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(conn.run())
-    try:
-        yield task
-    finally:
-        conn.ws.client_closes()  # type: ignore[attr-defined]
-        async with asyncio.timeout(1):
-            await task
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 1.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling plain state the fakes expose
-            await asyncio.sleep(0.001)
 
 
 def send(ws: RecordingWebSocket, frame: dict[str, Any]) -> None:

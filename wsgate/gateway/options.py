@@ -1,7 +1,8 @@
 """A connection's settings and counters, shared by the connection, its writer and its streams.
 
 Owns `ConnectionOptions` (limits and timers, built by the composition root from the
-settings) and `ConnectionStats` (what tests and the gateway's accounting read). Data only.
+settings), the core `SessionLimits` derived from them (`session_limits`), and
+`ConnectionStats` (what tests and the gateway's accounting read). Data only.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wsgate.core.retry import RetryPolicy
+from wsgate.core.session import SessionLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +45,23 @@ class ConnectionStats:
     pauses: int = 0  # provider bodies paused by flow control
     aborted: bool = False
     slow_consumer: bool = False
+
+
+def session_limits(
+    options: ConnectionOptions,
+    *,
+    max_streams: int = 256,
+    max_frame_bytes: int = 1024 * 1024,
+    telemetry_interval: float = 0.5,
+) -> SessionLimits:
+    """The core's limits for a connection with these options (its byte caps and deadlines)."""
+    return SessionLimits(
+        max_streams,
+        max_frame_bytes,
+        telemetry_interval,
+        queue_events=options.queue_events,
+        queue_bytes=options.queue_bytes,
+        buffer_bytes=options.buffer_bytes,
+        first_token_timeout=options.first_token_timeout,
+        max_duration=options.max_duration,
+    )

@@ -27,8 +27,9 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from wsgate.core.frames import PROTOCOL
-from wsgate.core.session import ParserFactory, Session, SessionLimits
+from wsgate.core.session import ParserFactory, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
+from wsgate.gateway.options import session_limits
 from wsgate.log import bind, get_logger, unbind
 
 log = get_logger("wsgate.gateway")
@@ -81,17 +82,12 @@ class Gateway:
         self._server: Server | None = None
         self._new_conn_id = new_id("conn")
         self._new_message_id = new_id("msg")
-        connection = options.connection
-        self._limits = SessionLimits(
-            options.max_streams,
-            options.max_frame_bytes,
-            options.telemetry_interval,
-            queue_events=connection.queue_events,
-            queue_bytes=connection.queue_bytes,
-            buffer_bytes=connection.buffer_bytes,
-            first_token_timeout=connection.first_token_timeout,
-            max_duration=connection.max_duration,
-        )  # one for every session: it is frozen
+        self._limits = session_limits(  # one for every session: it is frozen
+            options.connection,
+            max_streams=options.max_streams,
+            max_frame_bytes=options.max_frame_bytes,
+            telemetry_interval=options.telemetry_interval,
+        )
 
     @property
     def port(self) -> int:

@@ -1,0 +1,49 @@
+"""Helpers of the gateway shell's tests: a connection over a recording WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from wsgate.core.providers import make_parser
+from wsgate.core.session import Session
+from wsgate.gateway.connection import Connection, ConnectionOptions, Shared
+from wsgate.gateway.options import session_limits
+from wsgate.gateway.ports import Upstream
+from wsgate.testing import RecordingWebSocket
+
+
+def make_connection(
+    ws: RecordingWebSocket, upstream: Upstream, options: ConnectionOptions | None = None
+) -> Connection:
+    """A connection over `ws` with a real session, its limits taken from `options`."""
+    options = options or ConnectionOptions()
+    ids = itertools.count(1)
+    session = Session(
+        "conn_t",
+        session_limits(options),
+        lambda _request, _options: make_parser("openai_chat", 1 << 20),
+        lambda: f"msg_{next(ids)}",
+    )
+    return Connection(ws, session, upstream, options, Shared())  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(conn: Connection) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the connection; on exit the client closes and the connection's run ends."""
+    task = asyncio.create_task(conn.run())
+    try:
+        yield task
+    finally:
+        conn.ws.client_closes()  # type: ignore[attr-defined]
+        async with asyncio.timeout(1):
+            await task
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 1.0) -> None:
+    """Wait until `predicate()` holds (the fakes expose plain state to poll)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling plain state the fakes expose
+            await asyncio.sleep(0.001)
