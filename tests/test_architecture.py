@@ -1,5 +1,6 @@
 """The import rule of DESIGN.md §3, checked on the source: core imports no shell and no I/O;
-shells do not import each other; only the composition root (app, cli) wires them."""
+shells do not import each other; only the composition root (app, cli) wires them; and no
+import cycle anywhere in wsgate/, `TYPE_CHECKING` and function-local imports included."""
 
 from __future__ import annotations
 
@@ -143,6 +144,71 @@ def test_every_module_has_a_docstring():
         if ast.get_docstring(ast.parse(p.read_text())) is None
     ]
     assert missing == []
+
+
+def wsgate_imports(module: str) -> set[str]:
+    """The wsgate modules `module` imports: `from a.b import c` counts `a.b.c` if a module.
+
+    Every import counts, `TYPE_CHECKING` blocks and function-local ones included: two
+    modules that import each other are one object split in two files.
+    """
+    path = next(p for p in PACKAGE.rglob("*.py") if module_name(p) == module)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")
+                parts = parts[: len(parts) - node.level + (path.name == "__init__.py")]
+                base = ".".join([*parts, node.module] if node.module else parts)
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in MODULES else base)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name in MODULES and name != module}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` as a path (a -> b -> a), or None if it has none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_and_passes_a_tree():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+
+
+def test_no_module_of_wsgate_takes_part_in_an_import_cycle():
+    graph = {module: wsgate_imports(module) for module in MODULES}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_resolves_submodules_imported_from_their_package():
+    assert "wsgate.core.events" in wsgate_imports(
+        "wsgate.core.stream"
+    )  # from wsgate.core import events
 
 
 def test_the_rule_is_checked_against_a_real_tree():

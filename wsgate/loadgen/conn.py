@@ -4,7 +4,7 @@ Owns the client side of wsgate.v1 that the load needs: connect (retrying while t
 lasts) and wait for `ready` (its `max_frame_bytes` sizes the oversized starts), `start` and
 `cancel`, routing each gateway frame to its `Stream` from `data_received` (no await per
 frame), refusals, dropping the TCP connection on purpose, and a slow reader's
-pause/resume of the transport. The run's counters live on the `Runner`.
+pause/resume of the transport. The run's counters live on the `RunHost`.
 """
 
 from __future__ import annotations
@@ -13,23 +13,21 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from wsgate.loadgen.config import DEFAULT_MAX_FRAME
+from wsgate.loadgen.host import RunHost
 from wsgate.loadgen.plan import request_body
 from wsgate.loadgen.stream import Stream, finish_outcome
 from wsgate.loadgen.websocket import RawWebSocket, open_websocket
-
-if TYPE_CHECKING:  # the runner owns its connections and imports this module
-    from wsgate.loadgen.runner import Runner
 
 
 class Conn:
     """One WebSocket of the load: starts and cancels streams, routes frames to them."""
 
-    def __init__(self, runner: Runner, index: int, *, slow: bool) -> None:
+    def __init__(self, runner: RunHost, index: int, *, slow: bool) -> None:
         self.runner, self.index, self.slow = runner, index, slow
         self.ws: RawWebSocket | None = None
         self.streams: dict[str, Stream] = {}

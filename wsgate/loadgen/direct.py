@@ -8,7 +8,7 @@ the same `Stream` bookkeeping a gateway's frames feed, so `--direct` is measured
 a gateway. No task wakes up per token: the instrument must cost less than what it measures.
 The stream's coroutine only connects and awaits one future with the outcome. Cancelling a
 stream here is closing its socket. It must not grow a general HTTP client: no TLS, no
-redirects, no keep-alive. The run's counters live on the `Runner`.
+redirects, no keep-alive. The run's counters live on the `RunHost`.
 
 Outcomes: the finish reason; `cancelled`; `error:<code>` with `status_code(status)` for a
 non-200 answer (known at its headers, reported once its body ended or the socket closed),
@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from wsgate.loadgen.host import RunHost
 from wsgate.loadgen.plan import request_body
 
-if TYPE_CHECKING:  # the runner owns its reader and imports this module
-    from wsgate.loadgen.runner import Runner
+if TYPE_CHECKING:
     from wsgate.loadgen.stream import Stream
 
 # A response head or a chunk-size line longer than this is not the mock: the most a
@@ -65,7 +65,7 @@ def _size(digits: bytes | str, base: int = 16) -> int:
 class DirectReader:
     """Streams answers straight from the mock at `base_url` (see the module docstring)."""
 
-    def __init__(self, runner: Runner, base_url: str) -> None:
+    def __init__(self, runner: RunHost, base_url: str) -> None:
         url = urlsplit(base_url)
         if url.scheme != "http" or not url.hostname:
             raise ValueError(f"{base_url}: direct mode reads plain http:// only")
@@ -133,7 +133,7 @@ class _Exchange(asyncio.Protocol):
     )
 
     def __init__(
-        self, runner: Runner, stream: Stream, request: bytes, done: asyncio.Future[str]
+        self, runner: RunHost, stream: Stream, request: bytes, done: asyncio.Future[str]
     ) -> None:
         self.runner, self.stream, self.request, self.done = runner, stream, request, done
         self.transport: asyncio.Transport | None = None

@@ -12,12 +12,15 @@ from __future__ import annotations
 import array
 from bisect import bisect_right
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from wsgate.loadgen.plan import Plan
 
-if TYPE_CHECKING:  # a cycle at run time: a connection holds its streams, a stream its conn
-    from wsgate.loadgen.conn import Conn
+
+class Carrier(Protocol):
+    """The connection a stream runs on (`conn.Conn`), as the run sees it: its streams."""
+
+    streams: dict[str, Stream]
 
 
 class Stream:
@@ -48,7 +51,7 @@ class Stream:
 
     def __init__(self, sid: str, tag: str, plan: Plan, slot: Slot, intended: float) -> None:
         self.sid, self.tag, self.plan, self.slot, self.intended = sid, tag, plan, slot, intended
-        self.conn: Conn | None = None
+        self.conn: Carrier | None = None
         self.slow = False
         self.sent_at = self.first_at = self.end_at = self.cancel_at = 0.0
         self.pieces: list[str] = []
