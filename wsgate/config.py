@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import msgspec
 import orjson
 
+from wsgate.core.providers import KIND_NAMES
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -141,10 +143,16 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     reader: Literal["push", "pull"] = "push"
 
 
+if TYPE_CHECKING:
+    KindName = str
+else:  # the allowed kinds are the registry's (msgspec checks the Literal at load)
+    KindName = Literal[KIND_NAMES]
+
+
 class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """One upstream provider; at most one of the three API key sources may be set."""
 
-    kind: Literal["openai_chat", "openai_responses", "anthropic", "ollama"] = "openai_chat"
+    kind: KindName = "openai_chat"
     base_url: _HttpUrl
     api_key: Secret | None = None
     api_key_env: _EnvName | None = None

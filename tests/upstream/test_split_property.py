@@ -26,10 +26,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from wsgate.core import providers
 from wsgate.core.errors import WsgateError
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.core.providers import make_parser
-from wsgate.upstream.client import PROVIDER_HTTP, Route, Timeouts, UpstreamClient
+from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
 UPSTREAM_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream"
 CASES = [
@@ -60,7 +61,7 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
 
 
 def response_bytes(kind: str, body: bytes, framing: str, chunk_points: list[int]) -> bytes:
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: {PROVIDER_HTTP[kind].accept}\r\n"
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {providers.kind(kind).http.accept}\r\n"
     if framing == "content-length":
         return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
     chunks = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in cut(body, chunk_points))

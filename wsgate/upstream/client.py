@@ -43,7 +43,7 @@ from wsgate.core.errors import (
 )
 from wsgate.core.frames import ChatRequest
 from wsgate.core.payloads import error_labels
-from wsgate.core.providers import build_body
+from wsgate.core.providers import ProviderHTTP, kind
 from wsgate.upstream.base import READ_BUFSIZE, Body
 from wsgate.upstream.pull import PullBody
 from wsgate.upstream.push import PushBody, install
@@ -83,30 +83,6 @@ class Route:
     timeouts: Timeouts | None = None
     reader: Reader = "push"
 
-
-@dataclass(frozen=True, slots=True)
-class ProviderHTTP:
-    """How a provider kind is called: path under the base URL, media type, key header."""
-
-    path: str
-    accept: str
-    key_header: str = "authorization"  # "authorization" sends `Bearer <key>`
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-PROVIDER_HTTP: dict[str, ProviderHTTP] = {
-    "openai_chat": ProviderHTTP("/chat/completions", "text/event-stream"),
-    "openai_responses": ProviderHTTP("/responses", "text/event-stream"),
-    "anthropic": ProviderHTTP(
-        "/messages",
-        "text/event-stream",
-        key_header="x-api-key",
-        headers=(("anthropic-version", "2023-06-01"),),
-    ),
-    "ollama": ProviderHTTP("/api/chat", "application/x-ndjson"),
-}
-"""Base URLs end where the provider's versioned API starts: `https://api.openai.com/v1`,
-`https://api.anthropic.com/v1`, `http://localhost:11434` for Ollama."""
 
 MAX_ERROR_BODY = 64 * 1024
 """How much of an error answer is read to find the provider's error type."""
@@ -169,8 +145,9 @@ class UpstreamClient:
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         route = self.route(request.model)
-        http = PROVIDER_HTTP[route.kind]
-        body = _encoder.encode(build_body(route.kind, request, route.upstream_model))
+        provider = kind(route.kind)
+        http = provider.http
+        body = _encoder.encode(provider.body(request, route.upstream_model))
         timeouts = route.timeouts or self.timeouts
         response: aiohttp.ClientResponse | None = None
         reading = False  # past the headers: a failure now is a truncation, never retried

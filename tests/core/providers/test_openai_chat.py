@@ -16,18 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsgate.core import events as ev
-from wsgate.core import openai_chat
 from wsgate.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamRateLimited,
     WsgateError,
 )
-from wsgate.core.openai_chat import OpenAIChatTranslator
+from wsgate.core.providers import openai_chat
+from wsgate.core.providers.openai_chat import OpenAIChatTranslator
 from wsgate.core.sse import SSEDecoder, SSEEvent
 from wsgate.core.utf8 import has_lone_surrogate
 
-FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream" / "openai_chat"
+FIXTURE_DIR = Path(__file__).parents[3] / "protocol" / "fixtures" / "upstream" / "openai_chat"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.sse"))
 
 _TAGS = {

@@ -9,8 +9,8 @@ import pytest
 
 from wsgate.core.errors import BadRequest
 from wsgate.core.frames import ChatRequest, Message
-from wsgate.core.openai_responses_request import openai_responses_body
 from wsgate.core.providers import build_body
+from wsgate.core.providers.openai_responses_request import openai_responses_body
 
 
 def request(*messages, **fields):

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 
 from wsgate.core import events as ev
-from wsgate.core.anthropic import AnthropicTranslator
 from wsgate.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
@@ -23,9 +22,10 @@ from wsgate.core.errors import (
 )
 from wsgate.core.frames import ChatRequest
 from wsgate.core.providers import build_body, make_parser
+from wsgate.core.providers.anthropic import AnthropicTranslator
 from wsgate.core.sse import SSEEvent
 
-FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream" / "anthropic"
+FIXTURE_DIR = Path(__file__).parents[3] / "protocol" / "fixtures" / "upstream" / "anthropic"
 
 
 def test_fixtures_cover_the_required_streams():

@@ -3,7 +3,7 @@
 Owns the meaning of Anthropic's `POST /v1/messages` streaming response (`message_start`,
 `content_block_start|delta|stop`, `message_delta`, `message_stop`, `ping`, `error`). It does
 no I/O and does not decode SSE (see `wsgate.core.sse`); the request body is built by
-`wsgate.core.anthropic_request`.
+`wsgate.core.providers.anthropic_request`.
 
 Rules:
 1. The event's `type` in its JSON data decides (the SSE event name repeats it), except
@@ -76,6 +76,10 @@ from wsgate.core.payloads import (
     string,
     tool_events,
 )
+from wsgate.core.providers.anthropic_request import anthropic_body
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.sse import SSEDecoder
+from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 
 if TYPE_CHECKING:
@@ -303,3 +307,24 @@ def _error(error: Any) -> UpstreamError:
     labels = error_labels(error, ("type",))
     kind = _ERRORS.get(labels[0], UpstreamError) if labels else UpstreamError
     return kind(error_message(labels))
+
+
+def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    return TranslatingParser(
+        SSEDecoder(max_line_bytes=max_line_bytes),
+        AnthropicTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
+KIND = ProviderKind(
+    "anthropic",
+    http=ProviderHTTP(
+        "/messages",
+        "text/event-stream",
+        key_header="x-api-key",
+        headers=(("anthropic-version", "2023-06-01"),),
+    ),
+    body=anthropic_body,
+    parser=_parser,
+)
+"""Anthropic's Messages API: SSE."""

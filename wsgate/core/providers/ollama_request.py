@@ -3,7 +3,7 @@ r"""Ollama `/api/chat` request body: wsgate's OpenAI-shaped chat request phrased
 Owns the translation of wsgate's chat request (the OpenAI chat-completions shape) into a
 streamed `/api/chat` body
 (https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion). It does
-no I/O and does not read the response stream (see `wsgate.core.ollama`).
+no I/O and does not read the response stream (see `wsgate.core.providers.ollama`).
 
 Rules:
 1. Everything the body cannot send faithfully raises `BadRequest` naming the field.

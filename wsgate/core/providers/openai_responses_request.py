@@ -2,7 +2,7 @@
 
 Owns the translation of wsgate's chat-completions-shaped request into the streaming
 Responses body. It does no I/O and does not read the response stream (see
-`wsgate.core.openai_responses`).
+`wsgate.core.providers.openai_responses`).
 
 Rules:
 1. The body says everything the request says, or raises `BadRequest` naming the field:

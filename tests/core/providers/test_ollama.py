@@ -17,11 +17,11 @@ from wsgate.core.errors import (
     UpstreamProtocolError,
     UpstreamRateLimited,
 )
-from wsgate.core.ollama import OllamaTranslator, _arguments
 from wsgate.core.providers import make_parser
+from wsgate.core.providers.ollama import OllamaTranslator, _arguments
 from wsgate.core.utf8 import has_lone_surrogate
 
-FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream" / "ollama"
+FIXTURE_DIR = Path(__file__).parents[3] / "protocol" / "fixtures" / "upstream" / "ollama"
 
 
 def test_fixtures_cover_the_required_streams():

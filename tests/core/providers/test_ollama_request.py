@@ -10,8 +10,8 @@ import pytest
 
 from wsgate.core.errors import BadRequest
 from wsgate.core.frames import ChatRequest
-from wsgate.core.ollama_request import ollama_body
 from wsgate.core.providers import build_body
+from wsgate.core.providers.ollama_request import ollama_body
 
 
 def request(**fields):

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from wsgate.core import events as ev
 from wsgate.core.errors import WsgateError
-from wsgate.core.providers import PARSERS, make_parser
+from wsgate.core.providers import KIND_NAMES, make_parser
 
-UPSTREAM_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream"
+UPSTREAM_DIR = Path(__file__).parents[3] / "protocol" / "fixtures" / "upstream"
 FIXTURES = sorted(
     path
     for path in UPSTREAM_DIR.glob("*/*")
@@ -71,7 +71,7 @@ def expected_for(path):
 
 def test_every_fixture_directory_names_a_provider_kind_and_every_file_has_its_expectation():
     assert KINDS
-    assert set(KINDS) <= set(PARSERS), "a fixture directory names no provider kind"
+    assert set(KINDS) <= set(KIND_NAMES), "a fixture directory names no provider kind"
     for path in FIXTURES:
         assert path.with_name(path.stem + ".expected.json").is_file(), path
 

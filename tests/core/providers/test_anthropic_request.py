@@ -8,9 +8,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from wsgate.core.anthropic_request import DEFAULT_MAX_TOKENS, anthropic_body
 from wsgate.core.errors import BadRequest
 from wsgate.core.frames import ChatRequest
+from wsgate.core.providers.anthropic_request import DEFAULT_MAX_TOKENS, anthropic_body
 
 
 def request(messages=None, **fields):

@@ -21,12 +21,12 @@ from wsgate.core.errors import (
     UpstreamRejected,
     WsgateError,
 )
-from wsgate.core.openai_responses import OpenAIResponsesTranslator
 from wsgate.core.providers import make_parser
+from wsgate.core.providers.openai_responses import OpenAIResponsesTranslator
 from wsgate.core.sse import SSEEvent
 from wsgate.core.utf8 import has_lone_surrogate
 
-FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "upstream" / "openai_responses"
+FIXTURE_DIR = Path(__file__).parents[3] / "protocol" / "fixtures" / "upstream" / "openai_responses"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.sse"))
 
 

@@ -4,7 +4,7 @@ Owns the meaning of Ollama's native chat stream (one JSON object per line,
 https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion): text,
 thinking, whole tool calls, the `done` line with its `done_reason` and token counts, and
 in-stream `{"error": ...}` lines. It does no I/O and does not split lines (see
-`wsgate.core.ndjson`); the request body is built by `wsgate.core.ollama_request`.
+`wsgate.core.ndjson`); the request body is built by `wsgate.core.providers.ollama_request`.
 Only Ollama's own format is read: OpenAI-style fields (`choices`, `finish_reason`) that an
 OpenAI-compatible server would send are not looked for (use the `openai_chat` kind there).
 
@@ -55,7 +55,11 @@ from wsgate.core.events import (
     UpstreamEvent,
     Usage,
 )
+from wsgate.core.ndjson import NDJSONDecoder
 from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.providers.ollama_request import ollama_body
+from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 
 _REASONS: Final[dict[str, FinishReason]] = {
@@ -204,3 +208,19 @@ def _arguments(value: Any) -> str:
 def _count(chunk: dict[str, Any], key: str) -> int:
     value = chunk.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    return TranslatingParser(
+        NDJSONDecoder(max_line_bytes=max_line_bytes),
+        OllamaTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
+KIND = ProviderKind(
+    "ollama",
+    http=ProviderHTTP("/api/chat", "application/x-ndjson"),
+    body=ollama_body,
+    parser=_parser,
+)
+"""Ollama's native /api/chat: NDJSON."""

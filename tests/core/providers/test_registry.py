@@ -1,11 +1,17 @@
-"""The provider table: body builders and parsers that feed the stream core."""
+"""The registry of provider kinds: body builders, HTTP details and parsers, one row a kind."""
 
 from __future__ import annotations
 
+from typing import get_args
+
+import msgspec
+import pytest
+
+from wsgate.config import ProviderSettings
 from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamError
 from wsgate.core.frames import ChatRequest, Message
-from wsgate.core.providers import build_body, make_parser
+from wsgate.core.providers import KIND_NAMES, KINDS, build_body, kind, make_parser
 from wsgate.testing import openai_sse
 
 
@@ -48,3 +54,23 @@ def test_a_line_over_the_cap_ends_the_events_with_a_typed_error():
     out = parser.feed(b'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\n' + b"x" * 2048)
     assert out[0] == ev.TextDelta("ok")
     assert getattr(out[-1], "code", None) == "upstream_line_too_long"
+
+
+def test_every_registered_kind_has_its_http_details_a_body_and_a_parser():
+    request = ChatRequest(model="m", messages=[Message(role="user", content="hi")])
+    for name, row in KINDS.items():
+        assert row.name == name
+        assert row.http.path.startswith("/")
+        assert row.http.accept in ("text/event-stream", "application/x-ndjson")
+        assert isinstance(row.body(request, "upstream-name"), dict)
+        assert row.parser(1024).eof() is not None
+
+
+def test_the_configuration_accepts_exactly_the_registered_kinds():
+    field = next(f for f in msgspec.structs.fields(ProviderSettings) if f.name == "kind")
+    assert set(get_args(field.type)) == set(KIND_NAMES)
+
+
+def test_an_unknown_kind_is_a_key_error_naming_the_known_ones():
+    with pytest.raises(KeyError, match="openai_chat"):
+        kind("gemini")

@@ -3,7 +3,7 @@
 Owns the meaning of `POST /v1/responses` with `stream: true`: the typed events (`type` and a
 `sequence_number` in every JSON payload), role, text, refusals, reasoning, function calls,
 usage, the end of the turn and in-stream errors. No I/O, no SSE framing
-(`wsgate.core.sse`); the request body is built by `wsgate.core.openai_responses_request`.
+(`wsgate.core.sse`); the request body is built by `wsgate.core.providers.openai_responses_request`.
 Shared helpers come from `wsgate.core.payloads`.
 
 Rules:
@@ -67,6 +67,10 @@ from wsgate.core.payloads import (
     string,
     tool_events,
 )
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.providers.openai_responses_request import openai_responses_body
+from wsgate.core.sse import SSEDecoder
+from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 
 if TYPE_CHECKING:
@@ -309,3 +313,19 @@ def _error(error: Any, keys: tuple[str, ...]) -> UpstreamError:
     if any(label in _REJECTED or label.startswith(_REJECTED_PREFIXES) for label in labels):
         return UpstreamRejected(message)
     return UpstreamError(message)
+
+
+def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    return TranslatingParser(
+        SSEDecoder(max_line_bytes=max_line_bytes),
+        OpenAIResponsesTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
+KIND = ProviderKind(
+    "openai_responses",
+    http=ProviderHTTP("/responses", "text/event-stream"),
+    body=openai_responses_body,
+    parser=_parser,
+)
+"""OpenAI's Responses API: SSE."""

@@ -2,7 +2,7 @@
 
 Owns the translation of wsgate's chat request (the OpenAI chat-completions shape) into a
 streaming Messages body. It does no I/O and does not read the response stream (see
-`wsgate.core.anthropic`).
+`wsgate.core.providers.anthropic`).
 
 Rules:
 1. Whatever Anthropic cannot express faithfully is a `BadRequest` naming the field, never a

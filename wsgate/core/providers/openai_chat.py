@@ -51,7 +51,11 @@ from wsgate.core.events import (
     UpstreamEvent,
     Usage,
 )
+from wsgate.core.frames import ChatRequest
 from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.sse import SSEDecoder
+from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import (
     ToolCallAccumulator,
     ToolCallFragment,
@@ -289,3 +293,28 @@ def _usage(usage: dict[str, Any]) -> Usage:
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     return Usage(count("prompt_tokens"), count("completion_tokens"))
+
+
+def openai_chat_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
+    """The chat-completions body: the client's request, streamed, with usage requested."""
+    body: dict[str, Any] = msgspec.to_builtins(request)
+    body["model"] = upstream_model
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+    return TranslatingParser(
+        SSEDecoder(max_line_bytes=max_line_bytes),
+        OpenAIChatTranslator(tool_snapshots=tool_snapshots),
+    )
+
+
+KIND = ProviderKind(
+    "openai_chat",
+    http=ProviderHTTP("/chat/completions", "text/event-stream"),
+    body=openai_chat_body,
+    parser=_parser,
+)
+"""OpenAI chat completions, and every OpenAI-compatible server: SSE."""
