@@ -98,6 +98,7 @@ class PushBody:
         "_paused",
         "_protocol",
         "_sink",
+        "_stopped",
         "_transport",
     )
 
@@ -120,6 +121,7 @@ class PushBody:
         self._deadline = _Deadline(loop, first_byte_deadline, idle, self._expired)
         self._sink: BodySink | None = None
         self._paused = False
+        self._stopped = False  # this body paused its transport (and must resume it)
         self._draining = False
 
     async def run(self, sink: BodySink) -> None:
@@ -139,13 +141,19 @@ class PushBody:
             self._close()
 
     def pause(self) -> None:
-        """Stop reading the provider (its TCP window fills) until `resume`."""
+        """Stop reading the provider (its TCP window fills) until `resume`.
+
+        A body whose end has arrived only stops handing out what it holds: its connection
+        is back in aiohttp's pool, and its transport belongs to the next call.
+        """
         if self._paused or self._done.done():
             return
         self._paused = True
         self._deadline.pause()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not self._content.is_eof():
+            self._stopped = True
+            transport.pause_reading()
 
     def resume(self) -> None:
         """Read the provider again: first what waits in aiohttp's buffer."""
@@ -153,9 +161,14 @@ class PushBody:
             return
         self._paused = False
         self._deadline.resume()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._restart_transport()
         self.drain()
+
+    def _restart_transport(self) -> None:
+        if self._stopped:
+            self._stopped = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
 
     @property
     def paused(self) -> bool:
@@ -213,9 +226,7 @@ class PushBody:
         self._detach()
         self._deadline.close()
         self._sink = None
-        if self._paused and self._transport is not None and not self._transport.is_closing():
-            self._paused = False
-            self._transport.resume_reading()  # a pooled connection must not stay paused
+        self._restart_transport()  # a connection that may go back to the pool reads again
 
 
 class _Deadline:
