@@ -188,6 +188,25 @@ async def test_a_slow_consumer_is_closed_with_4000_and_its_streams_are_cancelled
     assert upstream.pulled < len(upstream.chunks)
 
 
+async def test_a_start_whose_first_frame_makes_the_client_a_slow_consumer_opens_no_upstream():
+    ws = RecordingWebSocket()
+    upstream = ScriptedUpstream(openai_sse(["never sent"]))
+    conn = make_connection(ws, upstream, ConnectionOptions(buffer_bytes=16))
+    async with running(conn) as run:
+        await until(lambda: bool(ws.transport.writes))
+        ws.pause()
+        ws.transport.buffered = SOCKET_BACKLOG_BYTES  # over the tiny cap, socket backed up
+        start(ws, "s1")  # its `stream.started` alone tips the connection over
+        await until(lambda: conn.stats.slow_consumer)
+        assert not run.done()  # the reader carries on to the close: nothing raised
+        assert conn.stream_tasks.tasks == {}
+        assert upstream.opened == 0
+        ws.resume()
+        async with asyncio.timeout(1):
+            await run
+    assert ws.close_code == CloseCode.SLOW_CONSUMER
+
+
 async def test_the_heartbeat_tick_sends_a_heartbeat_after_an_interval_of_silence():
     ws = RecordingWebSocket()
     interval = 0.05

@@ -208,9 +208,12 @@ class Connection:
             elif isinstance(action, SendStream):
                 self.deliver(action.stream_id, action.output)
             elif isinstance(action, StartUpstream):
+                stream = self.session.streams.get(action.stream_id)
+                if stream is None:
+                    continue  # ended while its `stream.started` was queued (a slow consumer)
                 self.shared.accounting.streams_started += 1
                 self.stream_tasks.start(action)
-                self._watch(self.session.streams[action.stream_id].deadline())
+                self._watch(stream.deadline())
             elif isinstance(action, CancelUpstream):
                 self.shared.accounting.cancels += 1
                 self.stream_tasks.cancel(action.stream_id)
