@@ -327,10 +327,11 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     assert all("| ok |" in row for row in workload_rows), workload_rows
     assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
     costs = report.split("## What a token costs", 1)[1].split("\n## ", 1)[0]
-    for reader in ("bare socket read", "aiohttp read", "naive relay", "wsgate"):
+    readers = ("bare socket read", "push read floor", "pull read floor", "naive relay", "wsgate")
+    for reader in (*readers, "wsgate (pull reader"):
         row = next(line for line in costs.splitlines() if line.startswith(f"| {reader}"))
         assert row.endswith("| ok |"), row
-    assert "Twice the relay's paced capacity needs" in costs
+    assert "the relay's CPU per token (target <= 0.4x" in costs
 
 
 @pytest.mark.parametrize("mode", ["socket", "aiohttp", "aiohttp-push"])
