@@ -25,6 +25,12 @@ shell on `pending_bytes` (see the gateway). What the *reader* adds (refusals of 
 queues of ended streams) is tracked apart as `backlog_bytes`, so the shell can stop reading
 a client that sends faster than it reads.
 
+Lone frames: the common case at paced rates is one frame pushed into an empty outbox and
+popped in the same loop turn. It waits in a slot of the outbox itself (`_lone`), with no
+queue, deque or entry made for it; the moment anything could tell the difference (a second
+stream frame) it moves into the structures above. Every method answers as if it were
+queued (the tests hold the two paths equal, `lone_slot = False` turns the slot off).
+
 Memory: queues exist only while frames wait. A stream's queue is dropped when it drains
 and made again by its next frame (an empty queue and no queue mean the same), and so are
 the control and scheduling queues: an idle connection, or a stream stalled on its provider,
@@ -68,11 +74,16 @@ class _StreamQueue:
 class Outbox:
     """Outgoing encoded frames of one connection, in the order they must leave."""
 
+    lone_slot = True
+    """A lone stream frame waits in a slot instead of a queue (see "Lone frames")."""
+
     __slots__ = (
         "_active",
         "_control",
         "_control_bytes",
         "_ended_bytes",
+        "_lone",
+        "_lone_ended",
         "_pending_bytes",
         "_streams",
         "_telemetry",
@@ -110,6 +121,9 @@ class Outbox:
         self._pending_bytes = 0
         self._control_bytes = 0
         self._ended_bytes = 0
+        # The lone frame, while it is the only stream frame waiting: (stream, data, frame).
+        self._lone: tuple[str, bytes, ServerFrame | None] | None = None
+        self._lone_ended = False
 
     @property
     def pending_bytes(self) -> int:
@@ -128,7 +142,8 @@ class Outbox:
 
     def __len__(self) -> int:
         control = len(self._control) if self._control is not None else 0
-        return control + sum(len(q.entries) for q in self._streams.values())
+        lone = 0 if self._lone is None else 1
+        return control + lone + sum(len(q.entries) for q in self._streams.values())
 
     def push_control(self, data: bytes) -> None:
         """Queue a connection-level frame; it leaves before any stream frame."""
@@ -140,6 +155,13 @@ class Outbox:
 
     def push(self, stream_id: str, data: bytes, frame: ServerFrame | None = None) -> None:
         """Queue a stream's frame (its encoding, and the frame for kind and coalescing)."""
+        if self._lone is not None:
+            self._unlone()
+        elif not self._streams and self.lone_slot:
+            self._lone = (stream_id, data, frame)
+            self._lone_ended = False
+            self._pending_bytes += len(data)
+            return
         queue = self._streams.get(stream_id)
         if queue is None:
             queue = self._streams[stream_id] = _StreamQueue()
@@ -158,7 +180,7 @@ class Outbox:
     def push_telemetry(self, stream_id: str, data: bytes) -> None:
         """Offer a telemetry frame; it replaces (sheds) an older one of the same stream."""
         queue = self._streams.get(stream_id)
-        if queue is not None and queue.ended:
+        if (queue is not None and queue.ended) or self._is_lone(stream_id, ended=True):
             self.shed_telemetry += 1
             return
         if stream_id in self._telemetry:
@@ -169,6 +191,11 @@ class Outbox:
         """The stream pushed its last frame; drop its pending telemetry, forget it once drained."""
         if self._telemetry.pop(stream_id, None) is not None:
             self.shed_telemetry += 1
+        if self._is_lone(stream_id, ended=False):
+            assert self._lone is not None  # noqa: S101 - _is_lone says so
+            self._lone_ended = True
+            self._ended_bytes += len(self._lone[1])
+            return
         queue = self._streams.get(stream_id)
         if queue is None or queue.ended:
             return
@@ -177,20 +204,19 @@ class Outbox:
 
     def is_full(self, stream_id: str) -> bool:
         """True when the stream's producer must stop reading its upstream."""
-        queue = self._streams.get(stream_id)
-        if queue is None:
-            return False
-        return len(queue.entries) >= self.max_events or queue.bytes >= self.max_bytes
+        frames, size = self.queued(stream_id)
+        return frames > 0 and (frames >= self.max_events or size >= self.max_bytes)
 
     def has_room(self, stream_id: str) -> bool:
         """True when a stopped producer may read again (below half of both bounds)."""
-        queue = self._streams.get(stream_id)
-        if queue is None:
-            return True
-        return len(queue.entries) <= self.max_events // 2 and queue.bytes <= self.max_bytes // 2
+        frames, size = self.queued(stream_id)
+        return frames <= self.max_events // 2 and size <= self.max_bytes // 2
 
     def queued(self, stream_id: str) -> tuple[int, int]:
         """(frames, bytes) waiting for a stream."""
+        lone = self._lone
+        if lone is not None:
+            return (1, len(lone[1])) if lone[0] == stream_id else (0, 0)
         queue = self._streams.get(stream_id)
         return (0, 0) if queue is None else (len(queue.entries), queue.bytes)
 
@@ -204,6 +230,14 @@ class Outbox:
             self._pending_bytes -= len(data)
             self._control_bytes -= len(data)
             return None, data
+        lone = self._lone
+        if lone is not None:
+            self._lone = None
+            stream_id, data, _ = lone
+            self._pending_bytes -= len(data)
+            if self._lone_ended:
+                self._ended_bytes -= len(data)
+            return stream_id, data
         urgent = self._urgent
         if urgent is not None:
             stream_id = urgent.popleft()
@@ -227,6 +261,8 @@ class Outbox:
 
     def take_stream(self, stream_id: str) -> list[bytes]:
         """Remove and return a stream's unsent frames, in order (its client is gone)."""
+        if self._lone is not None and self._lone[0] == stream_id:
+            self._unlone()
         queue = self._streams.pop(stream_id, None)
         self._telemetry.pop(stream_id, None)
         if queue is None:
@@ -244,10 +280,26 @@ class Outbox:
 
     def clear(self) -> None:
         """Drop everything (the connection is gone)."""
-        self._control = self._active = self._urgent = None
+        self._control = self._active = self._urgent = self._lone = None
         self._streams.clear()
         self._telemetry.clear()
         self._pending_bytes = self._control_bytes = self._ended_bytes = 0
+
+    def _is_lone(self, stream_id: str, *, ended: bool) -> bool:
+        """The lone frame is this stream's, and its stream is (not) ended."""
+        return self._lone is not None and self._lone[0] == stream_id and self._lone_ended is ended
+
+    def _unlone(self) -> None:
+        """Move the lone frame into a queue of its own, exactly as `push` would have."""
+        assert self._lone is not None  # noqa: S101 - only called with a lone frame
+        stream_id, data, frame = self._lone
+        self._lone = None
+        queue = self._streams[stream_id] = _StreamQueue()
+        entry = _Entry(data, frame)
+        self._schedule(stream_id, entry)
+        queue.entries.append(entry)
+        queue.bytes = len(data)
+        queue.ended = self._lone_ended  # its bytes are in _ended_bytes already, if so
 
     def _schedule(self, stream_id: str, head: _Entry) -> None:
         """Put a stream whose queue just got a new head where that head belongs."""
