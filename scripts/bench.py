@@ -1041,7 +1041,7 @@ def render(bench: Bench, command: str) -> str:
         f"- Date: {when}; mode `{bench.mode}`; the run took {bench.seconds:.0f} s.",
         *machine(),
         "",
-        "## Targets (issue 6)",
+        "## Targets (issue 12, the push-mode token path)",
         "",
         *_md_table(
             ["measure", "wsgate", "naive relay", "wsgate/naive or value", "goal", "met"],

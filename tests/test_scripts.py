@@ -317,7 +317,7 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     out = tmp_path / "BENCHMARKS.md"
     assert bench.main(["--smoke", "--out", str(out)]) == 0
     report = out.read_text()
-    for heading in ("## Targets (issue 6)", "## Workloads", "## Memory", "## Method"):
+    for heading in ("## Targets (issue 12", "## Workloads", "## Memory", "## Method"):
         assert heading in report
     rows = [
         line for line in report.splitlines() if line.startswith(("| direct", "| naive", "| wsgate"))
