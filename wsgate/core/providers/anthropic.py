@@ -77,9 +77,8 @@ from wsgate.core.payloads import (
     tool_events,
 )
 from wsgate.core.providers.anthropic_request import anthropic_body
-from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, translating
 from wsgate.core.sse import SSEDecoder
-from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 
 if TYPE_CHECKING:
@@ -309,13 +308,6 @@ def _error(error: Any) -> UpstreamError:
     return kind(error_message(labels))
 
 
-def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
-    return TranslatingParser(
-        SSEDecoder(max_line_bytes=max_line_bytes),
-        AnthropicTranslator(tool_snapshots=tool_snapshots),
-    )
-
-
 KIND = ProviderKind(
     "anthropic",
     http=ProviderHTTP(
@@ -325,6 +317,6 @@ KIND = ProviderKind(
         headers=(("anthropic-version", "2023-06-01"),),
     ),
     body=anthropic_body,
-    parser=_parser,
+    parser=translating(SSEDecoder, AnthropicTranslator),
 )
 """Anthropic's Messages API: SSE."""

@@ -119,3 +119,16 @@ class ProviderKind:
     http: ProviderHTTP
     body: BodyBuilder
     parser: ParserFactory
+
+
+def translating(
+    decoder: Callable[..., Decoder[Any]], translator: Callable[..., Translator[Any]]
+) -> ParserFactory:
+    """The parser factory of a kind: its decoder (SSE, NDJSON) then its translator."""
+
+    def parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
+        return TranslatingParser(
+            decoder(max_line_bytes=max_line_bytes), translator(tool_snapshots=tool_snapshots)
+        )
+
+    return parser

@@ -57,9 +57,8 @@ from wsgate.core.events import (
 )
 from wsgate.core.ndjson import NDJSONDecoder
 from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
-from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, translating
 from wsgate.core.providers.ollama_request import ollama_body
-from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 
 _REASONS: Final[dict[str, FinishReason]] = {
@@ -210,17 +209,10 @@ def _count(chunk: dict[str, Any], key: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
-    return TranslatingParser(
-        NDJSONDecoder(max_line_bytes=max_line_bytes),
-        OllamaTranslator(tool_snapshots=tool_snapshots),
-    )
-
-
 KIND = ProviderKind(
     "ollama",
     http=ProviderHTTP("/api/chat", "application/x-ndjson"),
     body=ollama_body,
-    parser=_parser,
+    parser=translating(NDJSONDecoder, OllamaTranslator),
 )
 """Ollama's native /api/chat: NDJSON."""

@@ -53,9 +53,8 @@ from wsgate.core.events import (
 )
 from wsgate.core.frames import ChatRequest
 from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
-from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, translating
 from wsgate.core.sse import SSEDecoder
-from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import (
     ToolCallAccumulator,
     ToolCallFragment,
@@ -304,17 +303,10 @@ def openai_chat_body(request: ChatRequest, upstream_model: str) -> dict[str, Any
     return body
 
 
-def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
-    return TranslatingParser(
-        SSEDecoder(max_line_bytes=max_line_bytes),
-        OpenAIChatTranslator(tool_snapshots=tool_snapshots),
-    )
-
-
 KIND = ProviderKind(
     "openai_chat",
     http=ProviderHTTP("/chat/completions", "text/event-stream"),
     body=openai_chat_body,
-    parser=_parser,
+    parser=translating(SSEDecoder, OpenAIChatTranslator),
 )
 """OpenAI chat completions, and every OpenAI-compatible server: SSE."""

@@ -67,10 +67,9 @@ from wsgate.core.payloads import (
     string,
     tool_events,
 )
-from wsgate.core.providers.base import ProviderHTTP, ProviderKind, TranslatingParser
+from wsgate.core.providers.base import ProviderHTTP, ProviderKind, translating
 from wsgate.core.providers.openai_responses_request import openai_responses_body
 from wsgate.core.sse import SSEDecoder
-from wsgate.core.stream import UpstreamParser
 from wsgate.core.toolcalls import ToolCallAccumulator, ToolCallFragment
 
 if TYPE_CHECKING:
@@ -315,17 +314,10 @@ def _error(error: Any, keys: tuple[str, ...]) -> UpstreamError:
     return UpstreamError(message)
 
 
-def _parser(max_line_bytes: int, *, tool_snapshots: bool = False) -> UpstreamParser:
-    return TranslatingParser(
-        SSEDecoder(max_line_bytes=max_line_bytes),
-        OpenAIResponsesTranslator(tool_snapshots=tool_snapshots),
-    )
-
-
 KIND = ProviderKind(
     "openai_responses",
     http=ProviderHTTP("/responses", "text/event-stream"),
     body=openai_responses_body,
-    parser=_parser,
+    parser=translating(SSEDecoder, OpenAIResponsesTranslator),
 )
 """OpenAI's Responses API: SSE."""
