@@ -1,8 +1,9 @@
 """One client connection: its reader, the session's actions carried out, flow control applied.
 
 Owns the asyncio side of a connection. The core `Session` decides what a client frame
-means; this module executes: it feeds received frames to the session, queues what it
-returns in the connection's `Outbox`, starts and cancels stream tasks (`stream_task.py`),
+means; this module executes: it feeds received frames to the session, has the session queue
+what its streams produce in the session's outbox, starts and cancels stream tasks
+(`stream_task.py`),
 hands writing to the `Writer` (`writer.py`), and applies the flow verdicts of
 `core/flow.py`:
 
