@@ -145,8 +145,9 @@ def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
         cls = aiohttp.http_parser.HttpResponseParserPy
         monkeypatch.setattr(aiohttp.client_proto, "HttpResponseParser", cls)
         return cls
-    if aiohttp.http_parser.NO_EXTENSIONS:
-        pytest.skip("AIOHTTP_NO_EXTENSIONS is set: aiohttp runs the pure-Python parser only")
+    assert not aiohttp.http_parser.NO_EXTENSIONS, (
+        "AIOHTTP_NO_EXTENSIONS is set: the C parser the gateway runs on cannot be pinned"
+    )
     cls = getattr(aiohttp.http_parser, "HttpResponseParserC", None)
     assert cls is not None, f"aiohttp's C response parser is missing {PIN_NOTE}"
     assert aiohttp.client_proto.HttpResponseParser is cls, (
