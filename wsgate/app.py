@@ -14,10 +14,7 @@ from collections.abc import Mapping
 
 from wsgate import __version__
 from wsgate.config import Settings
-from wsgate.core.frames import ChatRequest, StartOptions
-from wsgate.core.providers import make_parser
 from wsgate.core.retry import RetryPolicy
-from wsgate.core.stream import UpstreamParser
 from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
 from wsgate.log import get_logger
@@ -140,22 +137,14 @@ class App:
             routes,
             Timeouts(up.connect_timeout_s, up.first_byte_timeout_s, up.idle_timeout_s),
             pool_limit=up.pool_limit,
+            max_line_bytes=up.max_line_bytes,
         )
         await self.upstream.start()
         self.gateway = Gateway(
-            gateway_options(settings), self.upstream, self._parser_for, __version__
+            gateway_options(settings), self.upstream, self.upstream.resolve, __version__
         )
         await self.gateway.start()
         log.info("wsgate_started", version=__version__, models=sorted(routes))
-
-    def _parser_for(self, request: ChatRequest, options: StartOptions) -> UpstreamParser:
-        assert self.upstream is not None  # noqa: S101 - start() sets it before any connection
-        route = self.upstream.route(request.model)
-        return make_parser(
-            route.kind,
-            self.settings.upstream.max_line_bytes,
-            tool_snapshots=options.tool_snapshots,
-        )
 
     @property
     def url(self) -> str:

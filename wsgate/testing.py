@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, Protocol
 
@@ -26,6 +26,31 @@ from websockets.uri import parse_uri
 
 from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamProtocolError, WsgateError
+from wsgate.core.frames import ChatRequest, StartOptions
+from wsgate.core.session import Resolver
+from wsgate.core.stream import UpstreamParser
+
+
+class ParserTarget:
+    """A start's `Target` without a route: its parsers come from `make`."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], UpstreamParser]) -> None:
+        self.make = make
+
+    def parser(self) -> UpstreamParser:
+        """The next parser `make` gives."""
+        return self.make()
+
+
+def resolver(make: Callable[[], UpstreamParser]) -> Resolver:
+    """A `Session` resolver for tests: every start resolves to a `ParserTarget` over `make`."""
+
+    def resolve(_request: ChatRequest, _options: StartOptions) -> ParserTarget:
+        return ParserTarget(make)
+
+    return resolve
 
 
 class ScriptedParser:
@@ -158,12 +183,16 @@ class ScriptedUpstream:
         self.chunks = list(chunks)
         self.pulled = 0
         self.requests: list[object] = []
+        self.targets: list[object] = []
         self.opened = 0
         self.closed = 0
 
-    def open(self, request: object) -> AbstractAsyncContextManager[ScriptedBody]:
-        """Open one scripted response."""
+    def open(
+        self, request: object, target: object = None
+    ) -> AbstractAsyncContextManager[ScriptedBody]:
+        """Open one scripted response (the request and target are only recorded)."""
         self.requests.append(request)
+        self.targets.append(target)
         return self._open()
 
     @asynccontextmanager
@@ -455,9 +484,12 @@ class HangingUpstream(ScriptedUpstream):
         self.failures = list(failures)
         self.hanging = asyncio.Event()
 
-    def open(self, request: object) -> AbstractAsyncContextManager[HangingBody]:
+    def open(
+        self, request: object, target: object = None
+    ) -> AbstractAsyncContextManager[HangingBody]:
         """Open one call that hangs at `at` (or fails with the next of `failures`)."""
         self.requests.append(request)
+        self.targets.append(target)
         return self._open_hanging()
 
     async def hang(self) -> None:

@@ -29,7 +29,7 @@ from wsgate.core.session import (
     SessionLimits,
     StartUpstream,
 )
-from wsgate.testing import FakeClock, ScriptedParser
+from wsgate.testing import FakeClock, ParserTarget, ScriptedParser
 
 
 def make_session(parsers=None, max_streams=4, telemetry_interval=0.5):
@@ -39,7 +39,7 @@ def make_session(parsers=None, max_streams=4, telemetry_interval=0.5):
     def factory(request, options):
         if request.model == "nope":
             raise UnknownModel("no provider serves model 'nope'")
-        return parsers.get(request.model) or ScriptedParser()
+        return ParserTarget(lambda: parsers.get(request.model) or ScriptedParser())
 
     return Session(
         "conn_1",

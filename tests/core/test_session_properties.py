@@ -10,7 +10,7 @@ from wsgate.core import events as ev
 from wsgate.core.errors import ShuttingDown, UpstreamError
 from wsgate.core.frames import ErrorFrame, FinishFrame
 from wsgate.core.session import SendControl, SendStream, Session, SessionLimits
-from wsgate.testing import ScriptedParser
+from wsgate.testing import ScriptedParser, resolver
 
 STREAMS = ["a", "b", "c"]
 
@@ -55,10 +55,10 @@ def start(sid: str) -> bytes:
 @given(st.lists(step, max_size=60))
 @settings(max_examples=400)
 def test_every_stream_gets_exactly_one_finish_and_nothing_after_it(steps):
-    def parser(_request, _options):
+    def parser():
         return ScriptedParser([[ev.TextDelta("t")]] * 100)
 
-    session = Session("c", SessionLimits(max_streams=8), parser, lambda: "m")
+    session = Session("c", SessionLimits(max_streams=8), resolver(parser), lambda: "m")
     rec = Recorder()
     now = 0.0
     for kind, sid in steps:

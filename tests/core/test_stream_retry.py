@@ -13,16 +13,14 @@ import orjson
 
 from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
-from wsgate.core.frames import ChatRequest, DeltaRole, DeltaText, ErrorFrame, FinishFrame, Message
+from wsgate.core.frames import DeltaRole, DeltaText, ErrorFrame, FinishFrame
 from wsgate.core.session import Session, SessionLimits, StartUpstream
-from wsgate.testing import ScriptedParser
-
-REQUEST = ChatRequest(model="mock", messages=[Message(role="user", content="hi")])
+from wsgate.testing import ParserTarget, ScriptedParser, resolver
 
 
 def session_with(parsers, buffering="immediate"):
     queue = list(parsers)
-    session = Session("c1", SessionLimits(), lambda _request, _options: queue.pop(0), lambda: "m1")
+    session = Session("c1", SessionLimits(), resolver(lambda: queue.pop(0)), lambda: "m1")
     frame = {
         "type": "start",
         "stream_id": "s1",
@@ -47,9 +45,9 @@ def test_a_transient_error_before_any_content_asks_for_a_retry_and_keeps_the_str
 def test_after_a_retry_the_second_role_is_dropped_and_seq_stays_gapless():
     first = ScriptedParser([[ev.RoleDelta("assistant"), UpstreamRateLimited("429")]])
     second = ScriptedParser([[ev.RoleDelta("assistant"), ev.TextDelta("Hi"), ev.Finish("stop")]])
-    session = session_with([first, second])
+    session = session_with([first])
     assert session.upstream_data("s1", b"x", 1.0).retry is not None
-    assert session.retry_upstream("s1", REQUEST)
+    assert session.retry_upstream("s1", ParserTarget(lambda: second))
     out = session.upstream_data("s1", b"y", 2.0)
     assert [(type(f), f.seq) for f in out.frames] == [(DeltaText, 3), (FinishFrame, 4)]
     assert out.closed
@@ -70,7 +68,7 @@ def test_a_transient_error_after_text_ends_the_stream_and_cannot_be_retried():
     out = session.upstream_data("s1", b"y", 2.0)
     assert out.retry is None
     assert [type(f) for f in out.frames] == [ErrorFrame, FinishFrame]
-    assert not session.retry_upstream("s1", REQUEST)
+    assert not session.retry_upstream("s1", ParserTarget(ScriptedParser))
 
 
 def test_text_held_by_a_buffering_mode_counts_as_content():
@@ -106,4 +104,4 @@ def test_the_shell_reports_a_retry_it_will_not_make_with_upstream_failed():
     assert frames[0].retry_after_ms == 9000
     assert frames[0].retryable
     assert frames[1].reason == "error"
-    assert not session.retry_upstream("s1", REQUEST)
+    assert not session.retry_upstream("s1", ParserTarget(ScriptedParser))

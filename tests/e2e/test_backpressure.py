@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from wsgate.core.providers import make_parser
 from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
-from wsgate.testing import ScriptedUpstream, openai_sse
+from wsgate.testing import ScriptedUpstream, openai_sse, resolver
 
 
 async def test_a_stream_whose_client_does_not_read_stops_pulling_its_upstream():
@@ -22,7 +22,7 @@ async def test_a_stream_whose_client_does_not_read_stops_pulling_its_upstream():
         port=0,
         connection=ConnectionOptions(queue_events=64, queue_bytes=128 * 1024, send_timeout=30),
     )
-    gateway = Gateway(options, upstream, lambda _r, _o: make_parser("openai_chat", 1 << 20), "t")
+    gateway = Gateway(options, upstream, resolver(lambda: make_parser("openai_chat", 1 << 20)), "t")
     await gateway.start()
     url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
     try:
@@ -70,7 +70,7 @@ async def test_telemetry_is_shed_and_counted_while_the_client_lags_and_text_is_w
         telemetry_interval=0,
         connection=ConnectionOptions(queue_events=32, queue_bytes=64 * 1024),
     )
-    gateway = Gateway(options, upstream, lambda _r, _o: make_parser("openai_chat", 1 << 20), "t")
+    gateway = Gateway(options, upstream, resolver(lambda: make_parser("openai_chat", 1 << 20)), "t")
     await gateway.start()
     url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
     try:

@@ -9,7 +9,7 @@ import pytest
 from e2e_helpers import assert_gapless, mock_request, raw_connect, stream_text
 
 from wsgate.core.errors import UpstreamUnavailable
-from wsgate.core.frames import ChatRequest, Message
+from wsgate.core.frames import ChatRequest, Message, StartOptions
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
 BOTH_READERS = True  # the upstream contract: push and pull (conftest.py)
@@ -52,7 +52,7 @@ async def test_an_unreachable_provider_is_a_retryable_upstream_unavailable():
     try:
         request = ChatRequest(model="m", messages=[Message(role="user", content="x")])
         with pytest.raises(UpstreamUnavailable) as info:
-            async with client.open(request):
+            async with client.open(request, client.resolve(request, StartOptions())):
                 pass
         assert info.value.retryable
         assert "127.0.0.1" not in info.value.public_message

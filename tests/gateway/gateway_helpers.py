@@ -8,23 +8,29 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from wsgate.core.providers import make_parser
-from wsgate.core.session import Session
+from wsgate.core.session import Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Upstream
-from wsgate.testing import RecordingWebSocket
+from wsgate.testing import RecordingWebSocket, resolver
 
 
 def make_connection(
-    ws: RecordingWebSocket, upstream: Upstream, options: ConnectionOptions | None = None
+    ws: RecordingWebSocket,
+    upstream: Upstream,
+    options: ConnectionOptions | None = None,
+    resolve: Resolver | None = None,
 ) -> Connection:
-    """A connection over `ws` with a real session, its limits taken from `options`."""
+    """A connection over `ws` with a real session, its limits taken from `options`.
+
+    Every start resolves to an OpenAI chat parser unless `resolve` says otherwise.
+    """
     options = options or ConnectionOptions()
     ids = itertools.count(1)
     session = Session(
         "conn_t",
         session_limits(options),
-        lambda _request, _options: make_parser("openai_chat", 1 << 20),
+        resolve or resolver(lambda: make_parser("openai_chat", 1 << 20)),
         lambda: f"msg_{next(ids)}",
     )
     return Connection(ws, session, upstream, options, Shared())  # type: ignore[arg-type]

@@ -17,8 +17,15 @@ from e2e_helpers import mock_request, validate_server_frame
 from gateway_helpers import make_connection, running, until
 
 from wsgate.core.errors import UpstreamUnavailable
+from wsgate.core.providers import make_parser
 from wsgate.gateway.connection import Connection, ConnectionOptions
-from wsgate.testing import HangingUpstream, RecordingWebSocket, ScriptedUpstream, openai_sse
+from wsgate.testing import (
+    HangingUpstream,
+    ParserTarget,
+    RecordingWebSocket,
+    ScriptedUpstream,
+    openai_sse,
+)
 
 # A provider's answer cut short: content, but no finish and no `[DONE]`.
 PARTIAL = openai_sse(["Hel", "lo"])[:-2]
@@ -131,6 +138,27 @@ async def test_a_stream_cancelled_while_it_sleeps_before_a_retry_ends_cancelled(
     assert finish_of(ws, "s1")["reason"] == "cancelled"
     assert upstream.opened == upstream.closed == 1  # no second call after the cancel
     assert not upstream.hanging.is_set()
+
+
+async def test_a_retried_call_goes_to_the_target_its_start_resolved_without_resolving_again():
+    resolved = []
+
+    def resolve(request, options):
+        resolved.append(request.model)
+        return ParserTarget(lambda: make_parser("openai_chat", 1 << 20))
+
+    ws = RecordingWebSocket()
+    upstream = HangingUpstream("connect", failures=[UpstreamUnavailable("down", retry_after_ms=1)])
+    conn = make_connection(ws, upstream, resolve=resolve)
+    async with running(conn):
+        start(ws, "s1")
+        task = await stream_task(conn, "s1")
+        await until(upstream.hanging.is_set)  # the retry's call
+        assert upstream.opened == 2
+        first, second = upstream.targets
+        assert first is second is not None
+        assert resolved == ["mock"]  # one lookup for the start and its retry
+        await cancelled_by_the_client(conn, task, "s1")
 
 
 async def test_a_stream_cancelled_while_its_upstream_closes_ends_cancelled():

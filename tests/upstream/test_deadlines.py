@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 from e2e_helpers import serving
-from upstream_helpers import OnData, route
+from upstream_helpers import OnData, opened, route
 
 from wsgate.core.errors import UpstreamTimeout
 from wsgate.core.frames import ChatRequest, Message
@@ -60,7 +60,7 @@ async def read_all(
     """
     loop = asyncio.get_running_loop()
     received: list[bytes] = []
-    async with client.open(REQUEST) as body:
+    async with opened(client, REQUEST) as body:
 
         def resume() -> None:
             if reads is not None:
@@ -121,7 +121,7 @@ async def test_a_cancel_during_a_read_stays_a_cancel():
         first = asyncio.Event()
 
         async def read() -> None:
-            async with client.open(REQUEST) as body:
+            async with opened(client, REQUEST) as body:
                 await body.run(OnData(first.set))
 
         task = asyncio.create_task(read())

@@ -15,16 +15,17 @@ import orjson
 import pytest
 from aiohttp import web
 from e2e_helpers import serving
-from upstream_helpers import Stop, route
+from upstream_helpers import Stop, opened, route
 
 from wsgate.core.errors import (
+    UnknownModel,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
 )
-from wsgate.core.frames import ChatRequest, Message
-from wsgate.testing import read_body
+from wsgate.core.frames import ChatRequest, Message, StartOptions
+from wsgate.testing import ParserTarget, ScriptedParser, read_body
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
 REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="hi")])
@@ -70,7 +71,7 @@ async def call(to: Route) -> None:
     client = UpstreamClient({"m": to}, Timeouts(connect=1, first_byte=2, idle=2))
     await client.start()
     try:
-        async with client.open(REQUEST) as body:
+        async with opened(client, REQUEST) as body:
             await read_body(body)
     finally:
         await client.close()
@@ -176,7 +177,7 @@ async def test_a_capped_provider_never_has_more_calls_in_flight_than_its_cap(pro
     await client.start()
 
     async def one() -> None:
-        async with client.open(REQUEST) as body:
+        async with opened(client, REQUEST) as body:
             await read_body(body)
 
     try:
@@ -210,7 +211,7 @@ async def test_per_provider_timeouts_override_the_client_defaults(provider):
     try:
         started = asyncio.get_running_loop().time()
         with pytest.raises(UpstreamError) as info:
-            async with client.open(REQUEST):
+            async with opened(client, REQUEST):
                 pass
         assert info.value.code == "upstream_timeout"
         assert asyncio.get_running_loop().time() - started < 1.0
@@ -299,7 +300,7 @@ async def test_waiting_for_a_concurrency_slot_is_not_charged_to_the_providers_fi
     await client.start()
 
     async def one() -> None:
-        async with client.open(REQUEST) as body:
+        async with opened(client, REQUEST) as body:
             await read_body(body)
 
     try:
@@ -331,7 +332,7 @@ async def test_a_providers_own_connect_timeout_is_applied():
     try:
         started = asyncio.get_running_loop().time()
         with pytest.raises(UpstreamError):
-            async with client.open(REQUEST):
+            async with opened(client, REQUEST):
                 pass
         assert asyncio.get_running_loop().time() - started < 1.5
     finally:
@@ -366,14 +367,14 @@ async def test_a_finished_call_returns_its_connection_to_the_pool_and_a_cancelle
     try:
         recorder.answer = sse_with_port
         for _ in range(3):
-            async with client.open(REQUEST) as body:
+            async with opened(client, REQUEST) as body:
                 await read_body(body)
         assert len(set(ports)) == 1  # one TCP connection served all three calls
         recorder.answer = endless
-        async with client.open(REQUEST) as body:
+        async with opened(client, REQUEST) as body:
             await body.run(Stop())  # the stream ends (a cancel, a finish) before the body does
         recorder.answer = sse_with_port
-        async with client.open(REQUEST) as body:
+        async with opened(client, REQUEST) as body:
             await read_body(body)
         assert ports[3] == ports[0]  # the pooled connection served the endless call
         assert ports[4] != ports[0]  # which was closed: the provider saw the stream end
@@ -382,7 +383,7 @@ async def test_a_finished_call_returns_its_connection_to_the_pool_and_a_cancelle
 
 
 async def call_with(client: UpstreamClient, request: ChatRequest) -> None:
-    async with client.open(request) as body:
+    async with opened(client, request) as body:
         await read_body(body)
 
 
@@ -423,3 +424,28 @@ async def test_the_first_byte_deadline_covers_headers_and_body_together():
             assert asyncio.get_running_loop().time() - started < 1.15
         finally:
             await client.close()
+
+
+def test_a_start_resolves_its_route_once_into_a_call_that_makes_its_parsers():
+    client = UpstreamClient({"m": route("m", "p", "anthropic", "http://x", "claude")}, Timeouts())
+    call = client.resolve(REQUEST, StartOptions(tool_snapshots=True))
+    assert call.route is client.routes["m"]
+    assert call.tool_snapshots
+    assert call.parser() is not call.parser()  # a fresh parser for each attempt
+
+
+def test_a_model_no_route_serves_is_refused_when_the_start_is_resolved():
+    client = UpstreamClient({}, Timeouts())
+    with pytest.raises(UnknownModel):
+        client.resolve(REQUEST, StartOptions())
+
+
+async def test_opening_a_target_that_resolve_did_not_make_is_a_type_error():
+    client = UpstreamClient({"m": route("m", "p", "openai_chat", "http://x", "m")}, Timeouts())
+    await client.start()
+    try:
+        with pytest.raises(TypeError, match="resolve"):
+            async with client.open(REQUEST, ParserTarget(ScriptedParser)):
+                pass
+    finally:
+        await client.close()

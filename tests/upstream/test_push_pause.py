@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from upstream_helpers import route
+from upstream_helpers import opened, route
 
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.testing import read_body
@@ -62,7 +62,7 @@ async def test_a_body_paused_after_its_end_arrived_leaves_its_pooled_connection_
         await client.start()
         try:
             held = asyncio.Event()
-            async with client.open(REQUEST) as body:
+            async with opened(client, REQUEST) as body:
 
                 class PauseAtTheEnd:
                     def data(self, data: bytes) -> bool:
@@ -76,7 +76,7 @@ async def test_a_body_paused_after_its_end_arrived_leaves_its_pooled_connection_
                 # The first body is complete and still held; the next call reuses its
                 # connection from the pool and must not wait for the first to resume.
                 async with asyncio.timeout(2):
-                    async with client.open(REQUEST) as second:
+                    async with opened(client, REQUEST) as second:
                         assert b"".join(await read_body(second)) == BODY
                 body.resume()
                 async with asyncio.timeout(2):

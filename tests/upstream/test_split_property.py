@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from wsgate.core import providers
 from wsgate.core.errors import WsgateError
-from wsgate.core.frames import ChatRequest, Message
+from wsgate.core.frames import ChatRequest, Message, StartOptions
 from wsgate.core.providers import make_parser
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
@@ -158,7 +158,7 @@ async def read_through(root: str, kind: str, mode: str) -> Feed:
     await client.start()
     feed = Feed(kind)
     try:
-        async with client.open(REQUEST) as body:
+        async with client.open(REQUEST, client.resolve(REQUEST, StartOptions())) as body:
             await body.run(feed)
         feed.eof()
     finally:

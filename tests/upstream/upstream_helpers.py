@@ -1,11 +1,14 @@
-"""Helpers of the upstream contract suite: routes in the reader mode under test, sinks."""
+"""Helpers of the upstream contract suite: routes in the reader mode under test, calls, sinks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from wsgate.upstream.client import Route
+from wsgate.core.frames import ChatRequest, StartOptions
+from wsgate.upstream.base import Body
+from wsgate.upstream.client import Route, UpstreamClient
 
 READER = {"mode": "push"}
 """The reader mode the running test is parametrized with (set by conftest's fixture)."""
@@ -14,6 +17,11 @@ READER = {"mode": "push"}
 def route(*args: Any, **kwargs: Any) -> Route:
     """A `Route` read in the mode under test."""
     return Route(*args, reader=READER["mode"], **kwargs)  # type: ignore[arg-type]
+
+
+def opened(client: UpstreamClient, request: ChatRequest) -> AbstractAsyncContextManager[Body]:
+    """Open `request` as a start does: resolved once, then opened at that target."""
+    return client.open(request, client.resolve(request, StartOptions()))
 
 
 class Stop:

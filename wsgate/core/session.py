@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from wsgate.core.errors import ERROR_CODES, WsgateError
 from wsgate.core.flow import FlowControl
@@ -74,13 +75,31 @@ class SendStream:
     output: StreamOutput
 
 
+class Target(Protocol):
+    """Where a start goes, resolved once when it is accepted; opaque to the core.
+
+    The composition root's resolver makes it from the request (the model's route, the
+    parser's settings); the core asks it for the stream's parser (again for a retry), and
+    the shell hands it back to the upstream with `StartUpstream`, so nothing looks the
+    route up a second time.
+    """
+
+    def parser(self) -> UpstreamParser:
+        """A fresh parser for this start's provider."""
+
+
+Resolver = Callable[[ChatRequest, StartOptions], Target]
+"""Resolves a start's request to its `Target`; raises `WsgateError` for an unknown model."""
+
+
 @dataclass(frozen=True, slots=True)
 class StartUpstream:
-    """Open the upstream call of a newly accepted stream."""
+    """Open the upstream call of a newly accepted stream, at its resolved `target`."""
 
     stream_id: str
     message_id: str
     request: ChatRequest
+    target: Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +119,6 @@ class DetachStream:
 
 Action = SendControl | SendStream | StartUpstream | CancelUpstream | DetachStream
 
-ParserFactory = Callable[[ChatRequest, StartOptions], UpstreamParser]
-"""Builds the parser for a request's provider; raises `WsgateError` for an unknown model."""
-
 
 class Session:
     """The core of one client connection."""
@@ -110,7 +126,7 @@ class Session:
     # One per connection, and connections are many: no per-instance dict.
     __slots__ = (
         "_new_message_id",
-        "_parser_factory",
+        "_resolve",
         "_server_version",
         "conn_id",
         "draining",
@@ -124,14 +140,14 @@ class Session:
         self,
         conn_id: str,
         limits: SessionLimits,
-        parser_factory: ParserFactory,
+        resolve: Resolver,
         new_message_id: Callable[[], str],
         server_version: str = "0",
     ) -> None:
         self.conn_id = conn_id
         self.limits = limits
         self.streams: dict[str, Stream] = {}
-        self._parser_factory = parser_factory
+        self._resolve = resolve
         self._new_message_id = new_message_id
         self._server_version = server_version
         self.draining = False
@@ -263,7 +279,7 @@ class Session:
         stream = self.streams.get(stream_id)
         return None if stream is None else stream.first_token_left(now)
 
-    def retry_upstream(self, stream_id: str, request: ChatRequest) -> bool:
+    def retry_upstream(self, stream_id: str, target: Target) -> bool:
         """A transient provider failure before the first token: read a new call.
 
         True when the stream took a fresh parser and the shell may call the provider again;
@@ -273,7 +289,7 @@ class Session:
         stream = self.streams.get(stream_id)
         if stream is None or not stream.may_retry:
             return False
-        stream.restart(self._parser_factory(request, stream.options))
+        stream.restart(target.parser())
         return True
 
     def connection_lost(self) -> list[Action]:
@@ -296,7 +312,8 @@ class Session:
             message = f"the connection already runs {self.limits.max_streams} streams"
             return [_refuse("too_many_streams", message, sid)]
         try:
-            parser = self._parser_factory(frame.request, frame.options)
+            target = self._resolve(frame.request, frame.options)
+            parser = target.parser()
         except WsgateError as exc:
             return [_refuse(exc.code, exc.public_message, sid)]
         stream = Stream(
@@ -313,7 +330,7 @@ class Session:
         self.streams[sid] = stream
         return [
             SendStream(sid, stream.start()),
-            StartUpstream(sid, stream.message_id, frame.request),
+            StartUpstream(sid, stream.message_id, frame.request, target),
         ]
 
     def _settle(self, stream: Stream, output: StreamOutput) -> StreamOutput:

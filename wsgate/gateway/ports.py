@@ -4,7 +4,8 @@ Owns the gateway's view of its collaborators, as structural protocols that the c
 root (`app.py`) satisfies with real implementations and tests with fakes
 (`wsgate.testing`):
 
-- `Upstream`: opens a provider call for a request; its context yields the open `Body`
+- `Upstream`: opens a provider call for a request at the target its start resolved to
+  (`core.session.Target`, made once per start); its context yields the open `Body`
   once the headers are in, and closing the context closes the provider's connection.
 - `Body` / `BodySink`: one response's body and where its bytes go; the contract is the
   upstream side's (`wsgate/upstream/base.py`), restated here because shells do not import
@@ -23,7 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from wsgate.core.frames import ChatRequest
-from wsgate.core.session import Session
+from wsgate.core.session import Session, Target
 from wsgate.core.stream import StreamOutput
 from wsgate.gateway.options import ConnectionOptions
 
@@ -58,8 +59,8 @@ class Body(Protocol):
 class Upstream(Protocol):
     """What a connection needs from the upstream side."""
 
-    def open(self, request: ChatRequest) -> AbstractAsyncContextManager[Body]:
-        """Open the provider call; the context yields its body."""
+    def open(self, request: ChatRequest, target: Target) -> AbstractAsyncContextManager[Body]:
+        """Open the provider call at the start's resolved `target`; the context yields its body."""
 
 
 class StreamHost(Protocol):

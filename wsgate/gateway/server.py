@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from wsgate.core.frames import PROTOCOL
-from wsgate.core.session import ParserFactory, Session
+from wsgate.core.session import Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
 from wsgate.gateway.options import session_limits
 from wsgate.log import bind, get_logger, unbind
@@ -69,12 +69,12 @@ class Gateway:
         self,
         options: GatewayOptions,
         upstream: Upstream,
-        parser_factory: ParserFactory,
+        resolve: Resolver,
         server_version: str,
     ) -> None:
         self.options = options
         self.upstream = upstream
-        self.parser_factory = parser_factory
+        self.resolve = resolve
         self.server_version = server_version
         self.connections: set[Connection] = set()
         self.shared = Shared()
@@ -195,7 +195,7 @@ class Gateway:
         # connection all its life. Tasks started from here (writer, streams) inherit it.
         bind(conn_id=conn_id)
         session = Session(
-            conn_id, self._limits, self.parser_factory, self._new_message_id, self.server_version
+            conn_id, self._limits, self.resolve, self._new_message_id, self.server_version
         )
         connection = Connection(ws, session, self.upstream, self.options.connection, self.shared)
         accounting = self.shared.accounting

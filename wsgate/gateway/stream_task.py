@@ -160,7 +160,7 @@ class StreamTasks:
                 jitter = random.random()  # noqa: S311 - jitter, not a secret
                 left = session.first_token_left(start.stream_id, time.monotonic())
                 delay = policy.delay(attempt, exc, elapsed, jitter, left)
-                if delay is None or not session.retry_upstream(start.stream_id, start.request):
+                if delay is None or not session.retry_upstream(start.stream_id, start.target):
                     raise  # the real error, with its Retry-After, not a first-token timeout
                 log.info(
                     "upstream_retry",
@@ -176,7 +176,7 @@ class StreamTasks:
     async def _pump(self, start: StartUpstream) -> None:
         sid = start.stream_id
         host = self.host
-        async with self.upstream.open(start.request) as body:
+        async with self.upstream.open(start.request, start.target) as body:
             feed = _Feed(host, sid, body)
             try:
                 await body.run(feed)

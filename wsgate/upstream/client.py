@@ -41,9 +41,11 @@ from wsgate.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from wsgate.core.frames import ChatRequest
+from wsgate.core.frames import ChatRequest, StartOptions
 from wsgate.core.payloads import error_labels
-from wsgate.core.providers import ProviderHTTP, kind
+from wsgate.core.providers import ProviderHTTP, kind, make_parser
+from wsgate.core.session import Target
+from wsgate.core.stream import UpstreamParser
 from wsgate.upstream.base import READ_BUFSIZE, Body
 from wsgate.upstream.pull import PullBody
 from wsgate.upstream.push import PushBody, install
@@ -84,6 +86,26 @@ class Route:
     reader: Reader = "push"
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One start's resolved route (the core's `Target`): its parsers and, in `open`, its call.
+
+    Made once per accepted `start` by `UpstreamClient.resolve`; the stream's retries reuse
+    it, so a start looks its route up once.
+    """
+
+    route: Route
+    max_line_bytes: int
+    tool_snapshots: bool = False
+
+    def parser(self) -> UpstreamParser:
+        """A fresh parser for the route's provider kind."""
+        return make_parser(self.route.kind, self.max_line_bytes, tool_snapshots=self.tool_snapshots)
+
+
+DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
+"""The longest SSE or NDJSON line a parser accepts (`upstream.max_line_bytes`'s default)."""
+
 MAX_ERROR_BODY = 64 * 1024
 """How much of an error answer is read to find the provider's error type."""
 
@@ -95,10 +117,15 @@ class UpstreamClient:
     """Opens streaming provider responses for the gateway's streams."""
 
     def __init__(
-        self, routes: Mapping[str, Route], timeouts: Timeouts, pool_limit: int = 0
+        self,
+        routes: Mapping[str, Route],
+        timeouts: Timeouts,
+        pool_limit: int = 0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.routes = dict(routes)
         self.timeouts = timeouts
+        self.max_line_bytes = max_line_bytes
         self._pool_limit = pool_limit
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -109,6 +136,10 @@ class UpstreamClient:
             return self.routes[model]
         except KeyError:
             raise UnknownModel(f"no provider serves model {model!r}") from None
+
+    def resolve(self, request: ChatRequest, options: StartOptions) -> Call:
+        """The call a start makes (the core's resolver); `UnknownModel` if no route serves it."""
+        return Call(self.route(request.model), self.max_line_bytes, options.tool_snapshots)
 
     async def start(self) -> None:
         """Create the shared connection pool (inside the running loop)."""
@@ -134,8 +165,8 @@ class UpstreamClient:
             self._session = None
 
     @asynccontextmanager
-    async def open(self, request: ChatRequest) -> AsyncIterator[Body]:
-        """Open the streaming call for `request`; yields its body once the headers are in.
+    async def open(self, request: ChatRequest, target: Target) -> AsyncIterator[Body]:
+        """Open the streaming call at `target` (`resolve`'s Call); yields the body after headers.
 
         Raises the typed `UpstreamError` subclasses for every failure, before or during the
         stream (and `BadRequest` for a request the provider's format cannot express).
@@ -144,7 +175,9 @@ class UpstreamClient:
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
-        route = self.route(request.model)
+        if not isinstance(target, Call):
+            raise TypeError(f"open() takes the Call that resolve() made, not {target!r}")
+        route = target.route
         provider = kind(route.kind)
         http = provider.http
         body = _encoder.encode(provider.body(request, route.upstream_model))
