@@ -101,6 +101,17 @@ def test_the_reader_pauses_over_its_backlog_and_resumes_at_half_of_it():
     assert flow.reader_may_resume()
 
 
+def test_frames_of_ended_streams_never_stop_the_reader_so_a_lagging_client_can_cancel():
+    outbox = Outbox(max_events=10, max_bytes=1 << 20)
+    flow = FlowControl(outbox, buffer_bytes=1 << 20, reader_high=100)
+    for n in range(5):
+        outbox.push(f"s{n}", b"x" * 300)
+        outbox.end_stream(f"s{n}")
+    assert outbox.pending_bytes == 1500
+    assert not flow.reader_paused()
+    assert flow.reader_may_resume()
+
+
 def test_a_connection_needs_a_positive_cap():
     with pytest.raises(ValueError, match="positive"):
         FlowControl(Outbox(1, 1), buffer_bytes=0)

@@ -237,27 +237,27 @@ def test_a_reused_stream_id_queues_behind_the_ended_stream_and_is_not_itself_end
     assert box.shed_telemetry == 0
 
 
-def test_the_backlog_counts_control_frames_and_ended_queues_but_not_running_ones():
+def test_control_bytes_count_connection_frames_and_no_stream_ended_or_running():
     box = Outbox(10, 1000)
     box.push_control(b"12345")
     box.push("a", b"123")
     box.push("b", b"1234567")
-    assert box.backlog_bytes == 5
     box.end_stream("b")
-    assert box.backlog_bytes == 12
+    assert box.control_bytes == 5
+    assert box.pending_bytes == 15
     drain(box)
-    assert box.backlog_bytes == 0
+    assert box.control_bytes == 0
     assert box.pending_bytes == 0
 
 
-def test_reusing_an_ended_id_moves_its_bytes_out_of_the_backlog():
+def test_reusing_an_ended_id_keeps_its_frames_waiting_in_order_before_the_new_ones():
     box = Outbox(10, 1000)
     box.push("a", b"old")
     box.end_stream("a")
     box.end_stream("a")
-    assert box.backlog_bytes == 3
     box.push("a", b"new")
-    assert box.backlog_bytes == 0
+    assert box.queued("a") == (2, 6)
+    assert drain(box) == [("a", b"old"), ("a", b"new")]
 
 
 @given(
@@ -307,7 +307,7 @@ def test_any_interleaving_of_pushes_and_pops_loses_nothing_and_keeps_seq_gapless
         assert isinstance(frames[-1], FinishFrame)
         assert "".join(f.text for f in frames if isinstance(f, DeltaText)) == sent_text[sid]
     assert box.pending_bytes == 0
-    assert box.backlog_bytes == 0
+    assert box.control_bytes == 0
     assert box._streams == {}
 
 

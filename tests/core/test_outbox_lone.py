@@ -57,7 +57,7 @@ def observe(box: Outbox) -> tuple:
     return (
         len(box),
         box.pending_bytes,
-        box.backlog_bytes,
+        box.control_bytes,
         box.empty,
         box.shed_telemetry,
         box.coalesced,

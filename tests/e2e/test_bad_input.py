@@ -207,7 +207,7 @@ async def test_a_reader_paused_on_its_backlog_still_notices_the_client_leaving(a
 
         task = asyncio.create_task(flood())
         async with asyncio.timeout(10):
-            while connection.outbox.backlog_bytes < 128 * 1024:  # noqa: ASYNC110 - polling
+            while connection.outbox.control_bytes < 128 * 1024:  # noqa: ASYNC110 - polling
                 await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

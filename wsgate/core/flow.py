@@ -15,8 +15,11 @@ Rules (each a pair, so a level near one mark does not flap):
    `buffer_bytes` *and* the socket holds at least `socket_backlog` (websockets' high-water
    mark): over the cap with an empty socket is our own burst (every paused provider's last
    read landing at once), which the writer is draining.
-4. The reader stops reading the client while what it queued itself (refusals, frames of
-   ended streams) passes `reader_high` bytes, and reads again at half of it.
+4. The reader stops reading the client while the connection-level frames it queued itself
+   (refusals of bad frames) pass `reader_high` bytes, and reads again at half of it. Frames
+   of ended streams do not count here: they are bounded by rule 3 (a client that reads
+   nothing is closed past `buffer_bytes`), and a reader stopped for them would not see the
+   `cancel` of a client that is behind on its reads.
 
 Pure: numbers in, verdicts out; no clock, no I/O.
 """
@@ -32,7 +35,7 @@ SOCKET_BACKLOG_BYTES = 32 * 1024
 """websockets' write high-water mark: above it, sends wait for the client to read."""
 
 READER_BACKLOG_BYTES = 256 * 1024
-"""Most bytes of refusals and ended streams' frames queued before the reader pauses."""
+"""Most bytes of refusals (connection-level frames) queued before the reader pauses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +112,11 @@ class FlowControl:
 
     def reader_paused(self) -> bool:
         """Rule 4: stop reading the client."""
-        return self.reader.over(self.outbox.backlog_bytes)
+        return self.reader.over(self.outbox.control_bytes)
 
     def reader_may_resume(self) -> bool:
         """Rule 4: read the client again."""
-        return self.reader.under(self.outbox.backlog_bytes)
+        return self.reader.under(self.outbox.control_bytes)
 
     def slow_consumer(self, in_socket: int) -> bool:
         """Rule 3: the client is not keeping up; its streams end and it is closed (4000)."""

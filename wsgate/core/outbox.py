@@ -20,10 +20,11 @@ number of frames merged away is counted.
 Bounds, per stream: `max_events` frames or `max_bytes` bytes. `push` never refuses (the
 final `error`/`finish` of a stream must always fit); the stream's producer asks `is_full`
 after each push and stops reading its upstream until `has_room` (below half of both
-bounds): that is the backpressure into TCP. The connection as a whole is bounded by the
-shell on `pending_bytes` (see the gateway). What the *reader* adds (refusals of bad frames,
-queues of ended streams) is tracked apart as `backlog_bytes`, so the shell can stop reading
-a client that sends faster than it reads.
+bounds): that is the backpressure into TCP. The connection as a whole is bounded on
+`pending_bytes` (`core/flow.py`: providers pause at half the cap, a client past the cap is
+a slow consumer); ended streams' frames count there too. What only the *reader* adds
+(refusals of bad frames, connection-level frames) is tracked apart as `control_bytes`, so
+the shell can stop reading a client that sends bad frames faster than it reads.
 
 Lone frames: the common case at paced rates is one frame pushed into an empty outbox and
 popped in the same loop turn. It waits in a slot of the outbox itself (`_lone`), with no
@@ -81,7 +82,6 @@ class Outbox:
         "_active",
         "_control",
         "_control_bytes",
-        "_ended_bytes",
         "_lone",
         "_lone_ended",
         "_pending_bytes",
@@ -120,7 +120,6 @@ class Outbox:
         self._telemetry: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._control_bytes = 0
-        self._ended_bytes = 0
         # The lone frame, while it is the only stream frame waiting: (stream, data, frame).
         self._lone: tuple[str, bytes, ServerFrame | None] | None = None
         self._lone_ended = False
@@ -136,9 +135,9 @@ class Outbox:
         return not self._pending_bytes and not self._telemetry
 
     @property
-    def backlog_bytes(self) -> int:
-        """Bytes the reader is answerable for: control frames and ended streams' queues."""
-        return self._control_bytes + self._ended_bytes
+    def control_bytes(self) -> int:
+        """Bytes of connection-level frames waiting (refusals of bad frames among them)."""
+        return self._control_bytes
 
     def __len__(self) -> int:
         control = len(self._control) if self._control is not None else 0
@@ -169,7 +168,6 @@ class Outbox:
             # The id was reused while the ended stream's frames still wait: they share
             # the queue (and its order), and the new stream is not ended.
             queue.ended = False
-            self._ended_bytes -= queue.bytes
         entry = _Entry(data, frame)
         if not queue.entries:
             self._schedule(stream_id, entry)
@@ -194,13 +192,11 @@ class Outbox:
         if self._is_lone(stream_id, ended=False):
             assert self._lone is not None  # noqa: S101 - _is_lone says so
             self._lone_ended = True
-            self._ended_bytes += len(self._lone[1])
             return
         queue = self._streams.get(stream_id)
         if queue is None or queue.ended:
             return
         queue.ended = True
-        self._ended_bytes += queue.bytes
 
     def is_full(self, stream_id: str) -> bool:
         """True when the stream's producer must stop reading its upstream."""
@@ -235,8 +231,6 @@ class Outbox:
             self._lone = None
             stream_id, data, _ = lone
             self._pending_bytes -= len(data)
-            if self._lone_ended:
-                self._ended_bytes -= len(data)
             return stream_id, data
         urgent = self._urgent
         if urgent is not None:
@@ -268,8 +262,6 @@ class Outbox:
         if queue is None:
             return []
         self._pending_bytes -= queue.bytes
-        if queue.ended:
-            self._ended_bytes -= queue.bytes
         if self._active is not None and stream_id in self._active:
             self._active.remove(stream_id)
             self._active = self._active or None
@@ -283,7 +275,7 @@ class Outbox:
         self._control = self._active = self._urgent = self._lone = None
         self._streams.clear()
         self._telemetry.clear()
-        self._pending_bytes = self._control_bytes = self._ended_bytes = 0
+        self._pending_bytes = self._control_bytes = 0
 
     def _is_lone(self, stream_id: str, *, ended: bool) -> bool:
         """The lone frame is this stream's, and its stream is (not) ended."""
@@ -299,7 +291,7 @@ class Outbox:
         self._schedule(stream_id, entry)
         queue.entries.append(entry)
         queue.bytes = len(data)
-        queue.ended = self._lone_ended  # its bytes are in _ended_bytes already, if so
+        queue.ended = self._lone_ended
 
     def _schedule(self, stream_id: str, head: _Entry) -> None:
         """Put a stream whose queue just got a new head where that head belongs."""
@@ -325,8 +317,6 @@ class Outbox:
             data, taken = entry.data, len(entry.data)
         queue.bytes -= taken
         self._pending_bytes -= taken
-        if queue.ended:
-            self._ended_bytes -= taken
         if from_active:
             queue.deficit -= len(data)
         if not queue.entries:
