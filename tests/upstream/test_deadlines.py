@@ -1,9 +1,9 @@
 """The upstream client's read deadlines: the first byte's, then the idle gap per read.
 
-One timer per stream watches them (`pull.ReadDeadline`, `push._Deadline`); these tests
+One timer per loop watches them all (`watch.ReadWatch` over `core.deadlines`); these tests
 pin, for both readers, what it must still mean: only time spent waiting on the provider
 counts, a gap longer than the idle timeout ends the call about that long after its read
-started, and a cancel stays a cancel.
+started, a cancel stays a cancel, and many bodies arm no timer per body or per read.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from wsgate.core.errors import UpstreamTimeout
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.upstream.client import Timeouts, UpstreamClient
 from wsgate.upstream.pull import ReadDeadline
+from wsgate.upstream.watch import ReadWatch
 
 EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
 REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="x")])
@@ -190,3 +191,39 @@ async def test_a_read_deadline_needs_a_task():
 
     loop.call_soon(outside_any_task)
     assert "task" in await refused
+
+
+async def test_many_bodies_reading_at_once_share_the_loops_one_timer(monkeypatch):
+    loop = asyncio.get_running_loop()
+    watch = ReadWatch.of(loop)
+    arms = 0
+    real_call_at = loop.call_at
+
+    def counting_call_at(when, callback, *args, **kwargs):
+        nonlocal arms
+        if getattr(callback, "__self__", None) is watch:
+            arms += 1
+        return real_call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    async with provider([0.0] + [0.01] * 20, Timeouts(first_byte=5, idle=5)) as client:
+        watched: list[int] = []
+
+        async def one() -> bytes:
+            async with opened(client, REQUEST) as body:
+                received: list[bytes] = []
+
+                class Note:
+                    def data(self, chunk: bytes) -> bool:
+                        received.append(chunk)
+                        watched.append(len(watch))
+                        return False
+
+                await body.run(Note())
+            return b"".join(received)
+
+        bodies = await asyncio.gather(*(one() for _ in range(20)))
+    assert bodies == [EVENT * 21] * 20
+    assert max(watched) >= 19  # the others' reads were watched while one took its chunk
+    assert arms <= 2  # 20 bodies x 21 reads: the loop's timer was armed once or twice
+    assert len(watch) == 0  # every body left the watch at its end

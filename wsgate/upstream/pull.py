@@ -8,8 +8,9 @@ release) the push reader does not suit.
 - Backpressure: `pause()` makes the task wait before its next read, so aiohttp's buffer
   fills (2 x `read_bufsize`) and it stops reading the socket: the provider is slowed
   through TCP.
-- Deadlines: the first byte, then the idle gap, on one timer per body (`ReadDeadline`), not
-  one per read; time spent paused is not counted.
+- Deadlines: the first byte, then the idle gap, watched by the loop's one timer
+  (`watch.ReadWatch`) through `ReadDeadline`, which tells the task's timeout from other
+  cancels; time spent paused is not counted.
 
 Does not parse anything and knows nothing of WebSocket clients.
 """
@@ -22,6 +23,7 @@ import aiohttp
 
 from wsgate.core.errors import UpstreamBroken, UpstreamTimeout
 from wsgate.upstream.base import BodySink
+from wsgate.upstream.watch import ReadWatch
 
 
 class PullBody:
@@ -88,42 +90,33 @@ class PullBody:
 
 
 class ReadDeadline:
-    """The deadline of the read in progress, on one timer per stream instead of one per read.
+    """The deadline of the read in progress, kept by the loop's `ReadWatch`.
 
     `asyncio.timeout` around every read creates and cancels a timer handle per chunk, i.e.
-    per token of a paced stream. Here a read only stores its deadline; one timer, armed for
-    the earliest deadline it has to watch, checks it when it fires: if the read it was armed
-    for is still waiting, the task is cancelled, and `expired()` tells that cancel from any
-    other (the same bookkeeping as `asyncio.Timeout`); if a later read is waiting, the timer
-    is re-armed for that read's deadline; if no read is waiting (the consumer holds a chunk,
-    e.g. under backpressure), nothing is armed until the next read. So the timer fires about
-    once per idle timeout, whatever the token rate.
+    per token of a paced stream. Here a read only stores its deadline in the loop's watch
+    (one timer for all bodies); when the watch finds it past due while the read still
+    waits, the task is cancelled, and `expired()` tells that cancel from any other (the
+    same bookkeeping as `asyncio.Timeout`). While no read waits (the consumer holds a
+    chunk, e.g. under backpressure), nothing is watched.
     """
 
-    __slots__ = ("_armed", "_cancelling", "_deadline", "_expired", "_handle", "_loop", "_task")
+    __slots__ = ("_cancelling", "_expired", "_task", "_watch")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("ReadDeadline must be created in the task that reads")
-        self._loop = loop
+        self._watch = ReadWatch.of(loop)
         self._task = task
         self._cancelling = task.cancelling()
-        self._deadline: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed = 0.0
         self._expired = False
 
     def reading(self, deadline: float | None) -> None:
         """A read starts that must end by `deadline` (loop time); None: no read waits."""
-        self._deadline = deadline
         if deadline is None:
-            return
-        if self._handle is not None:
-            if self._armed <= deadline:
-                return  # fires first and re-arms for this read then
-            self._handle.cancel()  # a deadline earlier than the armed one (rare)
-        self._arm(deadline)
+            self._watch.unset(self)
+        else:
+            self._watch.set(self, deadline)
 
     def expired(self) -> bool:
         """True when this deadline cancelled the task and no one else did."""
@@ -133,23 +126,10 @@ class ReadDeadline:
         return self._task.uncancel() <= self._cancelling
 
     def close(self) -> None:
-        """Drop the timer (the stream ended)."""
-        self._deadline = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        """Stop watching (the body ended)."""
+        self._watch.remove(self)
 
-    def _arm(self, when: float) -> None:
-        self._armed = when
-        self._handle = self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        deadline = self._deadline
-        if deadline is None:
-            return  # no read waits: the next one arms the timer again
-        if deadline <= self._armed:
-            self._expired = True
-            self._task.cancel()
-        else:
-            self._arm(deadline)
+    def read_expired(self) -> None:
+        """The watch's verdict: the waiting read is past its deadline."""
+        self._expired = True
+        self._task.cancel()

@@ -11,9 +11,9 @@ wakes per chunk: the stream's task waits once, for the body's end.
   sink calls it from `data` when its stream or connection is full. Bytes already parsed
   stay in the response's `StreamReader` until `resume()`: at most one socket read plus
   aiohttp's buffer (2 x `read_bufsize`), whatever the provider sends.
-- Deadlines: the first byte and the idle gap between reads are watched by one lazily
-  re-armed timer per body, not one per read (`_Deadline`); time spent paused is not
-  counted. Expiry ends the body with `UpstreamTimeout`.
+- Deadlines: the first byte and the idle gap between reads are watched by the loop's one
+  timer (`watch.ReadWatch`): a read only moves the body's deadline; time spent paused is
+  not counted. Expiry ends the body with `UpstreamTimeout`.
 - Ends: the parser's end of body (`is_eof`), a broken body (aiohttp's `ClientPayloadError`,
   a truncated chunked body or a reset) -> `UpstreamBroken`, or the sink asking to stop.
 
@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from wsgate.core.errors import UpstreamBroken, UpstreamTimeout
 from wsgate.upstream.base import READ_BUFSIZE, BodySink
+from wsgate.upstream.watch import ReadWatch
 
 READ_PIECE = READ_BUFSIZE
 """Most body bytes handed to the sink in one call: between two pieces the sink may pause,
@@ -92,14 +92,16 @@ class PushBody:
 
     __slots__ = (
         "_content",
-        "_deadline",
         "_done",
         "_draining",
+        "_idle",
+        "_loop",
         "_paused",
         "_protocol",
         "_sink",
         "_stopped",
         "_transport",
+        "_watch",
     )
 
     def __init__(
@@ -116,9 +118,11 @@ class PushBody:
         self._protocol = protocol
         self._transport = None if protocol is None else protocol.transport
         self._content = response.content
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[None] = loop.create_future()
-        self._deadline = _Deadline(loop, first_byte_deadline, idle, self._expired)
+        self._idle = idle
+        self._watch = ReadWatch.of(loop)
+        self._watch.set(self, first_byte_deadline)
         self._sink: BodySink | None = None
         self._paused = False
         self._stopped = False  # this body paused its transport (and must resume it)
@@ -149,7 +153,7 @@ class PushBody:
         if self._paused or self._done.done():
             return
         self._paused = True
-        self._deadline.pause()
+        self._watch.unset(self)  # the gateway, not the provider, holds the body
         transport = self._transport
         if transport is not None and not transport.is_closing() and not self._content.is_eof():
             self._stopped = True
@@ -160,7 +164,7 @@ class PushBody:
         if not self._paused or self._done.done():
             return
         self._paused = False
-        self._deadline.resume()
+        self._watch.set(self, self._loop.time() + self._idle)
         self._restart_transport()
         self.drain()
 
@@ -192,7 +196,7 @@ class PushBody:
                     return
                 data = content.read_nowait(READ_PIECE)
                 if data:
-                    self._deadline.progress()
+                    self._watch.set(self, self._loop.time() + self._idle)
                     if sink.data(data):
                         self._finish(None)
                         return
@@ -205,7 +209,8 @@ class PushBody:
         finally:
             self._draining = False
 
-    def _expired(self) -> None:
+    def read_expired(self) -> None:
+        """The watch's verdict: no byte came by the deadline."""
         self._finish(UpstreamTimeout("the provider did not answer in time"))
 
     def _finish(self, error: BaseException | None) -> None:
@@ -224,67 +229,6 @@ class PushBody:
 
     def _close(self) -> None:
         self._detach()
-        self._deadline.close()
+        self._watch.remove(self)
         self._sink = None
         self._restart_transport()  # a connection that may go back to the pool reads again
-
-
-class _Deadline:
-    """The first-byte deadline, then the idle gap: one timer, re-armed when it fires.
-
-    `progress()` (a read) only notes the new deadline; the timer, when it fires early,
-    re-arms itself for it (and a deadline earlier than the armed one, the idle gap after
-    the first byte, re-arms it at once). So it fires about once per idle timeout, whatever
-    the token rate. Paused time is not the provider's: `pause()` stops the watch,
-    `resume()` restarts the idle gap.
-    """
-
-    __slots__ = ("_armed", "_due", "_handle", "_idle", "_loop", "_on_expiry")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        first: float,
-        idle: float,
-        on_expiry: Callable[[], None],
-    ) -> None:
-        self._loop = loop
-        self._idle = idle
-        self._on_expiry = on_expiry
-        self._due = first
-        self._armed = first
-        self._handle: asyncio.TimerHandle | None = loop.call_at(first, self._fire)
-
-    def progress(self) -> None:
-        """A read: the next one is due within the idle gap."""
-        due = self._due = self._loop.time() + self._idle
-        if self._handle is not None and due < self._armed:
-            self._handle.cancel()
-            self._arm()
-
-    def pause(self) -> None:
-        """Stop watching (the gateway, not the provider, holds the body)."""
-        self.close()
-
-    def resume(self) -> None:
-        """Watch again, from a fresh idle gap."""
-        self._due = self._loop.time() + self._idle
-        if self._handle is None:
-            self._arm()
-
-    def close(self) -> None:
-        """Drop the timer."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self) -> None:
-        self._armed = self._due
-        self._handle = self._loop.call_at(self._due, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        if self._loop.time() >= self._due:
-            self._on_expiry()
-        else:
-            self._arm()
