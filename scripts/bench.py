@@ -12,10 +12,11 @@
   tok/s; 1000 x 20 tok/s; cancellation; a mix of unhappy paths; a knee search (the most
   streams at 20 tok/s whose p99 token latency stays under 5 ms, with no error).
 - what a token costs (full and smoke): CPU per token of the relay and of wsgate under 200
-  long 20 tok/s streams, in a window of steady load, next to two read floors on the same
-  core (`scripts/read_floor.py`: the same answers read by bare sockets, and by aiohttp's
-  `readany()`, and dropped), with the budget per token that twice the relay's capacity
-  leaves and how much of it the aiohttp read alone takes.
+  long 20 tok/s streams, in a window of steady load, next to the floors on the same core
+  (`scripts/read_floor.py`: the same answers read by bare sockets, by bare sockets that
+  write each read on to a socket of their own (the relay floor: one read and one write
+  system call per token), by wsgate's push reader and by aiohttp's `readany()`, and
+  dropped), and wsgate's own Python per token without sockets (`scripts/token_path.py`).
 - memory: RSS of a fresh gateway/relay process per idle connection and per open stream.
 - with `--py-spy PATH`: py-spy samples a fresh wsgate under the burst and the 1000 x 20
   workloads; the report gets the top functions by self and inclusive time.
@@ -101,6 +102,7 @@ class Profile:
     idle_connections: int
     open_streams: int
     cost: tuple[int, float] | None = None  # per-token cost: (streams, seconds); None skips it
+    token_path_tokens: int = 50_000  # scripts/token_path.py's tokens, with the cost
 
 
 def _w(name: str, title: str, *args: object) -> Workload:
@@ -166,7 +168,7 @@ def _profiles() -> dict[str, Profile]:
     return {
         "full": Profile(full, (500, 4000), 2000, 2000, (COST_STREAMS, KNEE_SECONDS)),
         "quick": Profile(quick, (), 300, 300),
-        "smoke": Profile(smoke, (), 20, 20, (4, 3.0)),
+        "smoke": Profile(smoke, (), 20, 20, (4, 3.0), token_path_tokens=500),
     }
 
 
@@ -549,6 +551,19 @@ def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
     return Cost(f"read-{mode}", float(result["us_per_event"]), float(result["cpu_share"]))
 
 
+def token_path(fleet: Fleet, tokens: int) -> dict[str, float]:
+    """`scripts/token_path.py` on the system-under-test CPU: wsgate's Python per token."""
+    argv = [sys.executable, str(SCRIPTS / "token_path.py"), "--tokens", str(tokens)]
+    with (fleet.logs / "token_path.log").open("ab") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and script
+        pin(proc.pid, SUT_CPU)
+        out = _communicate(proc, 120)
+    if proc.returncode != 0 or not out.strip():
+        raise RuntimeError(f"token_path.py failed (see {fleet.logs})")
+    result: dict[str, float] = orjson.loads(out)
+    return result
+
+
 # --- memory --------------------------------------------------------------------------------
 
 
@@ -712,6 +727,7 @@ class Bench:
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
     profiles: dict[str, list[str]] = field(default_factory=dict)
     costs: dict[str, Cost] = field(default_factory=dict)
+    token_path: dict[str, float] | None = None  # scripts/token_path.py's result
     seconds: float = 0.0
 
     def get(self, workload: str, target: str) -> Measured | None:
@@ -770,6 +786,8 @@ def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | Non
             for reader in READ_FLOORS:
                 bench.costs[f"read-{reader}"] = cost = read_floor(fleet, reader, *profile.cost)
                 say(f"read-{reader} cost {cost.us_per_token:.1f} us/token")
+            bench.token_path = path = token_path(fleet, profile.token_path_tokens)
+            say(f"token path {path['us_per_token']} us/token, {path['calls_per_token']} calls")
         for target in targets:
             run_target(bench, fleet, profile, target)
         if profile.cost and "wsgate" in targets:  # the pull reader, for the same comparison
@@ -1123,11 +1141,14 @@ BURST_TARGET = 3.4
 """Burst deltas/s and deltas per CPU-second against the relay's: not below the ratio
 measured before the push-mode change (2026-12-03)."""
 
-READ_FLOORS = ("socket", "aiohttp-push", "aiohttp")
-"""`scripts/read_floor.py` modes: bare sockets, wsgate's push reader, aiohttp's `readany()`."""
+READ_FLOORS = ("socket", "socket-relay", "aiohttp-push", "aiohttp")
+"""`scripts/read_floor.py` modes: bare sockets, bare sockets writing each read on (the relay
+floor), wsgate's push reader, aiohttp's `readany()`."""
 
 COST_READERS = {
     "read-socket": "bare socket read: a uvloop protocol per stream, nothing parsed",
+    "read-socket-relay": "relay floor: the bare socket read, each read written on to a "
+    "socket of its own (one read, one write per token), nothing parsed",
     "read-aiohttp-push": "push read floor: aiohttp's parser, body handed on in the socket "
     "callback (wsgate's push reader), nothing parsed",
     "read-aiohttp": "pull read floor: aiohttp `readany()` in a task per stream, nothing parsed",
@@ -1180,6 +1201,28 @@ def _cost_section(bench: Bench) -> list[str]:
                 f"wsgate costs {wsgate.us_per_token / relay.us_per_token:.2f}x the relay's CPU "
                 f"per token (target <= {COST_TARGET:g}x, i.e. <= "
                 f"{COST_TARGET * relay.us_per_token:.1f} us here)."
+            ),
+            "",
+        ]
+    path = bench.token_path
+    if path is not None:
+        out += [
+            (
+                f"wsgate's own Python per token, with no socket on either side "
+                f"(`scripts/token_path.py`, {int(path['tokens'])} tokens through one "
+                f"connection over a recording transport, the loop turn subtracted): "
+                f"{_num(path['us_per_token'], 1)} us, {_num(path['calls_per_token'], 0)} "
+                "Python function calls."
+            ),
+            "",
+        ]
+    floor = bench.costs.get("read-socket-relay")
+    if floor is not None and relay is not None:
+        out += [
+            (
+                f"The relay floor alone is {floor.us_per_token / relay.us_per_token:.2f}x the "
+                "relay's CPU per token: what the kernel and the event loop take for one read "
+                "and one write, before any parsing."
             ),
             "",
         ]

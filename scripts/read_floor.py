@@ -16,6 +16,10 @@ starting or ending) is divided by the SSE events it received in that window.
   request and parses the HTTP, and each read's body bytes are handed to a sink inside the
   socket's data callback; one task per stream waits for the end only. The floor under
   wsgate's default path.
+- `--mode socket-relay`: the bare socket reader, and each read's bytes written as they are
+  to a TCP connection of the stream's own, to a drain process on another CPU that reads and
+  drops them: one read and one write system call per token, the least any relay pays
+  (the drain's CPU is not counted).
 
 Prints one JSON object: mode, streams, events and CPU seconds in the window, microseconds of
 CPU per event, the share of a core used, and how many answers failed (non-200 or cut off).
@@ -28,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -138,14 +144,44 @@ class _Reader(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def read_socket(url: str, body: bytes, count: Count, delay: float) -> None:
-    """One answer over a bare socket: an HTTP/1.1 POST with `Connection: close`."""
+class _Relay(_Reader):
+    """A bare socket reader that writes every read on to `out` (the relay floor)."""
+
+    def __init__(self, count: Count, done: asyncio.Future[None], out: asyncio.Transport) -> None:
+        super().__init__(count, done)
+        self.out = out
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.out.write(data)
+
+
+class _Drop(asyncio.Protocol):
+    """The drain's side of a relay connection: reads and drops."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+async def read_socket(
+    url: str, body: bytes, count: Count, delay: float, drain: int | None = None
+) -> None:
+    """One answer over a bare socket: an HTTP/1.1 POST with `Connection: close`.
+
+    With a `drain` port, every read is written on to a connection of its own to it.
+    """
     await asyncio.sleep(delay)
     parts = urlsplit(url)
     host, port = require_loopback(url)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    transport, _ = await loop.create_connection(lambda: _Reader(count, done), host, port)
+    out: asyncio.Transport | None = None
+    if drain is None:
+        transport, _ = await loop.create_connection(lambda: _Reader(count, done), host, port)
+    else:
+        out, _ = await loop.create_connection(_Drop, "127.0.0.1", drain)
+        relay = out
+        transport, _ = await loop.create_connection(lambda: _Relay(count, done, relay), host, port)
     head = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -156,6 +192,44 @@ async def read_socket(url: str, body: bytes, count: Count, delay: float) -> None
         await done
     finally:
         transport.close()
+        if out is not None:
+            out.close()
+
+
+class _UntilClosed(asyncio.Protocol):
+    """Sets `closed` when the pipe it reads closes (the parent is gone)."""
+
+    def __init__(self, closed: asyncio.Event) -> None:
+        self.closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - any end
+        self.closed.set()
+
+
+async def serve_drain() -> None:
+    """The drain of `--mode socket-relay` (a child process): accept, read, drop.
+
+    Prints its port, and ends when its standard input closes (the parent ended or died).
+    """
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Drop, "127.0.0.1", 0)
+    sys.stdout.write(f"{server.sockets[0].getsockname()[1]}\n")
+    sys.stdout.flush()
+    closed = asyncio.Event()
+    await loop.connect_read_pipe(lambda: _UntilClosed(closed), sys.stdin)
+    await closed.wait()
+
+
+def start_drain() -> tuple[subprocess.Popen[bytes], int]:
+    """The drain process, on a CPU this process does not run on (when there is one)."""
+    argv = [sys.executable, __file__, "--serve-drain"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # noqa: S603 - this script
+    mine = os.sched_getaffinity(0)
+    others = set(range(os.cpu_count() or 1)) - mine
+    if others:
+        os.sched_setaffinity(proc.pid, others)
+    assert proc.stdout is not None  # noqa: S101 - a pipe was asked for
+    return proc, int(proc.stdout.readline())
 
 
 def _cpu_s() -> float:
@@ -169,6 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     words = int(RATE * args.seconds)
     ramp = args.seconds / 3
     count = Count()
+    drain, drain_port = start_drain() if args.mode == "socket-relay" else (None, None)
     connector = aiohttp.TCPConnector(limit=0)
     install(connector, asyncio.get_running_loop())  # PushProtocol; readany() works on it too
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -180,7 +255,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             elif args.mode == "aiohttp-push":
                 readers.append(read_push(session, url, body, count, delay))
             else:
-                readers.append(read_socket(url, body, count, delay))
+                readers.append(read_socket(url, body, count, delay, drain_port))
         tasks = [asyncio.ensure_future(reader) for reader in readers]
         await asyncio.sleep(ramp + 0.5)  # every stream open and past its first token
         events0, cpu0, wall0 = count.events, _cpu_s(), time.monotonic()
@@ -188,6 +263,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         events, cpu = count.events - events0, _cpu_s() - cpu0
         wall = time.monotonic() - wall0
         results = await asyncio.gather(*tasks, return_exceptions=True)
+    if drain is not None:
+        with drain:  # closes its pipes: the drain sees its standard input close and ends
+            drain.kill()
     failed = count.failed + sum(isinstance(r, BaseException) for r in results)
     return {
         "mode": args.mode,
@@ -204,14 +282,21 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run, print the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--upstream", required=True, help="the mock's base URL (…/v1)")
+    parser.add_argument("--upstream", help="the mock's base URL (…/v1)")
     parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--mode", choices=("socket", "aiohttp", "aiohttp-push"), default="aiohttp")
+    modes = ("socket", "socket-relay", "aiohttp", "aiohttp-push")
+    parser.add_argument("--mode", choices=modes, default="aiohttp")
+    parser.add_argument("--serve-drain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=8.0, help="one answer's length")
     parser.add_argument("--window", type=float, default=2.5, help="seconds measured")
     args = parser.parse_args(argv)
+    if args.serve_drain:
+        uvloop.run(serve_drain())
+        return 0
     if args.streams < 1 or args.window <= 0 or args.seconds < 3 * args.window / 2 + 1:
         parser.error("need --streams >= 1, --window > 0 and --seconds >= 1.5 x window + 1")
+    if not args.upstream:
+        parser.error("--upstream is required")
     try:
         require_loopback(args.upstream)
     except ValueError as exc:

@@ -327,14 +327,27 @@ def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, c
     assert all("| ok |" in row for row in workload_rows), workload_rows
     assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
     costs = report.split("## What a token costs", 1)[1].split("\n## ", 1)[0]
-    readers = ("bare socket read", "push read floor", "pull read floor", "naive relay", "wsgate")
+    readers = ("bare socket read", "relay floor", "push read floor", "pull read floor")
+    readers += ("naive relay", "wsgate")
     for reader in (*readers, "wsgate (pull reader"):
         row = next(line for line in costs.splitlines() if line.startswith(f"| {reader}"))
         assert row.endswith("| ok |"), row
     assert "the relay's CPU per token (target <= 0.4x" in costs
+    assert "wsgate's own Python per token, with no socket on either side" in costs
+    assert "The relay floor alone is" in costs
 
 
-@pytest.mark.parametrize("mode", ["socket", "aiohttp", "aiohttp-push"])
+def test_token_path_feeds_one_connection_and_reports_cpu_and_calls_per_token(capsys):
+    import token_path  # noqa: PLC0415 - imported here: only this test needs it
+
+    assert token_path.main(["--tokens", "300"]) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    assert result["tokens"] == 300
+    assert result["loop_turn_us"] > 0
+    assert 10 < result["calls_per_token"] < 1000  # the shell and the core ran per token
+
+
+@pytest.mark.parametrize("mode", ["socket", "socket-relay", "aiohttp", "aiohttp-push"])
 async def test_read_floor_reads_every_paced_answer_and_counts_the_steady_windows_events(mock, mode):
     args = argparse.Namespace(upstream=mock.base_url, streams=3, mode=mode, seconds=3.0, window=0.5)
     result = await read_floor.run(args)
