@@ -27,7 +27,7 @@ a slow consumer); ended streams' frames count there too. What only the *reader* 
 the shell can stop reading a client that sends bad frames faster than it reads.
 
 Lone frames: the common case at paced rates is one frame pushed into an empty outbox and
-popped in the same loop turn. It waits in a slot of the outbox itself (`_lone`), with no
+popped in the same loop turn. It waits in a slot of the outbox itself (`_lone_*`), with no
 queue, deque or entry made for it; the moment anything could tell the difference (a second
 stream frame) it moves into the structures above. Every method answers as if it were
 queued (the tests hold the two paths equal, `lone_slot = False` turns the slot off).
@@ -82,8 +82,10 @@ class Outbox:
         "_active",
         "_control",
         "_control_bytes",
-        "_lone",
+        "_lone_data",
         "_lone_ended",
+        "_lone_frame",
+        "_lone_id",
         "_pending_bytes",
         "_streams",
         "_telemetry",
@@ -121,7 +123,10 @@ class Outbox:
         self._pending_bytes = 0
         self._control_bytes = 0
         # The lone frame, while it is the only stream frame waiting: (stream, data, frame).
-        self._lone: tuple[str, bytes, ServerFrame | None] | None = None
+        # The lone frame's slot (`_lone_id` None: empty): three fields, not a tuple per token.
+        self._lone_id: str | None = None
+        self._lone_data = b""
+        self._lone_frame: ServerFrame | None = None
         self._lone_ended = False
 
     @property
@@ -141,7 +146,7 @@ class Outbox:
 
     def __len__(self) -> int:
         control = len(self._control) if self._control is not None else 0
-        lone = 0 if self._lone is None else 1
+        lone = 0 if self._lone_id is None else 1
         return control + lone + sum(len(q.entries) for q in self._streams.values())
 
     def push_control(self, data: bytes) -> None:
@@ -154,10 +159,12 @@ class Outbox:
 
     def push(self, stream_id: str, data: bytes, frame: ServerFrame | None = None) -> None:
         """Queue a stream's frame (its encoding, and the frame for kind and coalescing)."""
-        if self._lone is not None:
+        if self._lone_id is not None:
             self._unlone()
         elif not self._streams and self.lone_slot:
-            self._lone = (stream_id, data, frame)
+            self._lone_id = stream_id
+            self._lone_data = data
+            self._lone_frame = frame
             self._lone_ended = False
             self._pending_bytes += len(data)
             return
@@ -190,7 +197,6 @@ class Outbox:
         if self._telemetry.pop(stream_id, None) is not None:
             self.shed_telemetry += 1
         if self._is_lone(stream_id, ended=False):
-            assert self._lone is not None  # noqa: S101 - _is_lone says so
             self._lone_ended = True
             return
         queue = self._streams.get(stream_id)
@@ -210,9 +216,9 @@ class Outbox:
 
     def queued(self, stream_id: str) -> tuple[int, int]:
         """(frames, bytes) waiting for a stream."""
-        lone = self._lone
+        lone = self._lone_id
         if lone is not None:
-            return (1, len(lone[1])) if lone[0] == stream_id else (0, 0)
+            return (1, len(self._lone_data)) if lone == stream_id else (0, 0)
         queue = self._streams.get(stream_id)
         return (0, 0) if queue is None else (len(queue.entries), queue.bytes)
 
@@ -226,12 +232,12 @@ class Outbox:
             self._pending_bytes -= len(data)
             self._control_bytes -= len(data)
             return None, data
-        lone = self._lone
+        lone = self._lone_id
         if lone is not None:
-            self._lone = None
-            stream_id, data, _ = lone
+            data = self._lone_data
+            self._lone_id, self._lone_data, self._lone_frame = None, b"", None
             self._pending_bytes -= len(data)
-            return stream_id, data
+            return lone, data
         urgent = self._urgent
         if urgent is not None:
             stream_id = urgent.popleft()
@@ -255,7 +261,7 @@ class Outbox:
 
     def take_stream(self, stream_id: str) -> list[bytes]:
         """Remove and return a stream's unsent frames, in order (its client is gone)."""
-        if self._lone is not None and self._lone[0] == stream_id:
+        if self._lone_id is not None and self._lone_id == stream_id:
             self._unlone()
         queue = self._streams.pop(stream_id, None)
         self._telemetry.pop(stream_id, None)
@@ -272,20 +278,21 @@ class Outbox:
 
     def clear(self) -> None:
         """Drop everything (the connection is gone)."""
-        self._control = self._active = self._urgent = self._lone = None
+        self._control = self._active = self._urgent = None
+        self._lone_id, self._lone_data, self._lone_frame = None, b"", None
         self._streams.clear()
         self._telemetry.clear()
         self._pending_bytes = self._control_bytes = 0
 
     def _is_lone(self, stream_id: str, *, ended: bool) -> bool:
         """The lone frame is this stream's, and its stream is (not) ended."""
-        return self._lone is not None and self._lone[0] == stream_id and self._lone_ended is ended
+        return self._lone_id == stream_id and self._lone_ended is ended
 
     def _unlone(self) -> None:
         """Move the lone frame into a queue of its own, exactly as `push` would have."""
-        assert self._lone is not None  # noqa: S101 - only called with a lone frame
-        stream_id, data, frame = self._lone
-        self._lone = None
+        stream_id, data, frame = self._lone_id, self._lone_data, self._lone_frame
+        assert stream_id is not None  # noqa: S101 - only called with a lone frame
+        self._lone_id, self._lone_data, self._lone_frame = None, b"", None
         queue = self._streams[stream_id] = _StreamQueue()
         entry = _Entry(data, frame)
         self._schedule(stream_id, entry)
