@@ -8,6 +8,8 @@ the client would receive is checked against the protocol's JSON Schema.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import orjson
@@ -16,8 +18,8 @@ from gateway_helpers import make_connection, running, until
 
 from wsgate.core.errors import CloseCode
 from wsgate.core.flow import SOCKET_BACKLOG_BYTES, Pause
-from wsgate.gateway.connection import ConnectionOptions
-from wsgate.testing import RecordingWebSocket, ScriptedUpstream, openai_sse
+from wsgate.gateway.connection import ConnectionOptions, Shared
+from wsgate.testing import HangingUpstream, RecordingWebSocket, ScriptedUpstream, openai_sse
 
 
 def received(ws: RecordingWebSocket) -> list[dict[str, Any]]:
@@ -247,3 +249,25 @@ async def test_a_send_waiting_past_send_timeout_makes_the_client_a_slow_consumer
     assert ws.close_code == CloseCode.SLOW_CONSUMER
     assert received(ws)[-1]["code"] == "slow_consumer"
     assert upstream.opened == upstream.closed == 1
+
+
+async def _detach_and_expire() -> tuple[weakref.ref[RecordingWebSocket], Shared]:
+    ws = RecordingWebSocket()
+    upstream = HangingUpstream("body", openai_sse(["a ", "b "])[:2])
+    conn = make_connection(ws, upstream, ConnectionOptions(disconnect_window=0.05))
+    async with running(conn):
+        await until(lambda: bool(ws.transport.writes))
+        ws.pause()  # frames stay queued: the stream still runs when the client goes
+        start(ws, "s1", {"on_disconnect": "continue"})
+        await upstream.hanging.wait()
+    assert "s1" in conn.logs  # detached
+    await until(lambda: not conn.logs, timeout=2)  # the window passed: the log is forgotten
+    await until(lambda: not conn.shared.detached_tasks)
+    return weakref.ref(ws), conn.shared
+
+
+async def test_a_closed_connection_whose_detached_stream_expired_is_let_go():
+    ref, shared = await _detach_and_expire()
+    gc.collect()
+    assert not shared.detached_owners  # nothing of the connection is needed any more
+    assert ref() is None

@@ -271,3 +271,30 @@ async def test_an_idle_writer_holds_no_task():
     assert len(rec.writes) == 1
     assert not rec.writer.busy
     assert writer_tasks() == []
+
+
+async def test_frames_left_when_the_connection_drops_mid_burst_stay_in_the_outbox():
+    # A detached stream's log is made of what the outbox still holds: the writer must not
+    # take frames it can no longer send.
+    ws = RecordingWebSocket()
+    outbox = Outbox(10_000, 1 << 24)
+    loop = asyncio.get_running_loop()
+    batches: list[Batch] = []
+
+    def on_sent(batch: Batch) -> None:
+        batches.append(batch)
+        if len(batches) == 2:  # the connection drops while the writer yields between batches
+            loop.call_soon(ws.transport.abort)
+
+    writer = Writer(ws, outbox, on_sent, lambda: None, lambda _why: None)  # type: ignore[arg-type]
+    frames = 5 * WRITE_BATCH_FRAMES
+    for n in range(frames):
+        frame = DeltaText(f"s{n}", 1, "t")  # one frame per stream: nothing coalesces
+        outbox.push(f"s{n}", encode_frame(frame), frame)
+    writer.wake()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await writer.stop()
+    written = sum(len(batch) for batch in batches)
+    assert written < frames  # the drop came mid-burst
+    assert written + len(outbox) == frames

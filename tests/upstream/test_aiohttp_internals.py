@@ -32,6 +32,7 @@ import aiohttp.http_parser
 import pytest
 from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from e2e_helpers import serving
 
 from wsgate.upstream.base import READ_BUFSIZE
@@ -451,6 +452,28 @@ async def test_connection_loss_mid_body_fails_a_framed_body_and_ends_a_read_to_c
                 f"a read-to-close body's close was taken for a truncation {PIN_NOTE}"
             )
             assert content.read_nowait() == b"hello"
+        response.close()
+
+
+async def test_a_framing_error_fails_the_body_through_push_protocol_with_either_parser(parser):
+    # The C parser closes the transport and marks only the protocol (the Python one fails
+    # the body too); PushProtocol.connection_lost reads `_payload` and fails the body, so a
+    # reader sees a ClientPayloadError, not a wait that never ends.
+    async with raw_provider() as provider, push_session() as session:
+        response, writer = await provider.answer(session, CHUNKED_HEAD)
+        assert isinstance(parser_of(response), parser)
+        connection = response.connection
+        assert connection is not None
+        protocol = connection.protocol
+        assert protocol is not None
+        assert protocol._payload is response.content, (
+            f"ResponseHandler no longer keeps the body in `_payload`: PushProtocol reads it "
+            f"{PIN_NOTE}"
+        )
+        writer.write(chunk(b"hello") + b"zz\r\ngarbage\r\n")
+        await writer.drain()
+        with pytest.raises((aiohttp.ClientPayloadError, HttpProcessingError)):
+            await asyncio.wait_for(response.content.wait_eof(), 5)
         response.close()
 
 

@@ -9,6 +9,8 @@ started, a cancel stays a cancel, and many bodies arm no timer per body or per r
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,7 +23,7 @@ from wsgate.core.errors import UpstreamTimeout
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.upstream.client import Timeouts, UpstreamClient
 from wsgate.upstream.pull import ReadDeadline
-from wsgate.upstream.watch import ReadWatch
+from wsgate.upstream.watch import ReadWatch, Watched
 
 EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
 REQUEST = ChatRequest(model="m", messages=[Message(role="user", content="x")])
@@ -227,3 +229,31 @@ async def test_many_bodies_reading_at_once_share_the_loops_one_timer(monkeypatch
     assert max(watched) >= 19  # the others' reads were watched while one took its chunk
     assert arms <= 2  # 20 bodies x 21 reads: the loop's timer was armed once or twice
     assert len(watch) == 0  # every body left the watch at its end
+
+
+def test_a_closed_loop_and_its_watch_are_collected():
+    loop = asyncio.new_event_loop()
+    ReadWatch.of(loop)
+    ref = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert ref() is None  # the watch refers to its loop weakly
+
+
+async def test_a_removed_body_is_let_go_at_once_though_its_heap_entry_waits():
+    watch = ReadWatch.of(asyncio.get_running_loop())
+
+    class Body:
+        def expired(self) -> None:
+            raise AssertionError("a removed body is never called")
+
+    body = Body()
+    ref = weakref.ref(body)
+    token = Watched(body.expired)
+    watch.set(token, asyncio.get_running_loop().time() + 0.01)
+    watch.remove(token)
+    del body
+    gc.collect()
+    assert ref() is None  # the stale entry holds the token alone
+    await asyncio.sleep(0.03)  # the entry comes due: nothing is called

@@ -388,6 +388,8 @@ class Connection:
             self.shared.accounting.detached_expired += 1
             self.apply(self.session.cancel(stream_id))  # its finish goes to the log
         self.logs.pop(stream_id, None)
+        if not self.logs and self._silenced:
+            self._let_go()  # the client left and no detached stream is left
         if detached is not None:
             self.shared.detached.discard(detached.message_id)
             log.info(  # the per-stream waste; /stats has the aggregate
@@ -403,6 +405,10 @@ class Connection:
         for stream_id in list(self.logs):
             self.stream_tasks.cancel_expiry(stream_id)  # a detached stream's tasks exist
             self.expire(stream_id)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Nothing of this connection runs any more: the gateway forgets it, its timer stops."""
         self.shared.detached_owners.discard(self)
         if self._deadline is not None:
             self._deadline.cancel()

@@ -159,25 +159,32 @@ class Writer:
         loop = self._loop
         sent_since_yield = 0
         while not self._closed:
+            if not self._writable():
+                # Closing, or the socket is full: wait for room (timed) before taking a
+                # frame, so what cannot be sent stays in the outbox (a detached stream's
+                # log is made of it).
+                if self.ws.transport.is_closing():
+                    self._closed = True  # gone: no room will come (nor would a wait yield)
+                    return
+                self.send_since = loop.time()
+                try:
+                    await self._room()
+                except websockets.ConnectionClosed:
+                    self._closed = True  # what is queued from now on stays queued
+                    return
+                finally:
+                    self.send_since = None
+                continue
             batch = self.take_batch()
-            if not batch and not self.ws.paused:
+            if not batch:
                 self._task = None  # first: a frame queued by on_drained needs a new flush
                 self._on_drained()
                 return
-            # (An empty batch here: a write filled the socket; wait for room, timed.)
-            self.send_since = loop.time()
-            try:
-                await self._send(batch)
-            except websockets.ConnectionClosed:
-                self._closed = True  # what is queued from now on stays queued
-                return
-            finally:
-                self.send_since = None
-            if batch:
-                self.last_send = loop.time()
-                self._on_sent(batch)
-            # A send only yields when the transport is paused; yield now and then so one
-            # busy connection cannot starve the others on the loop.
+            self._put(batch)  # writable: the write needs no waiting and cannot fail
+            self.last_send = loop.time()
+            self._on_sent(batch)
+            # A write never yields; yield now and then so one busy connection cannot
+            # starve the others on the loop.
             sent_since_yield += len(batch)
             if sent_since_yield >= WRITE_BATCH_FRAMES:
                 sent_since_yield = 0
@@ -196,24 +203,14 @@ class Writer:
             size += len(item[1])
         return batch
 
-    async def _send(self, batch: Batch) -> None:
-        """Send the batch in one transport write, waiting for room like `ws.send`.
+    async def _room(self) -> None:
+        """Wait until the transport takes more, like `ws.send` does.
 
-        While the connection is open and the transport takes more, the write needs nothing
-        else. Only when the write filled the transport, or when the connection is not open,
-        does it go through `send_context()`: it checks the connection is open, turns a
-        failure into `ConnectionClosed`, and waits on the transport's high-water mark.
+        Goes through `send_context()`: it checks the connection is open (raising
+        `ConnectionClosed` if not) and waits on the transport's high-water mark.
         """
-        ws = self.ws
-        if self._writable():
-            self._put(batch)
-            if ws.paused:  # this write filled the transport: wait for room, as `send` does
-                async with ws.send_context():
-                    pass
-            return
-        async with ws.send_context():  # an empty batch only waits for room
-            if batch:
-                self._put(batch)
+        async with self.ws.send_context():
+            pass
 
     def _writable(self) -> bool:
         """Open, and the transport takes more: a write needs no waiting and cannot fail."""

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from wsgate.core.errors import UpstreamBroken, UpstreamTimeout
 from wsgate.upstream.base import BodySink
-from wsgate.upstream.watch import ReadWatch
+from wsgate.upstream.watch import ReadWatch, Watched
 
 
 class PullBody:
@@ -72,7 +73,8 @@ class PullBody:
                     raise
                 except aiohttp.EofStream:
                     return
-                except aiohttp.ClientError as exc:
+                except (aiohttp.ClientError, HttpProcessingError) as exc:
+                    # (aiohttp's pure-Python parser fails a body with its own framing error)
                     raise UpstreamBroken("the provider closed the stream unexpectedly") from exc
                 finally:
                     deadline.reading(None)
@@ -100,13 +102,14 @@ class ReadDeadline:
     chunk, e.g. under backpressure), nothing is watched.
     """
 
-    __slots__ = ("_cancelling", "_expired", "_task", "_watch")
+    __slots__ = ("_cancelling", "_expired", "_task", "_token", "_watch")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("ReadDeadline must be created in the task that reads")
         self._watch = ReadWatch.of(loop)
+        self._token = Watched(self._read_expired)
         self._task = task
         self._cancelling = task.cancelling()
         self._expired = False
@@ -114,9 +117,9 @@ class ReadDeadline:
     def reading(self, deadline: float | None) -> None:
         """A read starts that must end by `deadline` (loop time); None: no read waits."""
         if deadline is None:
-            self._watch.unset(self)
+            self._watch.unset(self._token)
         else:
-            self._watch.set(self, deadline)
+            self._watch.set(self._token, deadline)
 
     def expired(self) -> bool:
         """True when this deadline cancelled the task and no one else did."""
@@ -127,9 +130,9 @@ class ReadDeadline:
 
     def close(self) -> None:
         """Stop watching (the body ended)."""
-        self._watch.remove(self)
+        self._watch.remove(self._token)
 
-    def read_expired(self) -> None:
+    def _read_expired(self) -> None:
         """The watch's verdict: the waiting read is past its deadline."""
         self._expired = True
         self._task.cancel()

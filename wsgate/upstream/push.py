@@ -22,7 +22,9 @@ in tests/upstream/test_aiohttp_internals.py): the connector builds protocols wit
 `_factory` (replaced by `PushProtocol` in `install`); `ResponseHandler.data_received` runs
 the parser over every socket read, the parser calling the body's `feed_data`,
 `begin_http_chunk_receiving` / `end_http_chunk_receiving` and `feed_eof` before it returns;
-`connection_lost` sets a `ClientPayloadError` on an unfinished body; `read_nowait()` may call
+`connection_lost` sets a `ClientPayloadError` on an unfinished body, except after a framing
+error, where only the protocol is marked (`PushProtocol` then fails the body; the
+protocol's `_payload` is read for it); `read_nowait()` may call
 `protocol.resume_reading()`, which re-enters `data_received(b"")` (hence the guard) unless
 `_reading_paused` (set by `pause_reading`) is false, when `PushProtocol` skips it.
 
@@ -39,7 +41,7 @@ from aiohttp.client_proto import ResponseHandler
 
 from wsgate.core.errors import UpstreamBroken, UpstreamTimeout
 from wsgate.upstream.base import READ_BUFSIZE, BodySink
-from wsgate.upstream.watch import ReadWatch
+from wsgate.upstream.watch import ReadWatch, Watched
 
 READ_PIECE = READ_BUFSIZE
 """Most body bytes handed to the sink in one call: between two pieces the sink may pause,
@@ -72,9 +74,18 @@ class PushProtocol(ResponseHandler):
             super().resume_reading(resume_parser)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        """The socket closed (aiohttp ends or fails the body); the sink learns which."""
+        """The socket closed (aiohttp ends or fails the body); the sink learns which.
+
+        A body aiohttp leaves neither ended nor failed is failed here: after a framing error
+        (a chunk-size line that is not hex) the C parser closes the transport and marks
+        only the protocol, so a reader of the body would wait for bytes that never come.
+        """
         body = self.push_body
+        payload = self._payload
         super().connection_lost(exc)
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            lost = aiohttp.ClientPayloadError("Response payload is not completed: connection lost")
+            payload.set_exception(lost, exc or self.exception() or lost)
         if body is not None:
             body.drain()
 
@@ -100,6 +111,7 @@ class PushBody:
         "_protocol",
         "_sink",
         "_stopped",
+        "_token",
         "_transport",
         "_watch",
     )
@@ -122,7 +134,8 @@ class PushBody:
         self._done: asyncio.Future[None] = loop.create_future()
         self._idle = idle
         self._watch = ReadWatch.of(loop)
-        self._watch.set(self, first_byte_deadline)
+        self._token = Watched(self._read_expired)
+        self._watch.set(self._token, first_byte_deadline)
         self._sink: BodySink | None = None
         self._paused = False
         self._stopped = False  # this body paused its transport (and must resume it)
@@ -153,7 +166,7 @@ class PushBody:
         if self._paused or self._done.done():
             return
         self._paused = True
-        self._watch.unset(self)  # the gateway, not the provider, holds the body
+        self._watch.unset(self._token)  # the gateway, not the provider, holds the body
         transport = self._transport
         if transport is not None and not transport.is_closing() and not self._content.is_eof():
             self._stopped = True
@@ -164,7 +177,7 @@ class PushBody:
         if not self._paused or self._done.done():
             return
         self._paused = False
-        self._watch.set(self, self._loop.time() + self._idle)
+        self._watch.set(self._token, self._loop.time() + self._idle)
         self._restart_transport()
         self.drain()
 
@@ -196,7 +209,7 @@ class PushBody:
                     return
                 data = content.read_nowait(READ_PIECE)
                 if data:
-                    self._watch.set(self, self._loop.time() + self._idle)
+                    self._watch.set(self._token, self._loop.time() + self._idle)
                     if sink.data(data):
                         self._finish(None)
                         return
@@ -209,7 +222,7 @@ class PushBody:
         finally:
             self._draining = False
 
-    def read_expired(self) -> None:
+    def _read_expired(self) -> None:
         """The watch's verdict: no byte came by the deadline."""
         self._finish(UpstreamTimeout("the provider did not answer in time"))
 
@@ -229,6 +242,6 @@ class PushBody:
 
     def _close(self) -> None:
         self._detach()
-        self._watch.remove(self)
+        self._watch.remove(self._token)
         self._sink = None
         self._restart_transport()  # a connection that may go back to the pool reads again
