@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import socket
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from e2e_helpers import serving
 
 from wsgate.upstream.base import READ_BUFSIZE
+from wsgate.upstream.client import _forget_headers
 from wsgate.upstream.push import READ_PIECE, PushBody, PushProtocol, install
 
 PIN = "aiohttp>=3.14,<3.15"
@@ -474,6 +477,32 @@ async def test_a_framing_error_fails_the_body_through_push_protocol_with_either_
         await writer.drain()
         with pytest.raises((aiohttp.ClientPayloadError, HttpProcessingError)):
             await asyncio.wait_for(response.content.wait_eof(), 5)
+        response.close()
+
+
+async def test_a_responses_parsed_headers_live_in_two_attributes_the_client_drops():
+    # UpstreamClient.open drops them once checked (`_forget_headers`): a real provider's
+    # 20-odd headers would otherwise live as long as the stream.
+    async with raw_provider() as provider, push_session() as session:
+        response, writer = await provider.answer(session, CHUNKED_HEAD)
+        assert response.headers is response._headers, (
+            f"ClientResponse.headers no longer reads `_headers` {PIN_NOTE}"
+        )
+        assert response.raw_headers is response._raw_headers, (
+            f"ClientResponse.raw_headers no longer reads `_raw_headers` {PIN_NOTE}"
+        )
+        assert "Transfer-Encoding" in response.headers
+        assert response._cache.get("headers") is response._headers, (
+            f"ClientResponse.headers is no longer cached in `_cache` {PIN_NOTE}"
+        )
+        held = weakref.ref(response._headers)
+        _forget_headers(response)
+        assert not response.headers
+        gc.collect()
+        assert held() is None  # nothing else holds the parsed headers
+        writer.write(chunk(b"hello") + b"0\r\n\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(response.content.read(), 5) == b"hello"  # unaffected
         response.close()
 
 

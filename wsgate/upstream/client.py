@@ -31,6 +31,7 @@ from typing import Final, Literal
 import aiohttp
 import msgspec
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from wsgate.core.errors import (
     UnknownModel,
@@ -200,6 +201,7 @@ class UpstreamClient:
                         raise await _status_error(response)
                     if response.content_type == "application/json":
                         raise await _json_error(response)
+                    _forget_headers(response)
                 reading = True
                 yield BODIES[route.reader](response, first_byte_deadline, timeouts.idle)
             except TimeoutError as exc:
@@ -229,6 +231,24 @@ class UpstreamClient:
             return 0
         cap = next(r.max_concurrency for r in self.routes.values() if r.provider == provider)
         return cap - semaphore._value  # noqa: SLF001 - asyncio exposes no public count
+
+
+_NO_HEADERS: Final = CIMultiDictProxy(CIMultiDict[str]())
+
+
+def _forget_headers(response: aiohttp.ClientResponse) -> None:
+    """Drop the response's parsed headers: checked, and then never read again.
+
+    They are a stream's largest share of aiohttp's memory (a provider sends 10 to 30
+    headers, several KiB once parsed) and would live as long as the stream. aiohttp keeps
+    them in `_headers` and `_raw_headers`, and its `reify` properties cache them in `_cache`
+    (pinned by tests/upstream/test_aiohttp_internals.py).
+    """
+    response._headers = _NO_HEADERS  # noqa: SLF001 - see above
+    response._raw_headers = ()  # noqa: SLF001
+    cache = response._cache  # noqa: SLF001
+    cache.pop("headers", None)
+    cache.pop("raw_headers", None)
 
 
 def _headers(http: ProviderHTTP, api_key: str | None) -> dict[str, str]:
