@@ -11,7 +11,8 @@
 - workloads (`loadtest.py` as a subprocess, `--json`): burst saturation; 100 streams x 50
   tok/s; 1000 x 20 tok/s; cancellation; a mix of unhappy paths; a knee search (the most
   streams at 20 tok/s whose p99 token latency stays under 5 ms, with no error).
-- what a token costs (full and smoke): CPU per token of the relay and of wsgate under 200
+- what a token costs (full and smoke; three interleaved rounds in full, medians shown): CPU
+  per token of the relay and of wsgate under 200
   long 20 tok/s streams, in a window of steady load, next to the floors on the same core
   (`scripts/read_floor.py`: the same answers read by bare sockets, by bare sockets that
   write each read on to a socket of their own (the relay floor: one read and one write
@@ -53,7 +54,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ class Profile:
     open_streams: int
     cost: tuple[int, float] | None = None  # per-token cost: (streams, seconds); None skips it
     token_path_tokens: int = 50_000  # scripts/token_path.py's tokens, with the cost
+    cost_rounds: int = 3  # interleaved rounds of every reader's cost (the medians are shown)
 
 
 def _w(name: str, title: str, *args: object) -> Workload:
@@ -168,7 +170,7 @@ def _profiles() -> dict[str, Profile]:
     return {
         "full": Profile(full, (500, 4000), 2000, 2000, (COST_STREAMS, KNEE_SECONDS)),
         "quick": Profile(quick, (), 300, 300),
-        "smoke": Profile(smoke, (), 20, 20, (4, 3.0), token_path_tokens=500),
+        "smoke": Profile(smoke, (), 20, 20, (4, 3.0), token_path_tokens=500, cost_rounds=1),
     }
 
 
@@ -514,6 +516,15 @@ class Cost:
     cpu_share: float  # of one core, in the window
     p99_ms: float | None = None  # token latency at the client (relay and gateway only)
     ok: bool = True  # every answer complete: no error, every check passed
+    samples: tuple[float, ...] = ()  # us per token of every round, when there were several
+
+
+def median_cost(rounds: list[Cost]) -> Cost:
+    """One reader's rounds as one cost: the median round's, with every round's figure."""
+    ordered = sorted(rounds, key=lambda c: c.us_per_token)
+    mid = ordered[len(ordered) // 2]
+    samples = tuple(c.us_per_token for c in rounds)
+    return replace(mid, ok=all(c.ok for c in rounds), samples=samples)
 
 
 def cost_window(seconds: float) -> float:
@@ -549,6 +560,31 @@ def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
         raise RuntimeError(f"read_floor.py --mode {mode} failed (see {fleet.logs})")
     result = orjson.loads(out)
     return Cost(f"read-{mode}", float(result["us_per_event"]), float(result["cpu_share"]))
+
+
+def cost_rounds(fleet: Fleet, profile: Profile, targets: tuple[str, ...]) -> dict[str, Cost]:
+    """Every reader's CPU per token, `profile.cost_rounds` times, interleaved; the medians.
+
+    The machine's speed drifts by tens of percent within minutes: one round of each reader
+    in turn, repeated, with a fresh process for each, lets a ratio be read from neighbours.
+    """
+    assert profile.cost is not None  # noqa: S101 - the caller checks
+    readers = [f"read-{mode}" for mode in READ_FLOORS]
+    readers += [t for t in ("naive", "wsgate") if t in targets]
+    if "wsgate" in targets:
+        readers.append("wsgate-pull")  # the pull reader, for the same comparison
+    rounds: dict[str, list[Cost]] = {reader: [] for reader in readers}
+    for n in range(profile.cost_rounds):
+        for reader in readers:
+            if reader.startswith("read-"):
+                cost = read_floor(fleet, reader.removeprefix("read-"), *profile.cost)
+            else:
+                fleet.start_sut(reader)
+                cost = cost_step(fleet, reader, *profile.cost)
+                fleet.stop_sut()
+            rounds[reader].append(cost)
+            say(f"cost round {n + 1} {reader}: {cost.us_per_token:.1f} us/token")
+    return {reader: median_cost(costs) for reader, costs in rounds.items()}
 
 
 def token_path(fleet: Fleet, tokens: int) -> dict[str, float]:
@@ -760,9 +796,6 @@ def run_target(bench: Bench, fleet: Fleet, profile: Profile, target: str) -> Non
                 f"{target:6} knee {step.extra['streams']:>5} streams: p99 token "
                 f"{step.latency('token', 'p99')} ms passed={step.extra['passed']}"
             )
-    if profile.cost and target in ("naive", "wsgate"):
-        bench.costs[target] = cost = cost_step(fleet, target, *profile.cost)
-        say(f"{target:6} cost {cost.us_per_token:.1f} us/token, {100 * cost.cpu_share:.0f}% CPU")
     if target in ("naive", "wsgate"):
         fleet.start_sut(target)  # a fresh process: RSS deltas without earlier garbage
         assert fleet.sut is not None  # noqa: S101 - set before use
@@ -782,19 +815,12 @@ def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | Non
     _common.raise_nofile()
     fleet = Fleet(logs)
     try:
-        if profile.cost and {"naive", "wsgate"} & set(targets):
-            for reader in READ_FLOORS:
-                bench.costs[f"read-{reader}"] = cost = read_floor(fleet, reader, *profile.cost)
-                say(f"read-{reader} cost {cost.us_per_token:.1f} us/token")
-            bench.token_path = path = token_path(fleet, profile.token_path_tokens)
-            say(f"token path {path['us_per_token']} us/token, {path['calls_per_token']} calls")
         for target in targets:
             run_target(bench, fleet, profile, target)
-        if profile.cost and "wsgate" in targets:  # the pull reader, for the same comparison
-            fleet.start_sut("wsgate-pull")
-            bench.costs["wsgate-pull"] = cost = cost_step(fleet, "wsgate", *profile.cost)
-            fleet.stop_sut()
-            say(f"wsgate-pull cost {cost.us_per_token:.1f} us/token")
+        if profile.cost and {"naive", "wsgate"} & set(targets):
+            bench.costs.update(cost_rounds(fleet, profile, targets))
+            bench.token_path = path = token_path(fleet, profile.token_path_tokens)
+            say(f"token path {path['us_per_token']} us/token, {path['calls_per_token']} calls")
         if py_spy and "wsgate" in targets:  # after the others: it takes fresh processes
             for workload in profile.workloads:
                 if workload.name in ("burst", "paced_1000x20"):
@@ -1171,7 +1197,10 @@ def _cost_section(bench: Bench) -> list[str]:
             "window of steady load: every stream open and paced, none starting or ending; each "
             f"process alone on CPU {SUT_CPU}. The read floors (`scripts/read_floor.py`) "
             "read the same answers from the mock and drop them: what a gateway pays per token "
-            "before it parses a byte."
+            "before it parses a byte. Every reader ran in each of "
+            f"{_profiles()[bench.mode].cost_rounds} interleaved rounds, each time in a fresh "
+            "process; the median round is shown, with every round's figure (the machine's "
+            "speed drifts between rounds: compare neighbours)."
         ),
         "",
     ]
@@ -1186,13 +1215,15 @@ def _cost_section(bench: Bench) -> list[str]:
             [
                 label,
                 _num(c.us_per_token, 1),
+                ", ".join(_num(x, 1) for x in c.samples) or "-",
                 f"{100 * c.cpu_share:.0f}%",
                 "-" if share is None else f"{100 * share:.0f}%",
                 _num(c.p99_ms),
                 "ok" if c.ok else "FAILED (errors or checks)",
             ]
         )
-    header = ["reader", "us CPU per token", "CPU share", "of the relay's", "token p99 ms", "run"]
+    header = ["reader", "us CPU per token (median)", "each round", "CPU share",
+              "of the relay's", "token p99 ms", "run"]  # fmt: skip
     out += _md_table(header, rows)
     wsgate = bench.costs.get("wsgate")
     if relay is not None and wsgate is not None:
