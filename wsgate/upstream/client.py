@@ -240,7 +240,7 @@ def _forget_headers(response: aiohttp.ClientResponse) -> None:
     """Drop the response's parsed headers: checked, and then never read again.
 
     They are a stream's largest share of aiohttp's memory (a provider sends 10 to 30
-    headers, several KiB once parsed) and would live as long as the stream. aiohttp keeps
+    headers, dozens of objects once parsed) and would live as long as the stream. aiohttp keeps
     them in `_headers` and `_raw_headers`, and its `reify` properties cache them in `_cache`
     (pinned by tests/upstream/test_aiohttp_internals.py).
     """
