@@ -239,10 +239,10 @@ _NO_HEADERS: Final = CIMultiDictProxy(CIMultiDict[str]())
 def _forget_headers(response: aiohttp.ClientResponse) -> None:
     """Drop the response's parsed headers: checked, and then never read again.
 
-    They are a stream's largest share of aiohttp's memory (a provider sends 10 to 30
-    headers, dozens of objects once parsed) and would live as long as the stream. aiohttp keeps
-    them in `_headers` and `_raw_headers`, and its `reify` properties cache them in `_cache`
-    (pinned by tests/upstream/test_aiohttp_internals.py).
+    A provider sends 10 to 30 headers, dozens of objects once parsed, that would otherwise
+    live as long as the stream. aiohttp keeps them in `_headers` and `_raw_headers`, and its
+    `reify` properties cache them in `_cache` (pinned by
+    tests/upstream/test_aiohttp_internals.py).
     """
     response._headers = _NO_HEADERS  # noqa: SLF001 - see above
     response._raw_headers = ()  # noqa: SLF001
