@@ -547,18 +547,25 @@ def cost_step(fleet: Fleet, target: str, streams: int, seconds: float) -> Cost:
     return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"), ok)
 
 
-def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
-    """`scripts/read_floor.py` on the system-under-test CPU: reading the mock and nothing else."""
-    argv = [sys.executable, str(SCRIPTS / "read_floor.py"), "--upstream", fleet.mock_url,
-            "--streams", str(streams), "--mode", mode, "--seconds", str(seconds),
-            "--window", str(cost_window(seconds))]  # fmt: skip
-    with (fleet.logs / "read_floor.log").open("ab") as err:
+def run_pinned(fleet: Fleet, script: str, args: list[str], what: str) -> dict[str, Any]:
+    """One of our scripts on the system-under-test CPU, alone; its JSON result."""
+    argv = [sys.executable, str(SCRIPTS / script), *args]
+    log = fleet.logs / f"{script.removesuffix('.py')}.log"
+    with log.open("ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and script
         pin(proc.pid, SUT_CPU)
         out = _communicate(proc, 120)
     if proc.returncode != 0 or not out.strip():
-        raise RuntimeError(f"read_floor.py --mode {mode} failed (see {fleet.logs})")
-    result = orjson.loads(out)
+        raise RuntimeError(f"{what} failed (see {fleet.logs})")
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
+def read_floor(fleet: Fleet, mode: str, streams: int, seconds: float) -> Cost:
+    """`scripts/read_floor.py` on the system-under-test CPU: reading the mock and nothing else."""
+    args = ["--upstream", fleet.mock_url, "--streams", str(streams), "--mode", mode,
+            "--seconds", str(seconds), "--window", str(cost_window(seconds))]  # fmt: skip
+    result = run_pinned(fleet, "read_floor.py", args, f"read_floor.py --mode {mode}")
     return Cost(f"read-{mode}", float(result["us_per_event"]), float(result["cpu_share"]))
 
 
@@ -589,15 +596,7 @@ def cost_rounds(fleet: Fleet, profile: Profile, targets: tuple[str, ...]) -> dic
 
 def token_path(fleet: Fleet, tokens: int) -> dict[str, float]:
     """`scripts/token_path.py` on the system-under-test CPU: wsgate's Python per token."""
-    argv = [sys.executable, str(SCRIPTS / "token_path.py"), "--tokens", str(tokens)]
-    with (fleet.logs / "token_path.log").open("ab") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and script
-        pin(proc.pid, SUT_CPU)
-        out = _communicate(proc, 120)
-    if proc.returncode != 0 or not out.strip():
-        raise RuntimeError(f"token_path.py failed (see {fleet.logs})")
-    result: dict[str, float] = orjson.loads(out)
-    return result
+    return run_pinned(fleet, "token_path.py", ["--tokens", str(tokens)], "token_path.py")
 
 
 # --- memory --------------------------------------------------------------------------------
