@@ -109,7 +109,8 @@ def test_shells_do_not_import_each_other_or_the_composition_root(module):
 
 
 @pytest.mark.parametrize(
-    "module", ["wsgate.client", "wsgate.config", "wsgate.log", "wsgate.testing"]
+    "module",
+    ["wsgate.client", "wsgate.config", "wsgate.log", "wsgate.testing", "wsgate.testing_redis"],
 )
 def test_leaf_modules_import_no_shell_and_no_root(module):
     for name in MODULES[module]:

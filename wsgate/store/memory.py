@@ -1,0 +1,234 @@
+"""The memory store: event logs, records and idempotency keys in this process (the default).
+
+Owns the single-node implementation of `core.store.Store`: what `wsgate serve` uses with
+no configuration. Everything is in dictionaries of this process; nothing survives it, and
+a resume works only on the node that generated the message (cluster mode needs Redis).
+
+Expiry is lazy and ordered: running messages in the order they began, ended ones in the
+order they ended (one `window_s` for all, so that order is the expiry order); every call
+first drops what is past its time, so the work is amortised over the calls and no timer is
+needed.
+
+Memory: per message its log (at most `max_frames` frames and `max_bytes` bytes, as
+`LogBound` trims) plus ~0.5 KiB of record; over all messages at most `max_total_bytes`
+of logs: past it the oldest ended logs are dropped early (their records say `expired`);
+tombstones are a record each, kept one more window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from itertools import islice
+
+from wsgate.core.store import Claim, LogBound, Meta, Page, StoreLimits
+
+DEFAULT_TOTAL_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Message:
+    meta: Meta
+    bound: LogBound
+    entries: deque[tuple[int, bytes]] = field(default_factory=deque)
+    key: str | None = None
+
+
+class MemoryStore:
+    """A `Store` in this process's memory."""
+
+    def __init__(
+        self,
+        limits: StoreLimits | None = None,
+        *,
+        node_id: str = "local",
+        max_total_bytes: int = DEFAULT_TOTAL_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = limits or StoreLimits()
+        self._node_id = node_id
+        self.max_total_bytes = max_total_bytes
+        self._clock = clock
+        self._messages: dict[str, _Message] = {}
+        self._running: OrderedDict[str, float] = OrderedDict()  # id -> when its keys expire
+        self._ended: OrderedDict[str, float] = OrderedDict()  # id -> when its log expires
+        self._tombs: OrderedDict[str, tuple[float, Meta]] = OrderedDict()
+        self._keys: dict[str, Claim] = {}  # key -> holder; it lives as long as its log
+        self._total = 0
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._woken: set[str] = set()
+        self._cancel: Callable[[str], None] | None = None
+
+    @property
+    def node_id(self) -> str:
+        """This node's name (one node: the owner of everything here)."""
+        return self._node_id
+
+    @property
+    def limits(self) -> StoreLimits:
+        """Lifetimes and bounds."""
+        return self._limits
+
+    @property
+    def healthy(self) -> bool:
+        """Always: there is no backend to lose."""
+        return True
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every log kept."""
+        return self._total
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Forget everything."""
+        self._messages.clear()
+        self._running.clear()
+        self._ended.clear()
+        self._tombs.clear()
+        self._keys.clear()
+        self._watchers.clear()
+        self._total = 0
+
+    # --- writes ---------------------------------------------------------------------
+
+    def begin(self, message_id: str, epoch: str, idempotency_key: str | None = None) -> None:
+        """A message starts here: an empty log and a running record."""
+        self._sweep()
+        if message_id in self._messages:
+            return
+        limits = self._limits
+        meta = Meta(epoch=epoch, owner=self._node_id, state="running", first=1, top=0)
+        self._messages[message_id] = _Message(
+            meta, LogBound(limits.max_frames, limits.max_bytes), key=idempotency_key
+        )
+        self._running[message_id] = self._clock() + limits.run_ttl_s
+
+    def append(self, message_id: str, seq: int, data: bytes) -> None:
+        """Log one frame; trims the oldest past the bounds."""
+        message = self._messages.get(message_id)
+        if message is None or seq <= message.meta.top or message.meta.state == "ended":
+            return
+        message.entries.append((seq, data))
+        self._total += len(data)
+        first = message.bound.add(seq, len(data))
+        entries = message.entries
+        while entries[0][0] < first:
+            self._total -= len(entries.popleft()[1])
+        message.meta = replace(message.meta, first=first, top=seq)
+        self._wake(message_id)
+        if self._total > self.max_total_bytes:
+            self._shed()
+
+    def end(self, message_id: str, finish: str) -> None:
+        """The message ended: its log and key live one window from now."""
+        message = self._messages.get(message_id)
+        if message is None or message.meta.state == "ended":
+            return
+        message.meta = replace(message.meta, state="ended", finish=finish)
+        self._running.pop(message_id, None)
+        self._ended[message_id] = self._clock() + self._limits.window_s
+        self._wake(message_id)
+
+    async def flush(self) -> None:
+        """Writes are immediate here."""
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def read(self, message_id: str, after: int, limit: int) -> Page | None:
+        """The record and up to `limit` frames after `after`."""
+        self._sweep()
+        message = self._messages.get(message_id)
+        if message is None:
+            tomb = self._tombs.get(message_id)
+            return None if tomb is None else Page(tomb[1])
+        meta = message.meta
+        skip = max(0, after + 1 - meta.first)
+        return Page(meta, list(islice(message.entries, skip, skip + limit)))
+
+    async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
+        """Bind `key` to `message_id` and begin it, unless `key` names a kept message."""
+        self._sweep()
+        held = self._keys.get(key)
+        if held is not None and held.message_id in self._messages:
+            return held
+        self._keys[key] = Claim(message_id, fingerprint, new=False)
+        self.begin(message_id, epoch, key)
+        return Claim(message_id, fingerprint, new=True)
+
+    # --- cancels and wake-ups (one node: both stay in this process) --------------------
+
+    async def cancel(self, message_id: str, owner: str) -> None:
+        """Hand the cancel to this node's handler (every message here is this node's)."""
+        if self._cancel is not None and owner == self._node_id:
+            self._cancel(message_id)
+
+    def on_cancel(self, handler: Callable[[str], None]) -> None:
+        """Where cancels go."""
+        self._cancel = handler
+
+    def watch(self, message_id: str, owner: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` after the next frames of `message_id` (once per loop turn)."""
+        del owner  # one node: the owner is always this one
+        self._watchers.setdefault(message_id, []).append(wake)
+
+        def unwatch() -> None:
+            wakes = self._watchers.get(message_id)
+            if wakes is not None and wake in wakes:
+                wakes.remove(wake)
+                if not wakes:
+                    del self._watchers[message_id]
+
+        return unwatch
+
+    def _wake(self, message_id: str) -> None:
+        if message_id not in self._watchers or message_id in self._woken:
+            return
+        self._woken.add(message_id)
+        asyncio.get_running_loop().call_soon(self._call_wakes, message_id)
+
+    def _call_wakes(self, message_id: str) -> None:
+        self._woken.discard(message_id)
+        for wake in list(self._watchers.get(message_id, ())):
+            wake()
+
+    # --- expiry ---------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        for order in (self._running, self._ended):
+            while order:
+                message_id, expires = next(iter(order.items()))
+                if expires > now:
+                    break
+                del order[message_id]
+                self._drop(message_id, now)
+        while self._tombs:
+            message_id, (expires, _) = next(iter(self._tombs.items()))
+            if expires > now:
+                break
+            del self._tombs[message_id]
+
+    def _drop(self, message_id: str, now: float) -> None:
+        """A log's time is up (or memory is short): keep its record as a tombstone."""
+        message = self._messages.pop(message_id, None)
+        if message is None:
+            return
+        self._total -= sum(len(data) for _, data in message.entries)
+        key = message.key
+        if key is not None and key in self._keys and self._keys[key].message_id == message_id:
+            del self._keys[key]
+        tomb = replace(message.meta, expired=True, first=message.meta.top + 1)
+        self._tombs[message_id] = (now + self._limits.window_s, tomb)
+
+    def _shed(self) -> None:
+        """Over `max_total_bytes`: drop the oldest ended logs first."""
+        now = self._clock()
+        while self._total > self.max_total_bytes and self._ended:
+            message_id, _ = self._ended.popitem(last=False)
+            self._drop(message_id, now)
