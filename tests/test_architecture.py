@@ -39,6 +39,7 @@ CORE_ALLOWED = {
     "dataclasses",
     "enum",
     "functools",
+    "hashlib",
     "heapq",
     "itertools",
     "jiter",

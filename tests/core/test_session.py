@@ -154,11 +154,10 @@ def test_an_unknown_model_is_refused_before_anything_starts():
     assert session.streams == {}
 
 
-@pytest.mark.parametrize("frame_type", ["auth", "resume", "tool_result"])
+@pytest.mark.parametrize("frame_type", ["auth", "tool_result"])
 def test_reserved_frames_are_answered_with_unsupported(frame_type):
     bodies = {
         "auth": {"token": "t"},
-        "resume": {"message_id": "m", "last_seq": 0},
         "tool_result": {"stream_id": "s", "call_id": "c", "content": "x"},
     }
     data = orjson.dumps({"type": frame_type, **bodies[frame_type]})

@@ -92,6 +92,30 @@ ERROR_CODES: dict[str, ErrorSpec] = {
     "slow_consumer": ErrorSpec(
         retryable=True, description="The client did not read its frames in time."
     ),
+    "unknown_message": ErrorSpec(
+        retryable=False,
+        description="No generation with this message_id is known (never made, or forgotten).",
+    ),
+    "resume_expired": ErrorSpec(
+        retryable=False, description="The generation's log expired (store.resume_window_s)."
+    ),
+    "resume_trimmed": ErrorSpec(
+        retryable=False, description="Frames after last_seq are no longer in the log."
+    ),
+    "resume_epoch_changed": ErrorSpec(
+        retryable=False, description="The generation's epoch is not the one the client gave."
+    ),
+    "resume_owner_lost": ErrorSpec(
+        retryable=False,
+        description="The node generating it stopped; the frames it logged were replayed.",
+    ),
+    "idempotency_conflict": ErrorSpec(
+        retryable=False,
+        description="The idempotency_key is bound to a different request.",
+    ),
+    "store_unavailable": ErrorSpec(
+        retryable=True, description="The resume store cannot be reached now."
+    ),
     "internal": ErrorSpec(
         retryable=True, description="An internal error; the operator's logs have the details."
     ),
@@ -200,6 +224,48 @@ class SlowConsumer(WsgateError):
     """The client did not read its frames fast enough."""
 
     code = "slow_consumer"
+
+
+class UnknownMessage(WsgateError):
+    """No generation with this `message_id` is known."""
+
+    code = "unknown_message"
+
+
+class ResumeExpired(WsgateError):
+    """The generation's log expired."""
+
+    code = "resume_expired"
+
+
+class ResumeTrimmed(WsgateError):
+    """Frames the resume needs are no longer logged."""
+
+    code = "resume_trimmed"
+
+
+class ResumeEpochChanged(WsgateError):
+    """The generation's epoch is not the client's."""
+
+    code = "resume_epoch_changed"
+
+
+class ResumeOwnerLost(WsgateError):
+    """The node generating the message is gone."""
+
+    code = "resume_owner_lost"
+
+
+class IdempotencyConflict(WsgateError):
+    """The idempotency key names a different request."""
+
+    code = "idempotency_conflict"
+
+
+class StoreUnavailable(WsgateError):
+    """The store's backend cannot be reached now; the same frame may succeed later."""
+
+    code = "store_unavailable"
 
 
 class BadRequest(WsgateError):

@@ -35,6 +35,21 @@ StreamId = Annotated[
     ),
 ]
 Seq = Annotated[int, msgspec.Meta(ge=1, description="Gapless per-stream sequence number, from 1.")]
+MessageId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9._:\-]{1,128}$",
+        description="A generation's id, as `stream.started` gave it.",
+    ),
+]
+IdempotencyKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        description="Client-chosen; a retried `start` with the same key and request attaches.",
+    ),
+]
 FinishReason = Literal[
     "stop", "length", "tool_calls", "content_filter", "cancelled", "timeout", "error"
 ]
@@ -105,6 +120,8 @@ class StartOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     tool_snapshots: bool = False
     structured: StructuredOptions | None = None
     reasoning: bool = False
+    resumable: bool = True
+    idempotency_key: IdempotencyKey | None = None
 
 
 class Start(_Frame, tag="start"):
@@ -116,9 +133,13 @@ class Start(_Frame, tag="start"):
 
 
 class Cancel(_Frame, tag="cancel"):
-    """Stop a running stream; its upstream call is closed."""
+    """Stop a stream (by `stream_id`) or a generation from anywhere (by `message_id`).
 
-    stream_id: StreamId
+    Exactly one of the two; the generation's upstream call is closed either way.
+    """
+
+    stream_id: StreamId | None = None
+    message_id: MessageId | None = None
 
 
 class Auth(_Frame, tag="auth"):
@@ -128,11 +149,17 @@ class Auth(_Frame, tag="auth"):
 
 
 class Resume(_Frame, tag="resume"):
-    """Reserved: continue a message after a reconnect. Answered with `unsupported`."""
+    """Continue a generation on this connection as `stream_id`: the frames after `last_seq`.
 
-    message_id: str
+    `snapshot`: runs of replayed text deltas leave as one `delta.text` each (with
+    `first_seq`). `epoch`, when given, must be the generation's (`stream.started`).
+    """
+
+    message_id: MessageId
     last_seq: Annotated[int, msgspec.Meta(ge=0)]
-    stream_id: StreamId | None = None
+    stream_id: StreamId
+    snapshot: bool = False
+    epoch: str | None = None
 
 
 class ToolResult(_Frame, tag="tool_result"):
@@ -166,12 +193,31 @@ class Ready(_Frame, tag="ready"):
 
 
 class StreamStarted(_Frame, tag="stream.started"):
-    """The stream was accepted; `message_id` names the generation (for resume)."""
+    """The stream was accepted; `message_id` names the generation (for resume).
+
+    `epoch` is present when the generation is logged (resumable).
+    """
 
     stream_id: str
     seq: Seq
     message_id: str
     model: str
+    epoch: str | None = None
+
+
+class StreamResumed(_Frame, tag="stream.resumed"):
+    """A `resume` was accepted: the frames after `last_seq` follow, then the live tail.
+
+    `top_seq` is the last `seq` logged when it was answered; `state` `ended` means the
+    generation finished (its frames up to its `finish` follow, none if `last_seq` is past it).
+    """
+
+    stream_id: str
+    message_id: str
+    epoch: str
+    last_seq: int
+    top_seq: int
+    state: Literal["running", "ended"]
 
 
 class DeltaRole(_Frame, tag="delta.role"):
@@ -331,6 +377,7 @@ class Heartbeat(_Frame, tag="heartbeat"):
 ServerFrame = (
     Ready
     | StreamStarted
+    | StreamResumed
     | DeltaRole
     | DeltaText
     | DeltaReasoning
@@ -365,8 +412,8 @@ StreamEventFrame = (
     | ErrorFrame
 )
 
-RESERVED_TYPES: Final = frozenset({"auth", "resume", "tool_result"})
-CLIENT_TYPES: Final = frozenset({"start", "cancel"}) | RESERVED_TYPES
+RESERVED_TYPES: Final = frozenset({"auth", "tool_result"})
+CLIENT_TYPES: Final = frozenset({"start", "cancel", "resume"}) | RESERVED_TYPES
 _STREAM_ID_RE: Final = re.compile(STREAM_ID_PATTERN)
 
 # --- decoding ------------------------------------------------------------------------

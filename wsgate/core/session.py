@@ -9,11 +9,18 @@ provider pauses or resumes, when the client is a slow consumer). The gateway she
 the returned actions (start or cancel an upstream task), drains the outbox to the socket,
 applies the verdicts to its transports and passes time in.
 
+Resume and idempotent starts need the store, which only the shell can ask: the session
+hands them out as actions (`ResumeStream`, `ClaimStart`, `CancelMessage`) and holds their
+`stream_id` in `attached` meanwhile and for as long as the shell follows the generation
+there (a follower stream: its frames come from the log, not from a stream of this session).
+
 Rules:
 1. Every client frame gets exactly one answer path: a stream starts, a stream ends, or a
    typed `error` frame goes out. No client input raises out of `receive`.
 2. A stream is in `streams` from its accepted `start` until its `finish` was produced; after
    that, nothing of it is produced again, whatever the upstream still delivers.
+3. A `stream_id` names at most one stream of the connection, running or attached; both
+   kinds count against `max_streams`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsgate.core.errors import ERROR_CODES, WsgateError
+from wsgate.core.errors import ERROR_CODES, StoreUnavailable, WsgateError
 from wsgate.core.flow import FlowControl
 from wsgate.core.frames import (
     MAX_STREAM_ID_LENGTH,
@@ -43,6 +50,7 @@ from wsgate.core.frames import (
     encode_frame,
 )
 from wsgate.core.outbox import Outbox
+from wsgate.core.resume import fingerprint
 from wsgate.core.stream import Stream, StreamOutput, UpstreamParser
 
 
@@ -58,6 +66,15 @@ class SessionLimits:
     buffer_bytes: int = 1024 * 1024  # per connection: the slow-consumer cap (core/flow.py)
     first_token_timeout: float = 120.0  # s from `start` to the first content delta
     max_duration: float = 900.0  # s from `start` to `finish`
+
+
+@dataclass(frozen=True, slots=True)
+class LogPolicy:
+    """Whether the session's streams are logged for resume, and what to do without a store."""
+
+    new_epoch: Callable[[], str]
+    healthy: Callable[[], bool]  # the store can take writes now
+    without_log: bool = False  # while it cannot: run unlogged (True) or refuse the start
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +111,52 @@ Resolver = Callable[[ChatRequest, StartOptions], Target]
 
 @dataclass(frozen=True, slots=True)
 class StartUpstream:
-    """Open the upstream call of a newly accepted stream, at its resolved `target`."""
+    """Open the upstream call of a newly accepted stream, at its resolved `target`.
+
+    `epoch` is set when the stream is logged (None: it runs unlogged); `claimed` when an
+    idempotency claim already began its message in the store.
+    """
 
     stream_id: str
     message_id: str
     request: ChatRequest
     target: Target
+    epoch: str | None = None
+    claimed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStart:
+    """A `start` with an idempotency key: claim the key in the store before anything runs.
+
+    The shell answers with `claimed` (the key was free: the stream starts as `message_id`),
+    `attach` (the same request holds it: follow that generation) or `refuse`.
+    """
+
+    start: Start
+    target: Target
+    key: str
+    fingerprint: str
+    message_id: str
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeStream:
+    """Follow a generation's log on this connection as `stream_id` (a `resume` frame)."""
+
+    stream_id: str
+    message_id: str
+    last_seq: int
+    snapshot: bool
+    epoch: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMessage:
+    """Cancel a generation by `message_id`, wherever it runs."""
+
+    message_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +174,16 @@ class DetachStream:
     message_id: str
 
 
-Action = SendControl | SendStream | StartUpstream | CancelUpstream | DetachStream
+Action = (
+    SendControl
+    | SendStream
+    | StartUpstream
+    | CancelUpstream
+    | DetachStream
+    | ClaimStart
+    | ResumeStream
+    | CancelMessage
+)
 
 
 class Session:
@@ -125,9 +191,12 @@ class Session:
 
     # One per connection, and connections are many: no per-instance dict.
     __slots__ = (
+        "_cancel_after",
+        "_log",
         "_new_message_id",
         "_resolve",
         "_server_version",
+        "attached",
         "conn_id",
         "draining",
         "flow",
@@ -136,17 +205,22 @@ class Session:
         "streams",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - the connection's identity and policy
         self,
         conn_id: str,
         limits: SessionLimits,
         resolve: Resolver,
         new_message_id: Callable[[], str],
         server_version: str = "0",
+        log: LogPolicy | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.limits = limits
         self.streams: dict[str, Stream] = {}
+        self.attached: dict[str, str | None] = {}
+        """Follower streams: `stream_id` -> the followed `message_id` (None while pending)."""
+        self._cancel_after: set[str] = set()  # cancelled while their claim or resume pends
+        self._log = log
         self._resolve = resolve
         self._new_message_id = new_message_id
         self._server_version = server_version
@@ -178,8 +252,10 @@ class Session:
         if isinstance(frame, Start):
             return self._start(frame, now)
         if isinstance(frame, Cancel):
-            return self.cancel(frame.stream_id, unknown_is_error=True)
-        if isinstance(frame, Auth | Resume | ToolResult):
+            return self._cancel_frame(frame)
+        if isinstance(frame, Resume):
+            return self._resume(frame)
+        if isinstance(frame, Auth | ToolResult):
             sid = getattr(frame, "stream_id", None)
             return [_refuse("unsupported", f"`{frame_type(frame)}` is not supported yet", sid)]
         raise TypeError(type(frame).__name__)  # pragma: no cover - the union is exhaustive
@@ -200,6 +276,12 @@ class Session:
         With `error`, a typed `error` frame (with `seq`) says why, before the `finish`.
         """
         stream = self.streams.pop(stream_id, None)
+        if stream is None and stream_id in self.attached:
+            message_id = self.attached[stream_id]
+            if message_id is None:
+                self._cancel_after.add(stream_id)
+                return []
+            return [CancelMessage(message_id)]
         if stream is None:
             if unknown_is_error:
                 return [_refuse("unknown_stream", "no running stream has this id", stream_id)]
@@ -292,6 +374,42 @@ class Session:
         stream.restart(target.parser())
         return True
 
+    # --- what the shell reports of claims, resumes and followers --------------------------
+
+    def claimed(self, claim: ClaimStart, now: float) -> list[Action]:
+        """The idempotency key was free: the stream starts as the claimed message."""
+        sid = claim.start.stream_id
+        if sid not in self.attached:
+            return []  # refused or gone meanwhile
+        del self.attached[sid]
+        cancelled = sid in self._cancel_after
+        self._cancel_after.discard(sid)
+        actions = self._open(claim.start, claim.target, claim.message_id, claim.epoch, now)
+        if cancelled:
+            actions.extend(self.cancel(sid))
+        return actions
+
+    def attach(self, stream_id: str, message_id: str) -> list[Action]:
+        """The shell follows `message_id` as `stream_id` now (a resume or a keyed retry)."""
+        if stream_id not in self.attached:
+            return []
+        self.attached[stream_id] = message_id
+        if stream_id in self._cancel_after:
+            self._cancel_after.discard(stream_id)
+            return [CancelMessage(message_id)]
+        return []
+
+    def refuse(self, stream_id: str, error: WsgateError) -> list[Action]:
+        """A pending claim or resume failed: its typed refusal."""
+        self.attached.pop(stream_id, None)
+        self._cancel_after.discard(stream_id)
+        return [_refuse(error.code, error.public_message, stream_id, error.retry_after_ms)]
+
+    def follower_ended(self, stream_id: str) -> None:
+        """A follower stream sent its generation's `finish`, or its refusal: the id is free."""
+        self.attached.pop(stream_id, None)
+        self._cancel_after.discard(stream_id)
+
     def connection_lost(self) -> list[Action]:
         """The client is gone: cancel its streams, or detach those that asked to continue."""
         actions: list[Action] = []
@@ -304,21 +422,69 @@ class Session:
 
     def _start(self, frame: Start, now: float) -> list[Action]:
         sid = frame.stream_id
-        if self.draining:
-            return [_refuse("shutting_down", "the gateway is shutting down; reconnect", sid)]
-        if sid in self.streams:
-            return [_refuse("stream_exists", "a stream with this id is running", sid)]
-        if len(self.streams) >= self.limits.max_streams:
-            message = f"the connection already runs {self.limits.max_streams} streams"
-            return [_refuse("too_many_streams", message, sid)]
+        refusal = self._admit(sid)
+        if refusal is not None:
+            return [refusal]
         try:
             target = self._resolve(frame.request, frame.options)
+        except WsgateError as exc:
+            return [_refuse(exc.code, exc.public_message, sid)]
+        options = frame.options
+        epoch: str | None = None
+        if options.resumable and self._log is not None:
+            if self._log.healthy():
+                epoch = self._log.new_epoch()
+            elif not self._log.without_log or options.idempotency_key is not None:
+                error = StoreUnavailable("the resume store is unavailable; retry shortly")
+                return [_refuse(error.code, error.public_message, sid, 1000)]
+        key = options.idempotency_key
+        if key is not None and epoch is not None:
+            self.attached[sid] = None
+            digest = fingerprint(frame.request, options)
+            return [ClaimStart(frame, target, key, digest, self._new_message_id(), epoch)]
+        return self._open(frame, target, self._new_message_id(), epoch, now)
+
+    def _resume(self, frame: Resume) -> list[Action]:
+        sid = frame.stream_id
+        refusal = self._admit(sid)
+        if refusal is not None:
+            return [refusal]
+        if self._log is None:
+            return [_refuse("unknown_message", "this gateway keeps no logs to resume", sid)]
+        self.attached[sid] = None
+        return [ResumeStream(sid, frame.message_id, frame.last_seq, frame.snapshot, frame.epoch)]
+
+    def _cancel_frame(self, frame: Cancel) -> list[Action]:
+        if (frame.stream_id is None) == (frame.message_id is None):
+            message = "a cancel names exactly one of stream_id and message_id"
+            return [_refuse("bad_frame", message, frame.stream_id)]
+        if frame.message_id is not None:
+            return [CancelMessage(frame.message_id)]
+        assert frame.stream_id is not None  # noqa: S101 - one of the two, checked above
+        return self.cancel(frame.stream_id, unknown_is_error=True)
+
+    def _admit(self, sid: str) -> SendControl | None:
+        """Why a new stream (started or resumed) cannot take `sid` now, if it cannot."""
+        if self.draining:
+            return _refuse("shutting_down", "the gateway is shutting down; reconnect", sid)
+        if sid in self.streams or sid in self.attached:
+            return _refuse("stream_exists", "a stream with this id is running", sid)
+        if len(self.streams) + len(self.attached) >= self.limits.max_streams:
+            message = f"the connection already runs {self.limits.max_streams} streams"
+            return _refuse("too_many_streams", message, sid)
+        return None
+
+    def _open(
+        self, frame: Start, target: Target, message_id: str, epoch: str | None, now: float
+    ) -> list[Action]:
+        sid = frame.stream_id
+        try:
             parser = target.parser()
         except WsgateError as exc:
             return [_refuse(exc.code, exc.public_message, sid)]
         stream = Stream(
             sid,
-            self._new_message_id(),
+            message_id,
             frame.request.model,
             frame.options,
             parser,
@@ -326,11 +492,13 @@ class Session:
             self.limits.telemetry_interval,
             self.limits.first_token_timeout,
             self.limits.max_duration,
+            epoch,
         )
         self.streams[sid] = stream
+        claimed = frame.options.idempotency_key is not None and epoch is not None
         return [
             SendStream(sid, stream.start()),
-            StartUpstream(sid, stream.message_id, frame.request, target),
+            StartUpstream(sid, message_id, frame.request, target, epoch, claimed),
         ]
 
     def _settle(self, stream: Stream, output: StreamOutput) -> StreamOutput:
@@ -344,12 +512,15 @@ def frame_type(frame: object) -> str:
     return str(type(frame).__struct_config__.tag)  # type: ignore[attr-defined]
 
 
-def _refuse(code: str, message: str, stream_id: str | None = None) -> SendControl:
+def _refuse(
+    code: str, message: str, stream_id: str | None = None, retry_after_ms: int | None = None
+) -> SendControl:
     return SendControl(
         ErrorFrame(
             code=code,
             message=message,
             retryable=ERROR_CODES[code].retryable,
             stream_id=stream_id,
+            retry_after_ms=retry_after_ms,
         )
     )

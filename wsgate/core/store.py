@@ -35,15 +35,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from wsgate.core.errors import WsgateError
+from wsgate.core.errors import StoreUnavailable
+
+__all__ = [
+    "Claim",
+    "LogBound",
+    "Meta",
+    "Page",
+    "State",
+    "Store",
+    "StoreLimits",
+    "StoreUnavailable",
+]
 
 State = Literal["running", "ended"]
-
-
-class StoreUnavailable(WsgateError):
-    """The store's backend cannot be reached now; the same frame may succeed later."""
-
-    code = "store_unavailable"
 
 
 @dataclass(frozen=True, slots=True)

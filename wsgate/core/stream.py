@@ -122,10 +122,12 @@ class Stream:
         telemetry_interval: float = 0.5,
         first_token_timeout: float = math.inf,
         max_duration: float = math.inf,
+        epoch: str | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.message_id = message_id
         self.model = model
+        self.epoch = epoch  # set when the stream is logged for resume
         self.options = options
         self.state = State.NEW
         self.finish_reason: FinishReason | None = None
@@ -156,7 +158,9 @@ class Stream:
         """Produce `stream.started`."""
         self._apply(Event.START)
         out = StreamOutput()
-        out.add(StreamStarted(self.stream_id, self._next(), self.message_id, self.model))
+        out.add(
+            StreamStarted(self.stream_id, self._next(), self.message_id, self.model, self.epoch)
+        )
         return out
 
     def feed(self, data: bytes, now: float) -> StreamOutput:

@@ -1,0 +1,119 @@
+"""Resume decisions: whether a log can serve a resume, and its frames re-addressed, in order.
+
+Owns what a resume means, without I/O: `judge` turns what the store found into the reason a
+resume cannot be served (or none); `Tail` takes the log's pages for one resumed stream and
+yields the frames to send, re-addressed to the new `stream_id`, each `seq` exactly once and
+in order, refusing a gap (`resume_trimmed`), and knowing when the `finish` went out;
+`fingerprint` is what makes two `start`s "the same request" for an idempotency key.
+
+Rules:
+1. A resumed stream receives every frame with `seq` > `last_seq`, each once, in `seq`
+   order, up to and including the generation's `finish`: nothing skipped, nothing twice.
+2. Replayed frames are the logged bytes with only the `stream_id` value replaced: the
+   frame's own `stream_id` is its first `"stream_id":"` (every frame puts it before any
+   nested value, and a JSON string cannot hold an unescaped quote).
+3. With `snapshot`, each run of consecutive logged `delta.text` frames of the first page
+   leaves as one `delta.text` covering `first_seq`..`seq` (as a coalesced frame does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from wsgate.core.errors import (
+    ResumeEpochChanged,
+    ResumeExpired,
+    ResumeTrimmed,
+    UnknownMessage,
+    WsgateError,
+)
+from wsgate.core.frames import ChatRequest, DeltaText, StartOptions, encode_frame
+from wsgate.core.store import Page
+
+STREAM_ID_FIELD = b'"stream_id":"'
+FINISH_PREFIX = b'{"type":"finish"'
+TEXT_PREFIX = b'{"type":"delta.text"'
+
+_text_decoder = msgspec.json.Decoder(DeltaText)
+_encoder = msgspec.json.Encoder()
+
+
+def fingerprint(request: ChatRequest, options: StartOptions) -> str:
+    """A digest of what a `start` asks for, its idempotency key left out."""
+    bare = msgspec.structs.replace(options, idempotency_key=None)
+    digest = hashlib.sha256(_encoder.encode(request))
+    digest.update(b"\x00")
+    digest.update(_encoder.encode(bare))
+    return digest.hexdigest()
+
+
+def judge(page: Page | None, last_seq: int, epoch: str | None) -> WsgateError | None:
+    """Why a resume after `last_seq` cannot be served from `page`, or None if it can."""
+    if page is None:
+        return UnknownMessage("no generation with this message_id is known")
+    meta = page.meta
+    if meta.expired:
+        return ResumeExpired("the generation's log expired")
+    if epoch is not None and epoch != meta.epoch:
+        return ResumeEpochChanged("the generation's epoch is not the one given")
+    if meta.first > last_seq + 1:
+        return ResumeTrimmed(f"the log starts at seq {meta.first}, after last_seq + 1")
+    return None
+
+
+def retarget(data: bytes, stream_id: bytes) -> bytes:
+    """A logged frame with its own `stream_id` value replaced (rule 2)."""
+    start = data.index(STREAM_ID_FIELD) + len(STREAM_ID_FIELD)
+    end = data.index(b'"', start)
+    return data[:start] + stream_id + data[end:]
+
+
+class Tail:
+    """The frames of one generation for one resumed stream: gapless, once each, in order."""
+
+    __slots__ = ("_snapshot", "done", "next_seq", "stream_id")
+
+    def __init__(self, stream_id: str, last_seq: int, *, snapshot: bool = False) -> None:
+        self.stream_id = stream_id.encode()
+        self.next_seq = last_seq + 1
+        self.done = False  # the `finish` went out
+        self._snapshot = snapshot
+
+    def take(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        """The frames of a page to send now; raises `ResumeTrimmed` at a gap.
+
+        Entries before `next_seq` were sent already and are skipped; the first one kept
+        must be `next_seq` itself.
+        """
+        out: list[bytes] = []
+        run: list[tuple[int, bytes]] = []
+        for seq, data in entries:
+            if self.done or seq < self.next_seq:
+                continue
+            if seq > self.next_seq:
+                raise ResumeTrimmed(f"the log has no frame {self.next_seq}")
+            self.next_seq = seq + 1
+            if self._snapshot and data.startswith(TEXT_PREFIX):
+                run.append((seq, data))
+                continue
+            if run:
+                out.append(self._merge(run))
+                run = []
+            out.append(retarget(data, self.stream_id))
+            self.done = data.startswith(FINISH_PREFIX)
+        if run:
+            out.append(self._merge(run))
+        self._snapshot = False  # only the first page is folded (rule 3)
+        return out
+
+    def _merge(self, run: list[tuple[int, bytes]]) -> bytes:
+        if len(run) == 1:
+            return retarget(run[0][1], self.stream_id)
+        texts = [_text_decoder.decode(data) for _, data in run]
+        first = texts[0].first_seq or run[0][0]
+        merged = DeltaText(
+            self.stream_id.decode(), run[-1][0], "".join(t.text for t in texts), first
+        )
+        return encode_frame(merged)
