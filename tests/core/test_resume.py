@@ -74,7 +74,7 @@ def test_a_log_trimmed_past_last_seq_is_refused():
 
 
 def test_retarget_replaces_only_the_frames_own_stream_id():
-    frame = encode_frame(ErrorFrame("x", 'say "stream_id":"old" ok', False, "old", 4))
+    frame = encode_frame(ErrorFrame("x", 'say "stream_id":"old" ok', retryable=False, stream_id="old", seq=4))
     out = orjson.loads(retarget(frame, b"new"))
     assert out["stream_id"] == "new"
     assert out["message"] == 'say "stream_id":"old" ok'
@@ -157,7 +157,7 @@ def make_session(*, healthy: bool = True, without_log: bool = False, max_streams
     return Session(
         "conn_1",
         SessionLimits(max_streams=max_streams),
-        lambda request, options: ParserTarget(ScriptedParser),
+        lambda _request, _options: ParserTarget(ScriptedParser),
         lambda: f"msg_{next(ids)}",
         log=LogPolicy(lambda: f"e{next(epochs)}", lambda: healthy, without_log),
     )
@@ -208,7 +208,7 @@ def test_a_keyed_start_claims_its_key_before_anything_runs():
     assert isinstance(claim, ClaimStart)
     assert session.streams == {}
     assert session.attached == {"s1": None}
-    sent, upstream = session.claimed(claim, 0.0)
+    _, upstream = session.claimed(claim, 0.0)
     assert isinstance(upstream, StartUpstream)
     assert upstream.message_id == claim.message_id
     assert upstream.claimed
@@ -241,7 +241,7 @@ def test_a_resume_is_handed_to_the_shell_and_holds_its_stream_id():
     session = make_session()
     frame = {"type": "resume", "message_id": "msg_9", "last_seq": 3, "stream_id": "r1"}
     (action,) = session.receive(orjson.dumps(frame), 0.0)
-    assert action == ResumeStream("r1", "msg_9", 3, False, None)
+    assert action == ResumeStream("r1", "msg_9", 3, snapshot=False, epoch=None)
     (again,) = session.receive(orjson.dumps(frame), 0.0)
     assert isinstance(again, SendControl)
     assert again.frame.code == "stream_exists"  # type: ignore[union-attr]
