@@ -74,7 +74,9 @@ def test_a_log_trimmed_past_last_seq_is_refused():
 
 
 def test_retarget_replaces_only_the_frames_own_stream_id():
-    frame = encode_frame(ErrorFrame("x", 'say "stream_id":"old" ok', retryable=False, stream_id="old", seq=4))
+    frame = encode_frame(
+        ErrorFrame("x", 'say "stream_id":"old" ok', retryable=False, stream_id="old", seq=4)
+    )
     out = orjson.loads(retarget(frame, b"new"))
     assert out["stream_id"] == "new"
     assert out["message"] == 'say "stream_id":"old" ok'
