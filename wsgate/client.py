@@ -1,11 +1,24 @@
-"""The Python client of wsgate: many generation streams over one WebSocket.
+"""The Python client of wsgate: many generation streams over one WebSocket, resumed after drops.
 
 Owns the client side of wsgate.v1: opening the connection and waiting for `ready`, one reader
 task that routes gateway frames by `stream_id` into per-stream queues, stream handles that
-start, cancel and iterate typed frames, and `chat`, the one-shot helper behind `wsgate chat`.
-Frames are the types of `wsgate.core.frames`, so client and gateway cannot drift. websockets'
-exceptions are translated here into `GatewayError`. Must not import the gateway, upstream,
-mock or app shells: a client needs none of them.
+start, cancel and iterate typed frames, the resume after a dropped connection (reconnect with
+backoff, `resume` each open stream under its own id, drop replayed duplicates by `seq`), and
+`chat`, the one-shot helper behind `wsgate chat`. Frames are the types of `wsgate.core.frames`,
+so client and gateway cannot drift. websockets' exceptions are translated here into
+`GatewayError`. Must not import the gateway, upstream, mock or app shells: a client needs none
+of them.
+
+Rules of the resume:
+1. A drop resumes only when its close code says "reconnect" (PROTOCOL.md §12.3: 1001, 1006,
+   1011-1014, 4000-4499) and the client did not close; a drop that leaves no stream to
+   continue ends the `Gateway` as it always did.
+2. A stream continues after a drop when it has `message_id` and `epoch` (a `resume` with the
+   highest `seq` received), when its `start` never reached a socket (sent now), or when it
+   has no `stream.started` yet but an `idempotency_key` (the same `start` again). Any other
+   open stream ends with `ConnectionClosedError` at the drop.
+3. The caller sees every `seq` once, in order: a frame whose `seq` is at most the highest
+   received is a replayed duplicate and is dropped; `stream.resumed` is counted, not yielded.
 """
 
 from __future__ import annotations
@@ -13,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 
 import msgspec
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from wsgate.core.errors import CloseCode
@@ -34,10 +49,12 @@ from wsgate.core.frames import (
     GoAway,
     Heartbeat,
     Ready,
+    Resume,
     ServerFrame,
     Start,
     StartOptions,
     StreamEventFrame,
+    StreamResumed,
     StreamStarted,
     Telemetry,
     decode_server_frame,
@@ -45,10 +62,12 @@ from wsgate.core.frames import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from websockets.asyncio.client import ClientConnection
     from websockets.datastructures import HeadersLike
+
+    _Dial = Callable[[float], Awaitable[tuple[ClientConnection, Ready]]]
 
 StreamFrame = StreamEventFrame | Telemetry
 # Gateway frames are not capped by ready.limits (that caps client frames); one tool_call.end
@@ -56,6 +75,9 @@ StreamFrame = StreamEventFrame | Telemetry
 _MAX_SERVER_FRAME_BYTES: Final = 16 * 1024 * 1024
 _MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: control frame payload <= 125 bytes
 _SUCCESS: Final = frozenset({"stop", "length", "tool_calls"})
+# PROTOCOL.md §12.3, "Client should": reconnect after these; 4000-4499 are added below.
+_RECONNECT_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+_MAX_BACKOFF_EXPONENT: Final = 32  # 2**32 * base is past any cap; keeps the float finite
 
 
 class GatewayError(Exception):
@@ -67,7 +89,10 @@ class ConnectError(GatewayError):
 
 
 class ConnectionClosedError(GatewayError):
-    """The connection closed while a stream was open; `code` and `reason` are the close's."""
+    """The connection closed while a stream was open; `code` and `reason` are the close's.
+
+    After a drop the client tried to resume from, `__cause__` says why it could not.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         detail = f": {reason}" if reason else ""
@@ -81,19 +106,33 @@ class _ViolationError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Backoff:
+    """How a resuming `Gateway` waits between reconnect attempts: exponential, full jitter.
+
+    Attempt n (from 0) waits `jitter() * min(cap, base * 2**n)` seconds, a uniform draw below
+    the exponential ("full jitter": clients dropped together do not come back together).
+    Attempts stop `timeout` seconds after the drop; the streams then fail. `jitter` returns a
+    draw in [0, 1); tests pass their own.
+    """
+
+    base: float = 0.2
+    cap: float = 5.0
+    timeout: float = 60.0
+    jitter: Callable[[], float] = field(default=random.random)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnect attempt `attempt` (0 for the first)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, _MAX_BACKOFF_EXPONENT))
+        return self.jitter() * ceiling
+
+
+@dataclass(frozen=True, slots=True)
 class _Broken:
     """Queued after a stream's last frame when the connection ended before its `finish`."""
 
     code: int
     reason: str
     cause: BaseException | None = None
-
-
-def _ends_stream(frame: StreamFrame, started: bool) -> bool:
-    # A refusal (error without seq) ends only a stream the gateway never started.
-    if isinstance(frame, FinishFrame):
-        return True
-    return isinstance(frame, ErrorFrame) and frame.seq is None and not started
 
 
 def _close_info(exc: ConnectionClosed) -> tuple[int, str]:
@@ -106,37 +145,148 @@ def _close_reason(text: str) -> str:
     return text.encode()[:_MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
 
 
+def _may_reconnect(code: int) -> bool:
+    return code in _RECONNECT_CODES or 4000 <= code < 4500
+
+
+def _seq_span(frame: StreamFrame) -> tuple[int, int] | None:
+    """The `seq`s a frame covers, first and last (a coalesced `delta.text` covers several)."""
+    if isinstance(frame, Telemetry) or frame.seq is None:
+        return None
+    if isinstance(frame, DeltaText) and frame.first_seq is not None:
+        return frame.first_seq, frame.seq
+    return frame.seq, frame.seq
+
+
 class _Route:
-    """The reader's side of one started stream: its queue, and whether it has started.
+    """The reader's side of one stream: its queue, and what a resume of it needs.
 
     The queue is unbounded on purpose: its consumer is the app itself, and a full queue would
     block the one reader that feeds every stream of the connection, so one stream read slowly
     would stall all the others. Worst case: one stream's whole output (bounded by its
-    max_tokens) waits here; an app that stops reading a stream should cancel it.
+    max_tokens) waits here; an app that stops reading a stream should cancel it. A resume adds
+    nothing to that: nothing arrives while disconnected, and replayed duplicates are dropped
+    before they are queued, so only `seq`s never queued before get in. The rest of the route
+    is fixed-size: its start frame (at most `max_frame_bytes`), the last frame it sent to
+    attach (a `resume` or that start) and a few counters.
     """
 
-    __slots__ = ("queue", "started")
+    __slots__ = (
+        "epoch",
+        "final",
+        "follower",
+        "gen",
+        "key",
+        "last_seq",
+        "message_id",
+        "queue",
+        "resumed",
+        "resumes",
+        "retries",
+        "sent",
+        "start",
+        "started",
+        "stream_id",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, stream_id: str, start: bytes, key: str | None) -> None:
         self.queue: asyncio.Queue[StreamFrame | _Broken] = asyncio.Queue()
+        self.stream_id = stream_id
+        self.start = start
+        self.key = key
         self.started = False
+        self.message_id: str | None = None
+        self.epoch: str | None = None
+        self.last_seq = 0  # the highest seq received (rule 3)
+        self.final: StreamFrame | None = None  # the frame that ended the stream
+        # A follower attached to a generation (resume or keyed start): an error without seq
+        # is its end. A keyed start may attach to a running generation even the first time.
+        self.follower = key is not None
+        self.gen: int | None = None  # the connection its start or resume was written to
+        self.sent: bytes | None = None  # what that was, for a retry after store_unavailable
+        self.resumes = 0
+        self.resumed: StreamResumed | None = None
+        self.retries = 0
+
+    def can_continue(self) -> bool:
+        """Whether the stream may go on after a drop (rule 2)."""
+        if self.message_id is not None:
+            return self.epoch is not None
+        return self.gen is None or self.key is not None
+
+    def attach(self, gen: int) -> bytes:
+        """The frame that carries the stream on to connection `gen`: a resume, or its start."""
+        self.gen = gen
+        if self.message_id is None:
+            self.follower = self.key is not None
+            self.sent = self.start
+            return self.start
+        self.follower = True
+        resume = Resume(
+            message_id=self.message_id,
+            last_seq=self.last_seq,
+            stream_id=self.stream_id,
+            epoch=self.epoch,
+        )
+        self.sent = encode_frame(resume)
+        return self.sent
+
+    def on_resumed(self, frame: StreamResumed) -> None:
+        known = self.message_id  # None: a keyed start, attached before its stream.started
+        if not self.follower or (known is not None and frame.message_id != known):
+            raise _ViolationError(f"stream.resumed for {self.stream_id!r}, which is not resuming")
+        self.resumes += 1
+        self.resumed = frame
+        self.retries = 0
 
     def push(self, frame: StreamFrame) -> bool:
-        """Queue a frame; True when it is the stream's last."""
+        """Queue a frame unless it is a replayed duplicate; True when it is the stream's last."""
+        span = _seq_span(frame)
+        if span is not None:
+            first, last = span
+            if last <= self.last_seq:
+                return False  # replayed: queued already
+            if first <= self.last_seq:  # part seen, part not: the text cannot be split
+                raise _ViolationError(f"delta.text {first}..{last} overlaps {self.last_seq}")
+            self.last_seq = last
+        if isinstance(frame, StreamStarted):
+            self.started = True
+            self.message_id, self.epoch = frame.message_id, frame.epoch
         self.queue.put_nowait(frame)
-        self.started = self.started or isinstance(frame, StreamStarted)
-        return _ends_stream(frame, self.started)
+        # A refusal (error without seq) ends a stream the gateway never started, and a follower.
+        refused = isinstance(frame, ErrorFrame) and frame.seq is None
+        if isinstance(frame, FinishFrame) or (refused and (self.follower or not self.started)):
+            self.final = frame
+            return True
+        return False
 
 
 class _Mux:
-    """What a Gateway and its streams share: the socket, the routes, the reader's outcome."""
+    """What a Gateway and its streams share: the connection, the routes, the reader's outcome.
 
-    def __init__(self, ws: ClientConnection) -> None:
+    With a `dial` (resume on), a drop is followed by a reconnect and the routes that can
+    continue are carried over to the new connection (`_recover`); without one, a drop ends
+    every open stream, as it always did.
+    """
+
+    def __init__(
+        self, ws: ClientConnection, ready: Ready, dial: _Dial | None, backoff: Backoff
+    ) -> None:
         self.ws = ws
+        self.ready = ready
+        self.dial = dial
+        self.backoff = backoff
         self.routes: dict[str, _Route] = {}  # started streams whose last frame has not come
         self.connection_errors: list[ErrorFrame] = []
         self.goaway: GoAway | None = None
-        self.closed: tuple[int, str] | None = None
+        self.closed: tuple[int, str] | None = None  # once the connection ended for good
+        self.stopping = False  # the client is closing: a drop now is no reason to reconnect
+        self.live = True  # `ws` is the connection to send on (False while reconnecting)
+        self.gen = 0  # which connection `ws` is, counted from 0
+        self._wake = asyncio.Event()  # set (and replaced) when `ws` or `closed` changes
+        self._deadline = 0.0  # loop time when the current recovery gives up
+        self._cause: BaseException | None = None  # why the last recovery failed
+        self._retries: set[asyncio.Task[None]] = set()  # at most one per route
 
     def add(self, stream_id: str, route: _Route) -> None:
         if self.closed is not None:
@@ -145,28 +295,150 @@ class _Mux:
             raise ValueError(f"stream {stream_id!r} is already open on this connection")
         self.routes[stream_id] = route
 
-    async def send(self, encoded: bytes) -> None:
+    async def send_start(self, route: _Route) -> None:
+        """Write a route's start, or leave it to the reconnect when there is no connection."""
+        ws = self.ws
+        if self.dial is not None and (not self.live or ws.state is not State.OPEN):
+            return  # not written (`gen` stays None): the reconnect writes it
+        route.gen, route.sent = self.gen, route.start
         try:
-            await self.ws.send(encoded, text=True)
+            await ws.send(route.start, text=True)
         except ConnectionClosed as exc:
-            raise ConnectionClosedError(*_close_info(exc)) from exc
+            if self.dial is None:
+                raise ConnectionClosedError(*_close_info(exc)) from exc
+            # It may have left: the recovery decides (rule 2).
+
+    async def send(self, encoded: bytes, route: _Route | None = None) -> None:
+        """Send a frame, waiting for the new connection while reconnecting.
+
+        With `route`, nothing is sent once that stream has ended. Raises
+        `ConnectionClosedError` once the connection has ended for good.
+        """
+        stale: ClientConnection | None = None
+        while True:
+            ws = await self._connection(stale)
+            if route is not None and self.routes.get(route.stream_id) is not route:
+                return
+            try:
+                await ws.send(encoded, text=True)
+            except ConnectionClosed as exc:
+                if self.dial is None:
+                    raise ConnectionClosedError(*_close_info(exc)) from exc
+                stale = ws  # the reader is about to see the drop: wait for what follows
+            else:
+                return
+
+    async def _connection(self, stale: ClientConnection | None) -> ClientConnection:
+        while True:
+            if self.closed is not None:
+                raise ConnectionClosedError(*self.closed)
+            if self.live and self.ws is not stale:
+                return self.ws
+            await self._wake.wait()
+
+    def _changed(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
 
     async def read(self) -> None:
-        """Route frames until the connection ends, then end every open stream."""
+        """Route frames until the connection ends for good, then end every open stream."""
         closed: tuple[int, str] = (CloseCode.NORMAL, "reader stopped by the client")
         cause: BaseException | None = None
         try:
             closed = await self._pump()
+            while await self._recover(closed):
+                closed = await self._pump()
+            cause = self._cause
         except Exception as exc:
             cause = exc
             closed = (CloseCode.INTERNAL, f"client reader failed: {type(exc).__name__}")
             await self.ws.close(*closed)
             raise
         finally:
-            self.closed = closed
+            self.closed, self.live = closed, False
+            for task in self._retries:
+                task.cancel()
+            if self.ws.state is State.OPEN:  # cancelled while carrying streams over
+                self.ws.transport.abort()
             for route in self.routes.values():
                 route.queue.put_nowait(_Broken(*closed, cause))
             self.routes.clear()
+            self._changed()
+
+    async def _recover(self, closed: tuple[int, str]) -> bool:
+        """After a drop: reconnect and carry the streams over; False when the reader ends."""
+        self.live = False
+        for task in self._retries:
+            task.cancel()  # their refusal came on the old connection: the resume is resent
+        resuming = self.dial is not None and not self.stopping and _may_reconnect(closed[0])
+        for sid, route in list(self.routes.items()):
+            if not (resuming and route.can_continue()):
+                route.queue.put_nowait(_Broken(*closed))
+                del self.routes[sid]
+        if not self.routes:
+            return False
+        self._deadline = asyncio.get_running_loop().time() + self.backoff.timeout
+        connection = await self._reconnect()
+        if connection is None:
+            return False
+        self.ws, self.ready = connection
+        self.gen += 1
+        self.goaway = None  # the old connection's
+        await self._reattach()
+        self.live = True
+        self._changed()
+        return True
+
+    async def _reconnect(self) -> tuple[ClientConnection, Ready] | None:
+        assert self.dial is not None  # noqa: S101 - only a resuming mux recovers
+        loop = asyncio.get_running_loop()
+        # PROTOCOL.md §12.3: after goaway, reconnect after its reconnect_after_ms, with backoff.
+        floor = self.goaway.reconnect_after_ms / 1000 if self.goaway is not None else 0.0
+        last: ConnectError | None = None
+        for attempt in itertools.count():
+            remaining = self._deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(floor + self.backoff.delay(attempt), remaining))
+            floor = 0.0
+            try:
+                return await self.dial(self._deadline - loop.time())
+            except ConnectError as exc:
+                last = exc
+        self._cause = ConnectError(f"no reconnect within {self.backoff.timeout} s")
+        self._cause.__cause__ = last
+        return None
+
+    async def _reattach(self) -> None:
+        """Write each route's resume (or start) to the new connection, new routes included."""
+        ws = self.ws
+        while pending := [r for r in self.routes.values() if r.gen != self.gen]:
+            for route in pending:
+                try:
+                    await ws.send(route.attach(self.gen), text=True)
+                except ConnectionClosed:
+                    return  # the reader sees the drop next and recovers again
+
+    def _retry(self, route: _Route, frame: ErrorFrame) -> bool:
+        """Resend a follower's attach refused with `store_unavailable`, if time remains."""
+        if frame.code != "store_unavailable" or not route.follower or route.sent is None:
+            return False
+        loop = asyncio.get_running_loop()
+        delay = max((frame.retry_after_ms or 0) / 1000, self.backoff.delay(route.retries))
+        if self.dial is None or loop.time() + delay > self._deadline:
+            return False
+        route.retries += 1
+        task = loop.create_task(self._resend(route, route.sent, delay))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+        return True
+
+    async def _resend(self, route: _Route, data: bytes, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.live and self.routes.get(route.stream_id) is route:
+            # A drop cancels this task, so a failed send here is the reader's to handle.
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(data, text=True)
 
     async def _pump(self) -> tuple[int, str]:
         while True:
@@ -205,6 +477,11 @@ class _Mux:
             elif not isinstance(frame, Telemetry):  # telemetry is sheddable; late is harmless
                 raise _ViolationError(f"{type(frame).__name__} for {sid!r}, not open")
             return
+        if isinstance(frame, StreamResumed):
+            route.on_resumed(frame)
+            return
+        if isinstance(frame, ErrorFrame) and frame.seq is None and self._retry(route, frame):
+            return
         if route.push(frame):
             del self.routes[sid]
 
@@ -214,8 +491,11 @@ class StreamHandle:
 
     Iteration sends the start frame on first use and yields the stream's frames in order,
     telemetry included; it ends after `finish`, or after a refusal of a stream that never
-    started (the `ErrorFrame` is yielded first). If the connection ends before that, the
-    frames that arrived are yielded, then `ConnectionClosedError` is raised. The attributes
+    started or of its resume (the `ErrorFrame` is yielded first; after `resume_owner_lost`,
+    the frames the lost node logged come before it). If the connection ends before that and
+    the stream cannot be resumed, the frames that arrived are yielded, then
+    `ConnectionClosedError` is raised. A resumed stream yields one gapless sequence across
+    connections: no `seq` twice, no `stream.resumed` (`resumes` counts them). The attributes
     (`text`, `events`, `finish_reason`, ...) reflect the frames yielded so far.
     """
 
@@ -229,8 +509,7 @@ class StreamHandle:
         self.error: ErrorFrame | None = None
         self.events: list[StreamFrame] = []
         self._mux = mux
-        self._encoded = encoded
-        self._route = _Route()
+        self._route = _Route(start.stream_id, encoded, start.options.idempotency_key)
         self._texts: list[str] = []
         self._start_sent = False
         self._cancel_sent = False
@@ -249,9 +528,25 @@ class StreamHandle:
         """Whether the stream's last frame was yielded (or it was cancelled before starting)."""
         return self._done
 
+    @property
+    def epoch(self) -> str | None:
+        """The generation's epoch from `stream.started`: None when it is not resumable."""
+        return self._route.epoch
+
+    @property
+    def resumes(self) -> int:
+        """How many `stream.resumed` the gateway sent for this stream (accepted resumes)."""
+        return self._route.resumes
+
+    @property
+    def resumed(self) -> StreamResumed | None:
+        """The last `stream.resumed` (its `state` and `top_seq`), if the stream was resumed."""
+        return self._route.resumed
+
     async def start(self) -> None:
         """Send the start frame; later calls, and calls after `cancel`, do nothing.
 
+        While the gateway reconnects, the start is written to the new connection instead.
         Raises `ValueError` if another stream with this id is open, `ConnectionClosedError`
         if the connection has ended.
         """
@@ -264,13 +559,15 @@ class StreamHandle:
             self._start_sent, self._broken = True, _Broken(exc.code, exc.reason)
             raise
         self._start_sent = True
-        await self._mux.send(self._encoded)
+        await self._mux.send_start(self._route)
 
     async def cancel(self) -> None:
         """Ask the gateway to stop the stream; iterate on to read its `finish` (cancelled).
 
         Before `start`, the stream is dropped without sending anything. On an ended stream or
-        a closed connection it does nothing: iteration reports how the stream ended.
+        a closed connection it does nothing: iteration reports how the stream ended. While the
+        gateway reconnects, it waits for the new connection (the stream is resumed first),
+        at most `Backoff.timeout` seconds.
         """
         if not self._start_sent:
             self._start_sent = self._done = True
@@ -279,7 +576,7 @@ class StreamHandle:
             return
         self._cancel_sent = True
         with contextlib.suppress(ConnectionClosedError):
-            await self._mux.send(encode_frame(Cancel(stream_id=self.stream_id)))
+            await self._mux.send(encode_frame(Cancel(stream_id=self.stream_id)), self._route)
 
     async def collect(self) -> Self:
         """Iterate to the end of the stream and return this handle."""
@@ -304,7 +601,7 @@ class StreamHandle:
         return item
 
     def _record(self, frame: StreamFrame) -> None:
-        self._done = _ends_stream(frame, self.message_id is not None)
+        self._done = frame is self._route.final
         self.events.append(frame)
         if isinstance(frame, StreamStarted):
             self.message_id, self.model = frame.message_id, frame.model
@@ -317,55 +614,81 @@ class StreamHandle:
 
 
 class Gateway:
-    """One open wsgate connection: creates streams and runs the reader that feeds them.
+    """One wsgate connection: creates streams and runs the reader that feeds them.
 
-    `ready` is the gateway's greeting; `connection_errors` collects error frames about no
-    open stream (connection-level refusals, and refusals about streams that already ended);
-    `goaway` is set when the gateway announces its shutdown.
+    With `resume` (the default of `open`), a dropped connection is reopened to the same URL
+    with `backoff` and every open stream that can continue is resumed on it (see the module's
+    rules); `reconnects` counts the connections opened so, `reconnecting` is true meanwhile.
+    `ready` is the current connection's greeting; `connection_errors` collects error frames
+    about no open stream (connection-level refusals, and refusals about streams that already
+    ended); `goaway` is set when the gateway announces its shutdown (and cleared by a
+    reconnect: it was the old connection's).
     """
 
-    def __init__(self, ws: ClientConnection, ready: Ready) -> None:
-        self.ready = ready
-        self._mux = _Mux(ws)
+    def __init__(
+        self,
+        ws: ClientConnection,
+        ready: Ready,
+        *,
+        dial: _Dial | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._mux = _Mux(ws, ready, dial, Backoff() if backoff is None else backoff)
         self.connection_errors: list[ErrorFrame] = self._mux.connection_errors
         self._ids = itertools.count(1)
         self._reader = asyncio.create_task(self._mux.read(), name=f"wsgate-read-{ready.conn_id}")
 
     @classmethod
     async def open(
-        cls, url: str, *, open_timeout: float = 10, additional_headers: HeadersLike | None = None
+        cls,
+        url: str,
+        *,
+        open_timeout: float = 10,
+        additional_headers: HeadersLike | None = None,
+        resume: bool = True,
+        backoff: Backoff | None = None,
     ) -> Self:
-        """Open a connection and wait for `ready`, all within `open_timeout` seconds."""
-        ws: ClientConnection | None = None
-        try:
-            async with asyncio.timeout(open_timeout):
-                ws = await ws_connect(
-                    url,
-                    subprotocols=[Subprotocol(PROTOCOL)],
-                    additional_headers=additional_headers,
-                    compression=None,  # token frames are tiny; deflate costs more than it saves
-                    max_size=_MAX_SERVER_FRAME_BYTES,
-                    open_timeout=None,
-                )
-                ready = await _receive_ready(ws)
-        except BaseException as exc:
-            if ws is not None:
-                ws.transport.abort()  # a gateway that did not greet us gets no close handshake
-            if isinstance(exc, TimeoutError):
-                raise ConnectError(f"{url}: no ready frame within {open_timeout} s") from exc
-            if isinstance(exc, OSError | WebSocketException):
-                raise ConnectError(f"cannot open {url}: {exc}") from exc
-            raise
-        return cls(ws, ready)
+        """Open a connection and wait for `ready`, all within `open_timeout` seconds.
+
+        `resume`: reconnect after a drop and resume the open streams (False: a drop ends
+        them). `backoff`: the reconnect's waits and time limit (`Backoff()` by default:
+        0.2 s base, 5 s cap, 60 s in all); each attempt also has `open_timeout`.
+        """
+        ws, ready = await _open_connection(url, open_timeout, additional_headers)
+
+        async def dial(budget: float) -> tuple[ClientConnection, Ready]:
+            return await _open_connection(url, min(open_timeout, budget), additional_headers)
+
+        return cls(ws, ready, dial=dial if resume else None, backoff=backoff)
+
+    @property
+    def ready(self) -> Ready:
+        """The current connection's `ready` frame."""
+        return self._mux.ready
 
     @property
     def goaway(self) -> GoAway | None:
-        """The gateway's shutdown notice, once it sent one."""
+        """The gateway's shutdown notice, once it sent one on the current connection."""
         return self._mux.goaway
 
     @property
+    def resume(self) -> bool:
+        """Whether this Gateway reconnects and resumes its streams after a drop."""
+        return self._mux.dial is not None
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection was reopened after a drop."""
+        return self._mux.gen
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the connection dropped and a new one is not ready yet."""
+        return not self._mux.live and self._mux.closed is None
+
+    @property
     def closed(self) -> bool:
-        """Whether the connection has ended."""
+        """Whether the connection has ended for good (no reconnect follows)."""
         return self._mux.closed is not None
 
     @property
@@ -419,6 +742,7 @@ class Gateway:
 
         Re-raises an exception the reader failed with: it is never swallowed.
         """
+        self._mux.stopping = True
         try:
             await self._mux.ws.close()
         finally:
@@ -429,6 +753,33 @@ class Gateway:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
+
+
+async def _open_connection(
+    url: str, open_timeout: float, additional_headers: HeadersLike | None
+) -> tuple[ClientConnection, Ready]:
+    """Open a connection and wait for `ready` within `open_timeout`; raises `ConnectError`."""
+    ws: ClientConnection | None = None
+    try:
+        async with asyncio.timeout(open_timeout):
+            ws = await ws_connect(
+                url,
+                subprotocols=[Subprotocol(PROTOCOL)],
+                additional_headers=additional_headers,
+                compression=None,  # token frames are tiny; deflate costs more than it saves
+                max_size=_MAX_SERVER_FRAME_BYTES,
+                open_timeout=None,
+            )
+            ready = await _receive_ready(ws)
+    except BaseException as exc:
+        if ws is not None:
+            ws.transport.abort()  # a gateway that did not greet us gets no close handshake
+        if isinstance(exc, TimeoutError):
+            raise ConnectError(f"{url}: no ready frame within {open_timeout} s") from exc
+        if isinstance(exc, OSError | WebSocketException):
+            raise ConnectError(f"cannot open {url}: {exc}") from exc
+        raise
+    return ws, ready
 
 
 async def _receive_ready(ws: ClientConnection) -> Ready:
@@ -446,11 +797,20 @@ async def _receive_ready(ws: ClientConnection) -> Ready:
 
 @contextlib.asynccontextmanager
 async def connect(
-    url: str, *, open_timeout: float = 10, additional_headers: HeadersLike | None = None
+    url: str,
+    *,
+    open_timeout: float = 10,
+    additional_headers: HeadersLike | None = None,
+    resume: bool = True,
+    backoff: Backoff | None = None,
 ) -> AsyncIterator[Gateway]:
     """Open a `Gateway` (waiting for `ready`) and close it on exit; see `Gateway.open`."""
     gateway = await Gateway.open(
-        url, open_timeout=open_timeout, additional_headers=additional_headers
+        url,
+        open_timeout=open_timeout,
+        additional_headers=additional_headers,
+        resume=resume,
+        backoff=backoff,
     )
     try:
         yield gateway
@@ -468,6 +828,11 @@ async def chat(
 ) -> int:
     """Stream one answer to `out` (stdout by default) as it arrives; return an exit code.
 
+    The connection resumes after a drop (`connect`'s default), and the stream asks the
+    gateway to keep generating meanwhile (`on_disconnect: continue`): when the gateway logs
+    the generation (`stream.started` carries an epoch; across a restart, with its logs in
+    Redis), the answer goes on where it stopped.
+
     0 when the stream finishes with stop, length or tool_calls; 1 on any error, reported on
     stderr as `wsgate: error <code>: <message>`; 130 on KeyboardInterrupt, after sending
     cancel. On task cancellation (how `asyncio.run` and `uvloop.run` deliver Ctrl-C) it sends
@@ -480,7 +845,10 @@ async def chat(
     stream: StreamHandle | None = None
     try:
         async with connect(url) as gateway:
-            stream = gateway.stream({"model": model, "messages": messages})
+            # `continue`: a drop must not cancel the generation the resume is about to follow;
+            # Ctrl-C still cancels it (below).
+            options = {"on_disconnect": "continue"}
+            stream = gateway.stream({"model": model, "messages": messages}, options)
             try:
                 async for event in stream:
                     if isinstance(event, DeltaText):
