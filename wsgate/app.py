@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import secrets
 import signal
 from collections.abc import Mapping
 
 from wsgate import __version__
 from wsgate.config import Settings
 from wsgate.core.retry import RetryPolicy
+from wsgate.core.store import Store, StoreLimits
 from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
 from wsgate.log import get_logger
 from wsgate.mock import MockProvider
+from wsgate.store.memory import MemoryStore
+from wsgate.store.redis import RedisStore
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
 
 log = get_logger("wsgate.app")
@@ -70,6 +74,7 @@ def gateway_options(settings: Settings) -> GatewayOptions:
         max_frame_bytes=limits.max_frame_bytes,
         telemetry_interval=limits.telemetry_interval_s,
         ping_interval=limits.ping_interval_s,
+        run_without_log=settings.store.on_unavailable == "run_without_log",
         connection=ConnectionOptions(
             queue_events=limits.stream_queue_events,
             queue_bytes=limits.stream_queue_bytes,
@@ -78,8 +83,7 @@ def gateway_options(settings: Settings) -> GatewayOptions:
             max_duration=limits.max_stream_duration_s,
             first_token_timeout=settings.upstream.first_token_timeout_s,
             heartbeat_interval=limits.heartbeat_interval_s,
-            disconnect_window=limits.disconnect_window_s,
-            disconnect_log_bytes=limits.disconnect_log_bytes,
+            disconnect_window=settings.store.resume_window_s,
             retry=RetryPolicy(
                 max_attempts=settings.upstream.retry_attempts,
                 base_delay=settings.upstream.retry_base_ms / 1000,
@@ -88,6 +92,24 @@ def gateway_options(settings: Settings) -> GatewayOptions:
             ),
         ),
     )
+
+
+def build_store(settings: Settings) -> Store:
+    """The resume store `[store]` asks for (not started)."""
+    store = settings.store
+    limits = StoreLimits(
+        window_s=store.resume_window_s,
+        max_frames=store.max_log_frames,
+        max_bytes=store.max_log_bytes,
+        run_ttl_s=settings.limits.max_stream_duration_s + store.resume_window_s,
+        lease_s=store.lease_s,
+    )
+    node_id = store.node_id or f"node-{secrets.token_hex(6)}"
+    if store.kind == "redis":
+        return RedisStore(
+            store.url, limits, node_id=node_id, prefix=store.prefix, cluster=store.cluster
+        )
+    return MemoryStore(limits, node_id=node_id, max_total_bytes=store.memory_max_bytes)
 
 
 GC_THRESHOLDS = (20_000, 20, 50)
@@ -116,6 +138,7 @@ class App:
         self.environ = os.environ if environ is None else environ
         self.mock: MockProvider | None = None
         self.upstream: UpstreamClient | None = None
+        self.store: Store | None = None
         self.gateway: Gateway | None = None
 
     async def start(self) -> None:
@@ -140,8 +163,14 @@ class App:
             max_line_bytes=up.max_line_bytes,
         )
         await self.upstream.start()
+        self.store = build_store(settings)
+        await self.store.start()
         self.gateway = Gateway(
-            gateway_options(settings), self.upstream, self.upstream.resolve, __version__
+            gateway_options(settings),
+            self.upstream,
+            self.upstream.resolve,
+            __version__,
+            self.store,
         )
         await self.gateway.start()
         log.info("wsgate_started", version=__version__, models=sorted(routes))
@@ -157,6 +186,8 @@ class App:
         """Close connections (1001), then the upstream pool, then the mock."""
         if self.gateway is not None:
             await self.gateway.close()
+        if self.store is not None:
+            await self.store.close()
         if self.upstream is not None:
             await self.upstream.close()
         if self.mock is not None:

@@ -119,10 +119,24 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     telemetry_interval_s: _Seconds = 0.5
     connection_buffer_bytes: _Bytes = 1_048_576  # streams pause at half; slow_consumer past it
     max_stream_duration_s: _Seconds = 900.0
-    disconnect_window_s: _Seconds = 30.0  # `on_disconnect: continue` keeps generating this long
-    disconnect_log_bytes: _Bytes = 1_048_576  # per detached stream; past it, it is cancelled
     heartbeat_interval_s: _Seconds = 15.0  # a `heartbeat` frame after this much silence
     ping_interval_s: _Seconds = 20.0  # WebSocket ping; no pong within as long closes
+
+
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The resume store: event logs per message, idempotency keys, cross-node cancels."""
+
+    kind: Literal["memory", "redis"] = "memory"  # redis: shared by every node of a cluster
+    url: str = "redis://127.0.0.1:6379/0"  # kind = "redis"
+    cluster: bool = False  # the url names a Redis Cluster node
+    prefix: str = "wsg"  # of every Redis key
+    node_id: str = ""  # this node's name in the store; empty: a random one per process
+    resume_window_s: _Seconds = 120.0  # logs live this long after their stream ends
+    max_log_frames: _Count = 10_000  # per message; past it the oldest frames are dropped
+    max_log_bytes: _Bytes = 1_048_576  # per message; past it the oldest frames are dropped
+    memory_max_bytes: _Bytes = 268_435_456  # kind = "memory": all logs; oldest ended dropped
+    lease_s: _Seconds = 5.0  # a node silent this long is lost: its streams resume as owner_lost
+    on_unavailable: Literal["refuse", "run_without_log"] = "refuse"  # new starts, store down
 
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -224,6 +238,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     mock: MockSettings = msgspec.field(default_factory=MockSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     providers: dict[str, ProviderSettings] = {}

@@ -107,7 +107,7 @@ async def test_a_dropped_client_cancels_its_streams_by_default(app):
 
 
 async def test_a_dropped_client_with_continue_keeps_generating_into_the_event_log(start_app):
-    app = await start_app(**{"limits.disconnect_window_s": 5})
+    app = await start_app(**{"store.resume_window_s": 5})
     text = "kept " * 60
     script = {"text": text, "tokens_per_s": 200, "tag": "continue"}
     async with raw_connect(app.url) as conn:
@@ -120,7 +120,9 @@ async def test_a_dropped_client_with_continue_keeps_generating_into_the_event_lo
     record = app.mock.find("continue")
     assert record.completed_at is not None
     assert record.disconnected_at is None
-    frames = [orjson.loads(data) for data in log.frames]
+    seen_seq = max(f["seq"] for f in conn.received if f.get("stream_id") == "s1" and "seq" in f)
+    page = await app.store.read(message_id, seen_seq, 10_000)
+    frames = [orjson.loads(data) for _, data in page.entries]
     assert frames[-1]["reason"] == "stop"
     seen = stream_text([f for f in conn.received if f.get("stream_id") == "s1"])
     assert seen + stream_text(frames) == text
@@ -130,7 +132,7 @@ async def test_a_dropped_client_with_continue_keeps_generating_into_the_event_lo
 
 
 async def test_a_continue_window_that_expires_cancels_the_generation(start_app):
-    app = await start_app(**{"limits.disconnect_window_s": 0.5})
+    app = await start_app(**{"store.resume_window_s": 0.5})
     script = {"text": "slow " * 200, "tokens_per_s": 20, "tag": "window"}
     async with raw_connect(app.url) as conn:
         await conn.start("s1", mock_request(script), {"on_disconnect": "continue"})
@@ -176,7 +178,7 @@ async def test_heartbeats_flow_while_the_provider_sends_bytes_that_make_no_frame
 
 
 async def test_shutdown_ends_detached_streams_into_their_logs_and_counts_them(start_app):
-    app = await start_app(**{"limits.disconnect_window_s": 30, "server.drain_timeout_s": 0.2})
+    app = await start_app(**{"store.resume_window_s": 30, "server.drain_timeout_s": 0.2})
     script = {"text": "slow " * 200, "tokens_per_s": 10, "tag": "detached-at-shutdown"}
     async with raw_connect(app.url) as conn:
         await conn.start("s1", mock_request(script), {"on_disconnect": "continue"})

@@ -111,17 +111,24 @@ Resolver = Callable[[ChatRequest, StartOptions], Target]
 
 @dataclass(frozen=True, slots=True)
 class StartUpstream:
-    """Open the upstream call of a newly accepted stream, at its resolved `target`.
-
-    `epoch` is set when the stream is logged (None: it runs unlogged); `claimed` when an
-    idempotency claim already began its message in the store.
-    """
+    """Open the upstream call of a newly accepted stream, at its resolved `target`."""
 
     stream_id: str
     message_id: str
     request: ChatRequest
     target: Target
-    epoch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BeginLog:
+    """Log this stream's frames from its first on (it comes before that frame's `SendStream`).
+
+    `claimed`: an idempotency claim already began the message in the store.
+    """
+
+    stream_id: str
+    message_id: str
+    epoch: str
     claimed: bool = False
 
 
@@ -176,6 +183,7 @@ class DetachStream:
 
 Action = (
     SendControl
+    | BeginLog
     | SendStream
     | StartUpstream
     | CancelUpstream
@@ -399,10 +407,11 @@ class Session:
             return [CancelMessage(message_id)]
         return []
 
-    def refuse(self, stream_id: str, error: WsgateError) -> list[Action]:
-        """A pending claim or resume failed: its typed refusal."""
-        self.attached.pop(stream_id, None)
-        self._cancel_after.discard(stream_id)
+    def refuse(self, stream_id: str | None, error: WsgateError) -> list[Action]:
+        """A pending claim or resume failed (or a cancel by message_id): its refusal."""
+        if stream_id is not None:
+            self.attached.pop(stream_id, None)
+            self._cancel_after.discard(stream_id)
         return [_refuse(error.code, error.public_message, stream_id, error.retry_after_ms)]
 
     def follower_ended(self, stream_id: str) -> None:
@@ -495,11 +504,14 @@ class Session:
             epoch,
         )
         self.streams[sid] = stream
-        claimed = frame.options.idempotency_key is not None and epoch is not None
-        return [
+        actions: list[Action] = [
             SendStream(sid, stream.start()),
-            StartUpstream(sid, message_id, frame.request, target, epoch, claimed),
+            StartUpstream(sid, message_id, frame.request, target),
         ]
+        if epoch is not None:
+            claimed = frame.options.idempotency_key is not None
+            actions.insert(0, BeginLog(sid, message_id, epoch, claimed))
+        return actions
 
     def _settle(self, stream: Stream, output: StreamOutput) -> StreamOutput:
         if output.closed:

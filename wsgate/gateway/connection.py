@@ -23,8 +23,12 @@ hands writing to the `Writer` (`writer.py`), and applies the flow verdicts of
 - Deadlines: the streams' first-token and maximum-duration deadlines are the core's
   (`Stream.deadline`); one timer per connection is armed for the earliest, and when it fires
   the session ends what is past due (`Session.expire`) and the tasks are cancelled.
-- Disconnect: streams that asked `on_disconnect: continue` are detached into an event log
-  (`detached.py`) for the disconnect window instead of being cancelled.
+- Disconnect: streams that asked `on_disconnect: continue` are detached (`detached.py`)
+  for the disconnect window instead of being cancelled.
+- Resume: every frame of a logged stream (its `stream.started` carries an epoch) is
+  appended to the resume store as it is produced, and its `finish` ends the message there.
+  A `resume`, a keyed `start` and a `cancel` by `message_id` need the store's answer: each
+  runs in a task of its own (`follower.py` for the first two), so the reader never waits.
 
 Memory: connections are many and mostly idle, so an idle one holds only what it must: the
 reader (websockets' handler task), the writer's state and one loop timer. Writer tasks,
@@ -37,18 +41,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import websockets
 from websockets.asyncio.server import ServerConnection
 
-from wsgate.core.errors import CloseCode, ShuttingDown, SlowConsumer
+from wsgate.core.errors import (
+    CloseCode,
+    IdempotencyConflict,
+    ShuttingDown,
+    SlowConsumer,
+    UnknownMessage,
+    WsgateError,
+)
 from wsgate.core.flow import Pause
 from wsgate.core.frames import DeltaText, ErrorFrame, FinishFrame, GoAway, Heartbeat, encode_frame
 from wsgate.core.session import (
     Action,
+    BeginLog,
+    CancelMessage,
     CancelUpstream,
+    ClaimStart,
     DetachStream,
+    ResumeStream,
     SendControl,
     SendStream,
     Session,
@@ -57,8 +74,9 @@ from wsgate.core.session import (
 from wsgate.core.stream import StreamOutput
 from wsgate.gateway.accounting import Accounting
 from wsgate.gateway.detached import DetachedLog, DetachedStreams
+from wsgate.gateway.follower import Follow, follow
 from wsgate.gateway.options import ConnectionOptions, ConnectionStats
-from wsgate.gateway.ports import Body, Upstream
+from wsgate.gateway.ports import Body, Store, Upstream
 from wsgate.gateway.stream_task import StreamTasks
 from wsgate.gateway.writer import Batch, Writer
 from wsgate.log import get_logger
@@ -75,6 +93,9 @@ class Shared:
     """What every connection of a gateway shares."""
 
     accounting: Accounting = field(default_factory=Accounting)
+    store: Store | None = None  # None: nothing is logged, nothing can be resumed
+    generations: dict[str, tuple[Connection, str]] = field(default_factory=dict)
+    """The logged generations running on this node: message_id -> (connection, stream_id)."""
     detached: DetachedStreams = field(default_factory=DetachedStreams)
     detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     detached_owners: set[Connection] = field(default_factory=set)
@@ -88,7 +109,10 @@ class Connection:
         "_closer",
         "_deadline",
         "_deadline_at",
+        "_followers",
         "_held",
+        "_logged",
+        "_room",
         "_silenced",
         "_tasks",
         "_timer",
@@ -130,6 +154,9 @@ class Connection:
         self._closer: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None  # the streams' earliest deadline
         self._deadline_at = 0.0
+        self._logged: dict[str, str] = {}  # logged running streams: stream_id -> message_id
+        self._followers: dict[str, asyncio.Task[None]] = {}  # resumes, keyed starts, cancels
+        self._room: asyncio.Event | None = None  # exists while a follower waits for room
 
     @property
     def stream_tasks(self) -> StreamTasks:
@@ -140,8 +167,9 @@ class Connection:
 
     @property
     def idle(self) -> bool:
-        """No running stream and nothing left to send."""
-        return not self.session.streams and self.outbox.pending_bytes == 0
+        """No running or followed stream and nothing left to send."""
+        session = self.session
+        return not session.streams and not session.attached and self.outbox.pending_bytes == 0
 
     async def run(self) -> None:
         """Serve the connection; returns when it is closed and its own tasks have ended."""
@@ -153,6 +181,7 @@ class Connection:
         finally:
             self._silenced = True
             self._timer.cancel()
+            await self._stop_followers()
             self.apply(self.session.connection_lost())
             if not self.logs and self._deadline is not None:
                 self._deadline.cancel()  # detached streams keep it: their deadlines still hold
@@ -220,6 +249,22 @@ class Connection:
                 self.stream_tasks.cancel(action.stream_id)
             elif isinstance(action, DetachStream):
                 self._detach(action)
+            elif isinstance(action, BeginLog):
+                self._begin_log(action)
+            else:
+                self._apply_stored(action)
+
+    def _apply_stored(self, action: ResumeStream | ClaimStart | CancelMessage) -> None:
+        """The actions that need the store's answer: each in a task of its own."""
+        if isinstance(action, ResumeStream):
+            what = Follow(
+                action.stream_id, action.message_id, action.last_seq, action.snapshot, action.epoch
+            )
+            self._spawn(action.stream_id, self._follow(what))
+        elif isinstance(action, ClaimStart):
+            self._spawn(action.start.stream_id, self._claim(action))
+        else:
+            self._cancel_message(action.message_id)
 
     def _control(self, data: bytes) -> None:
         if self._silenced:
@@ -228,7 +273,10 @@ class Connection:
         self.writer.wake()
 
     def deliver(self, stream_id: str, output: StreamOutput) -> None:
-        """Queue a stream's frames (or log them, for a detached stream)."""
+        """Log a stream's frames (if it is logged), then queue them (unless it is detached)."""
+        message_id = self._logged.get(stream_id)
+        if message_id is not None:
+            self._log(stream_id, message_id, output)
         if output.closed:
             self._count_finish(output)
         elif output.deadline is not None:
@@ -304,9 +352,13 @@ class Connection:
             self._resume_held()
         if self._backlog_room is not None and self.flow.reader_may_resume():
             self._backlog_room.set()
+        if self._room is not None:
+            self._room.set()
 
     def _drained(self) -> None:
         """The outbox is empty: everything paused may read again."""
+        if self._room is not None:
+            self._room.set()
         if self._held:
             self._resume_held()
         if self._backlog_room is not None:
@@ -351,13 +403,134 @@ class Connection:
         """Account one retry of a provider call."""
         self.shared.accounting.upstream_retries += 1
 
+    # --- the event log, resumes and cancels by message_id --------------------------------
+
+    def _begin_log(self, begin: BeginLog) -> None:
+        store = self.shared.store
+        if store is None:
+            return
+        if not begin.claimed:  # a claim began its message already
+            store.begin(begin.message_id, begin.epoch)
+        self._logged[begin.stream_id] = begin.message_id
+        self.shared.generations[begin.message_id] = (self, begin.stream_id)
+
+    def _log(self, stream_id: str, message_id: str, output: StreamOutput) -> None:
+        store = self.shared.store
+        assert store is not None  # noqa: S101 - only logged with a store
+        append = store.append
+        for frame, data in zip(output.frames, output.data, strict=True):
+            append(message_id, frame.seq, data)  # type: ignore[union-attr, arg-type]
+        if output.closed:
+            last = output.frames[-1] if output.frames else None
+            store.end(message_id, last.reason if isinstance(last, FinishFrame) else "error")
+            del self._logged[stream_id]
+            self.shared.generations.pop(message_id, None)
+
+    def _spawn(self, stream_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"follow-{stream_id}")
+        self._followers[stream_id] = task
+        task.add_done_callback(lambda done: self._forget_follower(stream_id, done))
+
+    def _forget_follower(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        if self._followers.get(stream_id) is task:
+            del self._followers[stream_id]
+
+    async def _follow(self, what: Follow) -> None:
+        store = self.shared.store
+        try:
+            if store is None:
+                self.refuse(what.stream_id, UnknownMessage("this gateway keeps no logs"))
+                return
+            await follow(self, store, what, self.apply)
+        except Exception:  # a bug must not leave the stream id held, nor die unseen
+            log.exception("follower_crashed", stream_id=what.stream_id)
+            self.refuse(what.stream_id, WsgateError("internal error"))
+
+    async def _claim(self, action: ClaimStart) -> None:
+        store = self.shared.store
+        sid = action.start.stream_id
+        assert store is not None  # noqa: S101 - a claim is made only with a store
+        try:
+            claim = await store.claim(
+                f"anon:{action.key}", action.fingerprint, action.message_id, action.epoch
+            )
+        except WsgateError as exc:
+            self.refuse(sid, exc)
+            return
+        if claim.new:
+            self.apply(self.session.claimed(action, time.monotonic()))
+        elif claim.fingerprint != action.fingerprint:
+            conflict = IdempotencyConflict("this idempotency_key names a different request")
+            self.refuse(sid, conflict)
+        else:
+            log.info("idempotent_start_attached", stream_id=sid, message_id=claim.message_id)
+            await self._follow(Follow(sid, claim.message_id, 0, announce=False))
+
+    def _cancel_message(self, message_id: str) -> None:
+        local = self.shared.generations.get(message_id)
+        if local is not None:
+            owner, stream_id = local
+            owner.apply(owner.session.cancel(stream_id))
+            return
+        self._spawn(f"cancel:{message_id}", self._cancel_remote(message_id))
+
+    async def _cancel_remote(self, message_id: str) -> None:
+        store = self.shared.store
+        try:
+            page = None if store is None else await store.read(message_id, 0, 1)
+            if page is None or page.meta.expired:
+                raise UnknownMessage("no generation with this message_id is known")
+            if store is not None and page.meta.state == "running":
+                await store.cancel(message_id, page.meta.owner)
+        except WsgateError as exc:
+            self.apply(self.session.refuse(None, exc))
+
+    async def _stop_followers(self) -> None:
+        tasks = list(self._followers.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- what a follower needs of its connection (ports.FollowerHost) --------------------
+
+    def control(self, data: bytes) -> None:
+        """Queue a connection-level frame."""
+        self._control(data)
+
+    def push(self, stream_id: str, frames: list[bytes], *, ended: bool) -> None:
+        """Queue a follower's frames; `ended` after its last."""
+        if self._silenced:
+            return
+        outbox = self.outbox
+        for data in frames:
+            outbox.push(stream_id, data)
+        if ended:
+            outbox.end_stream(stream_id)
+            self.session.follower_ended(stream_id)
+        if frames:
+            self.writer.wake()
+            in_transport = self._transport_buffered()
+            if self.flow.slow_consumer(in_transport):
+                self._slow_consumer(self.outbox.pending_bytes + in_transport)
+
+    async def room(self, stream_id: str) -> None:
+        """Return once the stream's queue has room."""
+        while not self.outbox.has_room(stream_id):
+            room = self._room = self._room or asyncio.Event()
+            room.clear()
+            await room.wait()
+
+    def refuse(self, stream_id: str, error: WsgateError) -> None:
+        """End a pending or follower stream with a typed refusal."""
+        self.apply(self.session.refuse(stream_id, error))
+
     # --- disconnect policy -----------------------------------------------------------------
 
     def _detach(self, action: DetachStream) -> None:
         sid = action.stream_id
-        detached = DetachedLog(action.message_id, sid, self.options.disconnect_log_bytes)
-        # Frames queued but unsent go first in the log: the client never got them.
-        kept = all(detached.append(data) for data in self.outbox.take_stream(sid))
+        detached = DetachedLog(action.message_id, sid)
+        self.outbox.take_stream(sid)  # unsent: a resume reads them from the store's log
         self.logs[sid] = detached
         self.shared.detached.add(detached)
         self.shared.detached_owners.add(self)
@@ -367,19 +540,13 @@ class Connection:
         if held is not None:
             held[0].resume()
         log.info("stream_detached", stream_id=sid, message_id=action.message_id)
-        if not kept:  # a log with a gap could never be resumed: stop paying for it
-            self.apply(self.session.cancel(sid))
 
     def _log_detached(self, detached: DetachedLog, output: StreamOutput) -> None:
         tokens = sum(isinstance(frame, DeltaText) for frame in output.frames)
         detached.tokens += tokens
-        # Nobody reads these tokens until resume exists: they are spent after the client left.
+        # Spent after the client left: read only if a resume reads them from the log.
         self.shared.accounting.wasted_tokens_after_cancel += tokens
-        if all(detached.append(data) for data in output.data):
-            detached.finished = detached.finished or output.closed
-            return
-        if not output.closed:
-            self.apply(self.session.cancel(detached.stream_id))
+        detached.finished = detached.finished or output.closed
 
     def expire(self, stream_id: str) -> None:
         """A detached stream's window passed: cancel it if running, forget its log."""
@@ -423,9 +590,16 @@ class Connection:
         self._control(encode_frame(frame))
 
     def cancel_remaining(self) -> None:
-        """The drain deadline passed: end every running stream (`shutting_down`)."""
+        """The drain deadline passed: end every running stream (`shutting_down`).
+
+        Followers end with a `shutting_down` refusal: resume them on another node.
+        """
         error = ShuttingDown("the gateway shut down before the stream finished")
         self.apply(self.session.cancel_all(error))
+        for stream_id, task in list(self._followers.items()):
+            task.cancel()
+            if stream_id in self.session.attached:
+                self.refuse(stream_id, ShuttingDown("the gateway shut down; resume elsewhere"))
 
     def _slow_consumer(self, buffered: int) -> None:
         if self._silenced:

@@ -1,39 +1,25 @@
-"""Streams whose client left with `on_disconnect: continue`: their event logs, by message_id.
+"""Streams whose client left with `on_disconnect: continue`: what the gateway knows of each.
 
-Owns what a detached generation leaves behind: the encoded frames it produced after its
-client disconnected (from the frames not yet sent at that moment on), bounded by
-`log_bytes` per stream, and whether it finished. The resume capability will read these
-logs; today they are kept until the disconnect window of each stream has passed. Memory:
-at most `log_bytes` per detached stream, and a stream whose log would overflow is
-cancelled (recorded as `overflowed`).
+Owns the record of a detached generation: its `message_id`, whether it finished, and the
+tokens it produced with no client reading (what `wasted_tokens_after_cancel` counts unless a
+`resume` reads them later). The frames themselves are in the resume store's event log
+(`core/store.py`), which a `resume` reads; this module keeps no frame. Memory: one small
+record per detached stream, for its window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
 class DetachedLog:
-    """The frames one detached stream produced without a client."""
+    """One detached stream's record."""
 
     message_id: str
     stream_id: str
-    log_bytes: int
-    frames: list[bytes] = field(default_factory=list)
-    size: int = 0
     finished: bool = False
-    overflowed: bool = False
     tokens: int = 0
-
-    def append(self, data: bytes) -> bool:
-        """Keep one encoded frame; False (and nothing kept) when it would overflow the log."""
-        if self.size + len(data) > self.log_bytes:
-            self.overflowed = True
-            return False
-        self.frames.append(data)
-        self.size += len(data)
-        return True
 
 
 class DetachedStreams:
@@ -50,9 +36,9 @@ class DetachedStreams:
         self._logs[log.message_id] = log
 
     def get(self, message_id: str) -> DetachedLog | None:
-        """The log of a detached stream, if it is still kept."""
+        """The record of a detached stream, if its window is still open."""
         return self._logs.get(message_id)
 
     def discard(self, message_id: str) -> None:
-        """Forget a log (its window passed)."""
+        """Forget a record (its window passed)."""
         self._logs.pop(message_id, None)

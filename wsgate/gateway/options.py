@@ -24,8 +24,7 @@ class ConnectionOptions:
     max_duration: float = 900.0
     first_token_timeout: float = 120.0
     heartbeat_interval: float = 15.0
-    disconnect_window: float = 30.0
-    disconnect_log_bytes: int = 1024 * 1024
+    disconnect_window: float = 120.0  # store.resume_window_s
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # before the first token only
 
     @property

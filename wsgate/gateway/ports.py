@@ -12,9 +12,10 @@ root (`app.py`) satisfies with real implementations and tests with fakes
   each other.
 - `StreamHost`: what a stream's task needs from its connection (`stream_task.py`), so the
   stream task never imports the connection (no import cycle).
+- `Store`: the resume store (`core/store.py`), implemented by `wsgate/store/`.
+- `FollowerHost`: what a follower stream (`follower.py`) needs from its connection.
 
-The store and the authenticator of the resume and security work join this module.
-Interfaces only: no behaviour.
+The authenticator of the security work joins this module. Interfaces only: no behaviour.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ import asyncio
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from wsgate.core.errors import WsgateError
 from wsgate.core.frames import ChatRequest
 from wsgate.core.session import Session, Target
+from wsgate.core.store import Store
 from wsgate.core.stream import StreamOutput
 from wsgate.gateway.options import ConnectionOptions
+
+__all__ = ["Body", "BodySink", "FollowerHost", "Store", "StreamHost", "Upstream"]
 
 
 class BodySink(Protocol):
@@ -97,3 +102,23 @@ class StreamHost(Protocol):
 
     def retried(self) -> None:
         """Account one retry of a provider call."""
+
+
+class FollowerHost(Protocol):
+    """What a follower stream needs from its connection."""
+
+    @property
+    def session(self) -> Session:
+        """The connection's core."""
+
+    def control(self, data: bytes) -> None:
+        """Queue a connection-level frame (a `stream.resumed`, a refusal)."""
+
+    def push(self, stream_id: str, frames: list[bytes], *, ended: bool) -> None:
+        """Queue a follower's frames; `ended` after its last."""
+
+    async def room(self, stream_id: str) -> None:
+        """Return once the stream's queue has room (below half its bounds)."""
+
+    def refuse(self, stream_id: str, error: WsgateError) -> None:
+        """End a follower with a typed refusal (an `error` without `seq`)."""

@@ -27,9 +27,10 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from wsgate.core.frames import PROTOCOL
-from wsgate.core.session import Resolver, Session
+from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
 from wsgate.gateway.options import session_limits
+from wsgate.gateway.ports import Store
 from wsgate.log import bind, get_logger, unbind
 
 log = get_logger("wsgate.gateway")
@@ -54,6 +55,7 @@ class GatewayOptions:
     max_frame_bytes: int = 1024 * 1024
     telemetry_interval: float = 0.5
     ping_interval: float | None = 20.0
+    run_without_log: bool = False  # store.on_unavailable = "run_without_log"
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
 
 
@@ -71,13 +73,20 @@ class Gateway:
         upstream: Upstream,
         resolve: Resolver,
         server_version: str,
+        store: Store | None = None,
     ) -> None:
         self.options = options
         self.upstream = upstream
         self.resolve = resolve
         self.server_version = server_version
         self.connections: set[Connection] = set()
-        self.shared = Shared()
+        self.shared = Shared(store=store)
+        self._log_policy: LogPolicy | None = None
+        if store is not None:
+            self._log_policy = LogPolicy(
+                new_id("ep"), lambda: store.healthy, without_log=options.run_without_log
+            )
+            store.on_cancel(self._cancel_here)
         self.ready = False
         self._server: Server | None = None
         self._new_conn_id = new_id("conn")
@@ -165,6 +174,14 @@ class Gateway:
         while loop.time() < deadline and not all(c.idle for c in self.connections):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
+    def _cancel_here(self, message_id: str) -> None:
+        """Another node asked for a cancel of a generation running here."""
+        local = self.shared.generations.get(message_id)
+        if local is not None:
+            connection, stream_id = local
+            log.info("cancel_from_another_node", message_id=message_id)
+            connection.apply(connection.session.cancel(stream_id))
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == self.options.path:
@@ -195,7 +212,12 @@ class Gateway:
         # connection all its life. Tasks started from here (writer, streams) inherit it.
         bind(conn_id=conn_id)
         session = Session(
-            conn_id, self._limits, self.resolve, self._new_message_id, self.server_version
+            conn_id,
+            self._limits,
+            self.resolve,
+            self._new_message_id,
+            self.server_version,
+            self._log_policy,
         )
         connection = Connection(ws, session, self.upstream, self.options.connection, self.shared)
         accounting = self.shared.accounting

@@ -22,6 +22,7 @@ from wsgate.core.frames import (
 )
 from wsgate.core.resume import Tail, fingerprint, judge, retarget
 from wsgate.core.session import (
+    BeginLog,
     CancelMessage,
     ClaimStart,
     LogPolicy,
@@ -176,19 +177,18 @@ def start(sid: str = "s1", **options: object) -> bytes:
     )
 
 
-def test_a_logged_start_carries_an_epoch_in_stream_started():
-    actions = make_session().receive(start(), 0.0)
-    sent, upstream = actions
+def test_a_logged_start_begins_its_log_before_its_first_frame_and_carries_an_epoch():
+    begin, sent, upstream = make_session().receive(start(), 0.0)
+    assert begin == BeginLog("s1", "msg_1", "e1", claimed=False)
     assert isinstance(sent, SendStream)
     assert isinstance(upstream, StartUpstream)
     assert sent.output.frames[0].epoch == "e1"  # type: ignore[union-attr]
-    assert upstream.epoch == "e1"
 
 
 def test_an_unresumable_start_is_not_logged():
-    _, upstream = make_session().receive(start(resumable=False), 0.0)
+    sent, upstream = make_session().receive(start(resumable=False), 0.0)
     assert isinstance(upstream, StartUpstream)
-    assert upstream.epoch is None
+    assert sent.output.frames[0].epoch is None  # type: ignore[union-attr]
 
 
 def test_a_start_while_the_store_is_down_is_refused_as_retryable():
@@ -199,9 +199,9 @@ def test_a_start_while_the_store_is_down_is_refused_as_retryable():
 
 
 def test_a_start_while_the_store_is_down_runs_unlogged_when_the_operator_chose_so():
-    _, upstream = make_session(healthy=False, without_log=True).receive(start(), 0.0)
-    assert isinstance(upstream, StartUpstream)
-    assert upstream.epoch is None
+    actions = make_session(healthy=False, without_log=True).receive(start(), 0.0)
+    assert not any(isinstance(action, BeginLog) for action in actions)
+    assert isinstance(actions[-1], StartUpstream)
 
 
 def test_a_keyed_start_claims_its_key_before_anything_runs():
@@ -210,10 +210,10 @@ def test_a_keyed_start_claims_its_key_before_anything_runs():
     assert isinstance(claim, ClaimStart)
     assert session.streams == {}
     assert session.attached == {"s1": None}
-    _, upstream = session.claimed(claim, 0.0)
+    begin, _, upstream = session.claimed(claim, 0.0)
+    assert begin == BeginLog("s1", claim.message_id, claim.epoch, claimed=True)
     assert isinstance(upstream, StartUpstream)
     assert upstream.message_id == claim.message_id
-    assert upstream.claimed
     assert "s1" in session.streams
     assert session.attached == {}
 
