@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from wsgate.app import App
 from wsgate.client import (
     Backoff,
     ConnectError,
@@ -25,6 +26,7 @@ from wsgate.client import (
     chat,
     connect,
 )
+from wsgate.config import load_settings
 from wsgate.core.frames import (
     Cancel,
     DeltaText,
@@ -775,3 +777,56 @@ def test_the_fake_gateway_speaks_the_frame_types_the_client_decodes():
     frames = [resumed("s1", 1, 2), text("s1", 3, "ab", first_seq=2), finish("s1", 4)]
     decoded = [decode_server_frame(json.dumps(f)) for f in frames]
     assert [type(f) for f in decoded] == [StreamResumed, DeltaText, FinishFrame]
+
+
+# --- against the real gateway (memory store) -----------------------------------------
+
+
+@pytest.fixture
+async def real_gateway():
+    overrides = {"server.port": 0, "mock.ttft_ms": 0, "mock.tokens_per_s": 0}
+    app = App(load_settings(None, environ={}, overrides=overrides), environ={})
+    await app.start()
+    yield app
+    await app.stop()
+
+
+def mock_request(script):
+    return {
+        "model": "mock",
+        "messages": [{"role": "user", "content": json.dumps({"mock": script})}],
+    }
+
+
+async def drop_and_collect(gw, stream, after):
+    """Iterate the stream, dropping the client's TCP connection after `after` frames."""
+    count = 0
+    async for _ in stream:
+        count += 1
+        if count == after:
+            gw._mux.ws.transport.abort()
+
+
+async def test_the_real_gateway_resumes_a_dropped_stream_byte_exact(real_gateway):
+    script = {"text": "resume me " * 40, "tokens_per_s": 200, "tag": "real"}
+    async with connect(real_gateway.url, backoff=FAST) as gw:
+        stream = gw.stream(mock_request(script), {"on_disconnect": "continue"})
+        await drop_and_collect(gw, stream, 10)
+        assert gw.reconnects == 1
+    assert (stream.text, stream.finish_reason) == (script["text"], "stop")
+    assert covered_seqs(stream.events) == list(range(1, stream.events[-1].seq + 1))
+    assert stream.resumes == 1
+    assert len(real_gateway.mock.find_all("real")) == 1  # one generation, not two
+
+
+async def test_the_real_gateway_resumes_an_on_disconnect_cancel_stream_to_its_cancel(
+    real_gateway,
+):
+    script = {"text": "cut short " * 40, "tokens_per_s": 200}
+    async with connect(real_gateway.url, backoff=FAST) as gw:
+        stream = gw.stream(mock_request(script))
+        await drop_and_collect(gw, stream, 10)
+    # The drop cancelled the generation; the resume still delivers what it made, once.
+    assert stream.finish_reason == "cancelled"
+    assert script["text"].startswith(stream.text)
+    assert covered_seqs(stream.events) == list(range(1, stream.events[-1].seq + 1))
