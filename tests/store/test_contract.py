@@ -15,6 +15,7 @@ import pytest
 
 from wsgate.core.store import LogBound, Store, StoreLimits
 from wsgate.store.memory import MemoryStore
+from wsgate.store.redis import RedisStore
 
 LIMITS = StoreLimits(window_s=0.4, max_frames=50, max_bytes=4096, run_ttl_s=1.2, lease_s=0.5)
 
@@ -34,8 +35,6 @@ async def pair(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
         await store.close()
         return
     redis_url: str = request.getfixturevalue("redis_url")
-    from wsgate.store.redis import RedisStore
-
     here = RedisStore(redis_url, LIMITS, node_id="node-a")
     there = RedisStore(redis_url, LIMITS, node_id="node-b")
     await here.start()

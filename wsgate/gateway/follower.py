@@ -34,6 +34,11 @@ log = get_logger("wsgate.gateway")
 
 PAGE = 256
 """Frames read from the store at a time."""
+FIRST_WAIT_S = 0.05
+"""The first wait for a wake-up, while the watch may not have reached the owner."""
+BEGIN_GRACE_S = 2.0
+"""A keyed retry may find the key bound before its holder's record is written (a claim is
+two writes in Redis): how long it waits for the record before `unknown_message`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,33 +61,26 @@ async def follow(
 ) -> None:
     """Run one follower stream until its generation's `finish` went out, or a refusal."""
     sid = what.stream_id
-    wake = asyncio.Event()
     unwatch: Callable[[], None] | None = None
-    poll_s = store.limits.lease_s / 2
     try:
-        page = await store.read(what.message_id, what.last_seq, PAGE)
-        refusal = judge(page, what.last_seq, what.epoch)
-        if refusal is not None:
-            raise refusal
-        assert page is not None  # noqa: S101 - judge refuses a missing page
-        meta = page.meta
-        apply(host.session.attach(sid, what.message_id))
-        if what.announce:
-            resumed = StreamResumed(
-                sid, what.message_id, meta.epoch, what.last_seq, meta.top, meta.state
-            )
-            host.control(encode_frame(resumed))
-        log.info("stream_resumed", message_id=what.message_id, last_seq=what.last_seq)
-        unwatch = store.watch(what.message_id, meta.owner, wake.set)
+        page = await _open(host, store, what, apply)
+        if page is None:
+            return  # the client had everything, its `finish` included
+        wake = asyncio.Event()
+        unwatch = store.watch(what.message_id, page.meta.owner, wake.set)
+        # Until the owner knows of this watch (a round trip in Redis), frames it logs wake
+        # nobody: the first wait is short.
+        wait_s = min(FIRST_WAIT_S, store.limits.lease_s / 2)
         tail = Tail(sid, what.last_seq, snapshot=what.snapshot)
         while True:
             host.push(sid, tail.take(page.entries), ended=tail.done)
-            if tail.done or _past_the_end(page, tail):
+            if tail.done:
                 return
             if len(page.entries) < PAGE:  # caught up with the log
                 _check_caught_up(page)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), poll_s)
+                    await asyncio.wait_for(wake.wait(), wait_s)
+                wait_s = store.limits.lease_s / 2
             await host.room(sid)
             wake.clear()  # before the read: a wake-up during it is not lost
             page = await store.read(what.message_id, tail.next_seq - 1, PAGE)
@@ -97,10 +95,38 @@ async def follow(
         host.session.follower_ended(sid)
 
 
-def _past_the_end(page: Page, tail: Tail) -> bool:
-    """The client already had everything of an ended generation (its `finish` included)."""
+async def _open(
+    host: FollowerHost, store: Store, what: Follow, apply: Callable[[list[Action]], None]
+) -> Page | None:
+    """The first page, the stream attached and announced; None if nothing is left to send."""
+    page = await store.read(what.message_id, what.last_seq, PAGE)
+    if page is None and not what.announce:  # a keyed retry: the record may be on its way
+        page = await _await_begin(store, what)
+    refusal = judge(page, what.last_seq, what.epoch)
+    if refusal is not None:
+        raise refusal
+    assert page is not None  # noqa: S101 - judge refuses a missing page
     meta = page.meta
-    return meta.state == "ended" and tail.next_seq > meta.top
+    apply(host.session.attach(what.stream_id, what.message_id))
+    if what.announce:
+        resumed = StreamResumed(
+            what.stream_id, what.message_id, meta.epoch, what.last_seq, meta.top, meta.state
+        )
+        host.control(encode_frame(resumed))
+    log.info("stream_resumed", message_id=what.message_id, last_seq=what.last_seq)
+    if meta.state == "ended" and what.last_seq >= meta.top:
+        return None
+    return page
+
+
+async def _await_begin(store: Store, what: Follow) -> Page | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BEGIN_GRACE_S
+    page = None
+    while page is None and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        page = await store.read(what.message_id, what.last_seq, PAGE)
+    return page
 
 
 def _check_caught_up(page: Page) -> None:

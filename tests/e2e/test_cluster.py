@@ -1,0 +1,225 @@
+"""Cluster mode: two `wsgate serve` processes sharing one private `redis-server`.
+
+Both nodes route the model `mock` to one mock provider run by the test (so its records show
+every provider request and disconnect, whichever node made it). A generation started on
+node A is resumed on node B byte-exact with its live tail, cancelled from node B, outlived
+by its owner (SIGKILL: the lease runs out, the resume ends `resume_owner_lost` after the
+replay), and keeps streaming through a Redis outage that new resumable starts see as a
+retryable `store_unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import RawConn, mock_request, raw_connect, stream_text
+from proc_helpers import WSGATE, clean_env, read_port
+
+from wsgate.mock import MockProvider
+from wsgate.testing_redis import RedisServer
+
+pytestmark = pytest.mark.slow
+LEASE_S = 1.0
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen[str]
+    url: str
+
+
+def node_config(path: Path, name: str, mock: MockProvider, redis_url: str, **store: Any) -> Path:
+    extra = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in store.items())
+    path.write_text(
+        f"""
+[server]
+port = 0
+drain_timeout_s = 1.0
+
+[mock]
+enabled = "off"
+
+[providers.m]
+kind = "openai_chat"
+base_url = "http://127.0.0.1:{mock.port}/v1"
+
+[models.mock]
+provider = "m"
+
+[store]
+kind = "redis"
+url = "{redis_url}"
+node_id = "{name}"
+lease_s = {LEASE_S}
+resume_window_s = 30.0
+{extra}"""
+    )
+    return path
+
+
+@contextlib.contextmanager
+def node_process(config: Path) -> Iterator[subprocess.Popen[str]]:
+    args = [*WSGATE, "serve", "--config", str(config), "--log-format", "json"]
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()
+    ) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture
+async def nodes(
+    tmp_path: Path, mock: MockProvider, redis_url: str
+) -> AsyncIterator[dict[str, Node]]:
+    with contextlib.ExitStack() as stack:
+        out: dict[str, Node] = {}
+        for name in ("a", "b"):
+            config = node_config(tmp_path / f"{name}.toml", f"node-{name}", mock, redis_url)
+            proc = stack.enter_context(node_process(config))
+            port = await read_port(proc)
+            out[name] = Node(name, proc, f"ws://127.0.0.1:{port}/v1/ws")
+        yield out
+
+
+def drop(conn: RawConn) -> None:
+    transport = conn.ws.transport
+    assert transport is not None
+    transport.abort()
+
+
+def of(conn: RawConn, stream_id: str) -> list[dict[str, Any]]:
+    return [f for f in conn.received if f.get("stream_id") == stream_id and "seq" in f]
+
+
+async def started_on(url: str, script: dict, frames: int, options: dict | None = None):
+    """Start on a node, take `frames` frames, drop the connection: what was seen."""
+    async with raw_connect(url) as conn:
+        await conn.start("s1", mock_request(script), options)
+        for _ in range(frames):
+            await conn.until(lambda f: f.get("stream_id") == "s1" and "seq" in f)
+        drop(conn)
+    return of(conn, "s1")
+
+
+async def test_a_generation_started_on_one_node_resumes_on_the_other_with_its_live_tail(
+    nodes, mock
+):
+    script = {"text": "across nodes " * 40, "tokens_per_s": 100, "tag": "x-node"}
+    seen = await started_on(nodes["a"].url, script, 5, {"on_disconnect": "continue"})
+    async with raw_connect(nodes["b"].url) as conn:
+        await conn.send(
+            {"type": "resume", "message_id": seen[0]["message_id"], "last_seq": seen[-1]["seq"],
+             "stream_id": "r1"}
+        )  # fmt: skip
+        resumed = (await conn.until(lambda f: f["type"] == "stream.resumed"))[-1]
+        await conn.finishes({"r1"}, timeout=30)
+    rest = of(conn, "r1")
+    assert resumed["state"] == "running"
+    assert resumed["top_seq"] < rest[-1]["seq"]  # the tail was live, not all replayed
+    assert [f["seq"] for f in rest] == list(range(seen[-1]["seq"] + 1, rest[-1]["seq"] + 1))
+    assert rest[-1]["reason"] == "stop"
+    assert stream_text(seen) + stream_text(rest) == script["text"]
+    assert len(mock.find_all("x-node")) == 1
+
+
+async def test_a_cancel_by_message_id_on_one_node_ends_the_generation_on_the_other(nodes, mock):
+    script = {"text": "cancel me " * 300, "tokens_per_s": 50, "tag": "x-cancel"}
+    async with raw_connect(nodes["a"].url) as owner, raw_connect(nodes["b"].url) as other:
+        await owner.start("s1", mock_request(script))
+        first = await owner.until(lambda f: f["type"] == "delta.text")
+        await other.send({"type": "cancel", "message_id": first[0]["message_id"]})
+        frames = (await owner.finishes({"s1"}, timeout=10))["s1"]
+    assert frames[-1]["reason"] == "cancelled"
+    record = await mock.wait_disconnected("x-cancel", timeout=5)
+    assert record.completed_at is None
+
+
+async def test_a_resume_of_a_killed_owners_generation_replays_then_says_owner_lost(nodes):
+    script = {"text": "doomed " * 400, "tokens_per_s": 50}
+    seen = await started_on(nodes["a"].url, script, 3, {"on_disconnect": "continue"})
+    await asyncio.sleep(0.3)  # more frames are logged after the drop
+    nodes["a"].proc.kill()  # SIGKILL: no drain, no lease release
+    nodes["a"].proc.wait()
+    killed_at = time.monotonic()
+    async with raw_connect(nodes["b"].url) as conn:
+        await conn.send(
+            {"type": "resume", "message_id": seen[0]["message_id"], "last_seq": seen[-1]["seq"],
+             "stream_id": "r1"}
+        )  # fmt: skip
+        frames = await conn.until(lambda f: f["type"] == "error", timeout=LEASE_S * 5 + 5)
+    elapsed = time.monotonic() - killed_at
+    error = frames[-1]
+    assert (error["code"], error["stream_id"]) == ("resume_owner_lost", "r1")
+    replayed = [f for f in frames if f.get("stream_id") == "r1" and "seq" in f]
+    assert replayed, "what the dead node logged is replayed first"
+    expected = list(range(seen[-1]["seq"] + 1, replayed[-1]["seq"] + 1))
+    assert [f["seq"] for f in replayed] == expected
+    assert script["text"].startswith(stream_text(seen) + stream_text(replayed))
+    assert elapsed < LEASE_S * 5 + 3
+
+
+async def test_a_redis_outage_leaves_connected_streams_running_and_refuses_new_resumable_starts(
+    nodes, redis_server: RedisServer
+):
+    url = nodes["a"].url
+    script = {"text": "through the outage " * 30, "tokens_per_s": 60}
+    async with raw_connect(url) as conn:
+        await conn.start("s1", mock_request(script))
+        await conn.until(lambda f: f["type"] == "delta.text")
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(0.5)  # the nodes notice at their next write or probe
+        await conn.start("s2", mock_request({"text": "new"}))
+        refusal = (await conn.until(lambda f: f.get("stream_id") == "s2"))[-1]
+        frames = (await conn.finishes({"s1"}, timeout=30))["s1"]
+        assert (refusal["code"], refusal["retryable"]) == ("store_unavailable", True)
+        assert frames[-1]["reason"] == "stop"
+        assert stream_text(frames) == script["text"]
+        await conn.start("s3", mock_request({"text": "unlogged"}), {"resumable": False})
+        assert stream_text((await conn.finishes({"s3"}))["s3"]) == "unlogged"
+        await asyncio.to_thread(redis_server.start)
+        async with asyncio.timeout(10):
+            n = 0
+            while True:  # retry as a client would: it is retryable
+                n += 1
+                await conn.start(f"t{n}", mock_request({"text": "back"}))
+                answer = (await conn.until(lambda f, n=n: f.get("stream_id") == f"t{n}"))[-1]
+                if answer["type"] == "stream.started":
+                    break
+                assert answer["code"] == "store_unavailable"
+                await asyncio.sleep(0.3)
+        assert "epoch" in answer
+        frames = (await conn.finishes({f"t{n}"}))[f"t{n}"]
+        assert stream_text(frames) == "back"
+
+
+async def test_ten_keyed_starts_across_two_nodes_make_one_provider_request(nodes, mock):
+    script = {"text": "one generation " * 10, "tokens_per_s": 100, "tag": "x-idem"}
+    options = {"idempotency_key": "cluster-key"}
+    async with raw_connect(nodes["a"].url) as a, raw_connect(nodes["b"].url) as b:
+        for n in range(10):
+            await (a if n % 2 else b).start(f"s{n}", mock_request(script), options)
+        got_a = await a.finishes({f"s{n}" for n in range(10) if n % 2}, timeout=30)
+        got_b = await b.finishes({f"s{n}" for n in range(10) if not n % 2}, timeout=30)
+    assert len(mock.find_all("x-idem")) == 1
+    texts = {stream_text(frames) for frames in [*got_a.values(), *got_b.values()]}
+    assert texts == {script["text"]}
+    ids = {frames[0]["message_id"] for frames in [*got_a.values(), *got_b.values()]}
+    assert len(ids) == 1

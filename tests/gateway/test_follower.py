@@ -1,0 +1,163 @@
+"""The follower task (`gateway/follower.py`) over a memory store and a recording host: paging,
+waiting for room, wake-ups, the ways it ends, and cancellation at each await."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from wsgate.core.errors import WsgateError
+from wsgate.core.frames import DeltaText, FinishFrame, encode_frame
+from wsgate.core.session import Session, SessionLimits
+from wsgate.core.store import Page, StoreLimits
+from wsgate.gateway import follower
+from wsgate.gateway.follower import Follow, follow
+from wsgate.store.memory import MemoryStore
+from wsgate.testing import ParserTarget, ScriptedParser
+
+
+@dataclass
+class Host:
+    """A FollowerHost that records what the follower queued."""
+
+    session: Session
+    frames: list[dict] = field(default_factory=list)
+    controls: list[dict] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    ended: bool = False
+    room_open: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def control(self, data: bytes) -> None:
+        self.controls.append(orjson.loads(data))
+
+    def push(self, _stream_id: str, frames: list[bytes], *, ended: bool) -> None:
+        self.frames.extend(orjson.loads(data) for data in frames)
+        self.ended = self.ended or ended
+
+    async def room(self, _stream_id: str) -> None:
+        await self.room_open.wait()
+
+    def refuse(self, _stream_id: str, error: WsgateError) -> None:
+        self.refusals.append(error.code)
+
+
+def make_host() -> Host:
+    session = Session(
+        "c", SessionLimits(), lambda _r, _o: ParserTarget(ScriptedParser), lambda: "m"
+    )
+    session.attached["r1"] = None  # as the session's `resume` left it
+    host = Host(session)
+    host.room_open.set()
+    return host
+
+
+def text(seq: int, value: str) -> bytes:
+    return encode_frame(DeltaText("s1", seq, value))
+
+
+def finish(seq: int) -> bytes:
+    return encode_frame(FinishFrame("s1", seq, "stop"))
+
+
+LIMITS = StoreLimits(window_s=5, lease_s=0.2)
+
+
+async def test_a_follower_replays_the_log_then_follows_it_live_to_the_finish():
+    store = MemoryStore(LIMITS)
+    store.begin("m1", "e1")
+    store.append("m1", 1, text(1, "a"))
+    host = make_host()
+    task = asyncio.create_task(follow(host, store, Follow("r1", "m1", 0), lambda _: None))
+    await asyncio.sleep(0.01)
+    assert [f["text"] for f in host.frames] == ["a"]
+    assert host.controls[0]["type"] == "stream.resumed"
+    store.append("m1", 2, text(2, "b"))
+    store.append("m1", 3, finish(3))
+    store.end("m1", "stop")
+    await asyncio.wait_for(task, 1)
+    assert [f["seq"] for f in host.frames] == [1, 2, 3]
+    assert all(f["stream_id"] == "r1" for f in host.frames)
+    assert host.ended
+    assert "r1" not in host.session.attached
+
+
+async def test_a_follower_reads_a_long_log_page_by_page_and_only_when_there_is_room():
+    store = MemoryStore(LIMITS)
+    store.begin("m1", "e1")
+    total = follower.PAGE * 2 + 5
+    for seq in range(1, total):
+        store.append("m1", seq, text(seq, "x"))
+    store.append("m1", total, finish(total))
+    store.end("m1", "stop")
+    host = make_host()
+    host.room_open.clear()
+    task = asyncio.create_task(follow(host, store, Follow("r1", "m1", 0), lambda _: None))
+    await asyncio.sleep(0.05)
+    assert len(host.frames) == follower.PAGE  # one page, then it waits for room
+    host.room_open.set()
+    await asyncio.wait_for(task, 1)
+    assert [f["seq"] for f in host.frames] == list(range(1, total + 1))
+
+
+async def test_a_keyed_retry_waits_for_a_record_that_is_still_being_written():
+    store = MemoryStore(LIMITS)
+    host = make_host()
+    what = Follow("r1", "m1", 0, announce=False)
+    task = asyncio.create_task(follow(host, store, what, lambda _: None))
+    await asyncio.sleep(0.1)  # the key's holder has not written its record yet
+    store.begin("m1", "e1")
+    store.append("m1", 1, finish(1))
+    store.end("m1", "stop")
+    await asyncio.wait_for(task, 3)
+    assert host.refusals == []
+    assert [f["type"] for f in host.frames] == ["finish"]
+    assert host.controls == []  # a keyed retry is not announced
+
+
+async def test_a_follower_of_a_lost_owner_ends_with_owner_lost_after_what_was_logged():
+    class LostOwner(MemoryStore):
+        async def read(self, message_id: str, after: int, limit: int) -> Page | None:
+            page = await super().read(message_id, after, limit)
+            return None if page is None else Page(page.meta, page.entries, owner_alive=False)
+
+    store = LostOwner(LIMITS)
+    store.begin("m1", "e1")
+    store.append("m1", 1, text(1, "a"))
+    host = make_host()
+    await asyncio.wait_for(follow(host, store, Follow("r1", "m1", 0), lambda _: None), 1)
+    assert [f["seq"] for f in host.frames] == [1]
+    assert host.refusals == ["resume_owner_lost"]
+
+
+async def test_a_log_that_ends_without_its_finish_is_refused_not_waited_on():
+    store = MemoryStore(LIMITS)
+    store.begin("m1", "e1")
+    store.append("m1", 1, text(1, "a"))
+    store.append("m1", 2, text(2, "b"))
+    store.end("m1", "stop")  # its finish frame was never logged (the store lost it)
+    host = make_host()
+    await asyncio.wait_for(follow(host, store, Follow("r1", "m1", 0), lambda _: None), 1)
+    assert host.refusals == ["resume_trimmed"]
+
+
+@pytest.mark.parametrize("where", ["room", "wake"])
+async def test_a_follower_cancelled_while_waiting_lets_its_stream_id_go(where):
+    store = MemoryStore(LIMITS)
+    store.begin("m1", "e1")
+    store.append("m1", 1, text(1, "a"))
+    host = make_host()
+    if where == "room":
+        for seq in range(2, follower.PAGE + 2):
+            store.append("m1", seq, text(seq, "x"))
+        host.room_open.clear()
+    task = asyncio.create_task(follow(host, store, Follow("r1", "m1", 0), lambda _: None))
+    await asyncio.sleep(0.05)
+    host.session.attached["r1"] = "m1"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "r1" not in host.session.attached
+    assert store._watchers == {}  # unwatched

@@ -1,0 +1,484 @@
+"""The Redis store beyond the contract: its key layout, its one call per flush, a Redis that
+goes away and comes back, node leases, stale idempotency keys, the write buffer's bound, and
+(a subset of the contract) a real three-node Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import test_contract as contract
+from redis.crc import key_slot
+from store_helpers import redis_server_binary, require
+from test_contract import LIMITS, Pair, frame
+
+from wsgate.core.store import StoreUnavailable
+from wsgate.store.redis import MAX_BUFFERED, RedisStore
+from wsgate.testing_redis import RedisServer
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pair(redis_url: str) -> AsyncIterator[Pair]:
+    here = RedisStore(redis_url, LIMITS, node_id="node-a")
+    there = RedisStore(redis_url, LIMITS, node_id="node-b")
+    await here.start()
+    await there.start()
+    yield Pair(here, there)
+    await here.close()
+    await there.close()
+
+
+async def eventually(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_keys_of_one_message_share_one_hash_slot(pair: Pair, raw: aioredis.Redis) -> None:
+    await pair.here.claim("k1", "fp", "msg_a1", "e1")
+    for seq in range(1, 4):
+        pair.here.append("msg_a1", seq, frame(seq))
+    await pair.here.flush()
+    keys = {key async for key in raw.scan_iter(match=b"wsg:{msg_a1}*")}
+    assert keys == {b"wsg:{msg_a1}:ev", b"wsg:{msg_a1}:meta"}
+    assert len({key_slot(key) for key in keys}) == 1
+    assert await raw.type(b"wsg:{msg_a1}:ev") == b"stream"
+    assert await raw.xrange(b"wsg:{msg_a1}:ev", count=1) == [(b"1-0", {b"d": frame(1)})]
+    meta = await raw.hgetall(b"wsg:{msg_a1}:meta")
+    assert (meta[b"state"], meta[b"top"], meta[b"owner"], meta[b"key"]) == (
+        b"running",
+        b"3",
+        b"node-a",
+        b"k1",
+    )
+    assert await raw.get(b"wsg:idem:{k1}") == b"msg_a1 fp"
+    assert await raw.exists(b"wsg:node:node-a", b"wsg:node:node-b") == 2
+
+
+async def test_the_appends_of_one_loop_turn_go_out_in_one_round_trip(
+    pair: Pair, raw: aioredis.Redis
+) -> None:
+    store = pair.here
+    assert isinstance(store, RedisStore)
+    streams, appends = 8, 5
+    for n in range(streams):
+        store.begin(f"m{n}", "e1")
+    await store.flush()
+    writer = store._writer
+    assert writer is not None
+    sends = 0
+    send = writer.send_packed_command
+
+    async def counted(*args, **kwargs):
+        nonlocal sends
+        sends += 1
+        return await send(*args, **kwargs)
+
+    writer.send_packed_command = counted  # type: ignore[method-assign]
+    await raw.config_resetstat()
+    for seq in range(1, appends + 1):
+        for n in range(streams):
+            store.append(f"m{n}", seq, frame(seq))
+    await store.flush()
+    stats = await raw.info("commandstats")
+    assert sends == 1
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_xadd"]["calls"] == streams * appends
+    for n in range(streams):
+        page = await pair.there.read(f"m{n}", 0, 100)
+        assert page is not None
+        assert [seq for seq, _ in page.entries] == list(range(1, appends + 1))
+
+
+async def test_a_stopped_redis_drops_writes_and_refuses_reads_until_it_is_back(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    await contract.logged(pair, "m1", 2)
+    cancels: list[str] = []
+    pair.here.on_cancel(cancels.append)
+    await asyncio.to_thread(redis_server.stop)
+    pair.here.append("m1", 3, frame(3))
+    await pair.here.flush()  # does not raise
+    assert not pair.here.healthy
+    assert isinstance(pair.here, RedisStore)
+    assert pair.here.dropped_frames == 1
+    with pytest.raises(StoreUnavailable):
+        await pair.there.read("m1", 0, 10)
+    with pytest.raises(StoreUnavailable):
+        await pair.there.claim("k1", "fp", "m2", "e1")
+    with pytest.raises(StoreUnavailable):
+        await pair.there.cancel("m1", pair.here.node_id)
+    assert not pair.there.healthy
+
+    await asyncio.to_thread(redis_server.start)  # empty: it kept nothing on disk
+    await eventually(lambda: pair.here.healthy and pair.there.healthy)
+    pair.here.begin("m3", "e1")
+    pair.here.append("m3", 1, frame(1))
+    await pair.here.flush()
+    page = await pair.there.read("m3", 0, 10)
+    assert page is not None
+    assert page.entries == [(1, frame(1))]
+    # The pub/sub connection came back too: cancels reach the node again.
+    deadline = time.monotonic() + 5.0
+    while not cancels:
+        assert time.monotonic() < deadline, "no cancel after the restart"
+        await pair.there.cancel("m3", pair.here.node_id)
+        await asyncio.sleep(0.1)
+    assert cancels[0] == "m3"
+
+
+async def test_a_message_running_when_redis_restarted_is_logged_again_from_its_next_frames(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    await contract.logged(pair, "m1", 2)
+    await asyncio.to_thread(redis_server.stop)
+    await asyncio.to_thread(redis_server.start)
+    pair.here.append("m1", 3, frame(3))
+    await pair.here.flush()  # on a stale connection: lost, and the probe starts
+    await eventually(lambda: pair.here.healthy)
+    pair.here.append("m1", 4, frame(4))
+    await pair.here.flush()
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.epoch, page.meta.state, page.meta.top) == ("e1", "running", 4)
+    assert page.entries[-1] == (4, frame(4))  # the frames before are gone: a gap
+
+
+async def test_scripts_that_redis_forgot_are_sent_again(pair: Pair, raw: aioredis.Redis) -> None:
+    await contract.logged(pair, "m1", 1)
+    await raw.script_flush()
+    pair.here.append("m1", 2, frame(2))
+    pair.here.end("m1", "stop")
+    await pair.here.flush()
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.state, page.meta.top) == ("ended", 2)
+
+
+async def test_a_node_whose_tasks_died_loses_its_lease_and_its_owner_is_seen_lost(
+    pair: Pair, raw: aioredis.Redis
+) -> None:
+    await contract.logged(pair, "m1", 1)
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert page.owner_alive
+    assert isinstance(pair.here, RedisStore)
+    for task in list(pair.here._tasks):  # as if the node were SIGKILLed: nothing refreshes
+        task.cancel()
+    await asyncio.sleep(0)
+    assert await raw.pttl(b"wsg:node:node-a") <= LIMITS.lease_s * 1000
+    await asyncio.sleep(LIMITS.lease_s + 0.1)
+    assert not await raw.exists(b"wsg:node:node-a")
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert page.meta.state == "running"
+    assert not page.owner_alive
+
+
+async def test_the_lease_is_refreshed_while_the_node_runs_and_released_at_close(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    store = RedisStore(redis_url, LIMITS, node_id="node-c")
+    await store.start()
+    await asyncio.sleep(LIMITS.lease_s * 2)
+    assert await raw.exists(b"wsg:node:node-c")
+    await store.close()
+    assert not await raw.exists(b"wsg:node:node-c")
+    assert {task for task in asyncio.all_tasks() if not task.done()} == {asyncio.current_task()}
+
+
+async def test_a_stale_idempotency_key_is_taken_over_but_a_young_one_is_not(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    store = RedisStore(redis_url, LIMITS, node_id="node-a", socket_timeout=0.2)
+    await store.start()
+    try:
+        # Young: its message's record may still be on the way from another node.
+        await raw.set(b"wsg:idem:{k1}", b"m0 fp0", px=round(LIMITS.run_ttl_s * 1000))
+        claim = await store.claim("k1", "fp1", "m1", "e1")
+        assert (claim.message_id, claim.fingerprint, claim.new) == ("m0", "fp0", False)
+        # Old (its TTL ran down) and its message has no log: the key is free.
+        await raw.pexpire(b"wsg:idem:{k1}", 300)
+        claim = await store.claim("k1", "fp1", "m1", "e1")
+        assert (claim.message_id, claim.new) == ("m1", True)
+        assert await raw.get(b"wsg:idem:{k1}") == b"m1 fp1"
+        page = await store.read("m1", 0, 10)
+        assert page is not None
+        assert page.meta.state == "running"
+    finally:
+        await store.close()
+
+
+async def test_the_end_expires_the_idempotency_key_only_while_it_names_the_message(
+    pair: Pair, raw: aioredis.Redis
+) -> None:
+    await pair.here.claim("k1", "fp", "m1", "e1")
+    await pair.here.claim("k2", "fp", "m2", "e1")
+    await raw.set(b"wsg:idem:{k2}", b"other fp")  # taken over meanwhile, without expiry
+    pair.here.end("m1", "stop")
+    pair.here.end("m2", "stop")
+    await pair.here.flush()
+    assert 0 < await raw.pttl(b"wsg:idem:{k1}") <= LIMITS.window_s * 1000
+    assert await raw.pttl(b"wsg:idem:{k2}") == -1
+
+
+async def test_a_full_write_buffer_drops_appends_and_counts_them(pair: Pair) -> None:
+    store = pair.here
+    assert isinstance(store, RedisStore)
+    store.begin("m1", "e1")
+    for seq in range(1, MAX_BUFFERED + 11):
+        store.append("m1", seq, b"f")
+    store.end("m1", "stop")  # an end is never dropped
+    await store.flush()
+    assert store.dropped_frames == 10
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.state, page.meta.top) == ("ended", MAX_BUFFERED)
+
+
+async def test_a_message_nobody_ended_is_forgotten_by_its_node_after_the_run_ttl(
+    pair: Pair,
+) -> None:
+    store = pair.here
+    assert isinstance(store, RedisStore)
+    await contract.logged(pair, "m1", 1)
+    assert "m1" in store._running
+    await asyncio.sleep(LIMITS.run_ttl_s + LIMITS.lease_s)
+    assert "m1" not in store._running
+    store.append("m1", 2, frame(2))  # as for any message not begun here: ignored
+    await store.flush()
+    assert await pair.there.read("m1", 0, 10) is None
+
+
+async def test_a_read_cancelled_in_flight_leaves_the_store_usable(
+    pair: Pair, raw: aioredis.Redis
+) -> None:
+    await contract.logged(pair, "m1", 2)
+    await raw.execute_command("CLIENT", "PAUSE", "300", "ALL")
+    read = asyncio.ensure_future(pair.there.read("m1", 0, 10))
+    await asyncio.sleep(0.05)
+    read.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await read
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert [seq for seq, _ in page.entries] == [1, 2]
+
+
+async def test_a_cancelled_flush_does_not_cancel_the_write(pair: Pair, raw: aioredis.Redis) -> None:
+    await contract.logged(pair, "m1", 1)
+    await raw.execute_command("CLIENT", "PAUSE", "300", "ALL")
+    pair.here.append("m1", 2, frame(2))
+    flush = asyncio.ensure_future(pair.here.flush())
+    await asyncio.sleep(0.05)
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    await pair.here.flush()
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert [seq for seq, _ in page.entries] == [1, 2]
+    assert pair.here.healthy
+
+
+async def test_a_watch_of_a_message_that_already_ended_wakes_at_once(pair: Pair) -> None:
+    await contract.logged(pair, "m1", 1)
+    pair.here.end("m1", "stop")
+    await pair.here.flush()
+    woken = asyncio.Event()
+    unwatch = pair.there.watch("m1", pair.here.node_id, woken.set)
+    await asyncio.wait_for(woken.wait(), 2.0)
+    unwatch()
+
+
+async def test_the_last_unwatch_unsubscribes(pair: Pair, raw: aioredis.Redis) -> None:
+    pair.here.begin("m1", "e1")
+    await pair.here.flush()
+    first = pair.there.watch("m1", pair.here.node_id, lambda: None)
+    second = pair.there.watch("m1", pair.here.node_id, lambda: None)
+    channel = b"wsg:wake:m1"
+    await eventually(lambda: channel in pair.there._subscribed)  # type: ignore[attr-defined]
+    first()
+    await asyncio.sleep(0.05)
+    assert (await raw.pubsub_numsub(channel))[0][1] == 1
+    second()
+    await eventually(lambda: channel not in pair.there._subscribed)  # type: ignore[attr-defined]
+    await eventually_async(lambda: raw.pubsub_numsub(channel), [(channel, 0)])
+
+
+async def eventually_async(read, expected, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await read()) != expected:
+        assert time.monotonic() < deadline, f"{got} != {expected}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_store_that_cannot_reach_redis_at_start_raises_store_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once closed
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", LIMITS, node_id="n", socket_timeout=0.2)
+    with pytest.raises(StoreUnavailable):
+        await store.start()
+    await store.close()
+
+
+# --- a real Redis Cluster (three primaries, no replicas) ---------------------------------
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 whose cluster bus port (+10000) is free too."""
+    ports: list[int] = []
+    for port in range(21000, 55000, 7):
+        if len(ports) == count:
+            break
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[list[int]]:
+    binary = redis_server_binary()
+    cli = shutil.which("redis-cli")
+    require("redis-cli", cli is not None, "it creates the test cluster")
+    assert cli is not None
+    ports = cluster_ports(3)
+    with tempfile.TemporaryDirectory(prefix="wsgate-cluster-") as root:
+        processes = []
+        try:
+            for port in ports:
+                where = Path(root, str(port))
+                where.mkdir()
+                args = [
+                    binary, "--bind", "127.0.0.1", "--port", str(port),
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--save", "", "--appendonly", "no", "--dir", str(where),
+                    "--logfile", str(where / "redis.log"),
+                ]  # fmt: skip
+                processes.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+            for port in ports:
+                wait_for_ping(port)
+            nodes = [f"127.0.0.1:{port}" for port in ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            for port in ports:
+                wait_for(port, ["CLUSTER", "INFO"], b"cluster_state:ok")
+            yield ports
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(10)
+
+
+def wait_for_ping(port: int) -> None:
+    wait_for(port, ["PING"], b"PONG")
+
+
+def wait_for(port: int, command: list[str], expected: bytes, timeout: float = 20.0) -> None:
+    payload = b"*%d\r\n" % len(command) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(arg), arg.encode()) for arg in command
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                sock.sendall(payload)
+                if expected in sock.recv(65536):
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{port}: {command} did not say {expected!r}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+async def cluster_pair(redis_cluster: list[int]) -> AsyncIterator[Pair]:
+    for port in redis_cluster:
+        client = aioredis.Redis(port=port)
+        await client.flushall()
+        await client.aclose()
+    first, second = (f"redis://127.0.0.1:{port}/0" for port in redis_cluster[:2])
+    here = RedisStore(first, LIMITS, node_id="node-a", cluster=True)
+    there = RedisStore(second, LIMITS, node_id="node-b", cluster=True)
+    await here.start()
+    await there.start()
+    yield Pair(here, there)
+    await here.close()
+    await there.close()
+
+
+CLUSTER_CASES = [
+    contract.test_a_read_returns_the_frames_after_the_asked_seq_in_order,
+    contract.test_appending_a_seq_again_does_not_double_it,
+    contract.test_a_log_past_its_frame_bound_drops_its_oldest_frames,
+    contract.test_a_log_past_its_byte_bound_drops_its_oldest_frames,
+    contract.test_an_ended_log_expires_after_the_window_then_its_record_after_another,
+    contract.test_a_claim_binds_its_key_once_and_begins_the_message,
+    contract.test_concurrent_claims_of_one_key_make_one_message,
+    contract.test_a_key_is_free_again_once_its_message_log_expired,
+    contract.test_a_watcher_is_woken_after_frames_are_logged,
+    contract.test_a_watcher_is_woken_when_the_message_ends,
+    contract.test_a_cancel_reaches_the_owner_nodes_handler,
+]
+
+
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda case: case.__name__[5:])
+async def test_a_redis_cluster_keeps_the_contract(cluster_pair: Pair, case) -> None:
+    await case(cluster_pair)
+
+
+async def test_scripts_that_a_cluster_forgot_are_sent_again(
+    cluster_pair: Pair, redis_cluster: list[int]
+) -> None:
+    await contract.logged(cluster_pair, "m1", 1)
+    for port in redis_cluster:
+        client = aioredis.Redis(port=port)
+        await client.script_flush()
+        await client.aclose()
+    cluster_pair.here.append("m1", 2, frame(2))
+    cluster_pair.here.end("m1", "stop")
+    await cluster_pair.here.flush()
+    page = await cluster_pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.state, page.meta.top) == ("ended", 2)
+
+
+async def test_a_flush_in_a_cluster_spreads_messages_over_the_slots(cluster_pair: Pair) -> None:
+    slots = set()
+    for n in range(20):
+        cluster_pair.here.begin(f"m{n}", "e1")
+        cluster_pair.here.append(f"m{n}", 1, frame(1))
+        slots.add(key_slot(f"wsg:{{m{n}}}:ev".encode()))
+    await cluster_pair.here.flush()
+    assert len(slots) > 1
+    for n in range(20):
+        page = await cluster_pair.there.read(f"m{n}", 0, 10)
+        assert page is not None
+        assert page.entries == [(1, frame(1))]
