@@ -478,3 +478,16 @@ def test_the_readme_configuration_example_loads_and_routes(tmp_path):
     settings = load_settings(path, environ={})
     routes = build_routes(settings, {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"})
     assert {route.kind for route in routes.values()} == {"openai_chat", "anthropic"}
+
+
+def test_a_store_url_that_is_not_redis_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError, match="store.url") as caught:
+        load_settings(None, environ={}, overrides={"store.url": "http://user:secret@x/0"})
+    assert "secret" not in str(caught.value)
+
+
+def test_the_settings_summary_masks_a_redis_password():
+    settings = load_settings(
+        None, environ={}, overrides={"store.url": "redis://:hunter2@127.0.0.1:6379/0"}
+    )
+    assert "hunter2" not in orjson.dumps(settings_summary(settings)).decode()

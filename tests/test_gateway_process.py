@@ -6,8 +6,10 @@ import asyncio
 import json
 
 import orjson
-from proc_helpers import read_port, serving
+from proc_helpers import read_port, run_wsgate, serving
 from websockets.asyncio.client import connect
+
+from wsgate.testing_redis import free_port
 
 STREAMS = 256
 
@@ -36,3 +38,20 @@ async def test_a_client_reading_at_full_speed_is_never_closed_as_a_slow_consumer
                     if frame["type"] == "finish":
                         reasons.append(frame["reason"])
     assert reasons == ["stop"] * STREAMS
+
+
+def test_serve_with_its_redis_store_unreachable_says_so_in_one_line_and_exits():
+    port = free_port()  # nothing listens there
+    result = run_wsgate(
+        "serve",
+        "--port",
+        "0",
+        WSGATE_STORE__KIND="redis",
+        WSGATE_STORE__URL=f"redis://:pw@127.0.0.1:{port}/0",
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "resume store" in lines[0]
+    assert "unreachable" in lines[0]
+    assert "pw" not in lines[0]

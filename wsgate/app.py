@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from wsgate import __version__
 from wsgate.config import Settings
 from wsgate.core.retry import RetryPolicy
-from wsgate.core.store import Store, StoreLimits
+from wsgate.core.store import Store, StoreLimits, StoreUnavailable
 from wsgate.gateway.connection import ConnectionOptions
 from wsgate.gateway.server import Gateway, GatewayOptions
 from wsgate.log import get_logger
@@ -164,7 +164,12 @@ class App:
         )
         await self.upstream.start()
         self.store = build_store(settings)
-        await self.store.start()
+        try:
+            await self.store.start()
+        except StoreUnavailable:
+            self.store = None
+            await self.stop()  # nothing started is left running
+            raise
         self.gateway = Gateway(
             gateway_options(settings),
             self.upstream,

@@ -20,6 +20,7 @@ import uvloop
 from wsgate import __version__
 from wsgate.config import ConfigError, Settings, load_settings, settings_summary
 from wsgate.core.frames import json_schemas
+from wsgate.core.store import StoreUnavailable
 from wsgate.log import configure, get_logger
 
 EXIT_OK = 0
@@ -147,7 +148,12 @@ async def _serve(settings: Settings) -> int:
     from wsgate.app import App  # noqa: PLC0415 - imported where it is used
 
     get_logger("wsgate.cli").info("settings", **settings_summary(settings))
-    await App(settings).run_until_signal()
+    try:
+        await App(settings).run_until_signal()
+    except StoreUnavailable as exc:
+        where = settings_summary(settings)["store"]["url"]
+        print(f"wsgate: the resume store at {where} is unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -123,6 +123,9 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     ping_interval_s: _Seconds = 20.0  # WebSocket ping; no pong within as long closes
 
 
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
 class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The resume store: event logs per message, idempotency keys, cross-node cancels."""
 
@@ -137,6 +140,12 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     memory_max_bytes: _Bytes = 268_435_456  # kind = "memory": all logs; oldest ended dropped
     lease_s: _Seconds = 5.0  # a node silent this long is lost: its streams resume as owner_lost
     on_unavailable: Literal["refuse", "run_without_log"] = "refuse"  # new starts, store down
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(REDIS_SCHEMES):
+            raise ConfigError("store.url: expected a redis://, rediss:// or unix:// URL")
+        if not self.prefix or any(c in self.prefix for c in "{} "):
+            raise ConfigError("store.prefix: must be non-empty, without braces or spaces")
 
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -296,6 +305,7 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
     summary: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=lambda _: REDACTED)
     for provider in summary["providers"].values():
         provider["base_url"] = _mask_userinfo(provider["base_url"])
+    summary["store"]["url"] = _mask_userinfo(summary["store"]["url"])  # a Redis password
     return summary
 
 
