@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import time
@@ -38,13 +39,14 @@ class Node:
     url: str
 
 
-def node_config(path: Path, name: str, mock: MockProvider, redis_url: str, **store: Any) -> Path:
-    extra = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in store.items())
+def node_config(
+    path: Path, name: str, mock: MockProvider, redis_url: str, drain_s: float = 1.0
+) -> Path:
     path.write_text(
         f"""
 [server]
 port = 0
-drain_timeout_s = 1.0
+drain_timeout_s = {drain_s}
 
 [mock]
 enabled = "off"
@@ -62,7 +64,7 @@ url = "{redis_url}"
 node_id = "{name}"
 lease_s = {LEASE_S}
 resume_window_s = 30.0
-{extra}"""
+"""
     )
     return path
 
@@ -86,13 +88,19 @@ def node_process(config: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 @pytest.fixture
+def drain_s() -> float:
+    return 1.0
+
+
+@pytest.fixture
 async def nodes(
-    tmp_path: Path, mock: MockProvider, redis_url: str
+    tmp_path: Path, mock: MockProvider, redis_url: str, drain_s: float
 ) -> AsyncIterator[dict[str, Node]]:
     with contextlib.ExitStack() as stack:
         out: dict[str, Node] = {}
         for name in ("a", "b"):
-            config = node_config(tmp_path / f"{name}.toml", f"node-{name}", mock, redis_url)
+            path = tmp_path / f"{name}.toml"
+            config = node_config(path, f"node-{name}", mock, redis_url, drain_s)
             proc = stack.enter_context(node_process(config))
             port = await read_port(proc)
             out[name] = Node(name, proc, f"ws://127.0.0.1:{port}/v1/ws")
@@ -223,3 +231,79 @@ async def test_ten_keyed_starts_across_two_nodes_make_one_provider_request(nodes
     assert texts == {script["text"]}
     ids = {frames[0]["message_id"] for frames in [*got_a.values(), *got_b.values()]}
     assert len(ids) == 1
+
+
+class Balancer:
+    """A TCP load balancer in front of the nodes: forwards to one backend, can switch."""
+
+    def __init__(self, backend: int) -> None:
+        self.backend = backend
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.backend)
+        self._pairs.append((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def switch(self, backend: int) -> None:
+        """Send new connections to `backend`; reset the open ones (a node left the pool)."""
+        self.backend = backend
+        for down, up in self._pairs:
+            for writer in (down, up):
+                writer.transport.abort()
+        self._pairs.clear()
+
+    async def close(self) -> None:
+        self.switch(self.backend)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+@pytest.mark.parametrize("drain_s", [15.0])
+async def test_wsgate_chat_survives_its_node_restarting_behind_a_load_balancer(nodes, mock):
+    text = "".join(f"word{n} " for n in range(120))
+    balancer = Balancer(port_of(nodes["a"].url))
+    await balancer.start()
+    script = json.dumps({"mock": {"text": text, "tokens_per_s": 40, "tag": "chat-restart"}})
+    chat = await asyncio.create_subprocess_exec(
+        *WSGATE, "chat", "--url", f"ws://127.0.0.1:{balancer.port}/v1/ws", script,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
+    )  # fmt: skip
+    try:
+        assert chat.stdout is not None
+        seen = b""
+        async with asyncio.timeout(10):
+            while b"word10 " not in seen:
+                seen += await chat.stdout.read(64)
+        nodes["a"].proc.send_signal(signal.SIGTERM)  # node a restarts: it drains, then exits
+        balancer.switch(port_of(nodes["b"].url))  # the balancer moves its clients to node b
+        async with asyncio.timeout(30):
+            rest, err = await chat.communicate()
+        assert chat.returncode == 0, err.decode()
+        assert (seen + rest).decode().rstrip("\n") == text
+        assert len(mock.find_all("chat-restart")) == 1  # one generation, never restarted
+        assert nodes["a"].proc.wait(timeout=20) == 0  # node a drained and exited cleanly
+    finally:
+        if chat.returncode is None:
+            chat.kill()
+            await chat.wait()
+        await balancer.close()

@@ -193,3 +193,22 @@ async def test_shutdown_ends_detached_streams_into_their_logs_and_counts_them(st
     assert len(app.gateway.shared.detached) == 0
     assert app.gateway.shared.detached_tasks == set()
     await app.mock.wait_disconnected("detached-at-shutdown", timeout=5)
+
+
+async def test_a_drain_lets_a_detached_generation_finish_into_its_log(start_app):
+    app = await start_app(**{"server.drain_timeout_s": 10})
+    script = {"text": "finish me " * 20, "tokens_per_s": 50, "tag": "drained-detached"}
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request(script), {"on_disconnect": "continue"})
+        started = await conn.until(lambda f: f["type"] == "delta.text")
+    message_id = started[0]["message_id"]
+    async with asyncio.timeout(5):
+        while not app.gateway.shared.detached_tasks:  # noqa: ASYNC110 - polling
+            await asyncio.sleep(0.02)
+    began = time.monotonic()
+    await app.gateway.shutdown(10)
+    assert time.monotonic() - began < 5  # it waited for the generation, not the deadline
+    page = await app.store.read(message_id, 0, 10_000)
+    frames = [orjson.loads(data) for _, data in page.entries]
+    assert frames[-1]["reason"] == "stop"
+    assert stream_text(frames) == script["text"]

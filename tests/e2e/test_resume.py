@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from e2e_helpers import RawConn, mock_request, raw_connect, stream_text
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PACED = {"tokens_per_s": 200}
 
@@ -278,3 +280,46 @@ async def test_a_hundred_streams_dropped_at_random_points_all_resume_byte_exact(
         if sid in open_:
             assert_continues(frames, rest)
         assert stream_text(frames) + stream_text(rest) == texts[sid], sid
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+async def test_any_drop_point_and_any_resume_point_give_the_exact_rest(app, data):
+    words = data.draw(st.integers(3, 40), label="words")
+    text = "".join(f"w{n} " for n in range(words))
+    options = {"on_disconnect": data.draw(st.sampled_from(["continue", "cancel"]))}
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request({"text": text, "tokens_per_s": 400}), options)
+        frames_before_drop = data.draw(st.integers(1, words + 3), label="drop after")
+        for _ in range(frames_before_drop):
+            frame = await conn.until(lambda f: f.get("stream_id") == "s1" and "seq" in f)
+            if frame[-1]["type"] == "finish":
+                break
+        drop(conn)
+    seen = stream_frames(conn, "s1")
+    # A client may resume from before what it saw (it lost part of its own buffer).
+    share = data.draw(st.integers(0, 100), label="resume after, percent of what was seen")
+    kept = seen[: len(seen) * share // 100]  # what was seen depends on timing: draw a share
+    last = kept[-1]["seq"] if kept else 0
+    async with raw_connect(app.url) as again:
+        await again.send(resume_frame(seen[0]["message_id"], last))
+        answer = await again.until(lambda f: f.get("stream_id") == "r1")
+        assert answer[-1]["type"] == "stream.resumed"
+        ended = answer[-1]["state"] == "ended" and last >= answer[-1]["top_seq"]
+        if not ended:
+            await again.finishes({"r1"})
+    rest = stream_frames(again, "r1")
+    expected = 1
+    for frame in kept + rest:  # gapless from 1, no repeat (a coalesced frame covers a run)
+        assert frame.get("first_seq", frame["seq"]) == expected, (expected, frame)
+        expected = frame["seq"] + 1
+    assert [f["type"] for f in kept + rest].count("finish") == 1
+    produced = stream_text(kept + rest)
+    if (kept + rest)[-1]["reason"] == "stop":
+        assert produced == text
+    else:
+        assert text.startswith(produced)

@@ -171,8 +171,15 @@ class Gateway:
         # simpler than an event per connection, and bounded by the deadline.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while loop.time() < deadline and not all(c.idle for c in self.connections):  # noqa: ASYNC110
+        while loop.time() < deadline and not self._idle():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+
+    def _idle(self) -> bool:
+        """Nothing left to drain: no stream runs, is followed or has a frame to send.
+
+        Detached generations count: their clients may be following them from another node.
+        """
+        return not self.shared.detached_tasks and all(c.idle for c in self.connections)
 
     def _cancel_here(self, message_id: str) -> None:
         """Another node asked for a cancel of a generation running here."""
