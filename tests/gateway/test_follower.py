@@ -8,15 +8,18 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
+from e2e_helpers import validate_server_frame
+from gateway_helpers import make_connection, running, until
 
 from wsgate.core.errors import WsgateError
 from wsgate.core.frames import DeltaText, FinishFrame, encode_frame
 from wsgate.core.session import Session, SessionLimits
 from wsgate.core.store import Page, StoreLimits
 from wsgate.gateway import follower
+from wsgate.gateway.connection import MAX_PENDING_CANCELS
 from wsgate.gateway.follower import Follow, follow
 from wsgate.store.memory import MemoryStore
-from wsgate.testing import ParserTarget, ScriptedParser
+from wsgate.testing import ParserTarget, RecordingWebSocket, ScriptedParser, ScriptedUpstream
 
 
 @dataclass
@@ -42,6 +45,13 @@ class Host:
 
     def refuse(self, _stream_id: str, error: WsgateError) -> None:
         self.refusals.append(error.code)
+
+
+def received(ws: RecordingWebSocket) -> list[dict]:
+    frames = ws.frames()
+    for frame in frames:
+        validate_server_frame(frame)
+    return frames
 
 
 def make_host() -> Host:
@@ -161,3 +171,31 @@ async def test_a_follower_cancelled_while_waiting_lets_its_stream_id_go(where):
         await task
     assert "r1" not in host.session.attached
     assert store._watchers == {}  # unwatched
+
+
+async def test_cancels_by_message_id_waiting_for_a_slow_store_are_bounded_per_connection():
+    class SlowStore(MemoryStore):
+        async def read(self, message_id: str, after: int, limit: int) -> Page | None:
+            await asyncio.sleep(0.05)
+            return await super().read(message_id, after, limit)
+
+    ws = RecordingWebSocket()
+    conn = make_connection(ws, ScriptedUpstream([]))
+    conn.shared.store = SlowStore(LIMITS)
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(conn._cancels))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    async with running(conn):
+        for n in range(60):
+            ws.client_sends(orjson.dumps({"type": "cancel", "message_id": f"m{n}"}).decode())
+        await until(lambda: len(received(ws)) >= 61, timeout=5)  # ready + 60 refusals
+    watcher.cancel()
+    assert most <= MAX_PENDING_CANCELS
+    codes = [f.get("code") for f in received(ws)[1:]]
+    assert codes == ["unknown_message"] * 60

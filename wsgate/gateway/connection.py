@@ -86,6 +86,8 @@ __all__ = ["Connection", "ConnectionOptions", "ConnectionStats", "Shared", "Upst
 log = get_logger("wsgate.gateway")
 
 HEARTBEAT = encode_frame(Heartbeat())
+MAX_PENDING_CANCELS = 16
+"""Cancels by message_id waiting for the store, per connection; past it the reader waits."""
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Connection:
 
     __slots__ = (
         "_backlog_room",
+        "_cancels",
         "_closer",
         "_deadline",
         "_deadline_at",
@@ -155,7 +158,8 @@ class Connection:
         self._deadline: asyncio.TimerHandle | None = None  # the streams' earliest deadline
         self._deadline_at = 0.0
         self._logged: dict[str, str] = {}  # logged running streams: stream_id -> message_id
-        self._followers: dict[str, asyncio.Task[None]] = {}  # resumes, keyed starts, cancels
+        self._followers: dict[str, asyncio.Task[None]] = {}  # resumes and keyed starts
+        self._cancels: set[asyncio.Task[None]] = set()  # cancels by message_id (bounded)
         self._room: asyncio.Event | None = None  # exists while a follower waits for room
 
     @property
@@ -208,6 +212,8 @@ class Connection:
                 self.apply(actions)
                 if self.flow.reader_paused():
                     await self._wait_for_backlog()
+                if len(self._cancels) >= MAX_PENDING_CANCELS:
+                    await asyncio.wait(self._cancels, return_when=asyncio.FIRST_COMPLETED)
         except websockets.ConnectionClosed:
             pass
 
@@ -472,7 +478,9 @@ class Connection:
             owner, stream_id = local
             owner.apply(owner.session.cancel(stream_id))
             return
-        self._spawn(f"cancel:{message_id}", self._cancel_remote(message_id))
+        task = asyncio.create_task(self._cancel_remote(message_id), name="cancel-by-message")
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def _cancel_remote(self, message_id: str) -> None:
         store = self.shared.store
@@ -486,7 +494,7 @@ class Connection:
             self.apply(self.session.refuse(None, exc))
 
     async def _stop_followers(self) -> None:
-        tasks = list(self._followers.values())
+        tasks = [*self._followers.values(), *self._cancels]
         for task in tasks:
             task.cancel()
         if tasks:
