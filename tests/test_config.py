@@ -472,16 +472,18 @@ def test_the_example_configuration_routes_every_provider_kind():
 
 def test_the_readme_configuration_example_loads_and_routes(tmp_path):
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    (block,) = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+    providers, cluster = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
     path = tmp_path / "readme.toml"
-    path.write_text(block, encoding="utf-8")
+    path.write_text(providers, encoding="utf-8")
     settings = load_settings(path, environ={})
     routes = build_routes(settings, {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"})
     assert {route.kind for route in routes.values()} == {"openai_chat", "anthropic"}
+    path.write_text(cluster, encoding="utf-8")
+    assert load_settings(path, environ={}).store.kind == "redis"
 
 
 def test_a_store_url_that_is_not_redis_is_refused_without_echoing_it():
-    with pytest.raises(ConfigError, match="store.url") as caught:
+    with pytest.raises(ConfigError, match=r"store\.url") as caught:
         load_settings(None, environ={}, overrides={"store.url": "http://user:secret@x/0"})
     assert "secret" not in str(caught.value)
 
