@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from proc_helpers import WSGATE
+from store_helpers import redis_server_binary
 
 from wsgate.app import App
 from wsgate.cli import main as wsgate_main
@@ -29,6 +30,7 @@ from wsgate.mock import MockProvider
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import bench_resume  # noqa: E402
 import loadtest  # noqa: E402 - the wrapper script, still run by the bench and the docs
 import naive_relay  # noqa: E402
 import read_floor  # noqa: E402
@@ -310,31 +312,154 @@ async def test_raw_websocket_parses_text_fragments_and_pings_however_the_bytes_a
     assert transport.written[-1] == b"\x8a\x82\x00\x00\x00\x00hi"  # pong, masked with zeros
 
 
+def _section(report: str, heading: str) -> str:
+    return report.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def _row(section: str, start: str) -> list[str]:
+    line = next(line for line in section.splitlines() if line.startswith(f"| {start}"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # about 70 s: every target, one cost round each, the store measures
 def test_bench_smoke_run_measures_every_target_and_writes_its_report(tmp_path, capsys):
     import bench  # noqa: PLC0415 - imported here: only this test needs it
 
+    redis_server_binary()  # the Redis target needs one (skipped, or failed under CI, without)
     out = tmp_path / "BENCHMARKS.md"
     assert bench.main(["--smoke", "--out", str(out)]) == 0
     report = out.read_text()
-    for heading in ("## Targets (issue 12", "## Workloads", "## Memory", "## Method"):
+    for heading in ("## Targets (issue 12", "## Targets (the Redis store", "## Workloads",
+                    "## Memory", "## Method"):  # fmt: skip
         assert heading in report
     rows = [
         line for line in report.splitlines() if line.startswith(("| direct", "| naive", "| wsgate"))
     ]
     workload_rows = [row for row in rows if row.count("|") == 12]
-    assert len(workload_rows) == 8  # two workloads x four targets (a)-(d)
+    assert len(workload_rows) == 10  # two workloads x five targets (a)-(e)
     assert all("| ok |" in row for row in workload_rows), workload_rows
-    assert "burst deltas per SUT CPU-second" in capsys.readouterr().out
-    costs = report.split("## What a token costs", 1)[1].split("\n## ", 1)[0]
+    printed = capsys.readouterr().out
+    assert "burst deltas per SUT CPU-second" in printed
+    assert "Redis mode costs" in printed
+    costs = _section(report, "## What a token costs")
     readers = ("bare socket read", "relay floor", "push read floor", "pull read floor")
-    readers += ("naive relay", "wsgate")
+    readers += ("naive relay", "wsgate", "wsgate, Redis store")
     for reader in (*readers, "wsgate (pull reader"):
-        row = next(line for line in costs.splitlines() if line.startswith(f"| {reader}"))
-        assert row.endswith("| ok |"), row
+        assert _row(costs, reader)[-1] == "ok", reader
     assert "the relay's CPU per token (target <= 0.4x" in costs
     assert "wsgate's own Python per token, with no socket on either side" in costs
     assert "The relay floor alone is" in costs
+    _assert_store_rows(_section(report, "## Targets (the Redis store"))
+    redis = _section(report, "## The Redis store at")
+    for measure in ("redis-server CPU per token", "commands/s", "EVALSHA calls/s",
+                    "frames logged per flush"):  # fmt: skip
+        assert _row(redis, measure)[1] != "-", measure
+    resumes = _section(report, "## Resume latency")
+    for store in ("memory", "Redis"):
+        cells = _row(resumes, store)
+        assert cells[1] == "20", cells  # every resume timed
+        assert cells[-2] == "20 of 20", cells  # each got a replayed frame first
+        assert cells[-1] == "none", cells
+    weighed = _section(report, "## Redis memory per logged token")
+    cells = _row(weighed, "10")  # ten logs
+    assert int(cells[2].replace(",", "")) > 0  # delta.text frames
+    assert float(cells[4]) > 0  # ev KiB per 1000 frames
+
+
+def _assert_store_rows(targets: str) -> None:
+    cpu = _row(targets, "CPU per token")
+    assert cpu[1] != "-"
+    assert cpu[2] != "-"
+    # A smoke window holds a few CPU clock ticks: the ratio may not be resolved.
+    assert cpu[3].endswith("x") or cpu[3].startswith("n/a"), cpu
+    assert _row(targets, "redis-server's own CPU")[1] != "-"
+    assert _row(targets, "Redis commands/s")[1] != "-"
+    resume = _row(targets, "resume sent -> first replayed frame")
+    assert "-" not in resume[1]
+    assert "-" not in resume[2]
+    assert resume[-1] in ("yes", "**no**")
+    assert "marginal" in _row(targets, "Redis memory per 1000")[1]
+    assert "Redis mode costs" in targets
+
+
+def test_bench_guards_every_ratio_against_a_reference_that_measured_zero():
+    import bench  # noqa: PLC0415 - imported here: only these tests need it
+
+    run = bench.Bench("smoke")
+    run.costs = {
+        "naive": bench.Cost("naive", 0.0, 0.0),  # no clock tick in its window
+        "wsgate": bench.Cost("wsgate", 0.0, 0.0, samples=(0.0,)),
+        "wsgate-redis": bench.Cost("wsgate-redis", 138.8, 0.01, samples=(138.8,)),
+        "read-socket-relay": bench.Cost("read-socket-relay", 25.0, 0.01),
+    }
+    costs = "\n".join(bench._cost_section(run))
+    assert costs.count(bench.UNRESOLVED) >= 4  # two sentences and two shares
+    assert "wsgate costs n/a (below the clock's resolution) the relay's" in costs
+    assert bench.target_rows(run)[0][3] == bench.UNRESOLVED
+    assert bench.store_rows(run)[0][3] == bench.UNRESOLVED
+    assert bench.UNRESOLVED in (bench.redis_cost_sentence(run) or "")
+    assert bench._times(3.0, 2.0) == "1.50x"
+    assert bench._times(None, 2.0) == "-"
+    assert bench.render(run, "bench --smoke").startswith("# wsgate benchmarks")
+
+
+def test_bench_resume_helpers_count_redis_windows_and_fit_a_logs_overhead():
+    assert bench_resume.percentiles([3.0, 1.0, 2.0]) == {
+        "count": 3, "p50": 2.0, "p90": 3.0, "p99": 3.0, "max": 3.0,
+    }  # fmt: skip
+    assert bench_resume.percentiles([])["p99"] is None
+    before = {"cpu_s": 1.0, "commands": 100.0, "scripts": 10.0, "xadd": 50.0, "net_in": 0.0,
+              "used_memory": 0.0}  # fmt: skip
+    after = {"cpu_s": 1.5, "commands": 301.0, "scripts": 30.0, "xadd": 450.0, "net_in": 2e4,
+             "used_memory": 0.0}  # fmt: skip
+    stats = bench_resume.window_stats(before, after, 2.0, 400.0)
+    assert stats["redis_us_per_token"] == 1250.0
+    assert stats["commands_per_s"] == 100.0  # the first sample's own INFO taken out
+    assert stats["scripts_per_s"] == 10.0
+    assert stats["frames_per_script"] == 20.0
+    assert bench_resume._fit([(10, 1100), (50, 3100), (10, 1100)]) == pytest.approx((50.0, 600.0))
+    assert bench_resume.log_lengths(4, 100) == [100, 20, 100, 20]
+
+
+async def test_bench_resume_times_resumes_of_dropped_generations_on_the_memory_store(app):
+    result = await bench_resume.resume_latency(app.url, 5, 3)
+    assert result["failed"] == {}
+    assert result["latency_ms"]["count"] == 5
+    assert result["replayed_first"] == 5
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
+
+
+@pytest.fixture
+async def redis_app(redis_url):
+    overrides = {"server.port": 0, "mock.ttft_ms": 0, "store.kind": "redis", "store.url": redis_url}
+    application = App(load_settings(None, environ={}, overrides=overrides), environ={})
+    await application.start()
+    yield application
+    await application.stop()
+
+
+async def test_bench_resume_weighs_the_redis_logs_of_finished_streams(redis_app, redis_url):
+    probe = bench_resume.RedisProbe(redis_url)
+    try:
+        assert probe.pid() > 0
+        result = await bench_resume.resume_latency(redis_app.url, 2, 2)
+        assert result["failed"] == {}
+        assert result["latency_ms"]["count"] == 2
+        await asyncio.to_thread(probe.flushall)
+        base = await asyncio.to_thread(lambda: probe.sample()["used_memory"])
+        ran = await bench_resume.run_streams(redis_app.url, [10, 2, 10, 2], per_conn=2)
+        assert ran == {"finished": 4, "stopped": 4, "text_frames": 24}
+        await asyncio.sleep(0.2)  # the last flush
+        keys = await asyncio.to_thread(bench_resume.log_keys, probe)
+        weighed = await asyncio.to_thread(bench_resume.log_memory, probe, keys, base)
+    finally:
+        probe.close()
+    assert weighed["messages"] == 4
+    assert weighed["text_frames"] == 24
+    assert weighed["entries"] > 24  # the started, role, usage and finish frames too
+    assert weighed["ev_bytes_per_1000"] > 0
+    assert weighed["meta_bytes_per_1000"] > 0
 
 
 def test_token_path_feeds_one_connection_and_reports_cpu_and_calls_per_token(capsys):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import orjson
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +19,7 @@ from wsgate.core.frames import (
     StartOptions,
     encode_frame,
 )
-from wsgate.core.resume import Tail, fingerprint, judge, retarget
+from wsgate.core.resume import FOLD_CHARS, Tail, fingerprint, judge, retarget
 from wsgate.core.session import (
     BeginLog,
     CancelMessage,
@@ -94,15 +93,16 @@ def test_a_tail_sends_each_seq_once_in_order_and_knows_the_finish():
     assert tail.take([(5, text(5, "late"))]) == []
 
 
-def test_a_tail_refuses_a_gap():
+def test_a_tail_sends_what_comes_before_a_gap_then_says_so():
     tail = Tail("new", 0)
-    tail.take([(1, text(1, "a"))])
-    with pytest.raises(ResumeTrimmed):
-        tail.take([(3, text(3, "c"))])
+    out = tail.take([(1, text(1, "a")), (2, text(2, "b")), (4, text(4, "d"))])
+    assert [orjson.loads(d)["seq"] for d in out] == [1, 2]
+    assert isinstance(tail.gap, ResumeTrimmed)
+    assert tail.take([(3, text(3, "c"))]) == []  # nothing after a gap
 
 
 def test_a_snapshot_folds_runs_of_text_into_one_coalesced_frame():
-    tail = Tail("new", 0, snapshot=True)
+    tail = Tail("new", 0, fold_until=5)
     usage = b'{"type":"usage","stream_id":"old","seq":4,"input_tokens":1,"output_tokens":2}'
     entries = [(1, text(1, "a")), (2, text(2, "b")), (3, text(3, "c")), (4, usage)]
     out = [orjson.loads(d) for d in tail.take([*entries, (5, text(5, "d"))])]
@@ -116,7 +116,23 @@ def test_a_snapshot_folds_runs_of_text_into_one_coalesced_frame():
     assert out[1]["type"] == "usage"
     assert out[2] == {"type": "delta.text", "stream_id": "new", "seq": 5, "text": "d"}
     later = tail.take([(6, text(6, "e")), (7, text(7, "f"))])
-    assert len(later) == 2  # only the first page is folded
+    assert len(later) == 2  # only what was logged when the resume was asked is folded
+
+
+def test_a_snapshot_folds_a_run_across_pages_and_caps_each_frame():
+    tail = Tail("new", 0, fold_until=600)
+    big = "x" * 100
+    out: list[bytes] = []
+    for lo in range(1, 601, 256):  # pages of 256
+        out.extend(tail.take([(s, text(s, big)) for s in range(lo, min(lo + 256, 601))]))
+    frames = [orjson.loads(d) for d in out]
+    assert "".join(f["text"] for f in frames) == big * 600
+    assert all(len(f["text"]) <= FOLD_CHARS for f in frames)
+    assert len(frames) == -(-600 * 100 // FOLD_CHARS)  # as few frames as the cap allows
+    expected = 1
+    for frame in frames:
+        assert frame["first_seq"] == expected
+        expected = frame["seq"] + 1
 
 
 @given(
@@ -275,3 +291,9 @@ def test_a_refused_resume_frees_its_stream_id():
     (refusal,) = session.refuse("r1", UnknownMessage("no"))
     assert refusal.frame.code == "unknown_message"  # type: ignore[union-attr]
     assert session.attached == {}
+
+
+def test_an_idempotency_key_on_an_unresumable_start_is_refused():
+    (refusal,) = make_session().receive(start(idempotency_key="k", resumable=False), 0.0)
+    assert isinstance(refusal, SendControl)
+    assert refusal.frame.code == "bad_frame"  # type: ignore[union-attr]

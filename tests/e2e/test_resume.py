@@ -17,6 +17,10 @@ from e2e_helpers import RawConn, mock_request, raw_connect, stream_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import wsgate.app as app_module
+from wsgate.core.store import Claim
+from wsgate.store.memory import MemoryStore
+
 PACED = {"tokens_per_s": 200}
 
 
@@ -323,3 +327,31 @@ async def test_any_drop_point_and_any_resume_point_give_the_exact_rest(app, data
         assert produced == text
     else:
         assert text.startswith(produced)
+
+
+async def test_a_keyed_start_whose_client_left_during_the_claim_does_not_block_its_retry(
+    start_app, monkeypatch
+):
+    class SlowClaims(MemoryStore):  # the claim's answer takes a round trip, as with Redis
+        async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
+            claim = await super().claim(key, fingerprint, message_id, epoch)
+            await asyncio.sleep(0.1)
+            return claim
+
+    build = app_module.build_store
+    monkeypatch.setattr(app_module, "build_store", lambda s: SlowClaims(build(s).limits))
+    app = await start_app()
+    request, options = (
+        mock_request({"text": "hello there", "tag": "ghost"}),
+        {"idempotency_key": "k"},
+    )
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", request, options)
+        await asyncio.sleep(0.02)  # the claim is in flight
+        drop(conn)
+    await asyncio.sleep(0.3)
+    async with raw_connect(app.url) as conn:  # the retry: same key, same request
+        await conn.start("s1", request, options)
+        frames = (await conn.finishes({"s1"}, timeout=5))["s1"]
+    assert stream_text(frames) == "hello there"
+    assert len(app.mock.find_all("ghost")) == 1

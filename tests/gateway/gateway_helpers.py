@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from wsgate.core.providers import make_parser
-from wsgate.core.session import Resolver, Session
+from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared
 from wsgate.gateway.options import session_limits
-from wsgate.gateway.ports import Upstream
+from wsgate.gateway.ports import Store, Upstream
 from wsgate.testing import RecordingWebSocket, resolver
 
 
@@ -20,10 +20,12 @@ def make_connection(
     upstream: Upstream,
     options: ConnectionOptions | None = None,
     resolve: Resolver | None = None,
+    store: Store | None = None,
 ) -> Connection:
     """A connection over `ws` with a real session, its limits taken from `options`.
 
-    Every start resolves to an OpenAI chat parser unless `resolve` says otherwise.
+    Every start resolves to an OpenAI chat parser unless `resolve` says otherwise. With a
+    `store`, streams are logged and may be resumed, as in the gateway.
     """
     options = options or ConnectionOptions()
     ids = itertools.count(1)
@@ -32,8 +34,10 @@ def make_connection(
         session_limits(options),
         resolve or resolver(lambda: make_parser("openai_chat", 1 << 20)),
         lambda: f"msg_{next(ids)}",
+        log=None if store is None else LogPolicy(lambda: "ep_t", lambda: store.healthy),
     )
-    return Connection(ws, session, upstream, options, Shared())  # type: ignore[arg-type]
+    shared = Shared(store=store)
+    return Connection(ws, session, upstream, options, shared)  # type: ignore[arg-type]
 
 
 @asynccontextmanager

@@ -32,6 +32,7 @@ class Host:
     refusals: list[str] = field(default_factory=list)
     ended: bool = False
     room_open: asyncio.Event = field(default_factory=asyncio.Event)
+    here: set[str] = field(default_factory=lambda: {"m1"})
 
     def control(self, data: bytes) -> None:
         self.controls.append(orjson.loads(data))
@@ -45,6 +46,9 @@ class Host:
 
     def refuse(self, _stream_id: str, error: WsgateError) -> None:
         self.refusals.append(error.code)
+
+    def runs_here(self, message_id: str) -> bool:
+        return message_id in self.here
 
 
 def received(ws: RecordingWebSocket) -> list[dict]:
@@ -199,3 +203,37 @@ async def test_cancels_by_message_id_waiting_for_a_slow_store_are_bounded_per_co
     assert most <= MAX_PENDING_CANCELS
     codes = [f.get("code") for f in received(ws)[1:]]
     assert codes == ["unknown_message"] * 60
+
+
+async def test_a_followers_refusal_arrives_after_the_frames_it_sent_before_it():
+    class LostOwner(MemoryStore):
+        async def read(self, message_id: str, after: int, limit: int) -> Page | None:
+            page = await super().read(message_id, after, limit)
+            return None if page is None else Page(page.meta, page.entries, owner_alive=False)
+
+    store = LostOwner(LIMITS)
+    store.begin("m1", "e1")
+    for seq in range(1, 31):
+        store.append("m1", seq, text(seq, f"t{seq} "))
+    ws = RecordingWebSocket()
+    conn = make_connection(ws, ScriptedUpstream([]), store=store)
+    async with running(conn):
+        resume = {"type": "resume", "message_id": "m1", "last_seq": 0, "stream_id": "r1"}
+        ws.client_sends(orjson.dumps(resume).decode())
+        await until(lambda: any(f.get("type") == "error" for f in received(ws)), timeout=2)
+    kinds = [(f["type"], f.get("seq")) for f in received(ws)[1:]]
+    assert kinds[0] == ("stream.resumed", None)
+    assert kinds[1:-1] == [("delta.text", seq) for seq in range(1, 31)]
+    assert kinds[-1] == ("error", None)
+    assert received(ws)[-1]["code"] == "resume_owner_lost"
+
+
+async def test_a_generation_of_this_node_id_that_nothing_here_runs_is_owner_lost():
+    store = MemoryStore(LIMITS)  # a restarted node with a fixed node_id: the lease holds
+    store.begin("m1", "e1")
+    store.append("m1", 1, text(1, "a"))
+    host = make_host()
+    host.here.clear()
+    await asyncio.wait_for(follow(host, store, Follow("r1", "m1", 0), lambda _: None), 1)
+    assert [f["seq"] for f in host.frames] == [1]
+    assert host.refusals == ["resume_owner_lost"]

@@ -234,3 +234,18 @@ def test_the_log_bound_keeps_at_most_max_frames() -> None:
     bound = LogBound(max_frames=3, max_bytes=10_000)
     firsts = [bound.add(seq, 1) for seq in range(1, 8)]
     assert firsts == [1, 1, 1, 2, 3, 4, 5]
+
+
+async def test_a_released_claim_frees_its_key_and_forgets_its_message(pair: Pair) -> None:
+    await pair.here.claim("k1", "fp1", "m1", "e1")
+    await pair.here.release("k1", "m1")
+    assert await pair.there.read("m1", 0, 10) is None
+    claim = await pair.there.claim("k1", "fp1", "m2", "e2")
+    assert (claim.message_id, claim.new) == ("m2", True)
+
+
+async def test_releasing_a_claim_leaves_a_key_that_names_another_message(pair: Pair) -> None:
+    await pair.here.claim("k1", "fp1", "m1", "e1")
+    await pair.here.release("k1", "m-other")
+    claim = await pair.there.claim("k1", "fp1", "m2", "e2")
+    assert (claim.message_id, claim.new) == ("m1", False)

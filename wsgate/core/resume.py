@@ -12,8 +12,10 @@ Rules:
 2. Replayed frames are the logged bytes with only the `stream_id` value replaced: the
    frame's own `stream_id` is its first `"stream_id":"` (every frame puts it before any
    nested value, and a JSON string cannot hold an unescaped quote).
-3. With `snapshot`, each run of consecutive logged `delta.text` frames of the first page
-   leaves as one `delta.text` covering `first_seq`..`seq` (as a coalesced frame does).
+3. With `snapshot`, each run of consecutive logged `delta.text` frames up to the `seq` that
+   was the log's top when the resume was asked leaves as one `delta.text` covering
+   `first_seq`..`seq` (as a coalesced frame does, up to `FOLD_CHARS` characters).
+4. At a gap the frames before it still go out; then the stream ends with `resume_trimmed`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from wsgate.core.store import Page
 STREAM_ID_FIELD = b'"stream_id":"'
 FINISH_PREFIX = b'{"type":"finish"'
 TEXT_PREFIX = b'{"type":"delta.text"'
+
+FOLD_CHARS = 16 * 1024
+"""The most text one folded frame holds, as a coalesced frame (core/outbox.py)."""
 
 _text_decoder = msgspec.json.Decoder(DeltaText)
 _encoder = msgspec.json.Encoder()
@@ -73,47 +78,56 @@ def retarget(data: bytes, stream_id: bytes) -> bytes:
 class Tail:
     """The frames of one generation for one resumed stream: gapless, once each, in order."""
 
-    __slots__ = ("_snapshot", "done", "next_seq", "stream_id")
+    __slots__ = ("_fold_until", "_run", "_run_chars", "done", "gap", "next_seq", "stream_id")
 
-    def __init__(self, stream_id: str, last_seq: int, *, snapshot: bool = False) -> None:
+    def __init__(self, stream_id: str, last_seq: int, *, fold_until: int = 0) -> None:
         self.stream_id = stream_id.encode()
         self.next_seq = last_seq + 1
         self.done = False  # the `finish` went out
-        self._snapshot = snapshot
+        self.gap: ResumeTrimmed | None = None  # the log lacks `next_seq`: nothing more comes
+        self._fold_until = fold_until  # with `snapshot`: the top `seq` when it was asked
+        self._run: list[tuple[int, bytes, DeltaText]] = []
+        self._run_chars = 0
 
     def take(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
-        """The frames of a page to send now; raises `ResumeTrimmed` at a gap.
+        """The frames of a page to send now, in order.
 
-        Entries before `next_seq` were sent already and are skipped; the first one kept
-        must be `next_seq` itself.
+        Entries before `next_seq` were sent already and are skipped; at an entry after it
+        (a gap) taking stops, and `gap` says why nothing more can come.
         """
         out: list[bytes] = []
-        run: list[tuple[int, bytes]] = []
         for seq, data in entries:
-            if self.done or seq < self.next_seq:
+            if self.done or self.gap is not None or seq < self.next_seq:
                 continue
             if seq > self.next_seq:
-                raise ResumeTrimmed(f"the log has no frame {self.next_seq}")
+                self.gap = ResumeTrimmed(f"the log has no frame {self.next_seq}")
+                break
             self.next_seq = seq + 1
-            if self._snapshot and data.startswith(TEXT_PREFIX):
-                run.append((seq, data))
+            if seq <= self._fold_until and data.startswith(TEXT_PREFIX):
+                self._fold(seq, data, out)
                 continue
-            if run:
-                out.append(self._merge(run))
-                run = []
+            self._flush(out)
             out.append(retarget(data, self.stream_id))
             self.done = data.startswith(FINISH_PREFIX)
-        if run:
-            out.append(self._merge(run))
-        self._snapshot = False  # only the first page is folded (rule 3)
+        if self.next_seq > self._fold_until or self.gap is not None:
+            self._flush(out)  # a run may go on into the next page while still folding
         return out
 
-    def _merge(self, run: list[tuple[int, bytes]]) -> bytes:
+    def _fold(self, seq: int, data: bytes, out: list[bytes]) -> None:
+        frame = _text_decoder.decode(data)
+        if self._run and self._run_chars + len(frame.text) > FOLD_CHARS:
+            self._flush(out)
+        self._run.append((seq, data, frame))
+        self._run_chars += len(frame.text)
+
+    def _flush(self, out: list[bytes]) -> None:
+        run = self._run
+        if not run:
+            return
+        self._run, self._run_chars = [], 0
         if len(run) == 1:
-            return retarget(run[0][1], self.stream_id)
-        texts = [_text_decoder.decode(data) for _, data in run]
-        first = texts[0].first_seq or run[0][0]
-        merged = DeltaText(
-            self.stream_id.decode(), run[-1][0], "".join(t.text for t in texts), first
-        )
-        return encode_frame(merged)
+            out.append(retarget(run[0][1], self.stream_id))  # the logged bytes, as they were
+            return
+        sid = self.stream_id.decode()
+        text = "".join(frame.text for _, _, frame in run)
+        out.append(encode_frame(DeltaText(sid, run[-1][0], text, run[0][0])))

@@ -439,6 +439,9 @@ class Session:
         except WsgateError as exc:
             return [_refuse(exc.code, exc.public_message, sid)]
         options = frame.options
+        if options.idempotency_key is not None and (not options.resumable or self._log is None):
+            message = "idempotency_key needs a logged stream: drop it or resumable: false"
+            return [_refuse("bad_frame", message, sid)]
         epoch: str | None = None
         if options.resumable and self._log is not None:
             if self._log.healthy():

@@ -141,6 +141,12 @@ class Store(Protocol):
         Unless the key names a message whose log is still kept: then that one's `Claim`.
         """
 
+    async def release(self, key: str, message_id: str) -> None:
+        """Undo a `claim` whose stream never started (its client left meanwhile).
+
+        Drops the key if it still names `message_id`, and the message's empty record.
+        """
+
     async def cancel(self, message_id: str, owner: str) -> None:
         """Ask the owner node to cancel a message it generates."""
 

@@ -71,6 +71,7 @@ from wsgate.core.session import (
     Session,
     StartUpstream,
 )
+from wsgate.core.store import Claim
 from wsgate.core.stream import StreamOutput
 from wsgate.gateway.accounting import Accounting
 from wsgate.gateway.detached import DetachedLog, DetachedStreams
@@ -99,6 +100,7 @@ class Shared:
     generations: dict[str, tuple[Connection, str]] = field(default_factory=dict)
     """The logged generations running on this node: message_id -> (connection, stream_id)."""
     detached: DetachedStreams = field(default_factory=DetachedStreams)
+    background: set[asyncio.Future[None]] = field(default_factory=set)  # store clean-ups
     detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     detached_owners: set[Connection] = field(default_factory=set)
 
@@ -456,21 +458,44 @@ class Connection:
         store = self.shared.store
         sid = action.start.stream_id
         assert store is not None  # noqa: S101 - a claim is made only with a store
+        key = f"anon:{action.key}"  # scoped per deployment until there are principals
+        claiming = asyncio.ensure_future(
+            store.claim(key, action.fingerprint, action.message_id, action.epoch)
+        )
         try:
-            claim = await store.claim(
-                f"anon:{action.key}", action.fingerprint, action.message_id, action.epoch
-            )
+            claim = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The connection went while the store answered: a claim it made must not
+            # stand for a generation that will never run (a retry would wait on it).
+            claiming.add_done_callback(lambda done: self._abandon(store, key, action, done))
+            raise
         except WsgateError as exc:
             self.refuse(sid, exc)
             return
         if claim.new:
-            self.apply(self.session.claimed(action, time.monotonic()))
+            actions = self.session.claimed(action, time.monotonic())
+            if not actions:  # refused or gone meanwhile: nothing will run under the key
+                self._release(store, key, action.message_id)
+            self.apply(actions)
         elif claim.fingerprint != action.fingerprint:
             conflict = IdempotencyConflict("this idempotency_key names a different request")
             self.refuse(sid, conflict)
         else:
             log.info("idempotent_start_attached", stream_id=sid, message_id=claim.message_id)
             await self._follow(Follow(sid, claim.message_id, 0, announce=False))
+
+    def _abandon(
+        self, store: Store, key: str, action: ClaimStart, done: asyncio.Future[Claim]
+    ) -> None:
+        if not done.cancelled() and done.exception() is None and done.result().new:
+            self._release(store, key, action.message_id)
+
+    def _release(self, store: Store, key: str, message_id: str) -> None:
+        """Undo a claim whose stream will not run, in the gateway's background."""
+        task = asyncio.ensure_future(store.release(key, message_id))
+        self.shared.background.add(task)
+        task.add_done_callback(self.shared.background.discard)
+        task.add_done_callback(_log_failure)
 
     def _cancel_message(self, message_id: str) -> None:
         local = self.shared.generations.get(message_id)
@@ -530,8 +555,21 @@ class Connection:
             await room.wait()
 
     def refuse(self, stream_id: str, error: WsgateError) -> None:
-        """End a pending or follower stream with a typed refusal."""
-        self.apply(self.session.refuse(stream_id, error))
+        """End a pending or follower stream with a typed refusal, after what it queued.
+
+        The refusal goes into the stream's own queue, not ahead of it as a connection-level
+        frame would: a follower's last frames must reach the client before the error that
+        says nothing more comes. (A new stream reusing the id shares that queue, in order.)
+        """
+        for action in self.session.refuse(stream_id, error):
+            if isinstance(action, SendControl) and not self._silenced:
+                self.outbox.push(stream_id, encode_frame(action.frame), action.frame)
+                self.outbox.end_stream(stream_id)
+                self.writer.wake()
+
+    def runs_here(self, message_id: str) -> bool:
+        """Whether this node generates `message_id` now."""
+        return message_id in self.shared.generations
 
     # --- disconnect policy -----------------------------------------------------------------
 
@@ -660,3 +698,8 @@ class Connection:
             self.writer.last_send = now  # one heartbeat per interval of silence
             self._control(HEARTBEAT)
         self._timer = loop.call_later(options.tick, self._tick)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("store_cleanup_failed", error=type(task.exception()).__name__)

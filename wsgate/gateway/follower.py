@@ -71,13 +71,15 @@ async def follow(
         # Until the owner knows of this watch (a round trip in Redis), frames it logs wake
         # nobody: the first wait is short.
         wait_s = min(FIRST_WAIT_S, store.limits.lease_s / 2)
-        tail = Tail(sid, what.last_seq, snapshot=what.snapshot)
+        tail = Tail(sid, what.last_seq, fold_until=page.meta.top if what.snapshot else 0)
         while True:
             host.push(sid, tail.take(page.entries), ended=tail.done)
             if tail.done:
                 return
+            if tail.gap is not None:
+                raise tail.gap
             if len(page.entries) < PAGE:  # caught up with the log
-                _check_caught_up(page)
+                _check_caught_up(page, lost=_lost_here(host, store, what.message_id, page))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), wait_s)
                 wait_s = store.limits.lease_s / 2
@@ -129,10 +131,19 @@ async def _await_begin(store: Store, what: Follow) -> Page | None:
     return page
 
 
-def _check_caught_up(page: Page) -> None:
+def _lost_here(host: FollowerHost, store: Store, message_id: str, page: Page) -> bool:
+    """The record names this node as the owner, but nothing here generates it.
+
+    An earlier process with the same `node_id` died, and its successor holds the lease.
+    """
+    meta = page.meta
+    return meta.owner == store.node_id and not host.runs_here(message_id)
+
+
+def _check_caught_up(page: Page, *, lost: bool) -> None:
     """Caught up: nothing more will come from an ended log or a lost owner."""
     meta = page.meta
     if meta.state == "ended":
         raise ResumeTrimmed("the log ends before the generation's finish")
-    if not page.owner_alive:
+    if not page.owner_alive or lost:
         raise ResumeOwnerLost("the node generating this message stopped")

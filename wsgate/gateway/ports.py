@@ -122,3 +122,6 @@ class FollowerHost(Protocol):
 
     def refuse(self, stream_id: str, error: WsgateError) -> None:
         """End a follower with a typed refusal (an `error` without `seq`)."""
+
+    def runs_here(self, message_id: str) -> bool:
+        """Whether this node generates `message_id` now."""

@@ -143,6 +143,8 @@ class Gateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.shared.background:  # the store's clean-ups: short, let them land
+            await asyncio.wait(self.shared.background, timeout=2.0)
 
     async def shutdown(self, drain_timeout: float, reconnect_after_ms: int = 1000) -> None:
         """Graceful stop: not ready, stop accepting, `goaway`, drain, cancel the rest, 1001.

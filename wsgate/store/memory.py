@@ -10,9 +10,12 @@ first drops what is past its time, so the work is amortised over the calls and n
 needed.
 
 Memory: per message its log (at most `max_frames` frames and `max_bytes` bytes, as
-`LogBound` trims) plus ~0.5 KiB of record; over all messages at most `max_total_bytes`
-of logs: past it the oldest ended logs are dropped early (their records say `expired`);
-tombstones are a record each, kept one more window.
+`LogBound` trims) plus ~0.5 KiB of record. Over all messages `max_total_bytes` of logs:
+past it the oldest ended logs are dropped early (their records say `expired`), and while
+the running ones alone exceed it the store reports itself unhealthy, so the gateway
+starts no more logged streams (`store_unavailable`, or unlogged ones) until some end.
+The worst case is thus `max_total_bytes` plus, per running stream, one log's bound.
+Tombstones are a record each, kept one more window.
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ class MemoryStore:
 
     @property
     def healthy(self) -> bool:
-        """Always: there is no backend to lose."""
-        return True
+        """Whether logs still fit in `max_total_bytes` (there is no backend to lose)."""
+        return self._total <= self.max_total_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -160,6 +163,17 @@ class MemoryStore:
         self._keys[key] = Claim(message_id, fingerprint, new=False)
         self.begin(message_id, epoch, key)
         return Claim(message_id, fingerprint, new=True)
+
+    async def release(self, key: str, message_id: str) -> None:
+        """Forget a claim whose stream never started: its key and its empty message."""
+        held = self._keys.get(key)
+        if held is not None and held.message_id == message_id:
+            del self._keys[key]
+        message = self._messages.pop(message_id, None)
+        if message is not None:
+            self._running.pop(message_id, None)
+            self._ended.pop(message_id, None)
+            self._total -= sum(len(data) for _, data in message.entries)
 
     # --- cancels and wake-ups (one node: both stay in this process) --------------------
 

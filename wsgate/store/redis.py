@@ -161,9 +161,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# KEYS: the idempotency key. ARGV: "<message_id> ". Deleted only while it names the message.
+_RELEASE_KEY: Final = b"""
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 _SCRIPTS: Final = {
     hashlib.sha1(body).hexdigest(): body  # noqa: S324 - Redis names scripts by SHA-1
-    for body in (_WRITE, _EXPIRE_KEY, _SWAP_KEY)
+    for body in (_WRITE, _EXPIRE_KEY, _SWAP_KEY, _RELEASE_KEY)
 }
 _SHA: Final = {body: sha for sha, body in _SCRIPTS.items()}
 
@@ -674,6 +682,17 @@ class RedisStore:
             message.key_new = False
         self._running.setdefault(message_id, message)
         return Claim(message_id, fingerprint, new=True)
+
+    async def release(self, key: str, message_id: str) -> None:
+        """Forget a claim whose stream never started.
+
+        Its key (while it still names the message) and the message's empty record and log.
+        """
+        self._running.pop(message_id, None)
+        named = message_id.encode() + b" "
+        with self._translated():
+            await self._run(("EVALSHA", _SHA[_RELEASE_KEY], 1, self._idem(key), named))
+            await self._client.delete(self._ev(message_id), self._meta(message_id))
 
     # --- cancels and wake-ups -------------------------------------------------------
 
