@@ -7,7 +7,11 @@
   mock, immediate buffering (it still merges text deltas that queue up, PROTOCOL.md §5.4);
   (d) `wsgate-debounce`: the same gateway with every stream started with
   `{"buffering": "debounce", "debounce_ms": 20}` (time-based coalescing; no knee search for
-  it, since it holds text up to 20 ms by design).
+  it, since it holds text up to 20 ms by design); (e) `wsgate-redis`: wsgate with the Redis
+  store (`WSGATE_STORE__KIND=redis`) on a private `redis-server` the bench starts
+  (`wsgate.testing_redis`, never the one at 127.0.0.1:6379), pinned to the system under
+  test's CPU and emptied before each start (no knee search for it either). Every other wsgate
+  logs its streams into the memory store (the default): every stream is resumable.
 - workloads (`loadtest.py` as a subprocess, `--json`): burst saturation; 100 streams x 50
   tok/s; 1000 x 20 tok/s; cancellation; a mix of unhappy paths; a knee search (the most
   streams at 20 tok/s whose p99 token latency stays under 5 ms, with no error).
@@ -17,13 +21,18 @@
   (`scripts/read_floor.py`: the same answers read by bare sockets, by bare sockets that
   write each read on to a socket of their own (the relay floor: one read and one write
   system call per token), by wsgate's push reader and by aiohttp's `readany()`, and
-  dropped), and wsgate's own Python per token without sockets (`scripts/token_path.py`).
+  dropped), and wsgate's own Python per token without sockets (`scripts/token_path.py`);
+  wsgate with the Redis store beside it, with redis-server's own CPU and counters (`INFO`)
+  over the same window.
+- the resume store (`scripts/bench_resume.py`): resume latency (resume sent -> first
+  replayed frame) of generations dropped mid-stream, on the memory store and on Redis; the
+  bytes Redis holds per 1000 logged tokens.
 - memory: RSS of a fresh gateway/relay process per idle connection and per open stream.
 - with `--py-spy PATH`: py-spy samples a fresh wsgate under the burst and the 1000 x 20
   workloads; the report gets the top functions by self and inclusive time.
 
-`--quick` (~45 s) shortens every workload and skips the unhappy mix and the knee search;
-`--smoke` (~12 s) only checks that the harness works.
+`--quick` (~1 min) shortens every workload and skips the unhappy mix, the knee search and
+the cost rounds; `--smoke` (~70 s) only checks that the harness works (one cost round).
 
 Separate processes: the mock (`wsgate mock-upstream`), the system under test, the load
 generator. With two or more cores the system under test gets CPU 1 to itself and the mock and
@@ -54,6 +63,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,11 +71,15 @@ from typing import Any
 import orjson
 import uvloop
 
+from wsgate.testing_redis import RedisServer
+
 try:
     import _common
+    import bench_resume
 except ImportError:  # loaded by path from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common
+    import bench_resume
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
@@ -78,7 +92,8 @@ KNEE_WORDS = int(RATE * KNEE_SECONDS)  # a stream outlasts the step: its slot st
 KNEE_MIN = 100
 KNEE_RERUN = 20  # a failed step with p99 within this many times the bound is run again
 COST_STREAMS = 200  # the per-token cost is measured at this load, well below saturation
-TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce")
+TARGETS = ("direct", "naive", "wsgate", "wsgate-debounce", "wsgate-redis")
+NO_KNEE = ("wsgate-debounce", "wsgate-redis")  # debounce holds text; Redis: cost rounds instead
 DEFAULT_TARGETS = TARGETS
 ANALYSIS = Path(__file__).with_name("bench_analysis.md")
 # (d) of the issue: wsgate with time-based coalescing, once `options.buffering` is served.
@@ -105,6 +120,8 @@ class Profile:
     cost: tuple[int, float] | None = None  # per-token cost: (streams, seconds); None skips it
     token_path_tokens: int = 50_000  # scripts/token_path.py's tokens, with the cost
     cost_rounds: int = 3  # interleaved rounds of every reader's cost (the medians are shown)
+    resumes: tuple[int, int] | None = None  # resume latency: (resumes, per dropped connection)
+    redis_log: tuple[int, int] | None = None  # Redis bytes per token: (streams, tokens each)
 
 
 def _w(name: str, title: str, *args: object) -> Workload:
@@ -168,9 +185,27 @@ def _profiles() -> dict[str, Profile]:
         paced("paced_100x50", "paced (smoke)", (4, 50, 10, 1.0), "--cancel", 0.3),
     )
     return {
-        "full": Profile(full, (500, 4000), 2000, 2000, (COST_STREAMS, KNEE_SECONDS)),
-        "quick": Profile(quick, (), 300, 300),
-        "smoke": Profile(smoke, (), 20, 20, (4, 3.0), token_path_tokens=500, cost_rounds=1),
+        "full": Profile(
+            full,
+            (500, 4000),
+            2000,
+            2000,
+            (COST_STREAMS, KNEE_SECONDS),
+            resumes=(200, 20),
+            redis_log=(100, 500),
+        ),
+        "quick": Profile(quick, (), 300, 300, resumes=(100, 20), redis_log=(100, 100)),
+        "smoke": Profile(
+            smoke,
+            (),
+            20,
+            20,
+            (4, 3.0),
+            token_path_tokens=500,
+            cost_rounds=1,
+            resumes=(20, 10),
+            redis_log=(10, 20),
+        ),
     }
 
 
@@ -189,6 +224,13 @@ def pin(pid: int, cpu: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         if cpu < (os.cpu_count() or 1):
             os.sched_setaffinity(pid, {cpu})
+
+
+def pin_threads(pid: int, cpu: int) -> None:
+    """`pin` every thread of a running process (its helper threads started before it was)."""
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pin(int(task.name), cpu)
 
 
 @dataclass
@@ -277,6 +319,18 @@ class Fleet:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "the mock")
         self.sut: Proc | None = None
         self.url = ""
+        self.redis: RedisServer | None = None  # started for the first wsgate-redis
+        self.redis_probe: bench_resume.RedisProbe | None = None
+
+    def start_redis(self) -> bench_resume.RedisProbe:
+        """The private redis-server (started once, pinned to the SUT's CPU), emptied."""
+        if self.redis is None or self.redis_probe is None:
+            self.redis = RedisServer()
+            self.redis.start()
+            self.redis_probe = bench_resume.RedisProbe(self.redis.url)
+            pin_threads(self.redis_probe.pid(), SUT_CPU)
+        self.redis_probe.flushall()
+        return self.redis_probe
 
     def start_sut(self, target: str) -> None:
         """Start a fresh naive relay or wsgate (stopping the previous one)."""
@@ -288,17 +342,20 @@ class Fleet:
             argv = [sys.executable, str(SCRIPTS / "naive_relay.py"), "--port", str(port)]
             argv += ["--upstream", self.mock_url]
             env = _clean_env()
-        else:  # wsgate, wsgate-debounce (the same server) and wsgate-pull
+        else:  # wsgate, wsgate-debounce (the same server), wsgate-pull and wsgate-redis
             argv = [sys.executable, "-m", "wsgate", "serve", "--port", str(port)]
             argv += ["--log-level", "warning"]
             reader = "pull" if target == "wsgate-pull" else "push"
-            env = _clean_env(
-                {
-                    "WSGATE_PROVIDERS__BENCH__BASE_URL": self.mock_url,
-                    "WSGATE_PROVIDERS__BENCH__READER": reader,
-                    "WSGATE_MODELS__MOCK__PROVIDER": "bench",
-                }
-            )
+            extra = {
+                "WSGATE_PROVIDERS__BENCH__BASE_URL": self.mock_url,
+                "WSGATE_PROVIDERS__BENCH__READER": reader,
+                "WSGATE_MODELS__MOCK__PROVIDER": "bench",
+            }
+            if target == "wsgate-redis":
+                self.start_redis()
+                assert self.redis is not None  # noqa: S101 - start_redis sets it
+                extra |= {"WSGATE_STORE__KIND": "redis", "WSGATE_STORE__URL": self.redis.url}
+            env = _clean_env(extra)
         self.sut = start(target, argv, self.logs, SUT_CPU, env)
         wait_until(lambda: tcp_open(port), target)
         self.url = f"ws://127.0.0.1:{port}/v1/ws"
@@ -313,6 +370,10 @@ class Fleet:
         """Stop everything."""
         self.stop_sut()
         self.mock.stop()
+        if self.redis_probe is not None:
+            self.redis_probe.close()
+        if self.redis is not None:
+            self.redis.close()
 
 
 # --- one measured workload ---------------------------------------------------------------
@@ -349,12 +410,17 @@ class Measured:
 
 
 def measure(
-    fleet: Fleet, workload: Workload, target: str, window: tuple[float, float] | None = None
+    fleet: Fleet,
+    workload: Workload,
+    target: str,
+    window: tuple[float, float] | None = None,
+    probe: Probe | None = None,
 ) -> Measured:
     """Run the load generator once against the current system under test.
 
     With `window` (seconds from the load generator's start, seconds long), the system under
-    test's CPU seconds in that window and its length go to `extra["steady"]`.
+    test's CPU seconds in that window and its length go to `extra["steady"]`, and `probe`'s
+    readings at the window's two ends to `extra["probed"]`.
     """
     argv = [sys.executable, str(SCRIPTS / "loadtest.py"), "--json", "-q", "--drain-s", "10"]
     if target == "direct":
@@ -369,7 +435,7 @@ def measure(
     with (fleet.logs / "loadtest.log").open("ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_clean_env())  # noqa: S603 - our own interpreter and scripts
         pin(proc.pid, LOAD_CPU)
-        steady = _Window(fleet.sut, proc, *window) if window and fleet.sut else None
+        steady = _Window(fleet.sut, proc, *window, probe) if window and fleet.sut else None
         out = _communicate(proc, 900)
     wall = time.monotonic() - wall0
     if not out.strip():
@@ -380,6 +446,7 @@ def measure(
     )
     if steady is not None:
         m.extra["steady"] = steady.result()
+        m.extra["probed"] = steady.probed
     return m
 
 
@@ -394,19 +461,31 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     return out
 
 
+Probe = Callable[[], dict[str, float]]
+"""Readings of another process (the redis-server) taken at a window's two ends."""
+
+
 class _Window:
     """A process's CPU seconds over a window of wall time, sampled by a thread.
 
     The window starts `start` seconds after the load generator did (its start-up included)
-    and must end while the load generator still runs, or `result` raises.
+    and must end while the load generator still runs, or `result` raises. With `probe`, its
+    readings just before each CPU sample go to `probed`.
     """
 
     def __init__(
-        self, proc: Proc, load: subprocess.Popen[bytes], start: float, length: float
+        self,
+        proc: Proc,
+        load: subprocess.Popen[bytes],
+        start: float,
+        length: float,
+        probe: Probe | None = None,
     ) -> None:
         self.proc = proc
         self.load = load
+        self.probe = probe
         self.samples: list[tuple[float, float]] = []
+        self.probed: list[dict[str, float]] = []
         self.ended_inside = False
         self.thread = threading.Thread(target=self._run, args=(start, length), daemon=True)
         self.thread.start()
@@ -415,6 +494,8 @@ class _Window:
         time.sleep(start)
         for pause in (0.0, length):
             time.sleep(pause)
+            if self.probe is not None:
+                self.probed.append(self.probe())
             self.samples.append((self.proc.cpu_s(), time.monotonic()))
         self.ended_inside = self.load.poll() is None
 
@@ -517,6 +598,7 @@ class Cost:
     p99_ms: float | None = None  # token latency at the client (relay and gateway only)
     ok: bool = True  # every answer complete: no error, every check passed
     samples: tuple[float, ...] = ()  # us per token of every round, when there were several
+    store: dict[str, float] | None = None  # wsgate-redis: redis-server in the same window
 
 
 def median_cost(rounds: list[Cost]) -> Cost:
@@ -540,11 +622,18 @@ def cost_step(fleet: Fleet, target: str, streams: int, seconds: float) -> Cost:
     with an error or a failed check is marked FAILED in the report.
     """
     window = (seconds / 3 + 1.0, cost_window(seconds))  # + the load generator's start-up
-    step = measure(fleet, _long_streams(f"cost_{streams}", streams, seconds), target, window)
+    probe = fleet.redis_probe.sample if target == "wsgate-redis" and fleet.redis_probe else None
+    workload = _long_streams(f"cost_{streams}", streams, seconds)
+    step = measure(fleet, workload, target, window, probe)
     cpu, wall = step.extra["steady"]
     tokens = streams * RATE * wall
     ok = _completed(step)
-    return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"), ok)
+    store = None
+    if probe is not None:
+        before, after = step.extra["probed"]
+        store = bench_resume.window_stats(before, after, wall, tokens)
+    return Cost(target, 1e6 * cpu / tokens, cpu / wall, step.latency("token", "p99"), ok,
+                store=store)  # fmt: skip
 
 
 def run_pinned(fleet: Fleet, script: str, args: list[str], what: str) -> dict[str, Any]:
@@ -577,7 +666,7 @@ def cost_rounds(fleet: Fleet, profile: Profile, targets: tuple[str, ...]) -> dic
     """
     assert profile.cost is not None  # noqa: S101 - the caller checks
     readers = [f"read-{mode}" for mode in READ_FLOORS]
-    readers += [t for t in ("naive", "wsgate") if t in targets]
+    readers += [t for t in ("naive", "wsgate", "wsgate-redis") if t in targets]
     if "wsgate" in targets:
         readers.append("wsgate-pull")  # the pull reader, for the same comparison
     rounds: dict[str, list[Cost]] = {reader: [] for reader in readers}
@@ -590,7 +679,14 @@ def cost_rounds(fleet: Fleet, profile: Profile, targets: tuple[str, ...]) -> dic
                 cost = cost_step(fleet, reader, *profile.cost)
                 fleet.stop_sut()
             rounds[reader].append(cost)
-            say(f"cost round {n + 1} {reader}: {cost.us_per_token:.1f} us/token")
+            store = cost.store or {}
+            redis = (
+                f" (redis-server {store['redis_us_per_token']:.1f} us/token, "
+                f"{store['scripts_per_s']:,.0f} flushes/s)"
+                if store
+                else ""
+            )
+            say(f"cost round {n + 1} {reader}: {cost.us_per_token:.1f} us/token{redis}")
     return {reader: median_cost(costs) for reader, costs in rounds.items()}
 
 
@@ -763,6 +859,9 @@ class Bench:
     profiles: dict[str, list[str]] = field(default_factory=dict)
     costs: dict[str, Cost] = field(default_factory=dict)
     token_path: dict[str, float] | None = None  # scripts/token_path.py's result
+    resume: dict[str, dict[str, Any]] = field(default_factory=dict)  # by store: latency
+    redis_log: dict[str, float] | None = None  # Redis bytes per 1000 logged text frames
+    notes: list[str] = field(default_factory=list)  # what was not measured, and why
     seconds: float = 0.0
 
     def get(self, workload: str, target: str) -> Measured | None:
@@ -787,8 +886,9 @@ def run_target(bench: Bench, fleet: Fleet, profile: Profile, target: str) -> Non
             f"{target:6} {workload.name:14} {m.result['throughput']['deltas_per_s']:>10,.0f} "
             f"deltas/s  ok={m.result['ok']}  sut_cpu={m.sut_cpu_s}"
         )
-    # The knee asks for p99 <= 5 ms; debounce holds text up to 20 ms on purpose.
-    if profile.knee_steps and target != "wsgate-debounce":
+    # The knee asks for p99 <= 5 ms; debounce holds text up to 20 ms on purpose; the Redis
+    # store is compared with the memory store in the cost rounds instead.
+    if profile.knee_steps and target not in NO_KNEE:
         bench.knees[target] = knee(fleet, target, profile)
         for step in bench.knees[target]:
             say(
@@ -804,10 +904,49 @@ def run_target(bench: Bench, fleet: Fleet, profile: Profile, target: str) -> Non
     fleet.stop_sut()
 
 
+def store_measures(bench: Bench, fleet: Fleet, profile: Profile, targets: tuple[str, ...]) -> None:
+    """Resume latency on each store measured, and Redis's bytes per logged token."""
+    stores = [t for t in ("wsgate", "wsgate-redis") if t in targets]
+    if profile.resumes:
+        for target in stores:
+            fleet.start_sut(target)  # fresh, and Redis emptied
+            run = bench_resume.resume_latency(fleet.url, *profile.resumes)
+            bench.resume[target] = result = uvloop.run(run)
+            fleet.stop_sut()
+            say(f"{target:6} resume {result['latency_ms']} failed={result['failed']}")
+    if profile.redis_log and "wsgate-redis" in targets:
+        bench.redis_log = redis_log_memory(fleet, *profile.redis_log)
+        say(f"redis log memory {bench.redis_log}")
+
+
+def redis_log_memory(fleet: Fleet, streams: int, words: int) -> dict[str, float]:
+    """Redis bytes of the logs of `streams` finished streams, per 1000 text frames.
+
+    Half of them `words` tokens long, half a fifth of it. A warm-up stream first (the
+    scripts cached, the node's lease written), then the streams; only their logs are weighed.
+    """
+    fleet.start_sut("wsgate-redis")
+    probe = fleet.redis_probe
+    assert probe is not None  # noqa: S101 - start_sut("wsgate-redis") starts it
+    uvloop.run(bench_resume.run_streams(fleet.url, [5]))
+    time.sleep(0.2)  # the warm-up's last flush
+    warm, base = bench_resume.log_keys(probe), probe.sample()["used_memory"]
+    lengths = bench_resume.log_lengths(streams, words)
+    ran = uvloop.run(bench_resume.run_streams(fleet.url, lengths))
+    time.sleep(0.3)  # the last flushes
+    result = bench_resume.log_memory(probe, bench_resume.log_keys(probe) - warm, base)
+    fleet.stop_sut()
+    return {**result, "streams": streams, "tokens_each": words, "tokens": sum(lengths), **ran}
+
+
 def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | None) -> Bench:
     """Start the mock, measure every target in turn, stop everything."""
     profile = _profiles()[mode]
     bench = Bench(mode)
+    if "wsgate-redis" in targets and shutil.which("redis-server") is None:
+        targets = tuple(t for t in targets if t != "wsgate-redis")
+        bench.notes.append("wsgate-redis not measured: no `redis-server` on PATH.")
+        say(bench.notes[-1])
     began = time.monotonic()
     affinity = os.sched_getaffinity(0)
     pin(os.getpid(), LOAD_CPU)
@@ -816,10 +955,11 @@ def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | Non
     try:
         for target in targets:
             run_target(bench, fleet, profile, target)
-        if profile.cost and {"naive", "wsgate"} & set(targets):
+        if profile.cost and {"naive", "wsgate", "wsgate-redis"} & set(targets):
             bench.costs.update(cost_rounds(fleet, profile, targets))
             bench.token_path = path = token_path(fleet, profile.token_path_tokens)
             say(f"token path {path['us_per_token']} us/token, {path['calls_per_token']} calls")
+        store_measures(bench, fleet, profile, targets)
         if py_spy and "wsgate" in targets:  # after the others: it takes fresh processes
             for workload in profile.workloads:
                 if workload.name in ("burst", "paced_1000x20"):
@@ -835,9 +975,11 @@ def run_bench(mode: str, logs: Path, targets: tuple[str, ...], py_spy: str | Non
 # --- the report ----------------------------------------------------------------------------
 
 
-def _num(value: float | None, digits: int = 2) -> str:
+def _num(value: float | str | None, digits: int = 2) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return f"{value:,}"
     if abs(value) >= 1000:
@@ -860,6 +1002,18 @@ def _pair(m: Measured | None, name: str, base: Measured | None = None) -> str:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
+
+
+UNRESOLVED = "n/a (below the clock's resolution)"
+"""A ratio whose reference measured zero: 10 ms CPU clock ticks over a short window."""
+
+
+def _times(a: float | None, b: float | None, digits: int = 2) -> str:
+    """`a / b` as "1.23x", or why not: a zero reference is below the clock's resolution."""
+    if a is None or b is None:
+        return "-"
+    ratio = _ratio(a, b)
+    return UNRESOLVED if ratio is None else f"{ratio:.{digits}f}x"
 
 
 def _knee_streams(steps: list[Measured]) -> int | None:
@@ -888,6 +1042,9 @@ def target_rows(bench: Bench) -> list[list[str]]:
     added_1000 = {t: _added_p99(bench, t, "paced_1000x20") for t in ("wsgate", "naive")}
     cost_w, cost_n = bench.costs.get("wsgate"), bench.costs.get("naive")
     cost_ratio = _ratio(cost_w.us_per_token, cost_n.us_per_token) if cost_w and cost_n else None
+    cost_value: float | str | None = cost_ratio
+    if cost_ratio is None and cost_w and cost_n:  # the relay's CPU measured zero
+        cost_value = UNRESOLVED
     knee_ratio = _ratio(knee_w, knee_n)
     at_floor = knee_w is not None and knee_d is not None and knee_w >= knee_d
     rows = [
@@ -895,7 +1052,7 @@ def target_rows(bench: Bench) -> list[list[str]]:
             f"CPU per token, {COST_STREAMS} x {RATE} tok/s (us)",
             cost_w.us_per_token if cost_w else None,
             cost_n.us_per_token if cost_n else None,
-            cost_ratio,
+            cost_value,
             f"<= {COST_TARGET:g}x naive",
             _le(cost_ratio, COST_TARGET),
         ),
@@ -1066,8 +1223,9 @@ def machine() -> list[str]:
         f"- CPU: {model}; `nproc --all` {cores}; Linux {platform.release()}",
         f"- Python {platform.python_version()}; {', '.join(versions)}",
         (
-            f"- Layout: system under test pinned to CPU {SUT_CPU}; mock, load generator and bench "
-            f"on CPU {LOAD_CPU} (`os.sched_setaffinity`)."
+            f"- Layout: system under test pinned to CPU {SUT_CPU} (with it, every thread of "
+            f"wsgate-redis's redis-server); mock, load generator and bench on CPU {LOAD_CPU} "
+            "(`os.sched_setaffinity`)."
         ),
     ]
 
@@ -1090,9 +1248,11 @@ def render(bench: Bench, command: str) -> str:
             ["measure", "wsgate", "naive relay", "wsgate/naive or value", "goal", "met"],
             target_rows(bench),
         ),
+        *_store_targets(bench),
         *_workload_sections(bench),
         *_knee_section(bench),
         *_cost_section(bench),
+        *_store_section(bench),
         *_memory_section(bench),
         *_cancel_section(bench),
         *_unhappy_section(bench),
@@ -1179,6 +1339,7 @@ COST_READERS = {
     "read-aiohttp": "pull read floor: aiohttp `readany()` in a task per stream, nothing parsed",
     "naive": "naive relay",
     "wsgate": "wsgate (push reader, the default)",
+    "wsgate-redis": "wsgate, Redis store (the gateway's CPU only; redis-server's below)",
     "wsgate-pull": 'wsgate (pull reader, `reader = "pull"`)',
 }
 
@@ -1210,13 +1371,14 @@ def _cost_section(bench: Bench) -> list[str]:
         if c is None:
             continue
         share = _ratio(c.us_per_token, relay.us_per_token) if relay else None
+        of_relay = "-" if relay is None else UNRESOLVED if share is None else f"{100 * share:.0f}%"
         rows.append(
             [
                 label,
                 _num(c.us_per_token, 1),
                 ", ".join(_num(x, 1) for x in c.samples) or "-",
                 f"{100 * c.cpu_share:.0f}%",
-                "-" if share is None else f"{100 * share:.0f}%",
+                of_relay,
                 _num(c.p99_ms),
                 "ok" if c.ok else "FAILED (errors or checks)",
             ]
@@ -1228,7 +1390,7 @@ def _cost_section(bench: Bench) -> list[str]:
     if relay is not None and wsgate is not None:
         out += [
             (
-                f"wsgate costs {wsgate.us_per_token / relay.us_per_token:.2f}x the relay's CPU "
+                f"wsgate costs {_times(wsgate.us_per_token, relay.us_per_token)} the relay's CPU "
                 f"per token (target <= {COST_TARGET:g}x, i.e. <= "
                 f"{COST_TARGET * relay.us_per_token:.1f} us here)."
             ),
@@ -1250,13 +1412,250 @@ def _cost_section(bench: Bench) -> list[str]:
     if floor is not None and relay is not None:
         out += [
             (
-                f"The relay floor alone is {floor.us_per_token / relay.us_per_token:.2f}x the "
+                f"The relay floor alone is {_times(floor.us_per_token, relay.us_per_token)} the "
                 "relay's CPU per token: what the kernel and the event loop take for one read "
                 "and one write, before any parsing."
             ),
             "",
         ]
     return out
+
+
+REDIS_COST_TARGET = 1.3
+"""wsgate's CPU per token with the Redis store, as a share of the memory store's."""
+
+RESUME_P99_MS = 5.0
+"""Resume sent -> first replayed frame, p99, with a loopback Redis."""
+
+_STORE_HEADER = ["measure", "Redis store", "memory store", "Redis/memory or value", "goal", "met"]
+
+
+def _cost_label(bench: Bench) -> str:
+    cost = _profiles()[bench.mode].cost
+    return f"{cost[0] if cost else COST_STREAMS} x {RATE} tok/s"
+
+
+def _resume_ms(bench: Bench, target: str, key: str) -> float | None:
+    value = (bench.resume.get(target) or {}).get("latency_ms", {}).get(key)
+    return None if value is None else float(value)
+
+
+def store_rows(bench: Bench) -> list[list[str]]:
+    """The Redis store's targets: Redis, memory, the ratio or value, the goal, whether met."""
+    redis, memory = bench.costs.get("wsgate-redis"), bench.costs.get("wsgate")
+    r_us = redis.us_per_token if redis else None
+    m_us = memory.us_per_token if memory else None
+    ratio = _ratio(r_us, m_us)
+    store = (redis.store if redis else None) or {}
+    p50 = {t: _resume_ms(bench, t, "p50") for t in ("wsgate-redis", "wsgate")}
+    p99 = {t: _resume_ms(bench, t, "p99") for t in ("wsgate-redis", "wsgate")}
+    log = bench.redis_log or {}
+    kib = log["ev_bytes_per_1000"] / 1024 if log.get("text_frames") else None
+    marginal = log["marginal_bytes_per_1000"] / 1024 if kib is not None else None
+    kib_cell = "-" if kib is None else f"{_num(kib, 1)} (marginal {_num(marginal, 1)})"
+    scripts = store.get("scripts_per_s")
+    commands = store.get("commands_per_s")
+    return [
+        [
+            f"CPU per token, {_cost_label(bench)}, the gateway's (us)",
+            _num(r_us, 1),
+            _num(m_us, 1),
+            _times(r_us, m_us),
+            f"<= {REDIS_COST_TARGET:g}x memory",
+            _le(ratio, REDIS_COST_TARGET),
+        ],
+        [
+            "redis-server's own CPU per token at that load (us; on the gateway's CPU)",
+            _num(store.get("redis_us_per_token"), 1),
+            "-",
+            _num(store.get("redis_us_per_token"), 1),
+            "reported (not the gateway's)",
+            "-",
+        ],
+        [
+            "Redis commands/s at that load (of which EVALSHA: the store's flushes, round trips)",
+            "-" if commands is None else f"{_num(commands, 0)} ({_num(scripts, 0)})",
+            "-",
+            _num(commands, 0),
+            "reported",
+            "-",
+        ],
+        [
+            "resume sent -> first replayed frame, p50 / p99 (ms)",
+            f"{_num(p50['wsgate-redis'])} / {_num(p99['wsgate-redis'])}",
+            f"{_num(p50['wsgate'])} / {_num(p99['wsgate'])}",
+            _num(p99["wsgate-redis"]),
+            f"p99 <= {RESUME_P99_MS:g} ms",
+            _le(p99["wsgate-redis"], RESUME_P99_MS),
+        ],
+        [
+            "Redis memory per 1000 logged delta.text frames (KiB, the ev keys)",
+            kib_cell,
+            "-",
+            _num(kib, 1),
+            "reported",
+            "-",
+        ],
+    ]
+
+
+def redis_cost_sentence(bench: Bench) -> str | None:
+    """'Redis mode costs X.XXx memory mode's CPU per token ...', when both were measured."""
+    redis, memory = bench.costs.get("wsgate-redis"), bench.costs.get("wsgate")
+    if redis is None or memory is None:
+        return None
+    rounds = [_times(r, m) for r, m in zip(redis.samples, memory.samples, strict=False)]
+    each = f"; round by round {', '.join(rounds)}" if len(rounds) > 1 else ""
+    return (
+        f"Redis mode costs {_times(redis.us_per_token, memory.us_per_token)} memory mode's CPU "
+        f"per token at {_cost_label(bench)} (target <= {REDIS_COST_TARGET:g}x): "
+        f"{_num(redis.us_per_token, 1)} against {_num(memory.us_per_token, 1)} us, the "
+        f"medians{each}; the gateway's process only."
+    )
+
+
+def _store_targets(bench: Bench) -> list[str]:
+    if not (bench.resume or bench.redis_log or "wsgate-redis" in bench.costs):
+        return [*bench.notes, ""] if bench.notes else []
+    out = ["## Targets (the Redis store: resume across nodes)", ""]
+    out += _md_table(_STORE_HEADER, store_rows(bench))
+    sentence = redis_cost_sentence(bench)
+    return [*out, *([sentence, ""] if sentence else []), *bench.notes]
+
+
+def _store_section(bench: Bench) -> list[str]:
+    """Redis in the cost window, the resume latencies and Redis's bytes per logged token."""
+    out: list[str] = []
+    redis = bench.costs.get("wsgate-redis")
+    store = redis.store if redis else None
+    if store:
+        cost = _profiles()[bench.mode].cost
+        streams = cost[0] if cost else COST_STREAMS
+        out += [
+            f"## The Redis store at {_cost_label(bench)}",
+            "",
+            (
+                "wsgate with `WSGATE_STORE__KIND=redis` on a private redis-server (started by "
+                f"the bench, bound to 127.0.0.1, no persistence), pinned with the gateway to "
+                f"CPU {SUT_CPU}; the median round of the cost table above. Redis's figures are "
+                "`INFO all` deltas over the same window as the gateway's CPU. The store sends "
+                "one EVALSHA per flush (one per loop turn that logged frames), carrying every "
+                "message's frames of that turn, over a connection of its own: EVALSHA calls "
+                "are its write round trips; the rest is its lease (one SET per "
+                "`store.lease_s / 3`)."
+            ),
+            "",
+        ]
+        rows = [
+            ["tokens/s sent by the mock", _num(float(streams * RATE), 0)],
+            ["redis-server CPU per token (us)", _num(store["redis_us_per_token"], 1)],
+            ["redis-server CPU share of one core", f"{100 * store['redis_cpu_share']:.1f}%"],
+            [
+                (
+                    "commands/s (`total_commands_processed`: in Redis 7 every command, those "
+                    "run inside the store's scripts included)"
+                ),
+                _num(store["commands_per_s"], 0),
+            ],
+            [
+                (
+                    "EVALSHA calls/s (`cmdstat_evalsha` + `cmdstat_eval`): store flushes, one "
+                    "round trip each"
+                ),
+                _num(store["scripts_per_s"], 0),
+            ],
+            [
+                "frames logged per flush (`cmdstat_xadd` calls / EVALSHA calls)",
+                _num(store["frames_per_script"], 1),
+            ],
+            ["XADD calls/s (frames logged)", _num(store["xadd_per_s"], 0)],
+            ["bytes/s into Redis (`total_net_input_bytes`)", _num(store["bytes_in_per_s"], 0)],
+        ]
+        out += _md_table(["measure", "value"], rows)
+    out += _resume_section(bench)
+    out += _redis_log_section(bench)
+    return out
+
+
+def _resume_section(bench: Bench) -> list[str]:
+    if not bench.resume:
+        return []
+    resumes = next(iter(bench.resume.values()))
+    out = [
+        "## Resume latency: resume sent -> first replayed frame",
+        "",
+        (
+            f"{resumes['resumes']} generations (mock answers of "
+            f"{bench_resume.RESUME_SCRIPT['words']} tokens at "
+            f"{bench_resume.RESUME_SCRIPT['tokens_per_s']} tok/s) started "
+            f"{resumes['per_round']} to a connection with `on_disconnect: continue`; after "
+            f"{bench_resume.FRAMES_BEFORE_DROP} text deltas of each the TCP connection is "
+            f"reset, the generations run on for {1000 * bench_resume.DETACHED_S:g} ms, then a new "
+            "connection resumes them one at a time (the others still generating) and cancels "
+            "each once its first frame is in. Time from writing `resume` to the arrival of the "
+            "first frame with `seq` above `last_seq`, both read on one monotonic clock in the "
+            f"client (the bench process, on CPU {LOAD_CPU} with the mock); a fresh gateway for "
+            "each store, Redis on loopback."
+        ),
+        "",
+    ]
+    rows = []
+    for target, result in bench.resume.items():
+        lat = result["latency_ms"]
+        failed = ", ".join(f"{k} {v}" for k, v in result["failed"].items()) or "none"
+        rows.append(
+            [
+                "Redis" if target == "wsgate-redis" else "memory",
+                str(lat["count"]),
+                *(_num(lat.get(k)) for k in ("p50", "p90", "p99", "max")),
+                f"{result['replayed_first']} of {lat['count']}",
+                failed,
+            ]
+        )
+    header = ["store", "resumes timed", "p50 ms", "p90 ms", "p99 ms", "max ms",
+              "first frame replayed (not live)", "failed"]  # fmt: skip
+    return out + _md_table(header, rows)
+
+
+def _redis_log_section(bench: Bench) -> list[str]:
+    log = bench.redis_log
+    if not log:
+        return []
+    out = [
+        "## Redis memory per logged token",
+        "",
+        (
+            f"{int(log['streams'])} streams, half of {int(log['tokens_each'])} tokens and half "
+            f"of {max(1, int(log['tokens_each']) // 5)} ({_num(int(log['tokens']))} tokens, "
+            f"{bench_resume.LOG_RATE} tok/s), run to their finish on a fresh gateway with the "
+            f"Redis store ({int(log['stopped'])} finished `stop`); their logs are then weighed: "
+            "`MEMORY USAGE <key> SAMPLES 0` of every `ev` key (a stream of the frames) and "
+            "`meta` key (the record), and the `used_memory` delta since before the streams "
+            "(after a warm-up stream), per 1000 logged `delta.text` frames. The logs also hold "
+            "each message's other frames (`stream.started`, `delta.role`, `usage`, `finish`). "
+            "Marginal: the slope of an `ev` key's bytes over its text frames across the logs "
+            "(least squares), without a log's own overhead (the intercept, per log)."
+        ),
+        "",
+    ]
+    rows = [
+        [
+            str(int(log["messages"])),
+            _num(int(log["entries"])),
+            _num(int(log["text_frames"])),
+            _num(log["text_frame_bytes"], 1),
+            _num(log["ev_bytes_per_1000"] / 1024, 1),
+            _num(log["meta_bytes_per_1000"] / 1024, 1),
+            _num(log["used_memory_per_1000"] / 1024, 1),
+            _num(log["marginal_bytes_per_1000"] / 1024, 1),
+            _num(log["bytes_per_log"], 0),
+        ]
+    ]
+    header = ["logs", "entries", "delta.text frames", "mean delta.text frame bytes",
+              "ev KiB per 1000 frames", "meta KiB per 1000 frames",
+              "used_memory KiB per 1000 frames", "marginal ev KiB per 1000 frames",
+              "ev bytes per log (intercept)"]  # fmt: skip
+    return out + _md_table(header, rows)
 
 
 def _memory_section(bench: Bench) -> list[str]:
@@ -1374,6 +1773,11 @@ def print_ratios(bench: Bench) -> None:
     rows = target_rows(bench)
     header = ["measure", "wsgate", "naive", "wsgate/naive or value", "goal", "met"]
     print(_common.text_table(header, [list(r) for r in rows]))
+    if bench.resume or bench.redis_log or "wsgate-redis" in bench.costs:
+        print(_common.text_table(_STORE_HEADER, [list(r) for r in store_rows(bench)]))
+        sentence = redis_cost_sentence(bench)
+        if sentence:
+            print(sentence)
 
 
 def main(argv: list[str] | None = None) -> int:
