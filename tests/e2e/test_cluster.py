@@ -307,3 +307,28 @@ async def test_wsgate_chat_survives_its_node_restarting_behind_a_load_balancer(n
             chat.kill()
             await chat.wait()
         await balancer.close()
+
+
+async def test_with_run_without_log_a_redis_outage_starts_streams_unlogged(
+    start_app, redis_server: RedisServer, redis_url: str
+):
+    app = await start_app(
+        **{
+            "store.kind": "redis",
+            "store.url": redis_url,
+            "store.on_unavailable": "run_without_log",
+        }
+    )
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request({"text": "logged"}))
+        assert "epoch" in (await conn.finishes({"s1"}))["s1"][0]
+        await asyncio.to_thread(redis_server.stop)
+        await conn.start("s2", mock_request({"text": "x"}))  # the store learns it is down
+        await conn.finishes({"s2"})
+        async with asyncio.timeout(5):
+            while app.store.healthy:  # noqa: ASYNC110 - polling the store's own flag
+                await asyncio.sleep(0.05)
+        await conn.start("s3", mock_request({"text": "unlogged"}))
+        frames = (await conn.finishes({"s3"}))["s3"]
+    assert "epoch" not in frames[0]  # started, but not resumable
+    assert stream_text(frames) == "unlogged"
