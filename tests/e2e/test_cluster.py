@@ -16,14 +16,14 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_helpers import RawConn, mock_request, raw_connect, stream_text
-from proc_helpers import WSGATE, clean_env, read_port
+from proc_helpers import WSGATE, clean_env, read_port, running
 
 from wsgate.mock import MockProvider
 from wsgate.testing_redis import RedisServer
@@ -69,24 +69,6 @@ resume_window_s = 30.0
     return path
 
 
-@contextlib.contextmanager
-def node_process(config: Path) -> Iterator[subprocess.Popen[str]]:
-    args = [*WSGATE, "serve", "--config", str(config), "--log-format", "json"]
-    with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
 @pytest.fixture
 def drain_s() -> float:
     return 1.0
@@ -101,7 +83,8 @@ async def nodes(
         for name in ("a", "b"):
             path = tmp_path / f"{name}.toml"
             config = node_config(path, f"node-{name}", mock, redis_url, drain_s)
-            proc = stack.enter_context(node_process(config))
+            args = ("serve", "--config", str(config), "--log-format", "json")
+            proc = stack.enter_context(running(*args))
             port = await read_port(proc)
             out[name] = Node(name, proc, f"ws://127.0.0.1:{port}/v1/ws")
         yield out

@@ -79,6 +79,14 @@ def finish(seq: int) -> bytes:
 LIMITS = StoreLimits(window_s=5, lease_s=0.2)
 
 
+class LostOwner(MemoryStore):
+    """A store whose every message's owner node is gone."""
+
+    async def read(self, message_id: str, after: int, limit: int) -> Page | None:
+        page = await super().read(message_id, after, limit)
+        return None if page is None else Page(page.meta, page.entries, owner_alive=False)
+
+
 async def test_a_follower_replays_the_log_then_follows_it_live_to_the_finish():
     store = MemoryStore(LIMITS)
     store.begin("m1", "e1")
@@ -132,11 +140,6 @@ async def test_a_keyed_retry_waits_for_a_record_that_is_still_being_written():
 
 
 async def test_a_follower_of_a_lost_owner_ends_with_owner_lost_after_what_was_logged():
-    class LostOwner(MemoryStore):
-        async def read(self, message_id: str, after: int, limit: int) -> Page | None:
-            page = await super().read(message_id, after, limit)
-            return None if page is None else Page(page.meta, page.entries, owner_alive=False)
-
     store = LostOwner(LIMITS)
     store.begin("m1", "e1")
     store.append("m1", 1, text(1, "a"))
@@ -206,11 +209,6 @@ async def test_cancels_by_message_id_waiting_for_a_slow_store_are_bounded_per_co
 
 
 async def test_a_followers_refusal_arrives_after_the_frames_it_sent_before_it():
-    class LostOwner(MemoryStore):
-        async def read(self, message_id: str, after: int, limit: int) -> Page | None:
-            page = await super().read(message_id, after, limit)
-            return None if page is None else Page(page.meta, page.entries, owner_alive=False)
-
     store = LostOwner(LIMITS)
     store.begin("m1", "e1")
     for seq in range(1, 31):
