@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
-from proc_helpers import run_wsgate, running, wait_for_log
+from proc_helpers import WSGATE, clean_env, run_wsgate, running, wait_for_log
 
 from wsgate.cli import main
 from wsgate.config import load_settings
@@ -189,3 +190,21 @@ def test_serve_with_an_unset_key_variable_stops_at_once_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "wsgate: config error: api_key_env: environment variable WSGATE_TEST_UNSET_KEY is unset"
     ]
+
+
+def test_wsgate_chat_into_a_pipe_that_closes_exits_without_a_traceback(served):
+    _, url = served
+    prompt = json.dumps({"mock": {"text": "word " * 400, "tokens_per_s": 400}})
+    reader, writer = os.pipe()
+    with subprocess.Popen(
+        [*WSGATE, "chat", "--url", url, prompt],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+    ) as chat:
+        os.close(writer)
+        os.read(reader, 10)  # like `| head -c 10`
+        os.close(reader)
+        _, err = chat.communicate(timeout=20)
+    assert chat.returncode == 1
+    assert b"Traceback" not in err, err.decode()

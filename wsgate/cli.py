@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -99,6 +100,10 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int:
         result = uvloop.run(coro)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `wsgate chat ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is quiet
+        return EXIT_FAILURE
     return EXIT_OK if result is None else int(result)
 
 
