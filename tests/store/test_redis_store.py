@@ -1,6 +1,7 @@
 """The Redis store beyond the contract: its key layout, its one call per flush, a Redis that
-goes away and comes back, node leases, stale idempotency keys, the write buffer's bound, and
-(a subset of the contract) a real three-node Redis Cluster."""
+goes away and comes back (and what is resent then), writes Redis refuses, node leases, stale
+idempotency keys, the write buffer's bound, and (a subset of the contract) a real three-node
+Redis Cluster, and a one-node cluster over TLS."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 import test_contract as contract
 from redis.crc import key_slot
 from store_helpers import redis_server_binary, require
 from test_contract import LIMITS, Pair, frame
 
-from wsgate.core.store import StoreUnavailable
+from wsgate.core.store import StoreLimits, StoreUnavailable
 from wsgate.store.redis import MAX_BUFFERED, RedisStore
 from wsgate.testing_redis import RedisServer
 
@@ -41,6 +43,30 @@ async def pair(redis_url: str) -> AsyncIterator[Pair]:
     yield Pair(here, there)
     await here.close()
     await there.close()
+
+
+# Lifetimes long enough to outlast a Redis restart and a resend (LIMITS' end in 1.2 s).
+KEEP = StoreLimits(window_s=5.0, max_frames=50, max_bytes=4096, run_ttl_s=30.0, lease_s=0.5)
+
+
+@pytest.fixture
+async def kept(redis_url: str) -> AsyncIterator[Pair]:
+    here = RedisStore(redis_url, KEEP, node_id="node-a")
+    there = RedisStore(redis_url, KEEP, node_id="node-b")
+    await here.start()
+    await there.start()
+    yield Pair(here, there)
+    await here.close()
+    await there.close()
+
+
+async def state_of(store, message_id: str) -> str | None:
+    """The record's state as `store` reads it now; None while unknown or unreachable."""
+    try:
+        page = await store.read(message_id, 0, 10)
+    except StoreUnavailable:
+        return None
+    return None if page is None else page.meta.state
 
 
 async def eventually(check, timeout: float = 5.0) -> None:
@@ -150,7 +176,7 @@ async def test_a_message_running_when_redis_restarted_is_logged_again_from_its_n
     await asyncio.to_thread(redis_server.stop)
     await asyncio.to_thread(redis_server.start)
     pair.here.append("m1", 3, frame(3))
-    await pair.here.flush()  # on a stale connection: lost, and the probe starts
+    await pair.here.flush()  # a stale connection: sent again on a new one
     await eventually(lambda: pair.here.healthy)
     pair.here.append("m1", 4, frame(4))
     await pair.here.flush()
@@ -339,6 +365,128 @@ async def test_a_store_that_cannot_reach_redis_at_start_raises_store_unavailable
     await store.close()
 
 
+# --- what a failed flush keeps and sends again --------------------------------------------
+
+
+async def test_an_end_buffered_while_redis_was_down_reaches_it_once_it_is_back(
+    kept: Pair, redis_server: RedisServer
+) -> None:
+    store = kept.here
+    assert isinstance(store, RedisStore)
+    await contract.logged(kept, "m1", 2)
+    await asyncio.to_thread(redis_server.stop)
+    store.append("m1", 3, frame(3))
+    store.end("m1", "stop")
+    await store.flush()  # fails: the frame is lost, the end is kept
+    assert store.dropped_frames == 1
+    await asyncio.to_thread(redis_server.start)  # empty: it kept nothing on disk
+    deadline = time.monotonic() + 5.0
+    while await state_of(kept.there, "m1") != "ended":  # nothing else is written meanwhile
+        assert time.monotonic() < deadline, "the end never reached Redis"
+        await asyncio.sleep(0.05)
+    page = await kept.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.finish, page.meta.top, page.entries) == ("stop", 3, [])
+    await eventually(lambda: "m1" not in store._running)
+
+
+async def test_a_write_connection_that_redis_closed_while_idle_costs_no_flush(
+    kept: Pair, raw: aioredis.Redis
+) -> None:
+    store = kept.here
+    assert isinstance(store, RedisStore)
+    store.begin("m1", "e1")
+    await store.flush()
+    await raw.client_kill_filter(_type="normal", skipme=True)  # as Redis' `timeout` does
+    store.append("m1", 1, frame(1))
+    store.end("m1", "stop")
+    await store.flush()
+    assert (store.dropped_frames, store.healthy) == (0, True)
+    page = await kept.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.state, page.entries) == ("ended", [(1, frame(1))])
+
+
+async def test_writes_are_still_tried_while_the_store_is_unhealthy(kept: Pair) -> None:
+    store = kept.here
+    assert isinstance(store, RedisStore)
+    await contract.logged(kept, "m1", 1)
+    store._lost(RuntimeError("a read timed out"))  # Redis itself is fine
+    assert not store.healthy
+    store.append("m1", 2, frame(2))
+    store.end("m1", "stop")
+    await store.flush()
+    assert store.dropped_frames == 0
+    page = await kept.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.state, page.meta.top) == ("ended", 2)
+
+
+async def test_a_flush_redis_refuses_counts_its_frames_and_its_end_is_written_once_it_can(
+    kept: Pair, raw: aioredis.Redis
+) -> None:
+    store = kept.here
+    assert isinstance(store, RedisStore)
+    await contract.logged(kept, "m1", 1)
+    await raw.config_set("maxmemory", 1)
+    try:
+        store.append("m1", 2, frame(2))
+        store.end("m1", "stop")
+        await store.flush()  # OOM
+        assert (store.dropped_frames, store.healthy) == (1, True)
+    finally:
+        await raw.config_set("maxmemory", 0)
+    await eventually_async(lambda: state_of(kept.there, "m1"), "ended", timeout=5.0)
+    page = await kept.there.read("m1", 0, 10)
+    assert page is not None
+    # The end says where the stream ended: a resume from 1 finds frame 2 missing.
+    assert (page.meta.top, page.entries) == (2, [(1, frame(1))])
+
+
+async def test_a_message_redis_refuses_holds_back_no_other_of_its_flush(
+    kept: Pair, raw: aioredis.Redis
+) -> None:
+    store = kept.here
+    assert isinstance(store, RedisStore)
+    await raw.set(b"wsg:{m2}:meta", b"not a hash")  # WRONGTYPE for m2's writes
+    for mid in ("m2", "m1"):
+        store.begin(mid, "e1")
+        store.append(mid, 1, frame(1))
+    await store.flush()
+    assert store.dropped_frames == 1
+    page = await kept.there.read("m1", 0, 10)
+    assert page is not None
+    assert page.entries == [(1, frame(1))]
+
+
+async def test_a_record_made_again_after_a_redis_restart_holds_its_idempotency_key_again(
+    kept: Pair, redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    await kept.here.claim("k1", "fp", "m1", "e1")
+    kept.here.append("m1", 1, frame(1))
+    await kept.here.flush()
+    await asyncio.to_thread(redis_server.stop)
+    await asyncio.to_thread(redis_server.start)  # empty
+    kept.here.append("m1", 2, frame(2))
+    await kept.here.flush()
+    assert await raw.get(b"wsg:idem:{k1}") == b"m1 fp"
+    assert 0 < await raw.pttl(b"wsg:idem:{k1}") <= KEEP.run_ttl_s * 1000
+    assert (await raw.hgetall(b"wsg:{m1}:meta"))[b"key"] == b"k1"
+    claim = await kept.there.claim("k1", "fp", "m2", "e2")
+    assert (claim.message_id, claim.new) == ("m1", False)
+
+
+async def test_close_forgets_the_running_messages_and_the_watches(redis_url: str) -> None:
+    store = RedisStore(redis_url, KEEP, node_id="node-c")
+    await store.start()
+    store.begin("m1", "e1")
+    store.append("m1", 1, frame(1))
+    store.watch("m9", "node-b", lambda: None)
+    await store.flush()
+    await store.close()
+    assert (store._running, store._watches) == ({}, {})
+
+
 # --- a real Redis Cluster (three primaries, no replicas) ---------------------------------
 
 
@@ -482,3 +630,137 @@ async def test_a_flush_in_a_cluster_spreads_messages_over_the_slots(cluster_pair
         page = await cluster_pair.there.read(f"m{n}", 0, 10)
         assert page is not None
         assert page.entries == [(1, frame(1))]
+
+
+async def test_a_cluster_makes_a_lost_idempotency_key_again_with_its_record(
+    redis_cluster: list[int],
+) -> None:
+    here, there = await kept_cluster(redis_cluster)
+    try:
+        await here.claim("k1", "fp", "m1", "e1")
+        here.append("m1", 1, frame(1))
+        await here.flush()
+        await flush_cluster(redis_cluster)  # Redis lost everything (as a restart would)
+        here.append("m1", 2, frame(2))
+        await here.flush()
+        idem = aioredis.RedisCluster(host="127.0.0.1", port=redis_cluster[0])
+        try:
+            await eventually_async(lambda: idem.get(b"wsg:idem:{k1}"), b"m1 fp")
+        finally:
+            await idem.aclose()
+        claim = await there.claim("k1", "fp", "m2", "e2")
+        assert (claim.message_id, claim.new) == ("m1", False)
+    finally:
+        await here.close()
+        await there.close()
+
+
+async def test_a_cluster_flush_refused_for_one_message_writes_the_others_and_that_end_later(
+    redis_cluster: list[int],
+) -> None:
+    client = aioredis.RedisCluster(host="127.0.0.1", port=redis_cluster[0])
+    here, there = await kept_cluster(redis_cluster)
+    try:
+        await client.set(b"wsg:{m2}:meta", b"not a hash")
+        for mid in ("m2", "m1"):
+            here.begin(mid, "e1")
+            here.append(mid, 1, frame(1))
+            here.end(mid, "stop")
+        await here.flush()
+        assert here.dropped_frames == 1
+        page = await there.read("m1", 0, 10)
+        assert page is not None
+        assert (page.meta.state, page.entries) == ("ended", [(1, frame(1))])
+        await client.delete(b"wsg:{m2}:meta")
+        await eventually_async(lambda: state_of(there, "m2"), "ended", timeout=5.0)
+    finally:
+        await client.aclose()
+        await here.close()
+        await there.close()
+
+
+async def kept_cluster(ports: list[int]) -> tuple[RedisStore, RedisStore]:
+    await flush_cluster(ports)
+    first, second = (f"redis://127.0.0.1:{port}/0" for port in ports[:2])
+    here = RedisStore(first, KEEP, node_id="node-a", cluster=True)
+    there = RedisStore(second, KEEP, node_id="node-b", cluster=True)
+    await here.start()
+    await there.start()
+    return here, there
+
+
+async def flush_cluster(ports: list[int]) -> None:
+    for port in ports:
+        client = aioredis.Redis(port=port)
+        await client.flushall()
+        await client.aclose()
+
+
+# --- a one-node Redis Cluster over TLS ----------------------------------------------------
+
+
+@pytest.fixture
+def tls_cluster() -> Iterator[int]:
+    binary = redis_server_binary()
+    openssl = shutil.which("openssl")
+    require("openssl", openssl is not None, "it makes the test's TLS certificate")
+    assert openssl is not None
+    (port,) = cluster_ports(1)
+    with tempfile.TemporaryDirectory(prefix="wsgate-tls-") as root:
+        cert, key = Path(root, "cert.pem"), Path(root, "key.pem")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        args = [
+            binary, "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--tls-cluster", "yes",
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--save", "", "--appendonly", "no", "--dir", root, "--logfile", f"{root}/redis.log",
+        ]  # fmt: skip
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        try:
+            client = sync_redis.Redis(port=port, ssl=True, ssl_cert_reqs="none")
+            deadline = time.monotonic() + 20.0
+            while True:
+                require("redis-server with TLS", process.poll() is None, "it serves TLS")
+                try:
+                    if client.ping():
+                        break
+                except sync_redis.RedisError:
+                    assert time.monotonic() < deadline, "the TLS redis-server did not answer"
+                    time.sleep(0.05)
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                assert time.monotonic() < deadline, "the TLS cluster did not come up"
+                time.sleep(0.05)
+            client.close()
+            yield port
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+async def test_a_cluster_over_tls_starts_and_keeps_logs_and_cancels(tls_cluster: int) -> None:
+    url = f"rediss://127.0.0.1:{tls_cluster}/0?ssl_cert_reqs=none"
+    here = RedisStore(url, KEEP, node_id="node-a", cluster=True)
+    there = RedisStore(url, KEEP, node_id="node-b", cluster=True)
+    try:
+        await here.start()
+        await there.start()
+        await contract.logged(Pair(here, there), "m1", 2)
+        page = await there.read("m1", 0, 10)
+        assert page is not None
+        assert page.entries == [(1, frame(1)), (2, frame(2))]
+        cancels: list[str] = []
+        here.on_cancel(cancels.append)
+        deadline = time.monotonic() + 5.0
+        while not cancels:  # over the pub/sub connection, TLS too
+            assert time.monotonic() < deadline, "no cancel over TLS"
+            await there.cancel("m1", here.node_id)
+            await asyncio.sleep(0.1)
+    finally:
+        await here.close()
+        await there.close()

@@ -5,8 +5,10 @@ Owns `RedisStore`, the `core.store.Store` on Redis (standalone, or Redis Cluster
 trip per flush, the node's liveness lease, and the one pub/sub connection per node that
 carries cancels and wake-ups. It keeps what it is given and decides nothing about streams
 (what to log, when a resume is refused: the core's); no redis-py exception leaves it:
-reads, claims and cancels raise `StoreUnavailable`, and buffered writes that fail are
-logged, counted and dropped, and turn `healthy` False until a probe's PING answers.
+reads, claims and cancels raise `StoreUnavailable`. A buffered write that fails loses its
+frames (counted in `dropped_frames`), never its message's begin or end: those are sent
+again until Redis has them (see Resends). A Redis that does not answer turns `healthy`
+False until a probe's PING does; writes are tried meanwhile all the same.
 
 Keys. One message's keys share a hash tag, so one cluster slot (one script may touch them
 all): `{prefix}:{<message_id>}:ev`, a stream of its frames (entry id `<seq>-0`, field `d`;
@@ -23,24 +25,43 @@ first write of a loop turn creates the flush task (it starts at the next turn, a
 EVALSHA of `_WRITE` for every message, packed here and sent over a connection of its own;
 in a cluster, a pipeline (`transaction=False`) of one EVALSHA per message (its keys are one
 slot) plus, at an end, one of `_EXPIRE_KEY` for the idempotency key (another slot). Per
-message `_WRITE` makes the record and the empty log when missing (again after a Redis
-restart), XADDs the new entries (a `seq` at or under `top` is skipped: a retried append is
-a no-op), XTRIMs MINID the first kept `seq`, sets first and top; at the end it sets state
-and finish and PEXPIREs the log and the key by `window_s`, the record by twice that; and
-it PUBLISHes the wake of a watched message that logged frames or ended. Flushes never
-overlap (a second could overtake the first): what is buffered meanwhile goes in the next,
-so batches grow with the load. The trims are this node's `LogBound` per running message
-(frames and bytes), so Redis and memory drop the same frames.
+message (each under its own pcall, so one that Redis refuses holds back no other) `_WRITE`
+makes the record and the empty log when missing (again after a Redis restart: then the
+idempotency key too, SET NX for `run_ttl_s`, so no other node can claim it for a second
+generation; a keyed message's every flush carries the key's name and value for that),
+XADDs the new entries (a `seq` at or under `top` is skipped: a retried append is a
+no-op), XTRIMs MINID the first kept `seq`, sets first and top; at the end it sets state
+and finish (and top to the last `seq` generated, when frames before the end were lost: a
+resume then sees the gap), PEXPIREs the log and the key by `window_s`, the record by twice
+that (an end already written is a no-op); and it PUBLISHes the wake of a watched message
+that logged frames or ended. In a cluster the key is another slot's: a record made again
+is reported, and the next flush (at once) SETs NX its key in a call of its own. Flushes
+never overlap (a second could overtake the first): what is buffered meanwhile goes in the
+next, so batches grow with the load. The trims are this node's `LogBound` per running
+message (frames and bytes), so Redis and memory drop the same frames.
+
+Resends. A standalone flush whose connection turns out closed (Redis' idle `timeout`, a
+restart) is sent once more, whole, on a new one: it costs nothing. A flush that fails
+anyway (no answer, a timeout, an error reply: OOM, WRONGTYPE) loses the frames of the
+messages it failed for (counted in `dropped_frames`; the log has a gap, which a resume
+refuses as `resume_trimmed`), but such a message, if its begin or end was in it, stays
+here until Redis has them: every later flush sends it again, and one comes
+`PROBE_INTERVAL_S` after a failed one even if nothing else is written (and one at
+`close`). Idle, Redis is thus tried every `PROBE_INTERVAL_S` while something is unsent.
 
 Bounds. The buffer holds at most `MAX_BUFFERED` appends (10_000 frames, plus one begin
 and one end per message); past it appends are dropped and counted in `dropped_frames`
 (the log gets a gap, which a resume refuses as `resume_trimmed`). Worst case: 10_000
 buffered frames plus the 10_000 of the flush in flight. Per message running here: its
 `LogBound` (one int per logged frame, at most `max_frames`), forgotten at its end or
-`run_ttl_s` after its begin.
+`run_ttl_s` after its begin. Kept to resend: no frame past one flush's retry; per message
+whose begin or end Redis may lack, its record here (~0.3 KiB; an ended one's `LogBound`
+released), until a flush writes them or `run_ttl_s` after its begin (its keys in Redis
+are gone by then anyway): at most one per message begun here in the last `run_ttl_s`.
 
 Pub/sub and clusters. A node reads one plain `redis.asyncio.Redis` pub/sub connection; in
-a cluster it is to one node (the next known one when it fails): a classic PUBLISH reaches
+a cluster it is to one node (the next known one when it fails; its pool built from the
+URL's options, TLS for `rediss://`): a classic PUBLISH reaches
 every node of a cluster, so one node's subscription hears all of them. redis-py 8 has an
 asyncio `ClusterPubSub`, but it picks its node by the channel's slot and is built for
 sharded pub/sub, which these broadcast channels do not need. A cluster pipeline refuses
@@ -62,9 +83,10 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from wsgate.core.store import Claim, LogBound, Meta, Page, StoreLimits, StoreUnavailable
@@ -78,34 +100,28 @@ PROBE_INTERVAL_S: Final = 0.5
 """How often an unhealthy store PINGs (and a lost pub/sub connection is re-made)."""
 CLAIM_GRACE: Final = 2
 """Socket timeouts a claim's record may take to follow its key (one retry each)."""
+REFUSED_LOG_S: Final = 1.0
+"""At most one `store_write_refused` warning this often (a refused message is resent)."""
 
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
 _END: Final = -1  # the `seq` of an `end` in the buffer (its data is the finish)
 
 # Every message of one flush (standalone), or one (cluster: one slot per call). KEYS: per
-# message ev, meta, and its idempotency key with flag 4. ARGV: run_ttl_ms, window_ms, owner,
+# message ev, meta, and its idempotency key with flag 8. ARGV: run_ttl_ms, window_ms, owner,
 # then per message "<entries> <first> <flags>", epoch, the flagged extras in flag order
-# (1 ended: the finish; 2 watched: the wake channel; 4: "<message_id> " the key must start
-# with; 8: the key, for a new record), then <entries> pairs of `seq`, frame in `seq` order.
+# (1 ended: the finish and the last `seq` generated; 2 watched: the wake channel; 4 keyed:
+# the key as given, for a new record; 8 named: the key's value "<message_id> <fingerprint>"),
+# then <entries> pairs of `seq`, frame in `seq` order. Each message is written under its own
+# pcall: one Redis refuses (OOM, WRONGTYPE) holds back no other. Returns pairs of a message's
+# place (from 1) and "made" (its record was missing: made, with its key when named) or the
+# error that stopped it; none for a message written as it stood.
 _WRITE: Final = b"""
 local run_ttl, window, owner = ARGV[1], ARGV[2], ARGV[3]
-local k, a = 1, 4
-while a <= #ARGV do
-  local n, first, flags = string.match(ARGV[a], '^(%d+) (%d+) (%d+)$')
-  n, flags = tonumber(n), tonumber(flags)
-  local epoch, ev, meta = ARGV[a + 1], KEYS[k], KEYS[k + 1]
-  a, k = a + 2, k + 2
-  local finish, wake, idem, named, key = nil, nil, nil, nil, ''
-  if bit.band(flags, 1) ~= 0 then finish = ARGV[a]; a = a + 1 end
-  if bit.band(flags, 2) ~= 0 then wake = ARGV[a]; a = a + 1 end
-  if bit.band(flags, 4) ~= 0 then idem, named = KEYS[k], ARGV[a]; k, a = k + 1, a + 1 end
-  if bit.band(flags, 8) ~= 0 then key = ARGV[a]; a = a + 1 end
-  local from = a
-  a = a + 2 * n
+local function write(ev, meta, epoch, n, first, from, finish, last, wake, key, idem, value)
   local held = redis.call('HMGET', meta, 'top', 'state')
-  local top = tonumber(held[1])
+  local top, made = tonumber(held[1]), false
   if not top then
-    top = 0
+    top, made = 0, true
     redis.call('HSET', meta, 'epoch', epoch, 'owner', owner, 'state', 'running',
       'first', 1, 'top', 0, 'key', key)
     if redis.call('EXISTS', ev) == 0 then
@@ -114,37 +130,71 @@ while a <= #ARGV do
     end
     redis.call('PEXPIRE', ev, run_ttl)
     redis.call('PEXPIRE', meta, run_ttl)
+    if idem and string.find(value, ' ', 1, true) < #value then
+      redis.call('SET', idem, value, 'NX', 'PX', run_ttl)
+    end
   end
-  if held[2] ~= 'ended' then
-    local logged = 0
-    for i = from, a - 1, 2 do
-      local seq = tonumber(ARGV[i])
-      if seq > top and type(redis.pcall('XADD', ev, ARGV[i] .. '-0', 'd', ARGV[i + 1]))
-        == 'string' then
+  if held[2] == 'ended' then return made end
+  local logged = 0
+  for i = from, from + 2 * n - 1, 2 do
+    local seq = tonumber(ARGV[i])
+    if seq > top then
+      local added = redis.pcall('XADD', ev, ARGV[i] .. '-0', 'd', ARGV[i + 1])
+      if type(added) == 'string' then
         top, logged = seq, logged + 1
+      elseif not string.find(added.err, 'equal or smaller', 1, true) then
+        error(added)
       end
     end
-    if logged > 0 then
-      redis.call('XTRIM', ev, 'MINID', first)
-      redis.call('HSET', meta, 'first', first, 'top', top)
-    end
-    if finish then
-      redis.call('HSET', meta, 'state', 'ended', 'finish', finish)
-      redis.call('PEXPIRE', ev, window)
-      redis.call('PEXPIRE', meta, 2 * window)
-      local named_by = idem and redis.call('GET', idem)
+  end
+  if logged > 0 then
+    redis.call('XTRIM', ev, 'MINID', first)
+    redis.call('HSET', meta, 'first', first, 'top', top)
+  end
+  if finish then
+    redis.call('HSET', meta, 'state', 'ended', 'finish', finish)
+    if tonumber(last) > top then redis.call('HSET', meta, 'top', last) end
+    redis.call('PEXPIRE', ev, window)
+    redis.call('PEXPIRE', meta, 2 * window)
+    if idem then
+      local named = string.sub(value, 1, string.find(value, ' ', 1, true))
+      local named_by = redis.call('GET', idem)
       if named_by and string.sub(named_by, 1, #named) == named then
         redis.call('PEXPIRE', idem, window)
       end
     end
-    if wake and (logged > 0 or finish) then
-      redis.call('PUBLISH', wake, '')
-    end
+  end
+  if wake and (logged > 0 or finish) then
+    redis.call('PUBLISH', wake, '')
+  end
+  return made
+end
+local out, k, a, m = {}, 1, 4, 0
+while a <= #ARGV do
+  m = m + 1
+  local n, first, flags = string.match(ARGV[a], '^(%d+) (%d+) (%d+)$')
+  n, flags = tonumber(n), tonumber(flags)
+  local epoch, ev, meta = ARGV[a + 1], KEYS[k], KEYS[k + 1]
+  a, k = a + 2, k + 2
+  local finish, last, wake, key, idem, value = nil, nil, nil, '', nil, nil
+  if bit.band(flags, 1) ~= 0 then finish, last = ARGV[a], ARGV[a + 1]; a = a + 2 end
+  if bit.band(flags, 2) ~= 0 then wake = ARGV[a]; a = a + 1 end
+  if bit.band(flags, 4) ~= 0 then key = ARGV[a]; a = a + 1 end
+  if bit.band(flags, 8) ~= 0 then idem, value = KEYS[k], ARGV[a]; k, a = k + 1, a + 1 end
+  local ok, made = pcall(write, ev, meta, epoch, n, first, a, finish, last, wake, key, idem, value)
+  a = a + 2 * n
+  if not ok then
+    out[#out + 1] = m
+    out[#out + 1] = type(made) == 'table' and made.err or tostring(made)
+  elseif made then
+    out[#out + 1] = m
+    out[#out + 1] = 'made'
   end
 end
-return 0
+return out
 """
-_ENDED, _WATCHED, _NAMED, _KEYED = 1, 2, 4, 8  # the flags of a message in `_WRITE`
+_ENDED, _WATCHED, _KEYED, _NAMED = 1, 2, 4, 8  # the flags of a message in `_WRITE`
+_KEYED_NAMED: Final = b"%d" % (_KEYED | _NAMED)
 # KEYS: the idempotency key. ARGV: "<message_id> ", window_ms. Only while it names the message.
 _EXPIRE_KEY: Final = b"""
 local held = redis.call('GET', KEYS[1])
@@ -180,7 +230,7 @@ Command = tuple[Any, ...]
 
 @dataclass(slots=True)
 class _Running:
-    """A message this node generates: its keys and what the next flush sends of it."""
+    """A message generated here (or ended, until Redis has its end), and its next flush."""
 
     ev: bytes
     meta: bytes
@@ -188,12 +238,19 @@ class _Running:
     bound: LogBound
     key: bytes = b""  # the idempotency key as given (b"" without one)
     idem: bytes = b""  # its Redis key
-    key_new: bool = False  # the key goes into the record at the next flush
-    top: int = 0
+    value: bytes = b""  # the key's value, "<message_id> <fingerprint>" (no fingerprint: begun)
+    top: int = 0  # the last `seq` generated
     finish: bytes | None = None
     watched: bool = False
+    unsent: bool = True  # Redis may lack its record (a begin) or its end: sent until it has
+    rekey: bool = False  # a cluster made its record again: its key is to be made again too
     out: list[Any] = field(default_factory=list)  # `seq`, frame, ... for the next flush
     began: float = 0.0  # loop time; in Redis its keys live `run_ttl_s` from about then
+
+
+_SPENT: Final = LogBound(1, 1)  # the bound of an ended message (no frames follow its end)
+# What one flush sent of a message: its id, itself, its frames, and whether it re-made its key.
+_Sent = tuple[str, _Running, int, bool]
 
 
 @dataclass(slots=True)
@@ -257,6 +314,13 @@ class RedisStore:
         self._buf: list[tuple[str, int, bytes]] = []
         self._begun: list[str] = []
         self._running: dict[str, _Running] = {}
+        # Messages whose begin or end (or, in a cluster, re-made key) a flush failed to
+        # write: every flush sends them again until one does.
+        self._resend: dict[str, _Running] = {}
+        self._due = False  # a flush is wanted with nothing buffered (to resend)
+        self._resend_at: asyncio.TimerHandle | None = None
+        self._refused_at = -REFUSED_LOG_S  # loop time of the last refusal logged
+        self._refused = 0  # refused messages since
         self._drainer: asyncio.Task[None] | None = None
         self._pending: asyncio.Future[None] | None = None  # the flush of what is buffered
         self._inflight: asyncio.Future[None] | None = None  # the flush being written
@@ -319,7 +383,7 @@ class RedisStore:
                 pool = self._write_client.connection_pool
                 self._writer = await pool.get_connection()  # type: ignore[no-untyped-call]
             await self._connect_pubsub()
-        except _ERRORS as exc:
+        except (*_ERRORS, TypeError, ValueError) as exc:  # (the last two: a URL's options)
             await self._disconnect()
             raise StoreUnavailable(f"redis: {exc}") from exc
         self._healthy = self._started = True
@@ -328,16 +392,28 @@ class RedisStore:
         self._spawn(self._sync_subscriptions())
 
     async def close(self) -> None:
-        """Write what is buffered, stop every task, release the lease, disconnect."""
+        """Write what is buffered or to resend, stop every task, release the lease, disconnect.
+
+        Then every message and watch is forgotten.
+        """
         if self._closed:
             return
+        if self._resend_at is not None:
+            self._resend_at.cancel()
+        if self._resend:
+            self._resend_soon()  # one last try
         self._closed = True  # writes from now on are dropped
         await self.flush()
         tasks = [*self._tasks, *(t for t in (self._probe, self._drainer) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._resend:
+            log.warning("store_unsent_at_close", backend="redis", messages=len(self._resend))
         self._buf, self._begun = [], []
+        self._running.clear()
+        self._resend.clear()
+        self._watches.clear()
         for done in (self._pending, self._inflight):
             if done is not None and not done.done():  # (a drainer cancelled mid-write)
                 done.set_result(None)
@@ -380,6 +456,7 @@ class RedisStore:
             stale.append(mid)
         for mid in stale:
             del self._running[mid]
+            self._resend.pop(mid, None)
 
     def _lost(self, exc: BaseException) -> None:
         """Redis did not answer: unhealthy until a PING does."""
@@ -440,7 +517,9 @@ class RedisStore:
         if self._drainer is None:
             self._schedule()
 
-    def _new_running(self, message_id: str, epoch: str, key: str | None) -> _Running:
+    def _new_running(
+        self, message_id: str, epoch: str, key: str | None, fingerprint: str = ""
+    ) -> _Running:
         limits = self._limits
         return _Running(
             self._ev(message_id),
@@ -449,7 +528,7 @@ class RedisStore:
             LogBound(limits.max_frames, limits.max_bytes),
             key=b"" if key is None else key.encode(),
             idem=b"" if key is None else self._idem(key),
-            key_new=key is not None,
+            value=b"" if key is None else f"{message_id} {fingerprint}".encode(),
             began=asyncio.get_running_loop().time(),
         )
 
@@ -460,9 +539,17 @@ class RedisStore:
             return
         self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
+    def _resend_soon(self) -> None:
+        """Flush now though nothing is buffered: what is to be resent goes out."""
+        self._resend_at = None
+        if self._resend and not self._closed:
+            self._due = True
+            if self._drainer is None:
+                self._schedule()
+
     async def flush(self) -> None:
         """Wait until every write buffered so far was sent (or failed: never raises)."""
-        if self._buf or self._begun:
+        if self._buf or self._begun or self._due:
             if self._pending is None:
                 self._pending = asyncio.get_running_loop().create_future()
             done = self._pending
@@ -475,9 +562,9 @@ class RedisStore:
     async def _drain(self) -> None:
         """Write what is buffered, one pipeline at a time, until nothing is."""
         try:
-            while self._buf or self._begun:
+            while self._buf or self._begun or self._due:
                 batch, begun = self._buf, self._begun
-                self._buf, self._begun, self._overflowing = [], [], False
+                self._buf, self._begun, self._overflowing, self._due = [], [], False, False
                 done = self._pending or asyncio.get_running_loop().create_future()
                 self._pending, self._inflight = None, done
                 try:
@@ -488,118 +575,232 @@ class RedisStore:
             self._drainer = self._inflight = None
 
     async def _write(self, batch: list[tuple[str, int, bytes]], begun: list[str]) -> None:
-        """Send one flush; a failure is logged and counted, never raised."""
-        frames = 0
+        """Send one flush; what failed is counted (frames) or kept to resend, never raised.
+
+        Tried whatever `healthy` says: a write that fails costs no more than a probe.
+        """
+        sent: list[_Sent] = []
+        failed: set[int] | None = None  # the places in `sent` that failed (None: all)
+        made: list[int] = []
         try:
-            commands, frames = self._commands(batch, begun)
-            if not commands:
-                return
-            if not self._healthy:  # the probe says when to try again; until then, drop
-                self.dropped_frames += frames
-                return
-            await self._send(commands)
-        except _ERRORS as exc:
-            self.dropped_frames += frames
-            self._lost(exc)
+            commands, owners = self._commands(batch, begun, sent)
+            if commands:
+                failed, made = await self._send(commands, owners)
         except Exception:
-            self.dropped_frames += frames
             log.exception("store_flush_failed", backend="redis")
+        finally:
+            if sent:
+                self._settle(sent, failed, made)
 
     def _commands(
-        self, batch: list[tuple[str, int, bytes]], begun: list[str]
-    ) -> tuple[list[Command], int]:
-        """The commands of one flush, and how many frames they log."""
-        touched, frames = self._advance(batch, begun)
+        self, batch: list[tuple[str, int, bytes]], begun: list[str], sent: list[_Sent]
+    ) -> tuple[list[Command], list[int] | None]:
+        """The commands of one flush, and (cluster) the place in `sent` each one is for.
+
+        Standalone: one command for every message; `sent` gets each message in its order.
+        """
+        touched = self._advance(batch, begun)
+        if self._resend:
+            running = self._running
+            for mid, message in self._resend.items():
+                if running.get(mid) is message:
+                    touched.setdefault(mid, message)
+            self._resend = {}
+        cluster = self._cluster
         commands: list[Command] = []
+        owners: list[int] | None = [] if cluster else None
         keys: list[bytes] = []
         args: list[Any] = []
         for mid, message in touched.items():
-            if keys and self._cluster:  # a script's keys must share a slot
-                commands.append(self._write_command(keys, args))
-                keys, args = [], []
             out = message.out
-            head = b"%d %d " % (len(out) >> 1, message.bound.first)
-            keys += (message.ev, message.meta)
-            if message.finish is None and not message.watched and not message.key_new:
-                args += (head + b"0", message.epoch, *out)  # the common case: frames only
+            frames = len(out) >> 1
+            head = b"%d %d " % (frames, message.bound.first)
+            rekeyed = message.rekey
+            plain = message.finish is None and not message.watched and not rekeyed
+            if plain and not message.key:  # the common case: frames only
+                keys += (message.ev, message.meta)
+                args += (head + b"0", message.epoch, *out)
+            elif plain and owners is None:  # frames of a keyed message (standalone)
+                keys += (message.ev, message.meta, message.idem)
+                args += (head + _KEYED_NAMED, message.epoch, message.key, message.value, *out)
             else:
-                flags, extras = self._extras(mid, message, keys, commands)
+                keys += (message.ev, message.meta)
+                flags, extras = self._extras(
+                    mid, message, keys, commands=commands, owners=owners, place=len(sent)
+                )
                 args += (head + b"%d" % flags, message.epoch, *extras, *out)
             out.clear()
+            if owners is not None:  # a script's keys must share a slot: one per message
+                commands.append(self._write_command(keys, args))
+                owners.append(len(sent))
+                keys, args = [], []
+            sent.append((mid, message, frames, rekeyed))
         if keys:
             commands.append(self._write_command(keys, args))
-        return commands, frames
+        return commands, owners
 
     def _advance(
         self, batch: list[tuple[str, int, bytes]], begun: list[str]
-    ) -> tuple[dict[str, _Running], int]:
+    ) -> dict[str, _Running]:
         """Apply a batch to the running messages (top, bounds, end): those it touched."""
         running = self._running
         touched = {mid: running[mid] for mid in begun if mid in running}
-        frames = 0
         for mid, seq, data in batch:
             message = running.get(mid)
             if message is None or message.finish is not None:
                 continue  # not begun here, or ended: as the memory store, ignored
             if seq == _END:
                 message.finish = data
+                message.unsent = True
             elif seq > message.top:
                 message.top = seq
                 message.bound.add(seq, len(data))
                 message.out += (seq, data)
-                frames += 1
             else:
                 continue  # logged already
             touched[mid] = message
-        return touched, frames
+        return touched
 
-    def _extras(
-        self, mid: str, message: _Running, keys: list[bytes], commands: list[Command]
-    ) -> tuple[int, list[bytes]]:
-        """A message's `_WRITE` flags and the arguments they add (its end, wake-up, key)."""
-        flags, extras = 0, []
+    def _extras(  # noqa: PLR0913 - one message's part of a flush, where it goes
+        self,
+        mid: str,
+        message: _Running,
+        keys: list[bytes],
+        *,
+        commands: list[Command],
+        owners: list[int] | None,
+        place: int,
+    ) -> tuple[int, list[Any]]:
+        """A message's `_WRITE` flags and the arguments they add (its end, wake-up, key).
+
+        In a cluster, the calls on its idempotency key (another slot) go to `commands`.
+        """
+        flags, extras = 0, list[Any]()
         if message.finish is not None:
             flags |= _ENDED
-            extras.append(message.finish)
-            del self._running[mid]
+            extras += (message.finish, message.top)
+            message.bound = _SPENT  # no frame follows the end: its sizes can go
         if message.watched:
             flags |= _WATCHED
             extras.append(self._wake_prefix + mid.encode())
-        if message.finish is not None and message.idem:
-            named = mid.encode() + b" "
-            if self._cluster:  # the key is in another slot: a call of its own
-                commands.append(
-                    ("EVALSHA", _SHA[_EXPIRE_KEY], 1, message.idem, named, self._window_ms)
-                )
-            else:
-                flags |= _NAMED
-                keys.append(message.idem)
-                extras.append(named)
-        if message.key_new:
+        if message.key:
             flags |= _KEYED
             extras.append(message.key)
-            message.key_new = False
+            if owners is None:
+                flags |= _NAMED
+                keys.append(message.idem)
+                extras.append(message.value)
+            else:
+                named = mid.encode() + b" "
+                if message.finish is not None:
+                    commands.append(
+                        ("EVALSHA", _SHA[_EXPIRE_KEY], 1, message.idem, named, self._window_ms)
+                    )
+                    owners.append(place)
+                elif message.rekey:
+                    ttl = self._run_ttl_ms
+                    commands.append(("SET", message.idem, message.value, "NX", "PX", ttl))
+                    owners.append(place)
+                message.rekey = False
         return flags, extras
 
     def _write_command(self, keys: list[bytes], args: list[Any]) -> Command:
         limits = (self._run_ttl_ms, self._window_ms, self._owner)
         return ("EVALSHA", _SHA[_WRITE], len(keys), *keys, *limits, *args)
 
-    async def _send(self, commands: list[Command]) -> None:
-        """Send one flush; scripts Redis does not know (it restarted) go again as EVAL."""
-        results = await self._execute(commands)
-        again = [c for c, r in zip(commands, results, strict=True) if isinstance(r, NoScriptError)]
-        if again:
-            results = await self._execute([("EVAL", _SCRIPTS[c[1]], *c[2:]) for c in again])
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:
-            log.warning("store_write_refused", backend="redis", error=repr(failed[0]))
+    async def _send(
+        self, commands: list[Command], owners: list[int] | None
+    ) -> tuple[set[int] | None, list[int]]:
+        """Send one flush: the places that failed (None: all) and those whose record was made.
+
+        Scripts Redis does not know (it restarted) go again as EVAL.
+        """
+        try:
+            results = await self._execute(commands)
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if again:
+                redo = [("EVAL", _SCRIPTS[commands[i][1]], *commands[i][2:]) for i in again]
+                for i, result in zip(again, await self._execute(redo), strict=True):
+                    results[i] = result
+        except _ERRORS as exc:
+            self._lost(exc)
+            return None, []
+        return self._outcomes(results, owners)
+
+    def _outcomes(
+        self, results: list[Any], owners: list[int] | None
+    ) -> tuple[set[int] | None, list[int]]:
+        """What a flush's replies say: the places that failed (None: all), those made."""
+        failed: set[int] = set()
+        made: list[int] = []
+        refused: object = None
+        for c, result in enumerate(results):
+            if isinstance(result, Exception):
+                refused = refused or result
+                if not isinstance(result, ResponseError):
+                    self._lost(result)  # (a cluster: one node did not answer)
+                if owners is None:
+                    return self._refusal(refused, None), []
+                failed.add(owners[c])
+            elif isinstance(result, list):  # a `_WRITE`'s (place, outcome) pairs
+                for place, outcome in zip(result[::2], result[1::2], strict=True):
+                    i = place - 1 if owners is None else owners[c]
+                    if outcome == b"made":
+                        made.append(i)
+                    else:
+                        failed.add(i)
+                        refused = refused or outcome
+        return self._refusal(refused, failed) if refused is not None else failed, made
+
+    def _refusal(self, refused: object, failed: set[int] | None) -> set[int] | None:
+        """Log what Redis refused (at most once a `REFUSED_LOG_S`); `failed` unchanged."""
+        self._refused += 1 if failed is None else len(failed)
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_at >= REFUSED_LOG_S:
+            self._refused_at = now
+            error = refused.decode() if isinstance(refused, bytes) else repr(refused)
+            log.warning("store_write_refused", backend="redis", error=error, writes=self._refused)
+            self._refused = 0
+        return failed
+
+    def _settle(self, sent: list[_Sent], failed: set[int] | None, made: list[int]) -> None:
+        """After a flush: forget the messages whose end is written, keep what is to resend.
+
+        A failed message's frames are lost (counted); its begin and end are sent again by
+        every flush until one writes them, the first `PROBE_INTERVAL_S` after this one.
+        """
+        running, resend = self._running, self._resend
+        dropped = 0
+        for i, (mid, message, frames, rekeyed) in enumerate(sent):
+            if failed is None or i in failed:
+                dropped += frames
+                message.rekey = message.rekey or rekeyed
+                if (message.unsent or message.rekey) and running.get(mid) is message:
+                    resend[mid] = message
+            else:
+                message.unsent = False
+                if message.finish is not None and running.get(mid) is message:
+                    del running[mid]  # its end is written: nothing more here
+        if self._cluster:
+            for i in made:
+                mid, message, _, _ = sent[i]
+                fingerprinted = not message.value.endswith(b" ")  # (else never SET)
+                if fingerprinted and message.finish is None and running.get(mid) is message:
+                    message.rekey = True  # its key is another slot's: a call of its own,
+                    resend[mid] = message  # in the next flush, at once
+                    self._due = True
+        self.dropped_frames += dropped
+        if resend and not self._due and self._resend_at is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._resend_at = loop.call_later(PROBE_INTERVAL_S, self._resend_soon)
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
         """The replies (an error reply as its exception) of commands sent at once.
 
         Standalone: over this node's write connection, packed here (a third of redis-py's
-        cost per argument) and bounded by one timeout; a cluster: a redis-py pipeline.
+        cost per argument) and bounded by one timeout; sent once more on a new connection
+        when that one was closed (Redis' idle `timeout`, a restart). A cluster: a redis-py
+        pipeline (it retries on a new connection itself).
         """
         conn = self._writer
         if conn is None:
@@ -607,10 +808,18 @@ class RedisStore:
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
+        packed = b"".join(map(_pack, commands))
+        try:
+            return await self._exchange(conn, packed, len(commands))
+        except RedisConnectionError:  # (a timeout is not retried: Redis may be just slow)
+            await conn.disconnect()
+            return await self._exchange(conn, packed, len(commands))
+
+    async def _exchange(self, conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:
         replies: list[Any] = []
         async with asyncio.timeout(self._socket_timeout):  # a timeout drops the connection
-            await conn.send_packed_command(b"".join(map(_pack, commands)), check_health=False)
-            for _ in commands:
+            await conn.send_packed_command(packed, check_health=False)
+            for _ in range(count):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
@@ -674,12 +883,19 @@ class RedisStore:
                 swap = ("EVALSHA", _SHA[_SWAP_KEY], 1, idem, held, value, self._run_ttl_ms)
                 if await self._run(swap):
                     break
-            message = self._new_running(message_id, epoch, key)
-            head = b"0 1 %d" % _KEYED
-            await self._run(
-                self._write_command([message.ev, message.meta], [head, message.epoch, message.key])
+            message = self._new_running(message_id, epoch, key, fingerprint)
+            keys = [message.ev, message.meta]
+            side: list[int] | None = [] if self._cluster else None  # (no call of its own)
+            flags, extras = self._extras(
+                message_id, message, keys, commands=[], owners=side, place=0
             )
-            message.key_new = False
+            reply = await self._run(
+                self._write_command(keys, [b"0 1 %d" % flags, message.epoch, *extras])
+            )
+            refused = [outcome for outcome in reply[1::2] if outcome != b"made"]
+            if refused:
+                raise ResponseError(refused[0].decode(errors="replace"))
+            message.unsent = False
         self._running.setdefault(message_id, message)
         return Claim(message_id, fingerprint, new=True)
 
@@ -689,6 +905,7 @@ class RedisStore:
         Its key (while it still names the message) and the message's empty record and log.
         """
         self._running.pop(message_id, None)
+        self._resend.pop(message_id, None)
         named = message_id.encode() + b" "
         with self._translated():
             await self._run(("EVALSHA", _SHA[_RELEASE_KEY], 1, self._idem(key), named))
@@ -736,7 +953,9 @@ class RedisStore:
             host, port = self._pubsub_nodes[0]
             self._pubsub_nodes.append(self._pubsub_nodes.pop(0))
             where: dict[str, Any] = {**parse_url(self._url), "host": host, "port": port}
-            client = Redis(**where, retry=Retry(NoBackoff(), 0), **self._options)
+            # (`parse_url` names the connection class, TLS for rediss://: a pool's argument)
+            pool = ConnectionPool(**where, retry=Retry(NoBackoff(), 0), **self._options)
+            client = Redis.from_pool(pool)
         else:
             client = Redis.from_url(self._url, retry=Retry(NoBackoff(), 0), **self._options)
         self._pubsub_client, self._pubsub = client, client.pubsub()
