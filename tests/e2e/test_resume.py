@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wsgate.app as app_module
-from wsgate.core.store import Claim
+from wsgate.core.store import Claim, StoreUnavailable
 from wsgate.store.memory import MemoryStore
 
 PACED = {"tokens_per_s": 200}
@@ -355,3 +355,32 @@ async def test_a_keyed_start_whose_client_left_during_the_claim_does_not_block_i
         frames = (await conn.finishes({"s1"}, timeout=5))["s1"]
     assert stream_text(frames) == "hello there"
     assert len(app.mock.find_all("ghost")) == 1
+
+
+async def test_a_claim_that_failed_after_it_was_taken_is_undone_so_its_retry_runs(
+    start_app, monkeypatch
+):
+    class LostAnswer(MemoryStore):  # takes the claim, then loses the answer (a timeout)
+        failed = False
+
+        async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
+            claim = await super().claim(key, fingerprint, message_id, epoch)
+            if not self.failed:
+                self.failed = True
+                raise StoreUnavailable("the answer was lost")
+            return claim
+
+    build = app_module.build_store
+    monkeypatch.setattr(app_module, "build_store", lambda s: LostAnswer(build(s).limits))
+    app = await start_app()
+    request = mock_request({"text": "second time", "tag": "lost-answer"})
+    options = {"idempotency_key": "k"}
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", request, options)
+        refusal = (await conn.until(lambda f: f.get("stream_id") == "s1"))[-1]
+        assert (refusal["code"], refusal["retryable"]) == ("store_unavailable", True)
+        await asyncio.sleep(0.05)  # the undo runs in the background
+        await conn.start("s1", request, options)
+        frames = (await conn.finishes({"s1"}, timeout=5))["s1"]
+    assert stream_text(frames) == "second time"
+    assert len(app.mock.find_all("lost-answer")) == 1

@@ -15,10 +15,11 @@ What a store keeps, per `message_id` (a generation):
   message's log.
 
 Writes are buffered: `begin`, `append` and `end` return at once and what one loop turn
-buffered is written together (one pipeline in Redis); `flush` waits for it. Reads are
+buffered is written together (one round trip in Redis); `flush` waits for it. Reads are
 async. A store that cannot reach its backend raises `StoreUnavailable` from reads and
-claims and reports `healthy = False`; buffered writes that fail are dropped (the log then
-has a gap, which a resume detects and refuses as `resume_trimmed`).
+claims and reports `healthy = False`. Frames whose write failed are dropped (the log then
+has a gap, which a resume detects and refuses as `resume_trimmed`); a message's `begin`
+and `end` are kept and written again once the backend answers, so every message ends.
 
 Lifetimes (`StoreLimits`): a running message's keys live `run_ttl_s` (the longest a stream
 may run plus one window, so a dead node's logs go away by themselves); when the message

@@ -470,6 +470,9 @@ class Connection:
             claiming.add_done_callback(lambda done: self._abandon(store, key, action, done))
             raise
         except WsgateError as exc:
+            # The store may have taken the claim before failing to answer: undo it, or a
+            # retry would attach to a record nothing here will ever generate.
+            self._release(store, key, action.message_id)
             self.refuse(sid, exc)
             return
         if claim.new:
