@@ -99,6 +99,18 @@ class RawConn:
         return by_stream
 
 
+def drop(conn: RawConn) -> None:
+    """Reset the TCP connection: no close frame, as a phone losing its network does."""
+    transport = conn.ws.transport
+    assert transport is not None
+    transport.abort()
+
+
+def stream_frames(conn: RawConn, stream_id: str) -> list[dict[str, Any]]:
+    """What `conn` received of a stream's sequence (frames with `seq`), in order."""
+    return [f for f in conn.received if f.get("stream_id") == stream_id and "seq" in f]
+
+
 def stream_text(frames: list[dict[str, Any]]) -> str:
     return "".join(f["text"] for f in frames if f["type"] == "delta.text")
 
@@ -140,9 +152,11 @@ async def serving(handler: Callable[..., Any]) -> AsyncIterator[str]:
 __all__ = [
     "RawConn",
     "assert_gapless",
+    "drop",
     "mock_request",
     "raw_connect",
     "serving",
+    "stream_frames",
     "stream_text",
     "validate_server_frame",
     "websockets",

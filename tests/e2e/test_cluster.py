@@ -19,10 +19,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from e2e_helpers import RawConn, mock_request, raw_connect, stream_text
+from e2e_helpers import drop, mock_request, raw_connect, stream_frames, stream_text
 from proc_helpers import WSGATE, clean_env, read_port, running
 
 from wsgate.mock import MockProvider
@@ -90,16 +89,6 @@ async def nodes(
         yield out
 
 
-def drop(conn: RawConn) -> None:
-    transport = conn.ws.transport
-    assert transport is not None
-    transport.abort()
-
-
-def of(conn: RawConn, stream_id: str) -> list[dict[str, Any]]:
-    return [f for f in conn.received if f.get("stream_id") == stream_id and "seq" in f]
-
-
 async def started_on(url: str, script: dict, frames: int, options: dict | None = None):
     """Start on a node, take `frames` frames, drop the connection: what was seen."""
     async with raw_connect(url) as conn:
@@ -107,7 +96,7 @@ async def started_on(url: str, script: dict, frames: int, options: dict | None =
         for _ in range(frames):
             await conn.until(lambda f: f.get("stream_id") == "s1" and "seq" in f)
         drop(conn)
-    return of(conn, "s1")
+    return stream_frames(conn, "s1")
 
 
 async def test_a_generation_started_on_one_node_resumes_on_the_other_with_its_live_tail(
@@ -122,7 +111,7 @@ async def test_a_generation_started_on_one_node_resumes_on_the_other_with_its_li
         )  # fmt: skip
         resumed = (await conn.until(lambda f: f["type"] == "stream.resumed"))[-1]
         await conn.finishes({"r1"}, timeout=30)
-    rest = of(conn, "r1")
+    rest = stream_frames(conn, "r1")
     assert resumed["state"] == "running"
     assert resumed["top_seq"] < rest[-1]["seq"]  # the tail was live, not all replayed
     assert [f["seq"] for f in rest] == list(range(seen[-1]["seq"] + 1, rest[-1]["seq"] + 1))

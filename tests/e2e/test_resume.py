@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 import pytest
-from e2e_helpers import RawConn, mock_request, raw_connect, stream_text
+from e2e_helpers import drop, mock_request, raw_connect, stream_frames, stream_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,17 +32,6 @@ def resume_frame(message_id: str, last_seq: int, stream_id: str = "r1", **extra:
         "stream_id": stream_id,
         **extra,
     }
-
-
-def drop(conn: RawConn) -> None:
-    """Reset the TCP connection: no close frame, as a phone losing its network does."""
-    transport = conn.ws.transport
-    assert transport is not None
-    transport.abort()
-
-
-def stream_frames(conn: RawConn, stream_id: str) -> list[dict[str, Any]]:
-    return [f for f in conn.received if f.get("stream_id") == stream_id and "seq" in f]
 
 
 def assert_continues(before: list[dict], after: list[dict]) -> None:
