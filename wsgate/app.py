@@ -14,7 +14,7 @@ import signal
 from collections.abc import Mapping
 
 from wsgate import __version__
-from wsgate.config import Settings
+from wsgate.config import Settings, is_loopback
 from wsgate.core.retry import RetryPolicy
 from wsgate.core.store import Store, StoreLimits, StoreUnavailable
 from wsgate.gateway.connection import ConnectionOptions
@@ -69,6 +69,7 @@ def gateway_options(settings: Settings) -> GatewayOptions:
         port=server.port,
         path=server.path,
         allowed_origins=tuple(server.allowed_origins),
+        exposed=settings.real_providers or not is_loopback(server.host),
         compression=server.compression,
         max_streams=limits.max_streams_per_connection,
         max_frame_bytes=limits.max_frame_bytes,

@@ -99,7 +99,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     host: str = "127.0.0.1"
     port: _Port = 8080  # 0 asks the OS for a free port (tests)
     path: str = "/v1/ws"
-    allowed_origins: list[str] = []  # empty: any Origin
+    # Browser pages that may connect (`["*"]`: any). Empty: with only the mock on loopback,
+    # the gateway's own origin; with a real provider or a non-loopback bind, none.
+    allowed_origins: list[str] = []
     compression: bool = False
     drain_timeout_s: _Seconds = 20.0  # on SIGTERM: how long running streams may finish
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000  # advice in `goaway`

@@ -2,7 +2,8 @@
 
 Owns the listening socket and the handshake: the path (`/v1/ws`), the subprotocol
 (`wsgate.v1`; a client offering only other subprotocols is refused with HTTP 400, one
-offering none is accepted), the Origin allowlist, compression (off unless configured: it
+offering none is accepted), the Origin allowlist (HTTP 403 before the upgrade;
+`origin_allowed` has the default policy), compression (off unless configured: it
 costs ~40% throughput and ~33 KiB per connection for token frames), and the frame-size
 hard cap. Frames up to `max_frame_bytes` are decoded; frames between that and the hard cap
 (4x) get a `frame_too_large` error and the connection carries on; beyond the hard cap
@@ -49,7 +50,8 @@ class GatewayOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     path: str = "/v1/ws"
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()  # empty: the default policy (`origin_allowed`)
+    exposed: bool = True  # a real provider or a non-loopback bind: no Origin by default
     compression: bool = False
     max_streams: int = 256
     max_frame_bytes: int = 1024 * 1024
@@ -108,16 +110,11 @@ class Gateway:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         opts = self.options
-        origins: list[str | None] | None = None
-        if opts.allowed_origins:
-            # Native clients send no Origin; the allowlist is a browser defence.
-            origins = [*opts.allowed_origins, None]
         self._server = await serve(
             self._handle,
             opts.host,
             opts.port,
             select_subprotocol=_select_subprotocol,
-            origins=origins,  # type: ignore[arg-type]
             process_request=self._process_request,
             compression="deflate" if opts.compression else None,
             max_size=opts.max_frame_bytes * HARD_CAP_FACTOR,
@@ -191,10 +188,18 @@ class Gateway:
             log.info("cancel_from_another_node", message_id=message_id)
             connection.apply(connection.session.cancel(stream_id))
 
+    def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
+        """None to go on with the upgrade; HTTP 403 for a page that may not connect."""
+        origin = request.headers.get("Origin")
+        if origin is None or origin_allowed(origin, self.options, self.port):
+            return None
+        log.warning("origin_refused", origin=origin[:200])
+        return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == self.options.path:
-            return None
+            return self._check_origin(connection, request)
         if path == "/livez":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/stats":
@@ -248,6 +253,23 @@ class Gateway:
                 aborted=connection.stats.aborted,
             )
             unbind("conn_id")  # as `bound` did: websockets' later lines in this task are not ours
+
+
+def origin_allowed(origin: str, options: GatewayOptions, port: int) -> bool:
+    """Whether a browser page from `origin` may open a WebSocket here.
+
+    Native clients send no Origin and are not asked. `allowed_origins` lists the pages
+    that may (`*`: any). Without a list: none when the gateway is exposed (a real provider
+    or a non-loopback bind: any web page a user visits could otherwise spend the
+    operator's key), else only the gateway's own origin on loopback (its demo page).
+    """
+    allowed = options.allowed_origins
+    if allowed:
+        return "*" in allowed or origin in allowed
+    if options.exposed:
+        return False
+    own = {f"http://{host}:{port}" for host in ("127.0.0.1", "localhost", "[::1]")}
+    return origin in own
 
 
 def _select_subprotocol(
