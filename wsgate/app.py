@@ -85,6 +85,7 @@ def gateway_options(settings: Settings) -> GatewayOptions:
             first_token_timeout=settings.upstream.first_token_timeout_s,
             heartbeat_interval=limits.heartbeat_interval_s,
             disconnect_window=settings.store.resume_window_s,
+            max_bad_frames=limits.max_bad_frames,
             retry=RetryPolicy(
                 max_attempts=settings.upstream.retry_attempts,
                 base_delay=settings.upstream.retry_base_ms / 1000,

@@ -23,6 +23,7 @@ from wsgate.core.frames import (
 )
 from wsgate.core.session import (
     CancelUpstream,
+    CloseConnection,
     SendControl,
     SendStream,
     Session,
@@ -290,3 +291,15 @@ def test_a_tool_call_too_deep_to_encode_fails_the_stream_with_seq_intact():
     assert len(out.data) == 2
     assert [f.seq for f in first.frames] == [2]
     assert "s1" not in session.streams
+
+
+def test_the_bad_frame_that_reaches_the_limit_closes_the_connection_and_nothing_more_is_read():
+    session = Session(
+        "c", SessionLimits(max_bad_frames=3), lambda _r, _o: ParserTarget(ScriptedParser), str
+    )
+    assert refusal(session.receive("[]", 0.0)).code == "bad_frame"
+    assert refusal(session.receive_binary()).code == "bad_frame"
+    (close,) = session.receive("{", 0.0)
+    assert isinstance(close, CloseConnection)
+    assert (close.code, close.frame.code) == (4500, "too_many_bad_frames")
+    assert session.receive(start_frame(), 0.0) == []  # closing: nothing more is read

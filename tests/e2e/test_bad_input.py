@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -154,7 +155,10 @@ async def test_a_client_offering_several_subprotocols_gets_wsgate_v1(app):
         assert orjson.loads(await ws.recv())["protocol"] == "wsgate.v1"
 
 
-async def test_a_client_flooding_bad_frames_without_reading_is_throttled_and_loses_nothing(app):
+async def test_a_client_flooding_bad_frames_without_reading_is_throttled_and_loses_nothing(
+    start_app,
+):
+    app = await start_app(**{"limits.max_bad_frames": 10**9})  # the backlog, not the count
     sent = 0
     async with raw_connect(app.url, max_queue=1) as conn:
 
@@ -197,7 +201,8 @@ async def test_a_request_too_odd_to_relay_gets_a_typed_non_internal_answer(app):
         assert "internal" not in codes
 
 
-async def test_a_reader_paused_on_its_backlog_still_notices_the_client_leaving(app):
+async def test_a_reader_paused_on_its_backlog_still_notices_the_client_leaving(start_app):
+    app = await start_app(**{"limits.max_bad_frames": 10**9})
     async with raw_connect(app.url, max_queue=1) as conn:
         (connection,) = app.gateway.connections
 
@@ -215,3 +220,22 @@ async def test_a_reader_paused_on_its_backlog_still_notices_the_client_leaving(a
     async with asyncio.timeout(5):
         while app.gateway.connections:  # noqa: ASYNC110 - polling a plain set
             await asyncio.sleep(0.02)
+
+
+async def test_a_client_sending_bad_frames_without_end_is_closed_at_the_limit(start_app):
+    app = await start_app(**{"limits.max_bad_frames": 50})
+    async with raw_connect(app.url) as other:
+        await other.start("s1", mock_request({"text": "unharmed " * 20, "tokens_per_s": 200}))
+        async with raw_connect(app.url) as conn:
+            for _ in range(200):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await conn.ws.send("[]")
+            frames = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    frames.append(await conn.recv(timeout=5))
+            assert conn.ws.close_code == 4500
+        codes = [f["code"] for f in frames]
+        assert codes == ["bad_frame"] * 49 + ["too_many_bad_frames"]
+        finished = (await other.finishes({"s1"}))["s1"]
+    assert stream_text(finished) == "unharmed " * 20

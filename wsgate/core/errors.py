@@ -92,6 +92,10 @@ ERROR_CODES: dict[str, ErrorSpec] = {
     "slow_consumer": ErrorSpec(
         retryable=True, description="The client did not read its frames in time."
     ),
+    "too_many_bad_frames": ErrorSpec(
+        retryable=False,
+        description="The client sent limits.max_bad_frames refused frames; the connection closes.",
+    ),
     "unknown_message": ErrorSpec(
         retryable=False,
         description="No generation with this message_id is known (never made, or forgotten).",

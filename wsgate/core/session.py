@@ -21,6 +21,9 @@ Rules:
    that, nothing of it is produced again, whatever the upstream still delivers.
 3. A `stream_id` names at most one stream of the connection, running or attached; both
    kinds count against `max_streams`.
+4. A client that keeps sending frames that are refused as malformed (`bad_frame`,
+   `frame_too_large`) is closed at the `max_bad_frames`-th: one `too_many_bad_frames`
+   error and close 4500; from then on nothing it sends is read.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsgate.core.errors import ERROR_CODES, StoreUnavailable, WsgateError
+from wsgate.core.errors import ERROR_CODES, CloseCode, StoreUnavailable, WsgateError
 from wsgate.core.flow import FlowControl
 from wsgate.core.frames import (
     MAX_STREAM_ID_LENGTH,
@@ -66,6 +69,7 @@ class SessionLimits:
     buffer_bytes: int = 1024 * 1024  # per connection: the slow-consumer cap (core/flow.py)
     first_token_timeout: float = 120.0  # s from `start` to the first content delta
     max_duration: float = 900.0  # s from `start` to `finish`
+    max_bad_frames: int = 100  # refused client frames before the connection is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,15 @@ class Target(Protocol):
 
 Resolver = Callable[[ChatRequest, StartOptions], Target]
 """Resolves a start's request to its `Target`; raises `WsgateError` for an unknown model."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """End the connection: cancel its streams, send `frame` if it can, close with `code`."""
+
+    code: int
+    reason: str
+    frame: ErrorFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +204,7 @@ Action = (
     | ClaimStart
     | ResumeStream
     | CancelMessage
+    | CloseConnection
 )
 
 
@@ -199,6 +213,7 @@ class Session:
 
     # One per connection, and connections are many: no per-instance dict.
     __slots__ = (
+        "_bad_frames",
         "_cancel_after",
         "_log",
         "_new_message_id",
@@ -228,6 +243,7 @@ class Session:
         self.attached: dict[str, str | None] = {}
         """Follower streams: `stream_id` -> the followed `message_id` (None while pending)."""
         self._cancel_after: set[str] = set()  # cancelled while their claim or resume pends
+        self._bad_frames = 0  # refused client frames so far (rule 4)
         self._log = log
         self._resolve = resolve
         self._new_message_id = new_message_id
@@ -254,9 +270,11 @@ class Session:
 
     def receive(self, data: str | bytes, now: float) -> list[Action]:
         """Handle one client text frame."""
+        if self._bad_frames >= self.limits.max_bad_frames:
+            return []  # closing: nothing more is read
         frame = decode_client_frame(data, self.limits.max_frame_bytes)
         if isinstance(frame, FrameRejected):
-            return [_refuse(frame.code, frame.message, frame.stream_id)]
+            return self._bad_frame(_refuse(frame.code, frame.message, frame.stream_id))
         if isinstance(frame, Start):
             return self._start(frame, now)
         if isinstance(frame, Cancel):
@@ -270,7 +288,23 @@ class Session:
 
     def receive_binary(self) -> list[Action]:
         """Binary frames carry nothing in wsgate.v1; refuse them, keep the connection."""
-        return [_refuse("bad_frame", "binary frames are not accepted; send JSON text frames")]
+        if self._bad_frames >= self.limits.max_bad_frames:
+            return []
+        message = "binary frames are not accepted; send JSON text frames"
+        return self._bad_frame(_refuse("bad_frame", message))
+
+    def _bad_frame(self, refusal: SendControl) -> list[Action]:
+        """A refused frame; the one that reaches `max_bad_frames` closes the connection."""
+        self._bad_frames += 1
+        if self._bad_frames < self.limits.max_bad_frames:
+            return [refusal]
+        code = ERROR_CODES["too_many_bad_frames"]
+        error = ErrorFrame(
+            "too_many_bad_frames",
+            f"{self.limits.max_bad_frames} frames were refused on this connection",
+            code.retryable,
+        )
+        return [CloseConnection(CloseCode.PROTOCOL_VIOLATION, "too many bad frames", error)]
 
     def cancel(
         self,

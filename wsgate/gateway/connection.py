@@ -64,6 +64,7 @@ from wsgate.core.session import (
     CancelMessage,
     CancelUpstream,
     ClaimStart,
+    CloseConnection,
     DetachStream,
     ResumeStream,
     SendControl,
@@ -259,6 +260,8 @@ class Connection:
                 self._detach(action)
             elif isinstance(action, BeginLog):
                 self._begin_log(action)
+            elif isinstance(action, CloseConnection):
+                self._end_connection(action)
             else:
                 self._apply_stored(action)
 
@@ -649,6 +652,27 @@ class Connection:
             task.cancel()
             if stream_id in self.session.attached:
                 self.refuse(stream_id, ShuttingDown("the gateway shut down; resume elsewhere"))
+
+    def _end_connection(self, action: CloseConnection) -> None:
+        """The session closes the connection (a client past `max_bad_frames`)."""
+        if self._silenced:
+            return
+        log.warning("connection_closed_by_policy", code=action.code, reason=action.reason)
+        self.session.drain()
+        self.apply(self.session.cancel_all())  # their `finish` frames go out first
+        self._control(encode_frame(action.frame))
+        self._silenced = True
+        self._closer = asyncio.create_task(self._close_when_sent(action.code, action.reason))
+
+    async def _close_when_sent(self, code: int, reason: str) -> None:
+        """Close once what is queued went out (the answers, then the last error), within 1 s."""
+        try:
+            async with asyncio.timeout(1.0):
+                while not self.outbox.empty:  # noqa: ASYNC110 - the writer empties it
+                    await asyncio.sleep(0.01)
+                await self.ws.close(code, reason)
+        except (TimeoutError, websockets.ConnectionClosed):
+            self.abort("close_timeout")
 
     def _slow_consumer(self, buffered: int) -> None:
         if self._silenced:

@@ -26,6 +26,7 @@ class ConnectionOptions:
     heartbeat_interval: float = 15.0
     disconnect_window: float = 120.0  # store.resume_window_s
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # before the first token only
+    max_bad_frames: int = 100  # refused client frames before the connection is closed
 
     @property
     def tick(self) -> float:
@@ -63,4 +64,5 @@ def session_limits(
         buffer_bytes=options.buffer_bytes,
         first_token_timeout=options.first_token_timeout,
         max_duration=options.max_duration,
+        max_bad_frames=options.max_bad_frames,
     )
