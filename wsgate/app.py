@@ -86,6 +86,7 @@ def gateway_options(settings: Settings) -> GatewayOptions:
             heartbeat_interval=limits.heartbeat_interval_s,
             disconnect_window=settings.store.resume_window_s,
             max_bad_frames=limits.max_bad_frames,
+            max_detached=limits.max_detached_streams,
             retry=RetryPolicy(
                 max_attempts=settings.upstream.retry_attempts,
                 base_delay=settings.upstream.retry_base_ms / 1000,

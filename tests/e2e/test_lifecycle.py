@@ -212,3 +212,23 @@ async def test_a_drain_lets_a_detached_generation_finish_into_its_log(start_app)
     frames = [orjson.loads(data) for _, data in page.entries]
     assert frames[-1]["reason"] == "stop"
     assert stream_text(frames) == script["text"]
+
+
+async def test_past_the_gateway_wide_detach_cap_a_leaving_clients_stream_is_cancelled(start_app):
+    app = await start_app(**{"limits.max_detached_streams": 2})
+    options = {"on_disconnect": "continue"}
+    async with raw_connect(app.url) as conn:
+        for n in range(4):
+            script = {"text": "slow " * 200, "tokens_per_s": 10, "tag": f"cap{n}"}
+            await conn.start(f"s{n}", mock_request(script), options)
+        for n in range(4):
+            await conn.until(lambda f, n=n: f.get("stream_id") == f"s{n}" and "text" in f)
+    records = [app.mock.find(f"cap{n}") for n in range(4)]
+    async with asyncio.timeout(5):
+        while sum(r.disconnected_at is not None for r in records) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert sum(r.disconnected_at is not None for r in records) == 2  # two were cancelled
+    assert len(app.gateway.shared.detached) == 2  # two keep generating
+    for frame in (f for f in conn.received if f["type"] == "stream.started"):
+        assert await app.store.read(frame["message_id"], 0, 10) is not None  # all resumable

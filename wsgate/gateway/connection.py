@@ -581,6 +581,11 @@ class Connection:
 
     def _detach(self, action: DetachStream) -> None:
         sid = action.stream_id
+        if len(self.shared.detached) >= self.options.max_detached:
+            # The gateway-wide cap: what clients that left may keep running is bounded.
+            log.warning("detach_refused", stream_id=sid, cap=self.options.max_detached)
+            self.apply(self.session.cancel(sid))
+            return
         detached = DetachedLog(action.message_id, sid)
         self.outbox.take_stream(sid)  # unsent: a resume reads them from the store's log
         self.logs[sid] = detached

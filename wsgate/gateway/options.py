@@ -27,6 +27,7 @@ class ConnectionOptions:
     disconnect_window: float = 120.0  # store.resume_window_s
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # before the first token only
     max_bad_frames: int = 100  # refused client frames before the connection is closed
+    max_detached: int = 1024  # gateway-wide: streams kept generating after their client left
 
     @property
     def tick(self) -> float:
