@@ -3,6 +3,8 @@ upgrade; native clients (no Origin) are never asked."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from e2e_helpers import raw_connect
 from websockets.exceptions import InvalidStatus
@@ -70,3 +72,17 @@ async def test_a_star_lets_any_page_connect(start_app):
 def test_the_origin_policy(allowed, exposed, origin, ok):
     options = GatewayOptions(allowed_origins=allowed, exposed=exposed)
     assert origin_allowed(origin, options, 8080) is ok
+
+
+async def test_a_handshake_with_two_origins_is_refused(app):
+    port = app.gateway.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+        + f"Origin: http://127.0.0.1:{port}\r\nOrigin: https://evil.example\r\n\r\n".encode()
+    )
+    status = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 403")

@@ -190,10 +190,13 @@ class Gateway:
 
     def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to go on with the upgrade; HTTP 403 for a page that may not connect."""
-        origin = request.headers.get("Origin")
-        if origin is None or origin_allowed(origin, self.options, self.port):
+        origins = request.headers.get_all("Origin")
+        if not origins:
             return None
-        log.warning("origin_refused", origin=origin[:200])
+        origin = origins[0]
+        if len(origins) == 1 and origin_allowed(origin, self.options, self.port):
+            return None
+        log.warning("origin_refused", origin=origin[:200], origins=len(origins))
         return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
