@@ -71,7 +71,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from wsgate.testing_redis import RedisServer
+from wsgate.testing_redis import RedisServer, free_port
 
 try:
     import _common
@@ -210,13 +210,6 @@ def _profiles() -> dict[str, Profile]:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port the OS just had free on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pin(pid: int, cpu: int) -> None:

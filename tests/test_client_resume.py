@@ -15,8 +15,8 @@ import json
 import random
 
 import pytest
+from test_client import Peer as ScriptPeer
 from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed
 
 from wsgate.app import App
 from wsgate.client import (
@@ -32,11 +32,9 @@ from wsgate.core.frames import (
     DeltaText,
     ErrorFrame,
     FinishFrame,
-    FrameRejected,
     Resume,
     Start,
     StreamResumed,
-    decode_client_frame,
     decode_server_frame,
 )
 
@@ -102,38 +100,18 @@ def refusal(sid, code, **extra):
     }
 
 
-class Peer:
+class Peer(ScriptPeer):
     """The fake gateway's side of one connection, as a script sees it."""
 
-    def __init__(self, ws):
-        self.ws = ws
-        self.received = []
-
-    async def send(self, *frames):
-        for frame in frames:
-            data = json.dumps(frame)
-            decode_server_frame(data)  # scripts only speak real wsgate.v1
-            await self.ws.send(data)
-
     async def recv(self, kind=None):
-        data = await self.ws.recv()
-        assert isinstance(data, str), "client frames are text frames"
-        frame = decode_client_frame(data, 1 << 20)
-        assert not isinstance(frame, FrameRejected), frame
+        frame = await super().recv()
         assert kind is None or isinstance(frame, kind), frame
-        self.received.append(frame)
         return frame
 
     def drop(self):
         """Lose the TCP connection: no close frame, the client sees 1006."""
         self.drop_time = asyncio.get_running_loop().time()
         self.ws.transport.abort()
-
-    async def hold(self):
-        """Keep the connection open until the client closes it."""
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await self.recv()
 
 
 class FakeGateway:

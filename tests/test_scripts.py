@@ -26,6 +26,7 @@ from wsgate.loadgen.runner import run
 from wsgate.loadgen.stream import Slot, Stream
 from wsgate.loadgen.tally import Result
 from wsgate.mock import MockProvider
+from wsgate.testing_redis import free_port
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -77,21 +78,13 @@ async def mock():
 @pytest.fixture
 async def relay(mock):
     ready = asyncio.Event()
-    port = _free_port()
+    port = free_port()
     task = asyncio.create_task(naive_relay.serve_relay(mock.base_url, "127.0.0.1", port, ready))
     await asyncio.wait_for(ready.wait(), 5)
     yield f"ws://127.0.0.1:{port}/v1/ws"
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_correct(result: Result | dict) -> dict:

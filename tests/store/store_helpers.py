@@ -16,7 +16,7 @@ def require(component: str, present: bool, why: str) -> None:
     """Skip (or, with `WSGATE_REQUIRE_ALL=1`, fail) a test whose component is missing."""
     if present:
         return
-    message = f"{component} is missing: {why}"
+    message = f"missing system component {component} (CI installs it, .ci/run): {why}"
     if os.environ.get("WSGATE_REQUIRE_ALL") == "1":
         pytest.fail(f"{message} (WSGATE_REQUIRE_ALL=1: every component is required)")
     pytest.skip(message)

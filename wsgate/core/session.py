@@ -444,8 +444,7 @@ class Session:
     def refuse(self, stream_id: str | None, error: WsgateError) -> list[Action]:
         """A pending claim or resume failed (or a cancel by message_id): its refusal."""
         if stream_id is not None:
-            self.attached.pop(stream_id, None)
-            self._cancel_after.discard(stream_id)
+            self.follower_ended(stream_id)
         return [_refuse(error.code, error.public_message, stream_id, error.retry_after_ms)]
 
     def follower_ended(self, stream_id: str) -> None:

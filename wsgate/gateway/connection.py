@@ -105,6 +105,15 @@ class Shared:
     detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     detached_owners: set[Connection] = field(default_factory=set)
 
+    def cancel_here(self, message_id: str) -> bool:
+        """Cancel a logged generation if it runs on this node; whether it did."""
+        local = self.generations.get(message_id)
+        if local is None:
+            return False
+        connection, stream_id = local
+        connection.apply(connection.session.cancel(stream_id))
+        return True
+
 
 class Connection:
     """Runs one accepted WebSocket until it closes."""
@@ -504,10 +513,7 @@ class Connection:
         task.add_done_callback(_log_failure)
 
     def _cancel_message(self, message_id: str) -> None:
-        local = self.shared.generations.get(message_id)
-        if local is not None:
-            owner, stream_id = local
-            owner.apply(owner.session.cancel(stream_id))
+        if self.shared.cancel_here(message_id):
             return
         task = asyncio.create_task(self._cancel_remote(message_id), name="cancel-by-message")
         self._cancels.add(task)
@@ -545,8 +551,7 @@ class Connection:
         for data in frames:
             outbox.push(stream_id, data)
         if ended:
-            outbox.end_stream(stream_id)
-            self.session.follower_ended(stream_id)
+            outbox.end_stream(stream_id)  # the follower frees the id as it returns
         if frames:
             self.writer.wake()
             in_transport = self._transport_buffered()

@@ -182,11 +182,8 @@ class Gateway:
 
     def _cancel_here(self, message_id: str) -> None:
         """Another node asked for a cancel of a generation running here."""
-        local = self.shared.generations.get(message_id)
-        if local is not None:
-            connection, stream_id = local
+        if self.shared.cancel_here(message_id):
             log.info("cancel_from_another_node", message_id=message_id)
-            connection.apply(connection.session.cancel(stream_id))
 
     def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to go on with the upgrade; HTTP 403 for a page that may not connect."""

@@ -24,20 +24,30 @@ import asyncio
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 
-from wsgate.core.store import Claim, LogBound, Meta, Page, StoreLimits
+from wsgate.core.store import Claim, LogBound, Meta, Page, State, StoreLimits
 
 DEFAULT_TOTAL_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(slots=True)
 class _Message:
-    meta: Meta
+    """One message's log and record; its `Meta` is made when a read asks for it."""
+
+    epoch: str
+    owner: str
     bound: LogBound
     entries: deque[tuple[int, bytes]] = field(default_factory=deque)
     key: str | None = None
+    top: int = 0
+    state: State = "running"
+    finish: str | None = None
+
+    def meta(self, *, expired: bool = False) -> Meta:
+        first = self.top + 1 if expired or not self.entries else self.bound.first
+        return Meta(self.epoch, self.owner, self.state, first, self.top, self.finish, expired)
 
 
 class MemoryStore:
@@ -106,16 +116,14 @@ class MemoryStore:
         if message_id in self._messages:
             return
         limits = self._limits
-        meta = Meta(epoch=epoch, owner=self._node_id, state="running", first=1, top=0)
-        self._messages[message_id] = _Message(
-            meta, LogBound(limits.max_frames, limits.max_bytes), key=idempotency_key
-        )
+        bound = LogBound(limits.max_frames, limits.max_bytes)
+        self._messages[message_id] = _Message(epoch, self._node_id, bound, key=idempotency_key)
         self._running[message_id] = self._clock() + limits.run_ttl_s
 
     def append(self, message_id: str, seq: int, data: bytes) -> None:
         """Log one frame; trims the oldest past the bounds."""
         message = self._messages.get(message_id)
-        if message is None or seq <= message.meta.top or message.meta.state == "ended":
+        if message is None or seq <= message.top or message.state == "ended":
             return
         message.entries.append((seq, data))
         self._total += len(data)
@@ -123,7 +131,7 @@ class MemoryStore:
         entries = message.entries
         while entries[0][0] < first:
             self._total -= len(entries.popleft()[1])
-        message.meta = replace(message.meta, first=first, top=seq)
+        message.top = seq
         self._wake(message_id)
         if self._total > self.max_total_bytes:
             self._shed()
@@ -131,9 +139,9 @@ class MemoryStore:
     def end(self, message_id: str, finish: str) -> None:
         """The message ended: its log and key live one window from now."""
         message = self._messages.get(message_id)
-        if message is None or message.meta.state == "ended":
+        if message is None or message.state == "ended":
             return
-        message.meta = replace(message.meta, state="ended", finish=finish)
+        message.state, message.finish = "ended", finish
         self._running.pop(message_id, None)
         self._ended[message_id] = self._clock() + self._limits.window_s
         self._wake(message_id)
@@ -150,7 +158,7 @@ class MemoryStore:
         if message is None:
             tomb = self._tombs.get(message_id)
             return None if tomb is None else Page(tomb[1])
-        meta = message.meta
+        meta = message.meta()
         skip = max(0, after + 1 - meta.first)
         return Page(meta, list(islice(message.entries, skip, skip + limit)))
 
@@ -237,7 +245,7 @@ class MemoryStore:
         key = message.key
         if key is not None and key in self._keys and self._keys[key].message_id == message_id:
             del self._keys[key]
-        tomb = replace(message.meta, expired=True, first=message.meta.top + 1)
+        tomb = message.meta(expired=True)
         self._tombs[message_id] = (now + self._limits.window_s, tomb)
 
     def _shed(self) -> None:
