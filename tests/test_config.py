@@ -299,6 +299,8 @@ def test_secret_never_appears_in_repr_str_or_summary(write_toml):
         "drain_timeout_s": 20.0,
         "reconnect_after_ms": 1000,
         "allow_anonymous": False,
+        "tls_cert": None,
+        "tls_key": None,
     }
 
 

@@ -107,7 +107,14 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000  # advice in `goaway`
     # UNSAFE: lets a gateway holding a real provider's key listen beyond loopback without
     # authentication (anyone who can reach it spends your key). See `check_exposure`.
+    # With [auth] configured: connections without credentials are let in as anonymous.
     allow_anonymous: bool = False
+    tls_cert: str | None = None  # PEM certificate chain: the listener speaks wss:// (TLS 1.2+)
+    tls_key: str | None = None  # PEM private key of tls_cert; both reloaded on SIGHUP
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("server.tls_cert, server.tls_key: set both or neither")
 
 
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -125,6 +132,10 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     max_stream_duration_s: _Seconds = 900.0
     heartbeat_interval_s: _Seconds = 15.0  # a `heartbeat` frame after this much silence
     ping_interval_s: _Seconds = 20.0  # WebSocket ping; no pong within as long closes
+    max_connections: _Count = 10_000  # open WebSocket connections on this node
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 256  # 0: no cap
+    max_pending_handshakes: _Count = 256  # TCP connections not yet upgraded (or refused)
+    handshake_timeout_s: _Seconds = 10.0  # TCP accept (TLS included) to the upgrade's end
 
 
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -150,6 +161,102 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
             raise ConfigError("store.url: expected a redis://, rediss:// or unix:// URL")
         if not self.prefix or any(c in self.prefix for c in "{} "):
             raise ConfigError("store.prefix: must be non-empty, without braces or spaces")
+
+
+class QuotaSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Rate limits and quotas of one principal (anonymous clients: of one client IP); 0: none.
+
+    Enforced per node with the memory store, across every node with the Redis store.
+    """
+
+    starts_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    concurrent_streams: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0  # prompt and output tokens
+    connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class ApiKeySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One API key, stored as its SHA-256 (`wsgate hash-key` prints it), never in clear."""
+
+    principal: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    models: list[str] = []  # model aliases this key may use; empty: every model
+    quota: QuotaSettings | None = None  # None: [auth.quota]
+    revoked: bool = False
+
+
+JWT_ALGORITHMS: Final = ("HS256", "RS256", "ES256", "EdDSA")
+
+
+class JwtSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Tokens signed by the operator's identity provider; one key source may be set.
+
+    `algorithms` is an allowlist: a token naming another (`none` included) is refused,
+    and an HMAC algorithm is never tried against a public key (HS/RS confusion).
+    """
+
+    # None: ["HS256"] with a secret, ["RS256", "ES256", "EdDSA"] with public keys.
+    algorithms: list[Literal["HS256", "RS256", "ES256", "EdDSA"]] | None = None
+    secret: Secret | None = None  # HS256
+    secret_env: _EnvName | None = None  # HS256, from the environment
+    public_key_file: str | None = None  # one PEM public key (RS256, ES256, EdDSA)
+    jwks_file: str | None = None  # a JWKS document; keys chosen by `kid`
+    jwks_url: _HttpUrl | None = None  # fetched at start, cached, fetched again for a new kid
+    jwks_refresh_s: _Seconds = 300.0  # the cache's age before a fetch; also the fetch spacing
+    audience: str | None = None  # `aud` must contain it when set
+    issuer: str | None = None  # `iss` must equal it when set
+    leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0  # for exp, nbf, iat
+    principal_claim: str = "sub"
+
+    def __post_init__(self) -> None:
+        sources = ("secret", "secret_env", "public_key_file", "jwks_file", "jwks_url")
+        if sum(getattr(self, name) is not None for name in sources) != 1:
+            raise ConfigError(f"auth.jwt: set exactly one of {', '.join(sources)}")
+        hmac_key = self.secret is not None or self.secret_env is not None
+        if self.algorithms is not None and (hmac_key != (self.algorithms == ["HS256"])):
+            raise ConfigError(
+                'auth.jwt.algorithms: an HMAC secret goes with ["HS256"] alone, and '
+                "public keys with asymmetric algorithms only (HS/RS confusion)"
+            )
+        if self.algorithms == []:
+            raise ConfigError("auth.jwt.algorithms: must not be empty")
+
+    @property
+    def allowed_algorithms(self) -> tuple[str, ...]:
+        """The algorithms a token may name."""
+        if self.algorithms is not None:
+            return tuple(self.algorithms)
+        if self.secret is not None or self.secret_env is not None:
+            return ("HS256",)
+        return ("RS256", "ES256", "EdDSA")
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Who may connect: API keys, JWTs, one-time tickets; on when keys or `jwt` are set."""
+
+    api_keys: list[ApiKeySettings] = []
+    api_keys_file: str | None = None  # a TOML file of [[api_keys]], read again on SIGHUP
+    jwt: JwtSettings | None = None
+    timeout_s: _Seconds = 10.0  # for the first `auth` frame of a connection without credentials
+    ticket_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=30)] = 30.0
+    quota: QuotaSettings = msgspec.field(default_factory=QuotaSettings)  # per principal
+    anonymous_quota: QuotaSettings = msgspec.field(default_factory=QuotaSettings)  # per IP
+
+    @property
+    def enabled(self) -> bool:
+        """Whether connections must authenticate (unless `server.allow_anonymous`)."""
+        return bool(self.api_keys) or self.api_keys_file is not None or self.jwt is not None
+
+
+class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The HTTP API listener (`POST /v1/tickets`); on when API keys are configured.
+
+    A listener of its own: the WebSocket listener's HTTP parser answers GET only.
+    """
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    host: str = "127.0.0.1"
+    port: _Port = 8081
 
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -252,6 +359,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     mock: MockSettings = msgspec.field(default_factory=MockSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     providers: dict[str, ProviderSettings] = {}
@@ -271,20 +380,37 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return bool(self.providers)
 
     def check_exposure(self) -> None:
-        """No open relay: a gateway holding a real provider's key stays on loopback.
+        """No open relay: a gateway holding a real provider's key is not open to the network.
 
-        Until authentication exists, anyone who can reach the listener spends the
-        provider's key. Listening beyond loopback with a real provider configured is
-        refused unless `server.allow_anonymous` (`--allow-anonymous`) says it is meant.
+        Without authentication anyone who can reach the listener spends the provider's
+        key. Listening beyond loopback with a real provider configured needs [auth], or
+        `server.allow_anonymous` (`--allow-anonymous`) saying it is meant.
         """
         server = self.server
-        if self.real_providers and not is_loopback(server.host) and not server.allow_anonymous:
+        if (
+            self.real_providers
+            and not is_loopback(server.host)
+            and not self.auth.enabled
+            and not server.allow_anonymous
+        ):
             raise ConfigError(
                 f"server.host: refusing to listen on {server.host!r} with a real provider "
                 "configured and no authentication (anyone who can connect would spend its "
-                "API key); listen on 127.0.0.1, or pass --allow-anonymous "
+                "API key); configure [auth], listen on 127.0.0.1, or pass --allow-anonymous "
                 "(server.allow_anonymous = true) if that is really intended"
             )
+
+    @property
+    def open_to_anonymous(self) -> bool:
+        """Whether clients without credentials may run streams (warned about at start)."""
+        return self.server.allow_anonymous or not self.auth.enabled
+
+    @property
+    def api_enabled(self) -> bool:
+        """Whether the HTTP API listener (tickets) runs."""
+        if self.api.enabled == "auto":
+            return self.auth.enabled
+        return self.api.enabled == "on"
 
     @property
     def mock_enabled(self) -> bool:

@@ -28,6 +28,8 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     SLOW_CONSUMER = 4000
     PROTOCOL_VIOLATION = 4500
+    AUTH_FAILED = 4501  # no credentials, bad ones, or none within auth.timeout_s
+    AUTH_EXPIRED = 4502  # the credentials expired and no `auth` refreshed them
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,28 @@ ERROR_CODES: dict[str, ErrorSpec] = {
     ),
     "store_unavailable": ErrorSpec(
         retryable=True, description="The resume store cannot be reached now."
+    ),
+    "auth_required": ErrorSpec(
+        retryable=False,
+        description="The connection must authenticate first: an `auth` frame, a Bearer "
+        "token or a ticket.",
+    ),
+    "auth_failed": ErrorSpec(
+        retryable=False,
+        description="The credentials were refused (unknown, revoked, badly signed, or "
+        "not valid now).",
+    ),
+    "auth_timeout": ErrorSpec(
+        retryable=False, description="No `auth` frame arrived within auth.timeout_s."
+    ),
+    "auth_expired": ErrorSpec(
+        retryable=False,
+        description="The connection's credentials expired without an `auth` refreshing them.",
+    ),
+    "forbidden": ErrorSpec(retryable=False, description="The principal may not use this model."),
+    "rate_limited": ErrorSpec(
+        retryable=True,
+        description="A rate limit or quota of the principal is spent; retry after retry_after_ms.",
     ),
     "internal": ErrorSpec(
         retryable=True, description="An internal error; the operator's logs have the details."
@@ -282,3 +306,44 @@ class UnknownModel(WsgateError):
     """No route for the requested model."""
 
     code = "unknown_model"
+
+
+class AuthRequired(WsgateError):
+    """A frame other than `auth` came before the connection authenticated."""
+
+    code = "auth_required"
+
+
+class AuthFailed(WsgateError):
+    """Credentials were refused; the message never says which check failed to the client."""
+
+    code = "auth_failed"
+
+    def __init__(self, public_message: str, *, reason: str = "invalid") -> None:
+        super().__init__(public_message)
+        self.reason = reason
+        """Why, for the operator's log and counters (never a token): expired, signature..."""
+
+
+class AuthTimeout(WsgateError):
+    """No `auth` frame arrived in time."""
+
+    code = "auth_timeout"
+
+
+class AuthExpired(WsgateError):
+    """The connection's credentials expired."""
+
+    code = "auth_expired"
+
+
+class Forbidden(WsgateError):
+    """The principal may not do this (a model outside its list)."""
+
+    code = "forbidden"
+
+
+class RateLimited(WsgateError):
+    """A rate limit or quota of the principal is spent; `retry_after_ms` says when to retry."""
+
+    code = "rate_limited"
