@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 
 import msgspec
 from websockets.asyncio.client import connect as ws_connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -40,6 +41,7 @@ from websockets.typing import Subprotocol
 from wsgate.core.errors import CloseCode
 from wsgate.core.frames import (
     PROTOCOL,
+    AuthRefreshed,
     Cancel,
     ChatRequest,
     DeltaText,
@@ -63,6 +65,7 @@ from wsgate.core.frames import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+    from ssl import SSLContext
 
     from websockets.asyncio.client import ClientConnection
     from websockets.datastructures import HeadersLike
@@ -279,6 +282,7 @@ class _Mux:
         self.routes: dict[str, _Route] = {}  # started streams whose last frame has not come
         self.connection_errors: list[ErrorFrame] = []
         self.goaway: GoAway | None = None
+        self.auth_refreshed: AuthRefreshed | None = None  # the last refresh's answer
         self.closed: tuple[int, str] | None = None  # once the connection ended for good
         self.stopping = False  # the client is closing: a drop now is no reason to reconnect
         self.live = True  # `ws` is the connection to send on (False while reconnecting)
@@ -461,14 +465,19 @@ class _Mux:
         await self.ws.close(1002, reason)
         return 1002, reason
 
-    def dispatch(self, frame: ServerFrame) -> None:
+    def _connection_frame(self, frame: GoAway | Heartbeat | Ready | AuthRefreshed) -> None:
         if isinstance(frame, GoAway):
             self.goaway = frame
-            return
-        if isinstance(frame, Heartbeat):
-            return  # liveness only
-        if isinstance(frame, Ready):
+        elif isinstance(frame, AuthRefreshed):
+            self.auth_refreshed = frame
+        elif isinstance(frame, Ready):
             raise _ViolationError("a second ready frame")
+        # a heartbeat: liveness only
+
+    def dispatch(self, frame: ServerFrame) -> None:
+        if isinstance(frame, GoAway | Heartbeat | Ready | AuthRefreshed):
+            self._connection_frame(frame)
+            return
         sid = frame.stream_id
         route = self.routes.get(sid) if sid is not None else None
         if route is None or sid is None:
@@ -639,7 +648,7 @@ class Gateway:
         self._reader = asyncio.create_task(self._mux.read(), name=f"wsgate-read-{ready.conn_id}")
 
     @classmethod
-    async def open(
+    async def open(  # noqa: PLR0913 - the connection's options, keyword-only
         cls,
         url: str,
         *,
@@ -647,17 +656,24 @@ class Gateway:
         additional_headers: HeadersLike | None = None,
         resume: bool = True,
         backoff: Backoff | None = None,
+        token: str | None = None,
+        ssl: SSLContext | None = None,
     ) -> Self:
         """Open a connection and wait for `ready`, all within `open_timeout` seconds.
 
         `resume`: reconnect after a drop and resume the open streams (False: a drop ends
         them). `backoff`: the reconnect's waits and time limit (`Backoff()` by default:
         0.2 s base, 5 s cap, 60 s in all); each attempt also has `open_timeout`.
+        `token`: an API key or JWT, sent as `Authorization: Bearer` at every handshake.
+        `ssl`: the TLS context for a `wss://` URL (default: the system's trust store).
         """
-        ws, ready = await _open_connection(url, open_timeout, additional_headers)
+        headers: dict[str, str] = dict(Headers(additional_headers or {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        ws, ready = await _open_connection(url, open_timeout, headers, ssl)
 
         async def dial(budget: float) -> tuple[ClientConnection, Ready]:
-            return await _open_connection(url, min(open_timeout, budget), additional_headers)
+            return await _open_connection(url, min(open_timeout, budget), headers, ssl)
 
         return cls(ws, ready, dial=dial if resume else None, backoff=backoff)
 
@@ -756,10 +772,14 @@ class Gateway:
 
 
 async def _open_connection(
-    url: str, open_timeout: float, additional_headers: HeadersLike | None
+    url: str,
+    open_timeout: float,
+    additional_headers: HeadersLike | None,
+    ssl: SSLContext | None = None,
 ) -> tuple[ClientConnection, Ready]:
     """Open a connection and wait for `ready` within `open_timeout`; raises `ConnectError`."""
     ws: ClientConnection | None = None
+    tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
     try:
         async with asyncio.timeout(open_timeout):
             ws = await ws_connect(
@@ -769,6 +789,7 @@ async def _open_connection(
                 compression=None,  # token frames are tiny; deflate costs more than it saves
                 max_size=_MAX_SERVER_FRAME_BYTES,
                 open_timeout=None,
+                **tls,
             )
             ready = await _receive_ready(ws)
     except BaseException as exc:
@@ -796,13 +817,15 @@ async def _receive_ready(ws: ClientConnection) -> Ready:
 
 
 @contextlib.asynccontextmanager
-async def connect(
+async def connect(  # noqa: PLR0913 - the connection's options, keyword-only
     url: str,
     *,
     open_timeout: float = 10,
     additional_headers: HeadersLike | None = None,
     resume: bool = True,
     backoff: Backoff | None = None,
+    token: str | None = None,
+    ssl: SSLContext | None = None,
 ) -> AsyncIterator[Gateway]:
     """Open a `Gateway` (waiting for `ready`) and close it on exit; see `Gateway.open`."""
     gateway = await Gateway.open(
@@ -811,6 +834,8 @@ async def connect(
         additional_headers=additional_headers,
         resume=resume,
         backoff=backoff,
+        token=token,
+        ssl=ssl,
     )
     try:
         yield gateway

@@ -27,8 +27,12 @@ from websockets.uri import parse_uri
 from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamProtocolError, WsgateError
 from wsgate.core.frames import ChatRequest, StartOptions
+from wsgate.core.principal import Principal, Quota, anonymous
 from wsgate.core.session import Resolver
 from wsgate.core.stream import UpstreamParser
+
+LOCAL: Principal = anonymous("127.0.0.1", Quota())
+"""An anonymous principal without quotas, for sessions made in tests."""
 
 
 class ParserTarget:

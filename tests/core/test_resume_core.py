@@ -21,9 +21,9 @@ from wsgate.core.frames import (
 )
 from wsgate.core.resume import FOLD_CHARS, Tail, fingerprint, judge, retarget
 from wsgate.core.session import (
+    AdmitStart,
     BeginLog,
     CancelMessage,
-    ClaimStart,
     LogPolicy,
     ResumeStream,
     SendControl,
@@ -33,7 +33,7 @@ from wsgate.core.session import (
     StartUpstream,
 )
 from wsgate.core.store import Meta, Page
-from wsgate.testing import ParserTarget, ScriptedParser
+from wsgate.testing import LOCAL, ParserTarget, ScriptedParser
 
 
 def text(seq: int, value: str, sid: str = "old") -> bytes:
@@ -179,6 +179,7 @@ def make_session(*, healthy: bool = True, without_log: bool = False, max_streams
         lambda _request, _options: ParserTarget(ScriptedParser),
         lambda: f"msg_{next(ids)}",
         log=LogPolicy(lambda: f"e{next(epochs)}", lambda: healthy, without_log),
+        principal=LOCAL,
     )
 
 
@@ -223,10 +224,10 @@ def test_a_start_while_the_store_is_down_runs_unlogged_when_the_operator_chose_s
 def test_a_keyed_start_claims_its_key_before_anything_runs():
     session = make_session()
     (claim,) = session.receive(start(idempotency_key="k"), 0.0)
-    assert isinstance(claim, ClaimStart)
+    assert isinstance(claim, AdmitStart)
     assert session.streams == {}
     assert session.attached == {"s1": None}
-    begin, _, upstream = session.claimed(claim, 0.0)
+    begin, _, upstream = session.admitted(claim, 0.0)
     assert begin == BeginLog("s1", claim.message_id, claim.epoch, claimed=True)
     assert isinstance(upstream, StartUpstream)
     assert upstream.message_id == claim.message_id
@@ -237,7 +238,7 @@ def test_a_keyed_start_claims_its_key_before_anything_runs():
 def test_a_keyed_start_held_by_the_same_request_follows_it():
     session = make_session()
     (claim,) = session.receive(start(idempotency_key="k"), 0.0)
-    assert isinstance(claim, ClaimStart)
+    assert isinstance(claim, AdmitStart)
     assert session.attach("s1", "msg_other") == []
     assert session.attached == {"s1": "msg_other"}
     (cancel,) = session.receive(orjson.dumps({"type": "cancel", "stream_id": "s1"}), 0.0)
@@ -247,9 +248,9 @@ def test_a_keyed_start_held_by_the_same_request_follows_it():
 def test_a_cancel_while_a_claim_pends_cancels_once_it_is_resolved():
     session = make_session()
     (claim,) = session.receive(start(idempotency_key="k"), 0.0)
-    assert isinstance(claim, ClaimStart)
+    assert isinstance(claim, AdmitStart)
     assert session.receive(orjson.dumps({"type": "cancel", "stream_id": "s1"}), 0.0) == []
-    actions = session.claimed(claim, 0.0)
+    actions = session.admitted(claim, 0.0)
     finish_out = [a for a in actions if isinstance(a, SendStream)][-1]
     assert finish_out.output.closed
     assert session.streams == {}

@@ -30,7 +30,7 @@ from wsgate.core.session import (
     SessionLimits,
     StartUpstream,
 )
-from wsgate.testing import FakeClock, ParserTarget, ScriptedParser
+from wsgate.testing import LOCAL, FakeClock, ParserTarget, ScriptedParser
 
 
 def make_session(parsers=None, max_streams=4, telemetry_interval=0.5):
@@ -50,6 +50,7 @@ def make_session(parsers=None, max_streams=4, telemetry_interval=0.5):
         factory,
         lambda: f"msg_{next(ids)}",
         "test",
+        principal=LOCAL,
     )
 
 
@@ -155,13 +156,8 @@ def test_an_unknown_model_is_refused_before_anything_starts():
     assert session.streams == {}
 
 
-@pytest.mark.parametrize("frame_type", ["auth", "tool_result"])
-def test_reserved_frames_are_answered_with_unsupported(frame_type):
-    bodies = {
-        "auth": {"token": "t"},
-        "tool_result": {"stream_id": "s", "call_id": "c", "content": "x"},
-    }
-    data = orjson.dumps({"type": frame_type, **bodies[frame_type]})
+def test_the_reserved_tool_result_frame_is_answered_with_unsupported():
+    data = orjson.dumps({"type": "tool_result", "stream_id": "s", "call_id": "c", "content": 1})
     error = refusal(make_session().receive(data, 0.0))
     assert error.code == "unsupported"
 
@@ -295,7 +291,11 @@ def test_a_tool_call_too_deep_to_encode_fails_the_stream_with_seq_intact():
 
 def test_the_bad_frame_that_reaches_the_limit_closes_the_connection_and_nothing_more_is_read():
     session = Session(
-        "c", SessionLimits(max_bad_frames=3), lambda _r, _o: ParserTarget(ScriptedParser), str
+        "c",
+        SessionLimits(max_bad_frames=3),
+        lambda _r, _o: ParserTarget(ScriptedParser),
+        str,
+        principal=LOCAL,
     )
     assert refusal(session.receive("[]", 0.0)).code == "bad_frame"
     assert refusal(session.receive_binary()).code == "bad_frame"

@@ -11,14 +11,15 @@ import orjson
 from wsgate.core import events as ev
 from wsgate.core.frames import ErrorFrame, FinishFrame
 from wsgate.core.session import CancelUpstream, SendStream, Session, SessionLimits
-from wsgate.testing import ScriptedParser, resolver
+from wsgate.testing import LOCAL, ScriptedParser, resolver
 
 TEXT = [[ev.TextDelta("hello")]]
 
 
 def session(parser: ScriptedParser | None = None) -> Session:
     limits = SessionLimits(first_token_timeout=10.0, max_duration=100.0)
-    return Session("c", limits, resolver(lambda: parser or ScriptedParser()), lambda: "msg_1")
+    make = resolver(lambda: parser or ScriptedParser())
+    return Session("c", limits, make, lambda: "msg_1", principal=LOCAL)
 
 
 def start(s: Session, now: float = 0.0, sid: str = "s1") -> None:

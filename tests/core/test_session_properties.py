@@ -10,7 +10,7 @@ from wsgate.core import events as ev
 from wsgate.core.errors import ShuttingDown, UpstreamError
 from wsgate.core.frames import ErrorFrame, FinishFrame
 from wsgate.core.session import SendControl, SendStream, Session, SessionLimits
-from wsgate.testing import ScriptedParser, resolver
+from wsgate.testing import LOCAL, ScriptedParser, resolver
 
 STREAMS = ["a", "b", "c"]
 
@@ -58,7 +58,8 @@ def test_every_stream_gets_exactly_one_finish_and_nothing_after_it(steps):
     def parser():
         return ScriptedParser([[ev.TextDelta("t")]] * 100)
 
-    session = Session("c", SessionLimits(max_streams=8), resolver(parser), lambda: "m")
+    limits = SessionLimits(max_streams=8)
+    session = Session("c", limits, resolver(parser), lambda: "m", principal=LOCAL)
     rec = Recorder()
     now = 0.0
     for kind, sid in steps:

@@ -15,12 +15,14 @@ from wsgate.core import events as ev
 from wsgate.core.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimited
 from wsgate.core.frames import DeltaRole, DeltaText, ErrorFrame, FinishFrame
 from wsgate.core.session import Session, SessionLimits, StartUpstream
-from wsgate.testing import ParserTarget, ScriptedParser, resolver
+from wsgate.testing import LOCAL, ParserTarget, ScriptedParser, resolver
 
 
 def session_with(parsers, buffering="immediate"):
     queue = list(parsers)
-    session = Session("c1", SessionLimits(), resolver(lambda: queue.pop(0)), lambda: "m1")
+    session = Session(
+        "c1", SessionLimits(), resolver(lambda: queue.pop(0)), lambda: "m1", principal=LOCAL
+    )
     frame = {
         "type": "start",
         "stream_id": "s1",

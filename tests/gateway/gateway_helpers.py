@@ -12,7 +12,7 @@ from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Store, Upstream
-from wsgate.testing import RecordingWebSocket, resolver
+from wsgate.testing import LOCAL, RecordingWebSocket, resolver
 
 
 def make_connection(
@@ -35,9 +35,10 @@ def make_connection(
         resolve or resolver(lambda: make_parser("openai_chat", 1 << 20)),
         lambda: f"msg_{next(ids)}",
         log=None if store is None else LogPolicy(lambda: "ep_t", lambda: store.healthy),
+        principal=LOCAL,
     )
     shared = Shared(store=store)
-    return Connection(ws, session, upstream, options, shared)  # type: ignore[arg-type]
+    return Connection(ws, session, upstream, options, shared, principal=LOCAL)  # type: ignore[arg-type]
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from wsgate.gateway import follower
 from wsgate.gateway.connection import MAX_PENDING_CANCELS
 from wsgate.gateway.follower import Follow, follow
 from wsgate.store.memory import MemoryStore
-from wsgate.testing import ParserTarget, RecordingWebSocket, ScriptedParser, ScriptedUpstream
+from wsgate.testing import LOCAL, ParserTarget, RecordingWebSocket, ScriptedParser, ScriptedUpstream
 
 
 @dataclass
@@ -60,7 +60,11 @@ def received(ws: RecordingWebSocket) -> list[dict]:
 
 def make_host() -> Host:
     session = Session(
-        "c", SessionLimits(), lambda _r, _o: ParserTarget(ScriptedParser), lambda: "m"
+        "c",
+        SessionLimits(),
+        lambda _r, _o: ParserTarget(ScriptedParser),
+        lambda: "m",
+        principal=LOCAL,
     )
     session.attached["r1"] = None  # as the session's `resume` left it
     host = Host(session)

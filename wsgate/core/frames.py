@@ -143,9 +143,13 @@ class Cancel(_Frame, tag="cancel"):
 
 
 class Auth(_Frame, tag="auth"):
-    """Reserved: authenticate from a browser. Answered with `unsupported` in this release."""
+    """Authenticate (the first frame of a connection without credentials), or refresh.
 
-    token: str
+    `token` is an API key or a JWT. Sent again before the token's `exp`, it refreshes the
+    connection's credentials (the principal must stay the same): `auth.refreshed` answers.
+    """
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
 
 
 class Resume(_Frame, tag="resume"):
@@ -183,13 +187,29 @@ class ReadyLimits(msgspec.Struct, forbid_unknown_fields=True):
     max_stream_id_length: int
 
 
+class ReadyAuth(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Who the connection acts for, and until when its credentials hold."""
+
+    principal: str
+    method: Literal["api_key", "jwt", "ticket", "anonymous"]
+    expires_in_ms: int | None = None  # None: the credentials do not expire
+
+
 class Ready(_Frame, tag="ready"):
-    """First frame on every connection."""
+    """First frame on every connection (after its `auth` frame when it sends one)."""
 
     protocol: str
     conn_id: str
     server_version: str
     limits: ReadyLimits
+    auth: ReadyAuth | None = None  # absent on a gateway without [auth]
+
+
+class AuthRefreshed(_Frame, tag="auth.refreshed"):
+    """An `auth` frame on an authenticated connection was accepted: new expiry."""
+
+    principal: str
+    expires_in_ms: int | None = None
 
 
 class StreamStarted(_Frame, tag="stream.started"):
@@ -376,6 +396,7 @@ class Heartbeat(_Frame, tag="heartbeat"):
 
 ServerFrame = (
     Ready
+    | AuthRefreshed
     | StreamStarted
     | StreamResumed
     | DeltaRole
@@ -412,8 +433,8 @@ StreamEventFrame = (
     | ErrorFrame
 )
 
-RESERVED_TYPES: Final = frozenset({"auth", "tool_result"})
-CLIENT_TYPES: Final = frozenset({"start", "cancel", "resume"}) | RESERVED_TYPES
+RESERVED_TYPES: Final = frozenset({"tool_result"})
+CLIENT_TYPES: Final = frozenset({"start", "cancel", "resume", "auth"}) | RESERVED_TYPES
 _STREAM_ID_RE: Final = re.compile(STREAM_ID_PATTERN)
 
 # --- decoding ------------------------------------------------------------------------

@@ -54,9 +54,15 @@ def fingerprint(request: ChatRequest, options: StartOptions) -> str:
     return digest.hexdigest()
 
 
-def judge(page: Page | None, last_seq: int, epoch: str | None) -> WsgateError | None:
-    """Why a resume after `last_seq` cannot be served from `page`, or None if it can."""
-    if page is None:
+def judge(
+    page: Page | None, last_seq: int, epoch: str | None, principal: str | None = None
+) -> WsgateError | None:
+    """Why a resume after `last_seq` cannot be served from `page`, or None if it can.
+
+    Another principal's generation reads as unknown, whatever its state: a client learns
+    nothing of messages that are not its own.
+    """
+    if page is None or (principal is not None and page.meta.principal != principal):
         return UnknownMessage("no generation with this message_id is known")
     meta = page.meta
     if meta.expired:

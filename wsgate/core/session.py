@@ -10,7 +10,7 @@ the returned actions (start or cancel an upstream task), drains the outbox to th
 applies the verdicts to its transports and passes time in.
 
 Resume and idempotent starts need the store, which only the shell can ask: the session
-hands them out as actions (`ResumeStream`, `ClaimStart`, `CancelMessage`) and holds their
+hands them out as actions (`ResumeStream`, `AdmitStart`, `CancelMessage`) and holds their
 `stream_id` in `attached` meanwhile and for as long as the shell follows the generation
 there (a follower stream: its frames come from the log, not from a stream of this session).
 
@@ -24,6 +24,13 @@ Rules:
 4. A client that keeps sending frames that are refused as malformed (`bad_frame`,
    `frame_too_large`) is closed at the `max_bad_frames`-th: one `too_many_bad_frames`
    error and close 4500; from then on nothing it sends is read.
+5. Nothing runs before the connection has a principal. The shell gives it one from the
+   handshake (a Bearer token, a ticket, or anonymous) with `authenticated`, or the client's
+   first frame is `auth` (`Authenticate`); any other first frame closes the connection
+   (4501). Then `ready` goes out. A later `auth` refreshes the credentials of the same
+   principal; past their expiry without one, the connection closes (4502).
+6. Streams, resumes, cancels by `message_id` and idempotency keys act for the principal:
+   a model outside its list is `forbidden`; the shell scopes the rest by its id.
 """
 
 from __future__ import annotations
@@ -32,17 +39,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsgate.core.errors import ERROR_CODES, CloseCode, StoreUnavailable, WsgateError
+from wsgate.core.errors import (
+    ERROR_CODES,
+    AuthExpired,
+    AuthFailed,
+    AuthRequired,
+    CloseCode,
+    Forbidden,
+    StoreUnavailable,
+    WsgateError,
+)
 from wsgate.core.flow import FlowControl
 from wsgate.core.frames import (
     MAX_STREAM_ID_LENGTH,
     PROTOCOL,
     Auth,
+    AuthRefreshed,
     Cancel,
     ChatRequest,
     ErrorFrame,
     FrameRejected,
     Ready,
+    ReadyAuth,
     ReadyLimits,
     Resume,
     ServerFrame,
@@ -53,6 +71,7 @@ from wsgate.core.frames import (
     encode_frame,
 )
 from wsgate.core.outbox import Outbox
+from wsgate.core.principal import Principal
 from wsgate.core.resume import fingerprint
 from wsgate.core.stream import Stream, StreamOutput, UpstreamParser
 
@@ -146,19 +165,28 @@ class BeginLog:
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimStart:
-    """A `start` with an idempotency key: claim the key in the store before anything runs.
+class AdmitStart:
+    """A `start` the shell must admit before anything runs: quotas, then an idempotency claim.
 
-    The shell answers with `claimed` (the key was free: the stream starts as `message_id`),
-    `attach` (the same request holds it: follow that generation) or `refuse`.
+    The shell checks the principal's rate limits (`quota`), then, with a `key`, claims it in
+    the store. It answers with `admitted` (the stream starts as `message_id`), `attach`
+    (the same request holds the key: follow that generation) or `refuse`.
     """
 
     start: Start
     target: Target
-    key: str
-    fingerprint: str
+    key: str | None
+    fingerprint: str | None
     message_id: str
-    epoch: str
+    epoch: str | None
+    quota: bool  # the principal's stream quotas apply
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Verify an `auth` frame's token; answer with `authenticated` or `auth_refused`."""
+
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +229,8 @@ Action = (
     | StartUpstream
     | CancelUpstream
     | DetachStream
-    | ClaimStart
+    | AdmitStart
+    | Authenticate
     | ResumeStream
     | CancelMessage
     | CloseConnection
@@ -213,8 +242,13 @@ class Session:
 
     # One per connection, and connections are many: no per-instance dict.
     __slots__ = (
+        "_admission",
+        "_auth_deadline",
+        "_authenticating",
         "_bad_frames",
         "_cancel_after",
+        "_expires_in_ms",
+        "_greeted",
         "_log",
         "_new_message_id",
         "_resolve",
@@ -225,6 +259,7 @@ class Session:
         "flow",
         "limits",
         "outbox",
+        "principal",
         "streams",
     )
 
@@ -236,6 +271,9 @@ class Session:
         new_message_id: Callable[[], str],
         server_version: str = "0",
         log: LogPolicy | None = None,
+        *,
+        principal: Principal | None = None,
+        admission: bool = False,
     ) -> None:
         self.conn_id = conn_id
         self.limits = limits
@@ -244,6 +282,12 @@ class Session:
         """Follower streams: `stream_id` -> the followed `message_id` (None while pending)."""
         self._cancel_after: set[str] = set()  # cancelled while their claim or resume pends
         self._bad_frames = 0  # refused client frames so far (rule 4)
+        self.principal = principal  # rule 5: None until an `auth` frame authenticates it
+        self._greeted = False  # `ready` went out (`authenticated` was told once)
+        self._authenticating = False  # an `auth` frame is being verified
+        self._auth_deadline: float | None = None  # when the credentials expire (monotonic)
+        self._expires_in_ms: int | None = None
+        self._admission = admission  # a limiter admits quota-bound starts (`AdmitStart`)
         self._log = log
         self._resolve = resolve
         self._new_message_id = new_message_id
@@ -255,8 +299,17 @@ class Session:
         self.flow = FlowControl(self.outbox, limits.buffer_bytes)
         """Every flow verdict over that outbox: pause, resume, slow consumer."""
 
+    @property
+    def greeted(self) -> bool:
+        """Whether `ready` went out (the connection was authenticated once)."""
+        return self._greeted
+
     def ready(self) -> Ready:
-        """The first frame of the connection."""
+        """The first frame of the connection, once it has its principal."""
+        principal = self.principal
+        auth = None
+        if principal is not None and principal.method != "anonymous":
+            auth = ReadyAuth(principal.id, principal.method, self._expires_in_ms)
         return Ready(
             protocol=PROTOCOL,
             conn_id=self.conn_id,
@@ -266,13 +319,16 @@ class Session:
                 max_frame_bytes=self.limits.max_frame_bytes,
                 max_stream_id_length=MAX_STREAM_ID_LENGTH,
             ),
+            auth=auth,
         )
 
-    def receive(self, data: str | bytes, now: float) -> list[Action]:
+    def receive(self, data: str | bytes, now: float) -> list[Action]:  # noqa: PLR0911 - per type
         """Handle one client text frame."""
         if self._bad_frames >= self.limits.max_bad_frames:
             return []  # closing: nothing more is read
         frame = decode_client_frame(data, self.limits.max_frame_bytes)
+        if self.principal is None:
+            return self._before_auth(frame)
         if isinstance(frame, FrameRejected):
             return self._bad_frame(_refuse(frame.code, frame.message, frame.stream_id))
         if isinstance(frame, Start):
@@ -281,8 +337,10 @@ class Session:
             return self._cancel_frame(frame)
         if isinstance(frame, Resume):
             return self._resume(frame)
-        if isinstance(frame, Auth | ToolResult):
-            sid = getattr(frame, "stream_id", None)
+        if isinstance(frame, Auth):
+            return self._authenticate(frame)
+        if isinstance(frame, ToolResult):
+            sid = frame.stream_id
             return [_refuse("unsupported", f"`{frame_type(frame)}` is not supported yet", sid)]
         raise TypeError(type(frame).__name__)  # pragma: no cover - the union is exhaustive
 
@@ -290,8 +348,52 @@ class Session:
         """Binary frames carry nothing in wsgate.v1; refuse them, keep the connection."""
         if self._bad_frames >= self.limits.max_bad_frames:
             return []
+        if self.principal is None:
+            return self._before_auth(None)
         message = "binary frames are not accepted; send JSON text frames"
         return self._bad_frame(_refuse("bad_frame", message))
+
+    # --- authentication (rule 5) ------------------------------------------------------
+
+    def _before_auth(self, frame: object) -> list[Action]:
+        """The only frame accepted before the principal is known is one `auth`."""
+        if isinstance(frame, Auth) and not self._authenticating:
+            return self._authenticate(frame)
+        message = "authenticate first: send an `auth` frame, a Bearer token or a ticket"
+        return [_close(CloseCode.AUTH_FAILED, "auth required", AuthRequired(message))]
+
+    def _authenticate(self, frame: Auth) -> list[Action]:
+        if self._authenticating:
+            return [_refuse("bad_frame", "an `auth` frame is being verified already")]
+        self._authenticating = True
+        return [Authenticate(frame.token)]
+
+    def authenticated(self, principal: Principal, now: float, wall: float) -> list[Action]:
+        """Credentials were accepted (`now` monotonic, `wall` epoch seconds): `ready` first.
+
+        A refresh must name the principal the connection has; it moves the expiry.
+        """
+        self._authenticating = False
+        first = not self._greeted
+        if self.principal is not None and principal.id != self.principal.id:
+            refused = AuthFailed("a refresh must authenticate the same principal")
+            return [_close(CloseCode.AUTH_FAILED, "auth failed", refused)]
+        self.principal = principal
+        if principal.expires_at is None:
+            self._auth_deadline = self._expires_in_ms = None
+        else:
+            left = max(0.0, principal.expires_at - wall)
+            self._auth_deadline = now + left
+            self._expires_in_ms = int(left * 1000)
+        if first:
+            self._greeted = True
+            return [SendControl(self.ready())]
+        return [SendControl(AuthRefreshed(principal.id, self._expires_in_ms))]
+
+    def auth_refused(self, error: WsgateError) -> list[Action]:
+        """Credentials were refused, or none came in time: the connection closes (4501)."""
+        self._authenticating = False
+        return [_close(CloseCode.AUTH_FAILED, error.code.replace("_", " "), error)]
 
     def _bad_frame(self, refusal: SendControl) -> list[Action]:
         """A refused frame; the one that reaches `max_bad_frames` closes the connection."""
@@ -385,11 +487,22 @@ class Session:
         return self._settle(stream, stream.fail(error))
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of the running streams (`Stream.deadline`), if any."""
-        return min((stream.deadline() for stream in self.streams.values()), default=None)
+        """The earliest deadline: of the running streams (`Stream.deadline`), of the credentials."""
+        due = min((stream.deadline() for stream in self.streams.values()), default=None)
+        auth = self._auth_deadline
+        if auth is not None and (due is None or auth < due):
+            return auth
+        return due
 
     def expire(self, now: float) -> list[Action]:
-        """End every stream past a deadline: its error and `finish`, and its upstream closed."""
+        """End every stream past a deadline: its error and `finish`, and its upstream closed.
+
+        Credentials past their expiry close the connection (4502), its streams cancelled.
+        """
+        if self._auth_deadline is not None and now >= self._auth_deadline:
+            self._auth_deadline = None
+            expired = AuthExpired("the credentials expired; reconnect with new ones")
+            return [_close(CloseCode.AUTH_EXPIRED, "auth expired", expired)]
         actions: list[Action] = []
         for stream_id, stream in list(self.streams.items()):
             error = stream.timed_out(now)
@@ -418,8 +531,8 @@ class Session:
 
     # --- what the shell reports of claims, resumes and followers --------------------------
 
-    def claimed(self, claim: ClaimStart, now: float) -> list[Action]:
-        """The idempotency key was free: the stream starts as the claimed message."""
+    def admitted(self, claim: AdmitStart, now: float) -> list[Action]:
+        """The start was admitted (quotas, and the idempotency key was free): it runs."""
         sid = claim.start.stream_id
         if sid not in self.attached:
             return []  # refused or gone meanwhile
@@ -462,11 +575,16 @@ class Session:
                 actions.extend(self.cancel(stream_id))
         return actions
 
-    def _start(self, frame: Start, now: float) -> list[Action]:
+    def _start(self, frame: Start, now: float) -> list[Action]:  # noqa: PLR0911 - one per check
         sid = frame.stream_id
         refusal = self._admit(sid)
         if refusal is not None:
             return [refusal]
+        principal = self.principal
+        assert principal is not None  # noqa: S101 - rule 5: nothing is started before it
+        if not principal.may_use(frame.request.model):
+            forbidden = Forbidden(f"this principal may not use model {frame.request.model!r}")
+            return [_refuse(forbidden.code, forbidden.public_message, sid)]
         try:
             target = self._resolve(frame.request, frame.options)
         except WsgateError as exc:
@@ -482,11 +600,13 @@ class Session:
             elif not self._log.without_log or options.idempotency_key is not None:
                 error = StoreUnavailable("the resume store is unavailable; retry shortly")
                 return [_refuse(error.code, error.public_message, sid, 1000)]
-        key = options.idempotency_key
-        if key is not None and epoch is not None:
+        key = options.idempotency_key if epoch is not None else None
+        quota = self._admission and principal.quota.limits_streams
+        if key is not None or quota:
             self.attached[sid] = None
-            digest = fingerprint(frame.request, options)
-            return [ClaimStart(frame, target, key, digest, self._new_message_id(), epoch)]
+            digest = None if key is None else fingerprint(frame.request, options)
+            message_id = self._new_message_id()
+            return [AdmitStart(frame, target, key, digest, message_id, epoch, quota)]
         return self._open(frame, target, self._new_message_id(), epoch, now)
 
     def _resume(self, frame: Resume) -> list[Action]:
@@ -572,3 +692,8 @@ def _refuse(
             retry_after_ms=retry_after_ms,
         )
     )
+
+
+def _close(code: int, reason: str, error: WsgateError) -> CloseConnection:
+    frame = ErrorFrame(error.code, error.public_message, ERROR_CODES[error.code].retryable)
+    return CloseConnection(code, reason, frame)

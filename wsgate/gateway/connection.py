@@ -25,6 +25,12 @@ hands writing to the `Writer` (`writer.py`), and applies the flow verdicts of
   the session ends what is past due (`Session.expire`) and the tasks are cancelled.
 - Disconnect: streams that asked `on_disconnect: continue` are detached (`detached.py`)
   for the disconnect window instead of being cancelled.
+- Authentication: the connection's principal comes from the handshake (`principal`), or
+  from the client's first frame, `auth`, within `auth_timeout` (the session decides; this
+  shell verifies the token with `Shared.authenticate` and arms the expiry timer). A
+  principal with a connection quota takes a slot in the limiter first (`quotas.py`).
+- Quotas: a start the session hands out as `AdmitStart` with `quota` is admitted by the
+  limiter (concurrent streams, starts and tokens per minute) before it runs or claims.
 - Resume: every frame of a logged stream (its `stream.started` carries an epoch) is
   appended to the resume store as it is produced, and its `finish` ends the message there.
   A `resume`, a keyed `start` and a `cancel` by `message_id` need the store's answer: each
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,21 +55,29 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from wsgate.core.errors import (
+    ERROR_CODES,
+    AuthFailed,
+    AuthTimeout,
     CloseCode,
     IdempotencyConflict,
+    RateLimited,
     ShuttingDown,
     SlowConsumer,
+    StoreUnavailable,
     UnknownMessage,
     WsgateError,
 )
 from wsgate.core.flow import Pause
 from wsgate.core.frames import DeltaText, ErrorFrame, FinishFrame, GoAway, Heartbeat, encode_frame
+from wsgate.core.principal import Principal
+from wsgate.core.ratelimit import Limiter
 from wsgate.core.session import (
     Action,
+    AdmitStart,
+    Authenticate,
     BeginLog,
     CancelMessage,
     CancelUpstream,
-    ClaimStart,
     CloseConnection,
     DetachStream,
     ResumeStream,
@@ -79,9 +93,10 @@ from wsgate.gateway.detached import DetachedLog, DetachedStreams
 from wsgate.gateway.follower import Follow, follow
 from wsgate.gateway.options import ConnectionOptions, ConnectionStats
 from wsgate.gateway.ports import Body, Store, Upstream
+from wsgate.gateway.quotas import Quotas
 from wsgate.gateway.stream_task import StreamTasks
 from wsgate.gateway.writer import Batch, Writer
-from wsgate.log import get_logger
+from wsgate.log import bind, get_logger
 
 __all__ = ["Connection", "ConnectionOptions", "ConnectionStats", "Shared", "Upstream"]
 
@@ -104,13 +119,20 @@ class Shared:
     background: set[asyncio.Future[None]] = field(default_factory=set)  # store clean-ups
     detached_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     detached_owners: set[Connection] = field(default_factory=set)
+    authenticate: Callable[[str], Awaitable[Principal]] | None = None  # None: no [auth]
+    auth_timeout: float = 10.0  # s for the first `auth` frame of a connection without one
+    limiter: Limiter | None = None  # quotas; None: none are enforced
+    quota_fail_open: bool = False  # the limiter cannot answer: admit (True) or refuse
 
-    def cancel_here(self, message_id: str) -> bool:
-        """Cancel a logged generation if it runs on this node; whether it did."""
+    def cancel_here(self, message_id: str, principal: str | None = None) -> bool:
+        """Cancel a logged generation if it runs on this node (for `principal`, if given)."""
         local = self.generations.get(message_id)
         if local is None:
             return False
         connection, stream_id = local
+        owner = connection.session.principal
+        if principal is not None and (owner is None or owner.id != principal):
+            return False  # another principal's: it reads as unknown (rule 6)
         connection.apply(connection.session.cancel(stream_id))
         return True
 
@@ -119,6 +141,8 @@ class Connection:
     """Runs one accepted WebSocket until it closes."""
 
     __slots__ = (
+        "_auth_timer",
+        "_auth_token",
         "_backlog_room",
         "_cancels",
         "_closer",
@@ -127,6 +151,8 @@ class Connection:
         "_followers",
         "_held",
         "_logged",
+        "_principal",
+        "_quotas",
         "_room",
         "_silenced",
         "_tasks",
@@ -143,13 +169,15 @@ class Connection:
         "ws",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the connection and what it shares with the gateway
         self,
         ws: ServerConnection,
         session: Session,
         upstream: Upstream,
         options: ConnectionOptions,
         shared: Shared,
+        *,
+        principal: Principal | None = None,
     ) -> None:
         self.ws = ws
         self.session = session
@@ -173,6 +201,10 @@ class Connection:
         self._followers: dict[str, asyncio.Task[None]] = {}  # resumes and keyed starts
         self._cancels: set[asyncio.Task[None]] = set()  # cancels by message_id (bounded)
         self._room: asyncio.Event | None = None  # exists while a follower waits for room
+        self._principal = principal  # from the handshake; None: the first frame is `auth`
+        self._auth_token: str | None = None  # an `auth` frame's token, verified by the reader
+        self._auth_timer: asyncio.TimerHandle | None = None  # the first `auth`'s deadline
+        self._quotas: Quotas | None = None  # made with the principal, when quotas apply
 
     @property
     def stream_tasks(self) -> StreamTasks:
@@ -191,12 +223,19 @@ class Connection:
         """Serve the connection; returns when it is closed and its own tasks have ended."""
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.options.tick, self._tick)
-        self._control(encode_frame(self.session.ready()))
         try:
+            if self._principal is not None:
+                await self._authenticated(self._principal)
+            else:
+                self._auth_timer = loop.call_later(self.shared.auth_timeout, self._auth_late)
             await self._reader()
         finally:
             self._silenced = True
             self._timer.cancel()
+            if self._auth_timer is not None:
+                self._auth_timer.cancel()
+            if self._quotas is not None:
+                self._quotas.close()
             await self._stop_followers()
             self.apply(self.session.connection_lost())
             if not self.logs and self._deadline is not None:
@@ -222,12 +261,78 @@ class Connection:
                 else:
                     actions = self.session.receive_binary()
                 self.apply(actions)
+                if self._auth_token is not None:
+                    await self._verify()
                 if self.flow.reader_paused():
                     await self._wait_for_backlog()
                 if len(self._cancels) >= MAX_PENDING_CANCELS:
                     await asyncio.wait(self._cancels, return_when=asyncio.FIRST_COMPLETED)
         except websockets.ConnectionClosed:
             pass
+
+    # --- authentication (the session's rule 5) -----------------------------------------
+
+    async def _verify(self) -> None:
+        """Verify an `auth` frame's token; the session takes the verdict."""
+        token, self._auth_token = self._auth_token, None
+        assert token is not None  # noqa: S101 - called when one waits
+        authenticate = self.shared.authenticate
+        if authenticate is None:
+            self.apply(self.session.auth_refused(AuthFailed("this gateway has no [auth]")))
+            return
+        try:
+            principal = await authenticate(token)
+        except AuthFailed as exc:
+            self.apply(self.session.auth_refused(exc))
+            return
+        except Exception:  # a bug must not leave the connection waiting
+            log.exception("authenticate_crashed")
+            self.apply(self.session.auth_refused(AuthFailed("the credentials were refused")))
+            return
+        await self._authenticated(principal)
+
+    async def _authenticated(self, principal: Principal) -> None:
+        """Credentials were accepted: a connection slot first, then the session's `ready`."""
+        first = not self.session.greeted
+        if first:
+            if self._auth_timer is not None:
+                self._auth_timer.cancel()
+                self._auth_timer = None
+            if not await self._admit_connection(principal):
+                return
+            bind(principal=principal.id, auth_method=principal.method)
+            log.info("connection_authenticated")
+        self.apply(self.session.authenticated(principal, time.monotonic(), time.time()))
+        due = self.session.next_deadline()
+        if due is not None:
+            self._watch(due)
+
+    async def _admit_connection(self, principal: Principal) -> bool:
+        """Take the principal's connection slot (its quota); False: refused and closing."""
+        limiter = self.shared.limiter
+        quota = principal.quota
+        if limiter is None or not (quota.limits_streams or quota.connections):
+            return True
+        background = self.shared.background
+        self._quotas = Quotas(limiter, principal, background, fail_open=self.shared.quota_fail_open)
+        try:
+            await self._quotas.admit_connection(self.session.conn_id)
+        except (RateLimited, StoreUnavailable) as exc:
+            self._quotas = None
+            retryable = ERROR_CODES[exc.code].retryable
+            frame = ErrorFrame(
+                exc.code, exc.public_message, retryable, retry_after_ms=exc.retry_after_ms
+            )
+            self._end_connection(CloseConnection(CloseCode.TRY_AGAIN_LATER, exc.code, frame))
+            return False
+        return True
+
+    def _auth_late(self) -> None:
+        """No `auth` frame came within `auth_timeout`."""
+        self._auth_timer = None
+        if self.session.principal is None and self._auth_token is None:
+            timeout = AuthTimeout(f"no auth frame within {self.shared.auth_timeout:g} s")
+            self.apply(self.session.auth_refused(timeout))
 
     async def _wait_for_backlog(self) -> None:
         # Stop reading the client until the writer has sent what the reader queued: a
@@ -269,22 +374,39 @@ class Connection:
                 self._detach(action)
             elif isinstance(action, BeginLog):
                 self._begin_log(action)
-            elif isinstance(action, CloseConnection):
-                self._end_connection(action)
+            elif isinstance(action, CloseConnection | Authenticate):
+                self._apply_connection(action)
             else:
                 self._apply_stored(action)
 
-    def _apply_stored(self, action: ResumeStream | ClaimStart | CancelMessage) -> None:
-        """The actions that need the store's answer: each in a task of its own."""
+    def _apply_connection(self, action: CloseConnection | Authenticate) -> None:
+        if isinstance(action, Authenticate):
+            self._auth_token = action.token  # the reader verifies it next
+        else:
+            self._end_connection(action)
+
+    def _apply_stored(self, action: ResumeStream | AdmitStart | CancelMessage) -> None:
+        """The actions that need the store's (or limiter's) answer: each in a task of its own."""
         if isinstance(action, ResumeStream):
             what = Follow(
-                action.stream_id, action.message_id, action.last_seq, action.snapshot, action.epoch
+                action.stream_id,
+                action.message_id,
+                action.last_seq,
+                action.snapshot,
+                action.epoch,
+                principal=self._principal_id,
             )
             self._spawn(action.stream_id, self._follow(what))
-        elif isinstance(action, ClaimStart):
-            self._spawn(action.start.stream_id, self._claim(action))
+        elif isinstance(action, AdmitStart):
+            self._spawn(action.start.stream_id, self._admit(action))
         else:
             self._cancel_message(action.message_id)
+
+    @property
+    def _principal_id(self) -> str:
+        principal = self.session.principal
+        assert principal is not None  # noqa: S101 - nothing runs before it (session rule 5)
+        return principal.id
 
     def _control(self, data: bytes) -> None:
         if self._silenced:
@@ -297,6 +419,11 @@ class Connection:
         message_id = self._logged.get(stream_id)
         if message_id is not None:
             self._log(stream_id, message_id, output)
+        quotas = self._quotas
+        if quotas is not None and quotas.tracks(stream_id):
+            quotas.observe(stream_id, output.frames)
+            if output.closed:
+                quotas.stream_ended(stream_id)
         if output.closed:
             self._count_finish(output)
         elif output.deadline is not None:
@@ -430,7 +557,7 @@ class Connection:
         if store is None:
             return
         if not begin.claimed:  # a claim began its message already
-            store.begin(begin.message_id, begin.epoch)
+            store.begin(begin.message_id, begin.epoch, principal=self._principal_id)
         self._logged[begin.stream_id] = begin.message_id
         self.shared.generations[begin.message_id] = (self, begin.stream_id)
 
@@ -466,13 +593,37 @@ class Connection:
             log.exception("follower_crashed", stream_id=what.stream_id)
             self.refuse(what.stream_id, WsgateError("internal error"))
 
-    async def _claim(self, action: ClaimStart) -> None:
+    async def _admit(self, action: AdmitStart) -> None:
+        """Admit a start: the principal's quotas, then its idempotency claim; then it runs."""
+        sid = action.start.stream_id
+        quotas = self._quotas if action.quota else None
+        started = False
+        try:
+            if quotas is not None:
+                await quotas.admit_stream(sid, action.message_id, action.start.request)
+            if action.key is None:
+                actions = self.session.admitted(action, time.monotonic())
+                started = bool(actions)  # empty: cancelled or gone meanwhile
+                self.apply(actions)
+            else:
+                started = await self._claim(action, action.key)
+        except (RateLimited, StoreUnavailable) as exc:
+            self.refuse(sid, exc)
+        finally:
+            if quotas is not None and not started:
+                quotas.stream_ended(sid)  # nothing generates under its slot here
+
+    async def _claim(self, action: AdmitStart, client_key: str) -> bool:
+        """Claim the idempotency key; True when the stream now runs here."""
         store = self.shared.store
         sid = action.start.stream_id
         assert store is not None  # noqa: S101 - a claim is made only with a store
-        key = f"anon:{action.key}"  # scoped per deployment until there are principals
+        assert action.epoch is not None  # noqa: S101 - a key needs a logged stream
+        assert action.fingerprint is not None  # noqa: S101 - made with the key
+        principal = self._principal_id
+        key = f"{principal}:{client_key}"  # idempotency keys are the principal's (rule 6)
         claiming = asyncio.ensure_future(
-            store.claim(key, action.fingerprint, action.message_id, action.epoch)
+            store.claim(key, action.fingerprint, action.message_id, action.epoch, principal)
         )
         try:
             claim = await asyncio.shield(claiming)
@@ -486,21 +637,24 @@ class Connection:
             # retry would attach to a record nothing here will ever generate.
             self._release(store, key, action.message_id)
             self.refuse(sid, exc)
-            return
+            return False
         if claim.new:
-            actions = self.session.claimed(action, time.monotonic())
+            actions = self.session.admitted(action, time.monotonic())
             if not actions:  # refused or gone meanwhile: nothing will run under the key
                 self._release(store, key, action.message_id)
             self.apply(actions)
-        elif claim.fingerprint != action.fingerprint:
+            return bool(actions)
+        if claim.fingerprint != action.fingerprint:
             conflict = IdempotencyConflict("this idempotency_key names a different request")
             self.refuse(sid, conflict)
         else:
             log.info("idempotent_start_attached", stream_id=sid, message_id=claim.message_id)
-            await self._follow(Follow(sid, claim.message_id, 0, announce=False))
+            attach = Follow(sid, claim.message_id, 0, announce=False, principal=principal)
+            await self._follow(attach)
+        return False
 
     def _abandon(
-        self, store: Store, key: str, action: ClaimStart, done: asyncio.Future[Claim]
+        self, store: Store, key: str, action: AdmitStart, done: asyncio.Future[Claim]
     ) -> None:
         if not done.cancelled() and done.exception() is None and done.result().new:
             self._release(store, key, action.message_id)
@@ -513,17 +667,20 @@ class Connection:
         task.add_done_callback(_log_failure)
 
     def _cancel_message(self, message_id: str) -> None:
-        if self.shared.cancel_here(message_id):
+        principal = self._principal_id
+        if self.shared.cancel_here(message_id, principal):
             return
-        task = asyncio.create_task(self._cancel_remote(message_id), name="cancel-by-message")
+        task = asyncio.create_task(
+            self._cancel_remote(message_id, principal), name="cancel-by-message"
+        )
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
 
-    async def _cancel_remote(self, message_id: str) -> None:
+    async def _cancel_remote(self, message_id: str, principal: str) -> None:
         store = self.shared.store
         try:
             page = None if store is None else await store.read(message_id, 0, 1)
-            if page is None or page.meta.expired:
+            if page is None or page.meta.expired or page.meta.principal != principal:
                 raise UnknownMessage("no generation with this message_id is known")
             if store is not None and page.meta.state == "running":
                 await store.cancel(message_id, page.meta.owner)

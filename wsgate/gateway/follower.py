@@ -51,6 +51,7 @@ class Follow:
     snapshot: bool = False
     epoch: str | None = None
     announce: bool = True  # answer with `stream.resumed` (a keyed retry does not)
+    principal: str | None = None  # whose it must be (None: anyone's, e.g. in unit tests)
 
 
 async def follow(
@@ -104,7 +105,7 @@ async def _open(
     page = await store.read(what.message_id, what.last_seq, PAGE)
     if page is None and not what.announce:  # a keyed retry: the record may be on its way
         page = await _await_begin(store, what)
-    refusal = judge(page, what.last_seq, what.epoch)
+    refusal = judge(page, what.last_seq, what.epoch, what.principal)
     if refusal is not None:
         raise refusal
     assert page is not None  # noqa: S101 - judge refuses a missing page
