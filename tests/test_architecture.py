@@ -44,6 +44,7 @@ CORE_ALLOWED = {
     "itertools",
     "jiter",
     "json",
+    "jwt",  # PyJWT, for core/auth.py: signature checks are pure computation
     "math",
     "msgspec",
     "orjson",

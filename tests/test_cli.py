@@ -208,3 +208,18 @@ def test_wsgate_chat_into_a_pipe_that_closes_exits_without_a_traceback(served):
         _, err = chat.communicate(timeout=20)
     assert chat.returncode == 1
     assert b"Traceback" not in err, err.decode()
+
+
+def test_hash_key_prints_the_sha256_the_api_keys_table_expects(capsys, monkeypatch):
+    import hashlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    expected = hashlib.sha256(b"sk-wsgate-test").hexdigest()
+    assert main(["hash-key", "sk-wsgate-test"]) == 0
+    assert capsys.readouterr().out == f"{expected}\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-wsgate-test\n"))
+    assert main(["hash-key"]) == 0
+    assert capsys.readouterr().out == f"{expected}\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["hash-key"]) == 2
+    assert "no key given" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Owns argument parsing, exit codes (0 ok, 1 failure, 2 usage or configuration error) and
 running coroutines on uvloop. Thin: every command is a call into `app`, `mock`, `client`
-or the core.
+or the core. `hash-key` prints the SHA-256 an `[[auth.api_keys]]` entry stores.
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--out", default="protocol/schema", help="output directory")
     schema.add_argument("--check", action="store_true", help="fail if the files differ")
 
+    hash_key = sub.add_parser(
+        "hash-key", help="print the sha256 of an API key, for [[auth.api_keys]].sha256"
+    )
+    hash_key.add_argument(
+        "key", nargs="?", help="the key (default: read from stdin, which keeps it out of ps)"
+    )
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -124,6 +131,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         return EXIT_OK
     if command == "schema":
         return _schema(Path(args.out), check=args.check)
+    if command == "hash-key":
+        return _hash_key(args.key)
     if command == "chat":
         from wsgate.client import chat  # noqa: PLC0415 - keep server start-up lean
 
@@ -180,6 +189,18 @@ async def _mock_upstream(settings: Settings) -> int:
         await stop.wait()
     finally:
         await mock.stop()
+    return EXIT_OK
+
+
+def _hash_key(key: str | None) -> int:
+    from wsgate.core.auth import hash_key  # noqa: PLC0415 - keep server start-up lean
+
+    if key is None:
+        key = sys.stdin.readline().rstrip("\r\n")  # one line: the key, without its newline
+    if not key:
+        print("wsgate: hash-key: no key given (an argument, or one line on stdin)", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_key(key))
     return EXIT_OK
 
 
