@@ -495,3 +495,82 @@ def test_the_settings_summary_masks_a_redis_password():
         None, environ={}, overrides={"store.url": "redis://:hunter2@127.0.0.1:6379/0"}
     )
     assert "hunter2" not in orjson.dumps(settings_summary(settings)).decode()
+
+
+# --- [auth], the open-relay rule and TLS ---------------------------------------------------
+
+REAL = (
+    '[providers.openai]\nbase_url = "https://api.example.invalid/v1"\n'
+    '[models.gpt]\nprovider = "openai"\n'
+)
+AUTH = '[[auth.api_keys]]\nprincipal = "app"\nsha256 = "' + "ab" * 32 + '"\n'
+
+
+def test_a_real_provider_beyond_loopback_is_allowed_once_auth_is_configured(write_toml):
+    settings = load_settings(write_toml(REAL + AUTH), environ={}, overrides={"server.host": "::"})
+    settings.check_exposure()
+    assert settings.auth.enabled
+    assert not settings.open_to_anonymous
+    assert settings.exposure_warning() is None
+    assert settings_summary(settings)["exposure"] == {
+        "authentication": True,
+        "anonymous_clients": False,
+        "warning": None,
+    }
+
+
+def test_a_real_provider_beyond_loopback_without_auth_is_refused(write_toml):
+    settings = load_settings(write_toml(REAL), environ={}, overrides={"server.host": "0.0.0.0"})
+    with pytest.raises(ConfigError, match=r"configure \[auth\]"):
+        settings.check_exposure()
+
+
+def test_allow_anonymous_beyond_loopback_is_warned_about_and_shown_by_check_config(write_toml):
+    overrides = {"server.host": "0.0.0.0", "server.allow_anonymous": "true"}
+    settings = load_settings(write_toml(REAL + AUTH), environ={}, overrides=overrides)
+    settings.check_exposure()
+    assert settings.open_to_anonymous
+    exposure = settings_summary(settings)["exposure"]
+    assert exposure["anonymous_clients"] is True
+    assert "anyone who can connect spends its API key" in exposure["warning"]
+
+
+@pytest.mark.parametrize(
+    ("jwt_table", "message"),
+    [
+        ('secret = "s"\nalgorithms = ["RS256"]', "HS/RS confusion"),
+        ('public_key_file = "k.pem"\nalgorithms = ["HS256"]', "HS/RS confusion"),
+        ('secret = "s"\njwks_url = "https://idp.example/jwks"', "exactly one of"),
+        ("audience = 'x'", "exactly one of"),
+        ('secret = "s"\nalgorithms = ["none"]', "auth.jwt"),
+    ],
+)
+def test_jwt_settings_that_would_weaken_verification_are_refused(write_toml, jwt_table, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write_toml(f"[auth.jwt]\n{jwt_table}\n"), environ={})
+
+
+def test_jwt_algorithms_default_to_the_key_kind(write_toml):
+    hmac = load_settings(write_toml('[auth.jwt]\nsecret = "s"\n'), environ={})
+    assert hmac.auth.jwt is not None
+    assert hmac.auth.jwt.allowed_algorithms == ("HS256",)
+    public = load_settings(write_toml('[auth.jwt]\njwks_file = "j.json"\n', "b.toml"), environ={})
+    assert public.auth.jwt is not None
+    assert public.auth.jwt.allowed_algorithms == ("RS256", "ES256", "EdDSA")
+
+
+def test_an_api_key_is_configured_by_its_sha256_only(write_toml):
+    with pytest.raises(ConfigError, match="sha256"):
+        load_settings(
+            write_toml('[[auth.api_keys]]\nprincipal = "a"\nsha256 = "sk-x"\n'), environ={}
+        )
+
+
+def test_tls_needs_both_a_certificate_and_its_key(write_toml):
+    with pytest.raises(ConfigError, match="set both or neither"):
+        load_settings(write_toml('[server]\ntls_cert = "c.pem"\n'), environ={})
+
+
+def test_a_ticket_lives_at_most_30_seconds(write_toml):
+    with pytest.raises(ConfigError, match="ticket_ttl_s"):
+        load_settings(write_toml("[auth]\nticket_ttl_s = 60\n"), environ={})

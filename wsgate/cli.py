@@ -161,7 +161,10 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
 async def _serve(settings: Settings) -> int:
     from wsgate.app import App  # noqa: PLC0415 - imported where it is used
 
-    get_logger("wsgate.cli").info("settings", **settings_summary(settings))
+    logger = get_logger("wsgate.cli")
+    logger.info("settings", **settings_summary(settings))
+    if (warning := settings.exposure_warning()) is not None:
+        logger.warning("exposure_warning", warning=warning)
     try:
         await App(settings).run_until_signal()
     except StoreUnavailable as exc:
