@@ -400,6 +400,19 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 "(server.allow_anonymous = true) if that is really intended"
             )
 
+    def exposure_warning(self) -> str | None:
+        """What an operator must hear at start: who may spend a real provider's key freely."""
+        if not self.real_providers or not self.open_to_anonymous:
+            return None
+        if is_loopback(self.server.host):
+            if self.auth.enabled:  # allow_anonymous with auth configured
+                return "clients without credentials may use the real providers (loopback only)"
+            return None
+        return (
+            f"listening on {self.server.host!r} with a real provider and anonymous clients "
+            "allowed (server.allow_anonymous): anyone who can connect spends its API key"
+        )
+
     @property
     def open_to_anonymous(self) -> bool:
         """Whether clients without credentials may run streams (warned about at start)."""
@@ -436,6 +449,11 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
     for provider in summary["providers"].values():
         provider["base_url"] = _mask_userinfo(provider["base_url"])
     summary["store"]["url"] = _mask_userinfo(summary["store"]["url"])  # a Redis password
+    summary["exposure"] = {
+        "authentication": settings.auth.enabled,
+        "anonymous_clients": settings.open_to_anonymous,
+        "warning": settings.exposure_warning(),
+    }
     return summary
 
 
