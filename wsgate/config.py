@@ -202,7 +202,7 @@ class JwtSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     public_key_file: str | None = None  # one PEM public key (RS256, ES256, EdDSA)
     jwks_file: str | None = None  # a JWKS document; keys chosen by `kid`
     jwks_url: _HttpUrl | None = None  # fetched at start, cached, fetched again for a new kid
-    jwks_refresh_s: _Seconds = 300.0  # the cache's age before a fetch; also the fetch spacing
+    jwks_refresh_s: _Seconds = 300.0  # fetched again this often; an unknown kid: at most every 5 s
     audience: str | None = None  # `aud` must contain it when set
     issuer: str | None = None  # `iss` must equal it when set
     leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0  # for exp, nbf, iat

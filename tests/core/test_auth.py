@@ -159,8 +159,8 @@ def test_an_asymmetric_token_is_accepted_with_the_jwks_key_its_kid_names(alg, ki
     assert ASYMMETRIC.verify(sign(alg, kid), NOW, JWKS_KEYS).id == "jwt:alice"
 
 
-def test_a_token_without_exp_never_expires():
-    assert HS.verify(sign(exp=None), NOW, SECRET_KEYS).expires_at is None
+def test_a_token_without_exp_is_refused():
+    assert refused(HS, sign(exp=None), SECRET_KEYS) == "no_expiry"
 
 
 def test_the_principal_claim_may_be_another_claim():
@@ -218,8 +218,9 @@ def test_a_wrong_or_missing_audience_is_refused(aud):
     assert refused(verifier, sign(aud=aud), SECRET_KEYS) == "audience"
 
 
-def test_without_a_configured_audience_any_aud_is_accepted():
-    assert HS.verify(sign(aud="anything"), NOW, SECRET_KEYS).id == "jwt:alice"
+def test_without_a_configured_audience_a_token_for_some_audience_is_refused():
+    assert refused(HS, sign(aud="anything"), SECRET_KEYS) == "audience"
+    assert HS.verify(sign(), NOW, SECRET_KEYS).id == "jwt:alice"
 
 
 @pytest.mark.parametrize("iss", ["https://evil.example", None])

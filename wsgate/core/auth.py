@@ -236,8 +236,11 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
 class JwtVerifier:
     """Checks a JWT against a `KeySet`, the allowlist, and the claims the operator set.
 
-    `aud` and `iss` are checked only when `audience` and `issuer` are set; `exp` is optional
-    (a token without it never expires), as RFC 7519 §4.1 leaves every claim optional.
+    `exp` is required: a bearer credential that spends a provider's money must expire.
+    `iss` is checked when `issuer` is set; a token carrying an `aud` is refused unless
+    `audience` is set and among them (RFC 7519 §4.1.3: a recipient that does not identify
+    itself with the audience MUST reject the token), and with `audience` set, `aud` is
+    required.
     """
 
     __slots__ = (
@@ -289,10 +292,12 @@ class JwtVerifier:
         models, quota = self._grants(claims.get("wsgate"))
         return Principal(f"jwt:{subject}", "jwt", models, quota, expires_at)
 
-    def _check_time(self, claims: dict[str, Any], now: float) -> float | None:
+    def _check_time(self, claims: dict[str, Any], now: float) -> float:
         """RFC 7519 §4.1.4-6, each with the leeway; returns `exp`."""
         exp, nbf, iat = (_number(claims, name) for name in ("exp", "nbf", "iat"))
-        if exp is not None and now >= exp + self.leeway_s:
+        if exp is None:
+            raise _fail("no_expiry")
+        if now >= exp + self.leeway_s:
             raise _fail("expired")
         if nbf is not None and now < nbf - self.leeway_s:
             raise _fail("not_yet_valid")
@@ -301,10 +306,10 @@ class JwtVerifier:
         return exp
 
     def _check_audience_and_issuer(self, claims: dict[str, Any]) -> None:
-        if self.audience is not None:
-            aud = claims.get("aud")
+        aud = claims.get("aud")
+        if self.audience is not None or aud is not None:
             audiences = aud if isinstance(aud, list) else [aud]  # RFC 7519 §4.1.3
-            if self.audience not in audiences:
+            if self.audience is None or self.audience not in audiences:
                 raise _fail("audience")
         if self.issuer is not None and claims.get("iss") != self.issuer:
             raise _fail("issuer")
