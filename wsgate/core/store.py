@@ -13,6 +13,13 @@ What a store keeps, per `message_id` (a generation):
   last `seq` still logged, the finish reason.
 - optionally one idempotency key pointing at the message (`claim`), kept as long as the
   message's log.
+- the principal it was started for (`Meta.principal`, "" when none was given): a resume or
+  a cancel by another principal is the gateway's to refuse.
+
+Besides messages, a store keeps single-use tickets (`put_ticket`, `take_ticket`: an opaque
+payload under the SHA-256 of a ticket, never the ticket itself; taken once, atomically, by
+any node sharing the store; gone at their TTL) and provides the nodes' shared rate limiter
+(`limiter`, a `core.ratelimit.Limiter`, started and stopped with the store).
 
 Writes are buffered: `begin`, `append` and `end` return at once and what one loop turn
 buffered is written together (one round trip in Redis); `flush` waits for it. Reads are
@@ -31,15 +38,18 @@ oldest frames are dropped (a resume from before them gets `resume_trimmed`).
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from wsgate.core.errors import StoreUnavailable
+from wsgate.core.ratelimit import Limiter
 
 __all__ = [
     "Claim",
+    "Limiter",
     "LogBound",
     "Meta",
     "Page",
@@ -47,6 +57,7 @@ __all__ = [
     "Store",
     "StoreLimits",
     "StoreUnavailable",
+    "ticket_digest",
 ]
 
 State = Literal["running", "ended"]
@@ -80,6 +91,7 @@ class Meta:
     top: int  # the last `seq` logged (0 before any)
     finish: str | None = None  # the finish reason, once ended
     expired: bool = False  # the log is gone; only this record is left
+    principal: str = ""  # the principal id it was started for ("" when none was given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +133,14 @@ class Store(Protocol):
     async def close(self) -> None:
         """Write what is buffered, release the lease, disconnect."""
 
-    def begin(self, message_id: str, epoch: str, idempotency_key: str | None = None) -> None:
-        """A message starts on this node (buffered)."""
+    def begin(
+        self,
+        message_id: str,
+        epoch: str,
+        idempotency_key: str | None = None,
+        principal: str = "",
+    ) -> None:
+        """A message started for `principal` on this node (buffered)."""
 
     def append(self, message_id: str, seq: int, data: bytes) -> None:
         """Log one durable frame (buffered; a `seq` already logged is ignored)."""
@@ -136,8 +154,10 @@ class Store(Protocol):
     async def read(self, message_id: str, after: int, limit: int) -> Page | None:
         """The record and up to `limit` frames with `seq` > `after`; None if unknown."""
 
-    async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
-        """Bind an idempotency key to `message_id` and `begin` it, in one step.
+    async def claim(
+        self, key: str, fingerprint: str, message_id: str, epoch: str, principal: str = ""
+    ) -> Claim:
+        """Bind an idempotency key to `message_id` and `begin` it (for `principal`), in one step.
 
         Unless the key names a message whose log is still kept: then that one's `Claim`.
         """
@@ -156,6 +176,21 @@ class Store(Protocol):
 
     def watch(self, message_id: str, owner: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake()` soon after frames of `message_id` are logged; returns an unwatch."""
+
+    async def put_ticket(self, ticket: str, payload: bytes, ttl_s: float) -> None:
+        """Keep `payload` under `ticket` (by its SHA-256) for `ttl_s` seconds."""
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        """The payload of `ticket`, removed in the same step; None if unknown, taken, expired."""
+
+    @property
+    def limiter(self) -> Limiter:
+        """The rate limiter shared by the nodes of this store (started with it)."""
+
+
+def ticket_digest(ticket: str) -> str:
+    """The name a ticket is kept under: its SHA-256, hex (a store never keeps the ticket)."""
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 class LogBound:

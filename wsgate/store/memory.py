@@ -16,20 +16,41 @@ the running ones alone exceed it the store reports itself unhealthy, so the gate
 starts no more logged streams (`store_unavailable`, or unlogged ones) until some end.
 The worst case is thus `max_total_bytes` plus, per running stream, one log's bound.
 Tombstones are a record each, kept one more window.
+
+Tickets: at most `max_tickets` (10_000) waiting, each its digest and payload (a principal's
+JSON, ~0.3 KiB: ~5 MiB at the bound) and an entry of the expiry heap (which also holds taken
+tickets until their time, at most max(2 x the tickets kept, 2048) entries: past that it is
+rebuilt); expired ones are dropped lazily, at the next ticket call, in expiry order; past
+the bound `put_ticket` raises `StoreUnavailable` (a named refusal, not an eviction of
+tickets already handed out). The rate limiter's bounds are
+`limiter_memory.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 
-from wsgate.core.store import Claim, LogBound, Meta, Page, State, StoreLimits
+from wsgate.core.store import (
+    Claim,
+    LogBound,
+    Meta,
+    Page,
+    State,
+    StoreLimits,
+    StoreUnavailable,
+    ticket_digest,
+)
+from wsgate.store.limiter_memory import MemoryLimiter
 
 DEFAULT_TOTAL_BYTES = 256 * 1024 * 1024
+MAX_TICKETS = 10_000
+"""Tickets waiting to be used, at most (a `put_ticket` past it is refused)."""
 
 
 @dataclass(slots=True)
@@ -44,10 +65,14 @@ class _Message:
     top: int = 0
     state: State = "running"
     finish: str | None = None
+    principal: str = ""
 
     def meta(self, *, expired: bool = False) -> Meta:
         first = self.top + 1 if expired or not self.entries else self.bound.first
-        return Meta(self.epoch, self.owner, self.state, first, self.top, self.finish, expired)
+        return Meta(
+            self.epoch, self.owner, self.state, first, self.top, self.finish, expired,
+            self.principal,
+        )  # fmt: skip
 
 
 class MemoryStore:
@@ -59,6 +84,7 @@ class MemoryStore:
         *,
         node_id: str = "local",
         max_total_bytes: int = DEFAULT_TOTAL_BYTES,
+        max_tickets: int = MAX_TICKETS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limits = limits or StoreLimits()
@@ -74,6 +100,10 @@ class MemoryStore:
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._woken: set[str] = set()
         self._cancel: Callable[[str], None] | None = None
+        self.max_tickets = max_tickets
+        self._tickets: dict[str, tuple[float, bytes]] = {}  # digest -> (expires, payload)
+        self._ticket_expiry: list[tuple[float, str]] = []  # a heap; taken ones linger
+        self._limiter = MemoryLimiter(clock)
 
     @property
     def node_id(self) -> str:
@@ -89,6 +119,11 @@ class MemoryStore:
     def healthy(self) -> bool:
         """Whether logs still fit in `max_total_bytes` (there is no backend to lose)."""
         return self._total <= self.max_total_bytes
+
+    @property
+    def limiter(self) -> MemoryLimiter:
+        """This node's rate limiter (in memory, like everything here)."""
+        return self._limiter
 
     @property
     def total_bytes(self) -> int:
@@ -107,17 +142,28 @@ class MemoryStore:
         self._keys.clear()
         self._watchers.clear()
         self._total = 0
+        self._tickets.clear()
+        self._ticket_expiry.clear()
+        self._limiter.clear()
 
     # --- writes ---------------------------------------------------------------------
 
-    def begin(self, message_id: str, epoch: str, idempotency_key: str | None = None) -> None:
-        """A message starts here: an empty log and a running record."""
+    def begin(
+        self,
+        message_id: str,
+        epoch: str,
+        idempotency_key: str | None = None,
+        principal: str = "",
+    ) -> None:
+        """A message starts here (for `principal`): an empty log and a running record."""
         self._sweep()
         if message_id in self._messages:
             return
         limits = self._limits
         bound = LogBound(limits.max_frames, limits.max_bytes)
-        self._messages[message_id] = _Message(epoch, self._node_id, bound, key=idempotency_key)
+        self._messages[message_id] = _Message(
+            epoch, self._node_id, bound, key=idempotency_key, principal=principal
+        )
         self._running[message_id] = self._clock() + limits.run_ttl_s
 
     def append(self, message_id: str, seq: int, data: bytes) -> None:
@@ -162,14 +208,16 @@ class MemoryStore:
         skip = max(0, after + 1 - meta.first)
         return Page(meta, list(islice(message.entries, skip, skip + limit)))
 
-    async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
+    async def claim(
+        self, key: str, fingerprint: str, message_id: str, epoch: str, principal: str = ""
+    ) -> Claim:
         """Bind `key` to `message_id` and begin it, unless `key` names a kept message."""
         self._sweep()
         held = self._keys.get(key)
         if held is not None and held.message_id in self._messages:
             return held
         self._keys[key] = Claim(message_id, fingerprint, new=False)
-        self.begin(message_id, epoch, key)
+        self.begin(message_id, epoch, key, principal)
         return Claim(message_id, fingerprint, new=True)
 
     async def release(self, key: str, message_id: str) -> None:
@@ -182,6 +230,38 @@ class MemoryStore:
             self._running.pop(message_id, None)
             self._ended.pop(message_id, None)
             self._total -= sum(len(data) for _, data in message.entries)
+
+    # --- tickets ----------------------------------------------------------------------
+
+    async def put_ticket(self, ticket: str, payload: bytes, ttl_s: float) -> None:
+        """Keep `payload` under the ticket's digest for `ttl_s`; refused past `max_tickets`."""
+        now = self._clock()
+        self._sweep_tickets(now)
+        digest = ticket_digest(ticket)
+        if len(self._tickets) >= self.max_tickets and digest not in self._tickets:
+            raise StoreUnavailable(f"{self.max_tickets} tickets are waiting already")
+        expires = now + ttl_s
+        self._tickets[digest] = (expires, payload)
+        heapq.heappush(self._ticket_expiry, (expires, digest))
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        """The ticket's payload, once: taking it removes it; None if unknown or expired."""
+        now = self._clock()
+        self._sweep_tickets(now)
+        kept = self._tickets.pop(ticket_digest(ticket), None)
+        return None if kept is None or kept[0] <= now else kept[1]
+
+    def _sweep_tickets(self, now: float) -> None:
+        """Drop the expired tickets (and the heap entries of taken ones as they come due)."""
+        tickets, heap = self._tickets, self._ticket_expiry
+        while heap and heap[0][0] <= now:
+            expires, digest = heapq.heappop(heap)
+            kept = tickets.get(digest)
+            if kept is not None and kept[0] == expires:
+                del tickets[digest]
+        if len(heap) > max(2 * len(tickets), 2048):  # (entries of taken tickets linger)
+            self._ticket_expiry = [(expires, digest) for digest, (expires, _) in tickets.items()]
+            heapq.heapify(self._ticket_expiry)
 
     # --- cancels and wake-ups (one node: both stay in this process) --------------------
 

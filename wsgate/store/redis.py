@@ -13,11 +13,14 @@ False until a probe's PING does; writes are tried meanwhile all the same.
 Keys. One message's keys share a hash tag, so one cluster slot (one script may touch them
 all): `{prefix}:{<message_id>}:ev`, a stream of its frames (entry id `<seq>-0`, field `d`;
 created empty at `begin`), and `{prefix}:{<message_id>}:meta`, a hash (epoch, owner,
-state, first, top, finish, key). An idempotency key is a key of its own (any slot),
+principal, state, first, top, finish, key). An idempotency key is a key of its own (any slot),
 `{prefix}:idem:{<key>}` = `"<message_id> <fingerprint>"` (message ids hold no space).
 A node's lease is `{prefix}:node:<node_id>`, set for `lease_s`, refreshed every
 `lease_s / 3`, deleted at `close`. Channels: `{prefix}:node:<node_id>:ctl` ("cancel <id>",
-"watch <id> <node>") and `{prefix}:wake:<message_id>`.
+"watch <id> <node>") and `{prefix}:wake:<message_id>`. A ticket is
+`{prefix}:ticket:<sha256 of the ticket, hex>` (the ticket itself is never stored), set with
+its TTL and taken with GETDEL, so it is used once whichever node takes it. The rate
+limiter (`limiter_redis.py`, over this store's client) keeps `{prefix}:rl:<key>`.
 
 Writes. `begin`, `append` and `end` only buffer (an append is one tuple on a list); the
 first write of a loop turn creates the flush task (it starts at the next turn, as a
@@ -89,8 +92,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from wsgate.core.store import Claim, LogBound, Meta, Page, StoreLimits, StoreUnavailable
+from wsgate.core.store import (
+    Claim,
+    LogBound,
+    Meta,
+    Page,
+    StoreLimits,
+    StoreUnavailable,
+    ticket_digest,
+)
 from wsgate.log import get_logger
+from wsgate.store.limiter_redis import RedisLimiter
 
 log = get_logger("wsgate.store")
 
@@ -108,7 +120,7 @@ _END: Final = -1  # the `seq` of an `end` in the buffer (its data is the finish)
 
 # Every message of one flush (standalone), or one (cluster: one slot per call). KEYS: per
 # message ev, meta, and its idempotency key with flag 8. ARGV: run_ttl_ms, window_ms, owner,
-# then per message "<entries> <first> <flags>", epoch, the flagged extras in flag order
+# then per message "<entries> <first> <flags>", epoch, principal, the flagged extras in order
 # (1 ended: the finish and the last `seq` generated; 2 watched: the wake channel; 4 keyed:
 # the key as given, for a new record; 8 named: the key's value "<message_id> <fingerprint>"),
 # then <entries> pairs of `seq`, frame in `seq` order. Each message is written under its own
@@ -117,13 +129,13 @@ _END: Final = -1  # the `seq` of an `end` in the buffer (its data is the finish)
 # error that stopped it; none for a message written as it stood.
 _WRITE: Final = b"""
 local run_ttl, window, owner = ARGV[1], ARGV[2], ARGV[3]
-local function write(ev, meta, epoch, n, first, from, finish, last, wake, key, idem, value)
+local function write(ev, meta, epoch, who, n, first, from, finish, last, wake, key, idem, value)
   local held = redis.call('HMGET', meta, 'top', 'state')
   local top, made = tonumber(held[1]), false
   if not top then
     top, made = 0, true
-    redis.call('HSET', meta, 'epoch', epoch, 'owner', owner, 'state', 'running',
-      'first', 1, 'top', 0, 'key', key)
+    redis.call('HSET', meta, 'epoch', epoch, 'owner', owner, 'principal', who,
+      'state', 'running', 'first', 1, 'top', 0, 'key', key)
     if redis.call('EXISTS', ev) == 0 then
       redis.call('XADD', ev, '0-1', 'd', '')
       redis.call('XTRIM', ev, 'MAXLEN', 0)
@@ -174,14 +186,15 @@ while a <= #ARGV do
   m = m + 1
   local n, first, flags = string.match(ARGV[a], '^(%d+) (%d+) (%d+)$')
   n, flags = tonumber(n), tonumber(flags)
-  local epoch, ev, meta = ARGV[a + 1], KEYS[k], KEYS[k + 1]
-  a, k = a + 2, k + 2
+  local epoch, who, ev, meta = ARGV[a + 1], ARGV[a + 2], KEYS[k], KEYS[k + 1]
+  a, k = a + 3, k + 2
   local finish, last, wake, key, idem, value = nil, nil, nil, '', nil, nil
   if bit.band(flags, 1) ~= 0 then finish, last = ARGV[a], ARGV[a + 1]; a = a + 2 end
   if bit.band(flags, 2) ~= 0 then wake = ARGV[a]; a = a + 1 end
   if bit.band(flags, 4) ~= 0 then key = ARGV[a]; a = a + 1 end
   if bit.band(flags, 8) ~= 0 then idem, value = KEYS[k], ARGV[a]; k, a = k + 1, a + 1 end
-  local ok, made = pcall(write, ev, meta, epoch, n, first, a, finish, last, wake, key, idem, value)
+  local ok, made = pcall(
+    write, ev, meta, epoch, who, n, first, a, finish, last, wake, key, idem, value)
   a = a + 2 * n
   if not ok then
     out[#out + 1] = m
@@ -236,6 +249,7 @@ class _Running:
     meta: bytes
     epoch: bytes
     bound: LogBound
+    principal: bytes = b""  # the principal id it was started for
     key: bytes = b""  # the idempotency key as given (b"" without one)
     idem: bytes = b""  # its Redis key
     value: bytes = b""  # the key's value, "<message_id> <fingerprint>" (no fingerprint: begun)
@@ -337,6 +351,9 @@ class RedisStore:
         self._pubsub_nodes: list[tuple[str, int]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe: asyncio.Task[None] | None = None
+        self._limiter = RedisLimiter(
+            self._client, prefix=prefix, lease_s=limits.lease_s, on_lost=self._lost
+        )
 
     @property
     def node_id(self) -> str:
@@ -352,6 +369,11 @@ class RedisStore:
     def healthy(self) -> bool:
         """False while Redis cannot be reached (a probe sets it back)."""
         return self._healthy
+
+    @property
+    def limiter(self) -> RedisLimiter:
+        """The rate limiter every node of this Redis and prefix shares (started with it)."""
+        return self._limiter
 
     # --- keys -----------------------------------------------------------------------
 
@@ -370,6 +392,9 @@ class RedisStore:
     def _owner_key(self, node_id: str) -> bytes:
         return f"{self._prefix}:node:{node_id}".encode()
 
+    def _ticket(self, ticket: str) -> bytes:
+        return f"{self._prefix}:ticket:{ticket_digest(ticket)}".encode()
+
     # --- life -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -387,6 +412,7 @@ class RedisStore:
             await self._disconnect()
             raise StoreUnavailable(f"redis: {exc}") from exc
         self._healthy = self._started = True
+        await self._limiter.start()
         self._spawn(self._hold_lease())
         self._spawn(self._listen())
         self._spawn(self._sync_subscriptions())
@@ -408,6 +434,7 @@ class RedisStore:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._limiter.close()
         if self._resend:
             log.warning("store_unsent_at_close", backend="redis", messages=len(self._resend))
         self._buf, self._begun = [], []
@@ -489,11 +516,19 @@ class RedisStore:
 
     # --- writes ---------------------------------------------------------------------
 
-    def begin(self, message_id: str, epoch: str, idempotency_key: str | None = None) -> None:
+    def begin(
+        self,
+        message_id: str,
+        epoch: str,
+        idempotency_key: str | None = None,
+        principal: str = "",
+    ) -> None:
         """A message starts here: its record and empty log go out with the next flush."""
         if message_id in self._running:
             return
-        self._running[message_id] = self._new_running(message_id, epoch, idempotency_key)
+        self._running[message_id] = self._new_running(
+            message_id, epoch, idempotency_key, principal=principal
+        )
         self._begun.append(message_id)
         if self._drainer is None:
             self._schedule()
@@ -518,7 +553,13 @@ class RedisStore:
             self._schedule()
 
     def _new_running(
-        self, message_id: str, epoch: str, key: str | None, fingerprint: str = ""
+        self,
+        message_id: str,
+        epoch: str,
+        key: str | None,
+        fingerprint: str = "",
+        *,
+        principal: str = "",
     ) -> _Running:
         limits = self._limits
         return _Running(
@@ -526,6 +567,7 @@ class RedisStore:
             self._meta(message_id),
             epoch.encode(),
             LogBound(limits.max_frames, limits.max_bytes),
+            principal=principal.encode(),
             key=b"" if key is None else key.encode(),
             idem=b"" if key is None else self._idem(key),
             value=b"" if key is None else f"{message_id} {fingerprint}".encode(),
@@ -619,16 +661,19 @@ class RedisStore:
             plain = message.finish is None and not message.watched and not rekeyed
             if plain and not message.key:  # the common case: frames only
                 keys += (message.ev, message.meta)
-                args += (head + b"0", message.epoch, *out)
+                args += (head + b"0", message.epoch, message.principal, *out)
             elif plain and owners is None:  # frames of a keyed message (standalone)
                 keys += (message.ev, message.meta, message.idem)
-                args += (head + _KEYED_NAMED, message.epoch, message.key, message.value, *out)
+                args += (
+                    head + _KEYED_NAMED, message.epoch, message.principal, message.key,
+                    message.value, *out,
+                )  # fmt: skip
             else:
                 keys += (message.ev, message.meta)
                 flags, extras = self._extras(
                     mid, message, keys, commands=commands, owners=owners, place=len(sent)
                 )
-                args += (head + b"%d" % flags, message.epoch, *extras, *out)
+                args += (head + b"%d" % flags, message.epoch, message.principal, *extras, *out)
             out.clear()
             if owners is not None:  # a script's keys must share a slot: one per message
                 commands.append(self._write_command(keys, args))
@@ -851,7 +896,7 @@ class RedisStore:
         meta = _parse_meta(fields)
         if not logged:
             return Page(Meta(meta.epoch, meta.owner, meta.state, meta.top + 1, meta.top,
-                             meta.finish, expired=True))  # fmt: skip
+                             meta.finish, expired=True, principal=meta.principal))  # fmt: skip
         page = [(int(eid.partition(b"-")[0]), v[b"d"]) for eid, v in entries[0]] if entries else []
         alive = True
         if meta.state == "running" and meta.owner != self._node_id:
@@ -859,7 +904,9 @@ class RedisStore:
                 alive = bool(await self._client.exists(self._owner_key(meta.owner)))
         return Page(meta, page, alive)
 
-    async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
+    async def claim(
+        self, key: str, fingerprint: str, message_id: str, epoch: str, principal: str = ""
+    ) -> Claim:
         """Bind `key` to `message_id` and begin it, unless `key` names a kept message.
 
         SET NX, then (a new claim) the record. A held key whose message has no log is
@@ -883,14 +930,16 @@ class RedisStore:
                 swap = ("EVALSHA", _SHA[_SWAP_KEY], 1, idem, held, value, self._run_ttl_ms)
                 if await self._run(swap):
                     break
-            message = self._new_running(message_id, epoch, key, fingerprint)
+            message = self._new_running(message_id, epoch, key, fingerprint, principal=principal)
             keys = [message.ev, message.meta]
             side: list[int] | None = [] if self._cluster else None  # (no call of its own)
             flags, extras = self._extras(
                 message_id, message, keys, commands=[], owners=side, place=0
             )
             reply = await self._run(
-                self._write_command(keys, [b"0 1 %d" % flags, message.epoch, *extras])
+                self._write_command(
+                    keys, [b"0 1 %d" % flags, message.epoch, message.principal, *extras]
+                )
             )
             refused = [outcome for outcome in reply[1::2] if outcome != b"made"]
             if refused:
@@ -910,6 +959,19 @@ class RedisStore:
         with self._translated():
             await self._run(("EVALSHA", _SHA[_RELEASE_KEY], 1, self._idem(key), named))
             await self._client.delete(self._ev(message_id), self._meta(message_id))
+
+    # --- tickets --------------------------------------------------------------------
+
+    async def put_ticket(self, ticket: str, payload: bytes, ttl_s: float) -> None:
+        """Keep `payload` under the ticket's digest for `ttl_s` (Redis expires it)."""
+        with self._translated():
+            await self._client.set(self._ticket(ticket), payload, px=max(1, round(ttl_s * 1000)))
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        """The ticket's payload, once (GETDEL: of two nodes taking it, one gets it)."""
+        with self._translated():
+            payload = await self._client.getdel(self._ticket(ticket))
+        return None if payload is None else bytes(payload)  # type: ignore[arg-type]
 
     # --- cancels and wake-ups -------------------------------------------------------
 
@@ -1080,6 +1142,7 @@ def _as_bytes(arg: Any) -> bytes:
 
 def _parse_meta(fields: dict[bytes, bytes]) -> Meta:
     finish = fields.get(b"finish")
+    principal = fields.get(b"principal")
     return Meta(
         epoch=fields[b"epoch"].decode(),
         owner=fields[b"owner"].decode(),
@@ -1087,4 +1150,5 @@ def _parse_meta(fields: dict[bytes, bytes]) -> Meta:
         first=int(fields[b"first"]),
         top=int(fields[b"top"]),
         finish=None if finish is None else finish.decode(),
+        principal="" if principal is None else principal.decode(),
     )
