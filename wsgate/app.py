@@ -1,7 +1,8 @@
 """The composition root: the one place that wires settings, upstream, mock and gateway.
 
-Owns the order of start-up and shutdown. Every other package receives its collaborators
-from here; none of them imports another shell.
+Owns the order of start-up and shutdown, and the process's signals: SIGINT and SIGTERM
+drain, SIGHUP reloads what may change without a restart (`App.reload`). Every other package
+receives its collaborators from here; none of them imports another shell.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from wsgate.config import Settings, is_loopback
 from wsgate.core.retry import RetryPolicy
 from wsgate.core.store import Store, StoreLimits, StoreUnavailable
 from wsgate.gateway.connection import ConnectionOptions
+from wsgate.gateway.guard import FD_RESERVE, GuardOptions, fit_open_files
 from wsgate.gateway.server import Gateway, GatewayOptions
+from wsgate.gateway.tls import ServerTls, TlsError
 from wsgate.log import get_logger
 from wsgate.mock import MockProvider
 from wsgate.store.memory import MemoryStore
@@ -36,6 +39,8 @@ MOCK_ROUTES = {  # alias -> (provider kind, path of its API under the mock's roo
 }
 """With the built-in mock, one model alias per provider dialect the mock speaks."""
 EXIT_ON_SECOND_SIGNAL = 1
+
+__all__ = ["App", "TlsError", "build_routes", "build_store", "gateway_options", "tune_gc"]
 
 
 def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Route]:
@@ -61,8 +66,8 @@ def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Ro
     return routes
 
 
-def gateway_options(settings: Settings) -> GatewayOptions:
-    """The gateway's options from the settings."""
+def gateway_options(settings: Settings, max_connections: int | None = None) -> GatewayOptions:
+    """The gateway's options from the settings (`max_connections`: as fitted to open files)."""
     server, limits = settings.server, settings.limits
     return GatewayOptions(
         host=server.host,
@@ -76,6 +81,12 @@ def gateway_options(settings: Settings) -> GatewayOptions:
         telemetry_interval=limits.telemetry_interval_s,
         ping_interval=limits.ping_interval_s,
         run_without_log=settings.store.on_unavailable == "run_without_log",
+        guard=GuardOptions(
+            max_connections=max_connections or limits.max_connections,
+            max_connections_per_ip=limits.max_connections_per_ip,
+            max_pending_handshakes=limits.max_pending_handshakes,
+            handshake_timeout=limits.handshake_timeout_s,
+        ),
         connection=ConnectionOptions(
             queue_events=limits.stream_queue_events,
             queue_bytes=limits.stream_queue_bytes,
@@ -95,6 +106,11 @@ def gateway_options(settings: Settings) -> GatewayOptions:
             ),
         ),
     )
+
+
+def open_files_reserve(settings: Settings) -> int:
+    """File descriptors kept for what is not an open client connection."""
+    return FD_RESERVE + settings.limits.max_pending_handshakes + settings.upstream.pool_limit
 
 
 def build_store(settings: Settings) -> Store:
@@ -143,10 +159,21 @@ class App:
         self.upstream: UpstreamClient | None = None
         self.store: Store | None = None
         self.gateway: Gateway | None = None
+        self.tls: ServerTls | None = None
 
     async def start(self) -> None:
-        """Start the mock (if enabled), the upstream pool and the gateway, in that order."""
+        """Start the mock (if enabled), the upstream pool and the gateway, in that order.
+
+        The TLS certificate is loaded first: a missing or unreadable one raises `TlsError`
+        (one line) before anything runs.
+        """
         settings = self.settings
+        server = settings.server
+        if server.tls_cert is not None and server.tls_key is not None:
+            self.tls = ServerTls(server.tls_cert, server.tls_key)
+        max_connections = fit_open_files(
+            settings.limits.max_connections, open_files_reserve(settings)
+        )
         routes = build_routes(settings, self.environ)
         up = settings.upstream
         if settings.mock_enabled:
@@ -174,11 +201,12 @@ class App:
             await self.stop()  # nothing started is left running
             raise
         self.gateway = Gateway(
-            gateway_options(settings),
+            gateway_options(settings, max_connections),
             self.upstream,
             self.upstream.resolve,
             __version__,
             self.store,
+            ssl_context=None if self.tls is None else self.tls.context,
         )
         await self.gateway.start()
         log.info("wsgate_started", version=__version__, models=sorted(routes))
@@ -188,7 +216,17 @@ class App:
         """The gateway's WebSocket URL."""
         assert self.gateway is not None  # noqa: S101 - only meaningful after start()
         host = self.settings.server.host
-        return f"ws://{host}:{self.gateway.port}{self.settings.server.path}"
+        scheme = "ws" if self.tls is None else "wss"
+        return f"{scheme}://{host}:{self.gateway.port}{self.settings.server.path}"
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what may change without a restart (the TLS certificate and key).
+
+        Each part that fails keeps what it had and logs one line; nothing here stops serving.
+        """
+        log.info("reload_requested")
+        if self.tls is not None:
+            self.tls.reload()
 
     async def stop(self) -> None:
         """Close connections (1001), then the upstream pool, then the mock."""
@@ -210,7 +248,10 @@ class App:
         await self.stop()
 
     async def run_until_signal(self) -> None:
-        """Serve until SIGINT or SIGTERM, then drain; a second signal exits at once."""
+        """Serve until SIGINT or SIGTERM, then drain; a second signal exits at once.
+
+        SIGHUP calls `reload` (the default action would end the process).
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -222,12 +263,13 @@ class App:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        await self.start()
-        tune_gc()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
+            await self.start()
+            tune_gc()
             await stop.wait()
             log.info("signal_received_draining")
             await self.drain()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

@@ -1,4 +1,4 @@
-"""Gateway-wide counters: stream outcomes, cancels, waste, shedding, slow consumers.
+"""Gateway-wide counters: stream outcomes, cancels, waste, shedding, slow consumers, refusals.
 
 Owns the figures an operator and the load tester read (`GET /stats` on the gateway port,
 and later the Prometheus endpoint): plain counters plus a bounded sample of
@@ -33,6 +33,14 @@ class Accounting:
     detached_streams: int = 0
     detached_expired: int = 0
     upstream_retries: int = 0
+    # What hostile or broken clients caused (gateway/guard.py), keyed by status, cap, code
+    # or reason: a handful of keys each.
+    handshakes_refused: Counter[str] = field(default_factory=Counter)  # HTTP status
+    handshake_timeouts: int = 0
+    pending_handshakes_refused: int = 0  # past max_pending_handshakes: aborted at accept
+    connection_cap_refusals: Counter[str] = field(default_factory=Counter)  # which cap
+    protocol_closes: Counter[str] = field(default_factory=Counter)  # 1002, 1007, 1009
+    transport_overflows: Counter[str] = field(default_factory=Counter)  # buffer, paused
     cancel_latency_count: int = 0
     cancel_latency_max_s: float = 0.0
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -60,6 +68,12 @@ class Accounting:
             "detached_streams": self.detached_streams,
             "detached_expired": self.detached_expired,
             "upstream_retries": self.upstream_retries,
+            "handshakes_refused": dict(self.handshakes_refused),
+            "handshake_timeouts": self.handshake_timeouts,
+            "pending_handshakes_refused": self.pending_handshakes_refused,
+            "connection_cap_refusals": dict(self.connection_cap_refusals),
+            "protocol_closes": dict(self.protocol_closes),
+            "transport_overflows": dict(self.transport_overflows),
             "cancel_to_upstream_close_ms": {
                 "count": self.cancel_latency_count,
                 "p50": _percentile(samples, 0.50),

@@ -9,17 +9,22 @@ hard cap. Frames up to `max_frame_bytes` are decoded; frames between that and th
 (4x) get a `frame_too_large` error and the connection carries on; beyond the hard cap
 websockets closes with 1009 before buffering more. Also answers `/livez` and `/readyz`
 on the same port, so a wedged listener fails its probe, and `/stats` (JSON counters: stream
-outcomes, cancels and their latency, waste, shedding, coalescing, slow consumers). A header
-is read during the handshake or never: an accepted connection drops them (memory).
+outcomes, cancels and their latency, waste, shedding, coalescing, slow consumers, refused
+handshakes). A header is read during the handshake or never: an accepted connection drops
+them (memory). With an `ssl` context the listener speaks wss:// (`tls.py`). The transport's
+limits (pending handshakes and their deadline, connection caps, every byte queued for a
+client) are `guard.py`'s; this module hands it every connection and asks it at admission.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -28,8 +33,10 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from wsgate.core.frames import PROTOCOL
+from wsgate.core.principal import Quota, anonymous
 from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
+from wsgate.gateway.guard import Guard, GuardOptions
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Store
 from wsgate.log import bind, get_logger, unbind
@@ -41,6 +48,8 @@ FLUSH_S = 1.0
 """After the drain deadline, how long writers may flush the final frames before 1001."""
 INCOMING_QUEUE = 4
 """Client messages websockets buffers while the reader is paused (each up to the hard cap)."""
+PROBES = frozenset({"/livez", "/readyz", "/stats"})
+"""Plain HTTP paths answered on the gateway's port, before any limit on connections."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,7 @@ class GatewayOptions:
     ping_interval: float | None = 20.0
     run_without_log: bool = False  # store.on_unavailable = "run_without_log"
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
+    guard: GuardOptions = field(default_factory=GuardOptions)
 
 
 def new_id(prefix: str) -> Callable[[], str]:
@@ -69,13 +79,15 @@ def new_id(prefix: str) -> Callable[[], str]:
 class Gateway:
     """The listening WebSocket gateway."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the gateway's collaborators, wired by the root
         self,
         options: GatewayOptions,
         upstream: Upstream,
         resolve: Resolver,
         server_version: str,
         store: Store | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.options = options
         self.upstream = upstream
@@ -83,6 +95,14 @@ class Gateway:
         self.server_version = server_version
         self.connections: set[Connection] = set()
         self.shared = Shared(store=store)
+        self.ssl_context = ssl_context  # None: ws://; reloaded in place by its owner
+        self.guard = Guard(
+            options.guard,
+            self.shared.accounting,
+            buffer_bytes=options.connection.buffer_bytes,
+            send_timeout=options.connection.send_timeout,
+            probe_paths=PROBES,
+        )
         self._log_policy: LogPolicy | None = None
         if store is not None:
             self._log_policy = LogPolicy(
@@ -110,6 +130,10 @@ class Gateway:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         opts = self.options
+        deadline = opts.guard.handshake_timeout  # the guard's from TCP accept, TLS included
+        tls: dict[str, Any] = {}  # loop.create_server's, through serve()
+        if self.ssl_context is not None:
+            tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": deadline}
         self._server = await serve(
             self._handle,
             opts.host,
@@ -122,9 +146,19 @@ class Gateway:
             ping_interval=opts.ping_interval,
             ping_timeout=opts.ping_interval,
             close_timeout=2,
+            open_timeout=deadline,
+            create_connection=self.guard.connection_class(),
+            **tls,
         )
         self.ready = True
-        log.info("gateway_listening", host=opts.host, port=self.port, path=opts.path)
+        log.info(
+            "gateway_listening",
+            host=opts.host,
+            port=self.port,
+            path=opts.path,
+            tls=self.ssl_context is not None,
+            max_connections=opts.guard.max_connections,
+        )
 
     async def close(self) -> None:
         """Stop accepting, close every connection with 1001 and wait for their tasks."""
@@ -197,9 +231,23 @@ class Gateway:
         return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """None to upgrade; else the HTTP response (a probe's answer, or a refusal).
+
+        The checks run cheapest first, each refusing before the upgrade: the page's Origin,
+        then the connection caps (which take this connection's slot). Authentication of
+        the handshake's credentials belongs after them: a refused client costs no signature
+        check, and a capped one none at all.
+        """
         path = request.path.split("?", 1)[0]
-        if path == self.options.path:
-            return self._check_origin(connection, request)
+        if path != self.options.path:
+            return self._probe(connection, path)
+        refusal = self._check_origin(connection, request)
+        if refusal is None:
+            refusal = self.guard.admit(connection)
+        return refusal
+
+    def _probe(self, connection: ServerConnection, path: str) -> Response:
+        """The plain HTTP endpoints on the gateway's port: liveness, readiness, counters."""
         if path == "/livez":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/stats":
@@ -208,6 +256,8 @@ class Gateway:
             stats["telemetry_shed"] += sum(c.outbox.shed_telemetry for c in self.connections)
             stats["coalesced_frames"] += sum(c.outbox.coalesced for c in self.connections)
             stats["detached_open"] = len(self.shared.detached)
+            stats["pending_handshakes"] = self.guard.pending
+            stats["max_connections"] = self.options.guard.max_connections
             body = orjson.dumps(stats)
             response = connection.respond(HTTPStatus.OK, body.decode())
             response.headers["Content-Type"] = "application/json"
@@ -233,7 +283,17 @@ class Gateway:
             self.server_version,
             self._log_policy,
         )
-        connection = Connection(ws, session, self.upstream, self.options.connection, self.shared)
+        # Authentication (issue 14, point 1) decides the principal at the handshake; until
+        # it is wired here, a gateway without [auth] serves every client as anonymous.
+        principal = None
+        if self.shared.authenticate is None:
+            principal = anonymous(_ip(ws), Quota())
+        connection = Connection(
+            ws, session, self.upstream, self.options.connection, self.shared, principal=principal
+        )
+        # The guard (guard.py) calls ws.on_overflow(reason, buffered) once when the bytes
+        # queued in the transport pass the connection's cap; its default counts a slow
+        # consumer and aborts. TODO(issue 14): the connection's own slow-consumer path.
         accounting = self.shared.accounting
         accounting.connections_opened += 1
         accounting.connections_open += 1
@@ -299,6 +359,11 @@ def _drop_handshake_headers(ws: ServerConnection) -> None:
     for message in (ws.request, ws.response):
         if message is not None:
             message.headers.clear()
+
+
+def _ip(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "?"
 
 
 def _remote(ws: ServerConnection) -> str:
