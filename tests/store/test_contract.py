@@ -249,3 +249,63 @@ async def test_releasing_a_claim_leaves_a_key_that_names_another_message(pair: P
     await pair.here.release("k1", "m-other")
     claim = await pair.there.claim("k1", "fp1", "m2", "e2")
     assert (claim.message_id, claim.new) == ("m1", False)
+
+
+async def test_a_message_records_the_principal_it_was_begun_for(pair: Pair) -> None:
+    pair.here.begin("m1", "e1", principal="key:alice")
+    pair.here.begin("m2", "e1")
+    await pair.here.flush()
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert page.meta.principal == "key:alice"
+    unnamed = await pair.there.read("m2", 0, 10)
+    assert unnamed is not None
+    assert unnamed.meta.principal == ""
+
+
+async def test_a_claimed_message_records_its_principal_and_keeps_it_to_its_tombstone(
+    pair: Pair,
+) -> None:
+    await pair.here.claim("k1", "fp1", "m1", "e1", principal="jwt:bob")
+    pair.here.append("m1", 1, frame(1))
+    pair.here.end("m1", "stop")
+    await pair.here.flush()
+    page = await pair.there.read("m1", 0, 10)
+    assert page is not None
+    assert (page.meta.principal, page.meta.state) == ("jwt:bob", "ended")
+    await asyncio.sleep(LIMITS.window_s + 0.15)
+    tomb = await pair.there.read("m1", 0, 10)
+    assert tomb is not None
+    assert (tomb.meta.expired, tomb.meta.principal) == (True, "jwt:bob")
+
+
+async def test_a_ticket_is_taken_once(pair: Pair) -> None:
+    await pair.here.put_ticket("wst_one", b'{"id":"key:alice"}', 5.0)
+    assert await pair.here.take_ticket("wst_one") == b'{"id":"key:alice"}'
+    assert await pair.here.take_ticket("wst_one") is None
+    assert await pair.there.take_ticket("wst_one") is None
+
+
+async def test_a_ticket_one_node_issued_is_taken_on_another(pair: Pair) -> None:
+    await pair.here.put_ticket("wst_two", b"payload", 5.0)
+    assert await pair.there.take_ticket("wst_two") == b"payload"
+    assert await pair.here.take_ticket("wst_two") is None
+
+
+async def test_an_unknown_ticket_is_none(pair: Pair) -> None:
+    assert await pair.there.take_ticket("wst_never_issued") is None
+
+
+async def test_an_expired_ticket_is_none(pair: Pair) -> None:
+    await pair.here.put_ticket("wst_short", b"payload", 0.1)
+    await asyncio.sleep(0.25)
+    assert await pair.there.take_ticket("wst_short") is None
+
+
+async def test_concurrent_takes_of_one_ticket_give_it_to_one(pair: Pair) -> None:
+    await pair.here.put_ticket("wst_race", b"payload", 5.0)
+    taken = await asyncio.gather(
+        *((pair.here if n % 2 else pair.there).take_ticket("wst_race") for n in range(20))
+    )
+    assert taken.count(b"payload") == 1
+    assert taken.count(None) == 19

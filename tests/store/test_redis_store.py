@@ -6,6 +6,7 @@ Redis Cluster, and a one-node cluster over TLS."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -476,6 +477,62 @@ async def test_a_record_made_again_after_a_redis_restart_holds_its_idempotency_k
     assert (claim.message_id, claim.new) == ("m1", False)
 
 
+async def test_the_principal_is_a_field_of_the_meta_hash(pair: Pair, raw: aioredis.Redis) -> None:
+    pair.here.begin("m1", "e1", principal="key:alice")
+    await pair.here.claim("k1", "fp", "m2", "e1", principal="jwt:bob")
+    await pair.here.flush()
+    assert (await raw.hgetall(b"wsg:{m1}:meta"))[b"principal"] == b"key:alice"
+    assert (await raw.hgetall(b"wsg:{m2}:meta"))[b"principal"] == b"jwt:bob"
+
+
+async def test_a_record_made_again_after_a_redis_restart_keeps_its_principal(
+    kept: Pair, redis_server: RedisServer
+) -> None:
+    kept.here.begin("m1", "e1", principal="key:alice")
+    await kept.here.claim("k1", "fp", "m2", "e1", principal="jwt:bob")
+    kept.here.append("m1", 1, frame(1))
+    kept.here.append("m2", 1, frame(1))
+    await kept.here.flush()
+    await asyncio.to_thread(redis_server.stop)
+    await asyncio.to_thread(redis_server.start)  # empty
+    kept.here.append("m1", 2, frame(2))
+    kept.here.append("m2", 2, frame(2))
+    await kept.here.flush()
+    await eventually(lambda: kept.here.healthy)
+    kept.here.append("m1", 3, frame(3))
+    kept.here.append("m2", 3, frame(3))
+    await kept.here.flush()
+    for message_id, principal in (("m1", "key:alice"), ("m2", "jwt:bob")):
+        page = await kept.there.read(message_id, 0, 10)
+        assert page is not None
+        assert page.meta.principal == principal
+
+
+async def test_a_ticket_is_kept_under_its_sha256_and_never_as_itself(
+    pair: Pair, raw: aioredis.Redis
+) -> None:
+    ticket = "wst_secret-ticket-value"
+    await pair.here.put_ticket(ticket, b"payload", 30.0)
+    digest = hashlib.sha256(ticket.encode()).hexdigest()
+    keys = [key async for key in raw.scan_iter(match=b"wsg:ticket:*")]
+    assert keys == [f"wsg:ticket:{digest}".encode()]
+    assert 29_000 < await raw.pttl(keys[0]) <= 30_000
+    for key in [key async for key in raw.scan_iter()]:
+        assert ticket.encode() not in key
+    assert await pair.there.take_ticket(ticket) == b"payload"
+    assert await raw.exists(keys[0]) == 0
+
+
+async def test_tickets_while_redis_is_down_raise_store_unavailable(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    await asyncio.to_thread(redis_server.stop)
+    with pytest.raises(StoreUnavailable):
+        await pair.here.put_ticket("wst_x", b"payload", 30.0)
+    with pytest.raises(StoreUnavailable):
+        await pair.here.take_ticket("wst_x")
+
+
 async def test_close_forgets_the_running_messages_and_the_watches(redis_url: str) -> None:
     store = RedisStore(redis_url, KEEP, node_id="node-c")
     await store.start()
@@ -594,6 +651,10 @@ CLUSTER_CASES = [
     contract.test_a_watcher_is_woken_after_frames_are_logged,
     contract.test_a_watcher_is_woken_when_the_message_ends,
     contract.test_a_cancel_reaches_the_owner_nodes_handler,
+    contract.test_a_message_records_the_principal_it_was_begun_for,
+    contract.test_a_claimed_message_records_its_principal_and_keeps_it_to_its_tombstone,
+    contract.test_a_ticket_one_node_issued_is_taken_on_another,
+    contract.test_an_expired_ticket_is_none,
 ]
 
 
@@ -616,6 +677,23 @@ async def test_scripts_that_a_cluster_forgot_are_sent_again(
     page = await cluster_pair.there.read("m1", 0, 10)
     assert page is not None
     assert (page.meta.state, page.meta.top) == ("ended", 2)
+
+
+async def test_two_nodes_on_a_redis_cluster_share_one_rate_budget_and_one_set_of_slots(
+    cluster_pair: Pair,
+) -> None:
+    here, there = cluster_pair.here, cluster_pair.there
+    assert isinstance(here, RedisStore)
+    assert isinstance(there, RedisStore)
+    nodes = (here.limiter, there.limiter)
+    takes = await asyncio.gather(*(nodes[n % 2].take(f"starts:p{n % 3}", 50) for n in range(600)))
+    assert sum(v.allowed for v in takes) == 150  # three keys, in (likely) three slots
+    holds = await asyncio.gather(*(nodes[n % 2].hold("streams:p", f"m{n}", 7) for n in range(100)))
+    assert sum(v.allowed for v in holds) == 7
+    await here.limiter.refresh()  # one pipeline over the cluster
+    held = next(n for n, verdict in enumerate(holds) if verdict.allowed)
+    await nodes[held % 2].release("streams:p", f"m{held}")
+    assert (await nodes[1 - held % 2].hold("streams:p", "m-next", 7)).allowed
 
 
 async def test_a_flush_in_a_cluster_spreads_messages_over_the_slots(cluster_pair: Pair) -> None:

@@ -22,7 +22,14 @@ A refresh only extends members still there (ZADD XX): a release that overtakes a
 in flight is not undone by it. A `hold` whose answer was lost (a timeout) is not refreshed
 and so expires by itself. `close` releases this node's holds.
 
-Memory: one entry per slot this node holds (key and holder), until released.
+Calls. The calls of one loop turn go out together, in one pipeline (one round trip; in a
+cluster redis-py splits it by node), and a batch waits for the one in flight: what comes
+meanwhile goes in the next, so a burst of calls needs one connection, not one each (the
+pool's default is 100). A call cancelled before its batch is sent is dropped (a take
+cancelled then spends nothing); one cancelled after is applied all the same.
+
+Memory: one entry per slot this node holds (key and holder), until released; at most
+`MAX_QUEUED` calls waiting for their batch (past it a call raises `StoreUnavailable`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ log = get_logger("wsgate.store")
 
 CLOCK_BASE: Final = 1_700_000_000
 """Seconds subtracted from Redis' `TIME` (2023-11-14): smaller TATs keep ns precision."""
+
+MAX_QUEUED: Final = 10_000
+"""Calls waiting for the next batch, at most; past it a call is refused (`StoreUnavailable`)."""
 
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
@@ -136,6 +146,8 @@ class RedisLimiter:
         self._on_lost = on_lost
         self._owned: dict[str, set[str]] = {}  # key -> this node's holders of it
         self._refresher: asyncio.Task[None] | None = None
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     def redis_key(self, key: str) -> bytes:
         """The Redis key of a limiter key."""
@@ -154,10 +166,14 @@ class RedisLimiter:
     async def close(self) -> None:
         """Stop refreshing and release this node's holds (best effort)."""
         refresher, self._refresher = self._refresher, None
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+        for task in (refresher, self._sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for _, waiter in self._queue:
+            waiter.cancel()
+        self._queue = []
         owned, self._owned = self._owned, {}
         if owned:
             with contextlib.suppress(*_ERRORS):
@@ -179,8 +195,7 @@ class RedisLimiter:
     async def hold(self, key: str, holder: str, limit: int) -> Verdict:
         """Take a slot of `key` for `holder`, while fewer than `limit` are held."""
         command = ("EVALSHA", _SHA[_HOLD], 1, self.redis_key(key), holder, limit, self._ttl_ms)
-        with self._translated():
-            allowed, held = await self._run(command)
+        allowed, held = await self._call(command)
         if not allowed:
             return Verdict.refuse(HOLD_RETRY_MS)
         self._owned.setdefault(key, set()).add(holder)
@@ -193,8 +208,7 @@ class RedisLimiter:
             holders.discard(holder)
             if not holders:
                 del self._owned[key]
-        with self._translated():
-            await self._client.zrem(self.redis_key(key), holder)
+        await self._call(("ZREM", self.redis_key(key), holder))
 
     # --- mechanics -------------------------------------------------------------------
 
@@ -202,16 +216,54 @@ class RedisLimiter:
         if per_minute < 1:
             raise ValueError("a rate limit is at least 1 per minute")
         command = ("EVALSHA", _SHA[_RATE], 1, self.redis_key(key), per_minute, repr(cost), take)
-        with self._translated():
-            return await self._run(command)
+        return await self._call(command)
 
-    async def _run(self, command: tuple[Any, ...]) -> Any:
-        """Run one script call (as EVAL when Redis does not know it: it restarted)."""
+    async def _call(self, command: tuple[Any, ...]) -> Any:
+        """Run one command in the next batch; its reply."""
+        if len(self._queue) >= MAX_QUEUED:
+            raise StoreUnavailable(f"{MAX_QUEUED} limiter calls are waiting already")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, waiter))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_batches())
+        with self._translated():
+            return await waiter
+
+    async def _send_batches(self) -> None:
+        """Send what is queued, one pipeline at a time, until nothing is."""
         try:
-            return await self._client.execute_command(*command)
-        except NoScriptError:
-            sha: str = command[1]
-            return await self._client.execute_command("EVAL", _SCRIPTS[sha], *command[2:])
+            while self._queue:
+                batch = [(c, w) for c, w in self._queue if not w.done()]  # (cancelled: dropped)
+                self._queue = []
+                if not batch:
+                    continue
+                try:
+                    replies = await self._execute([command for command, _ in batch])
+                except _ERRORS as exc:
+                    replies = [exc] * len(batch)
+                for (_, waiter), reply in zip(batch, replies, strict=True):
+                    if waiter.done():
+                        continue
+                    if isinstance(reply, Exception):
+                        waiter.set_exception(reply)
+                    else:
+                        waiter.set_result(reply)
+        finally:
+            self._sender = None
+
+    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies (an error as its exception) of a pipeline of commands.
+
+        Scripts Redis does not know (it restarted) go again as EVAL.
+        """
+        replies = await self._pipeline(commands)
+        again = [i for i, reply in enumerate(replies) if _no_script(reply)]
+        if again:
+            redo = [("EVAL", _SCRIPTS[str(commands[i][1])], *commands[i][2:]) for i in again]
+            for i, reply in zip(again, await self._pipeline(redo), strict=True):
+                replies[i] = reply
+        return replies
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -241,12 +293,7 @@ class RedisLimiter:
             for key, holders in owned
         ]
         with self._translated():
-            results = await self._pipeline(commands)
-            again = [c for c, r in zip(commands, results, strict=True) if _no_script(r)]
-            if again:  # (Redis restarted: it forgot the script)
-                redo = [("EVAL", _SCRIPTS[str(c[1])], *c[2:]) for c in again]
-                results = [r for r in results if not _no_script(r)]
-                results += await self._pipeline(redo)
+            results = await self._execute(commands)
             failed = next((r for r in results if isinstance(r, Exception)), None)
             if failed is not None:
                 raise failed
