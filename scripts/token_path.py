@@ -34,7 +34,7 @@ from wsgate.gateway.connection import Connection, ConnectionOptions, Shared
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.stream_task import _Feed
 from wsgate.log import configure
-from wsgate.testing import HangingUpstream, RecordingWebSocket, resolver
+from wsgate.testing import LOCAL, HangingUpstream, RecordingWebSocket, resolver
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n'
 EVENT = (
@@ -75,7 +75,8 @@ async def measure(tokens: int, calls_tokens: int) -> dict[str, Any]:
         resolver(lambda: make_parser("openai_chat", 1 << 20)),
         lambda: "msg_b",
     )
-    conn = Connection(ws, session, upstream, ConnectionOptions(), Shared())  # type: ignore[arg-type]
+    options, shared = ConnectionOptions(), Shared()
+    conn = Connection(ws, session, upstream, options, shared, principal=LOCAL)  # type: ignore[arg-type]
     run = asyncio.ensure_future(conn.run())
     ws.client_sends(orjson.dumps(START).decode())
     async with asyncio.timeout(5):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float = 20) -
     raise AssertionError(
         f"no {event!r} log line; stderr: {proc.stderr.read() if proc.stderr else ''}"
     )
+
+
+def drain(proc: subprocess.Popen[str]) -> None:
+    """Read and drop the rest of `proc`'s stdout in a thread, so its log never fills the pipe.
+
+    A gateway blocked writing a log line into a full pipe (64 KiB) stops serving; a test
+    that makes many log lines and reads none of them after the port must drain them.
+    """
+    stdout = proc.stdout
+    assert stdout is not None
+    threading.Thread(target=stdout.read, daemon=True).start()
 
 
 @contextmanager

@@ -474,7 +474,7 @@ def test_the_example_configuration_routes_every_provider_kind():
 
 def test_the_readme_configuration_example_loads_and_routes(tmp_path):
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    providers, cluster = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+    providers, cluster, security = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
     path = tmp_path / "readme.toml"
     path.write_text(providers, encoding="utf-8")
     settings = load_settings(path, environ={})
@@ -482,6 +482,11 @@ def test_the_readme_configuration_example_loads_and_routes(tmp_path):
     assert {route.kind for route in routes.values()} == {"openai_chat", "anthropic"}
     path.write_text(cluster, encoding="utf-8")
     assert load_settings(path, environ={}).store.kind == "redis"
+    path.write_text(security, encoding="utf-8")
+    auth = load_settings(path, environ={}).auth
+    assert auth.enabled
+    assert auth.api_keys[0].quota is not None
+    assert auth.quota.concurrent_streams == 4
 
 
 def test_a_store_url_that_is_not_redis_is_refused_without_echoing_it():

@@ -15,11 +15,16 @@ import signal
 from collections.abc import Mapping
 
 from wsgate import __version__
-from wsgate.config import Settings, is_loopback
+from wsgate.config import ConfigError, Settings, is_loopback
+from wsgate.core.auth import JwksError
 from wsgate.core.retry import RetryPolicy
-from wsgate.core.store import Store, StoreLimits, StoreUnavailable
-from wsgate.gateway.connection import ConnectionOptions
+from wsgate.core.store import Store, StoreLimits
+from wsgate.gateway import authn
+from wsgate.gateway.authn import Authenticator
+from wsgate.gateway.connection import ConnectionOptions, Shared
+from wsgate.gateway.credentials import Credentials
 from wsgate.gateway.guard import FD_RESERVE, GuardOptions, fit_open_files
+from wsgate.gateway.http_api import TicketApi
 from wsgate.gateway.server import Gateway, GatewayOptions
 from wsgate.gateway.tls import ServerTls, TlsError
 from wsgate.log import get_logger
@@ -40,7 +45,15 @@ MOCK_ROUTES = {  # alias -> (provider kind, path of its API under the mock's roo
 """With the built-in mock, one model alias per provider dialect the mock speaks."""
 EXIT_ON_SECOND_SIGNAL = 1
 
-__all__ = ["App", "TlsError", "build_routes", "build_store", "gateway_options", "tune_gc"]
+__all__ = [
+    "App",
+    "JwksError",
+    "TlsError",
+    "build_routes",
+    "build_store",
+    "gateway_options",
+    "tune_gc",
+]
 
 
 def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Route]:
@@ -160,21 +173,37 @@ class App:
         self.store: Store | None = None
         self.gateway: Gateway | None = None
         self.tls: ServerTls | None = None
+        self.authenticator: Authenticator | None = None
+        self.api: TicketApi | None = None
+        self.routes: dict[str, Route] = {}
 
     async def start(self) -> None:
         """Start the mock (if enabled), the upstream pool and the gateway, in that order.
 
-        The TLS certificate is loaded first: a missing or unreadable one raises `TlsError`
-        (one line) before anything runs.
+        The TLS certificate and the credentials' keys are loaded first: a missing or
+        unreadable one raises `TlsError`, `ConfigError` or `JwksError` (one line) before
+        anything serves, and nothing started is left running.
         """
         settings = self.settings
         server = settings.server
         if server.tls_cert is not None and server.tls_key is not None:
             self.tls = ServerTls(server.tls_cert, server.tls_key)
+        self.authenticator = authn.from_settings(settings.auth, self.environ)
+        if self.authenticator is not None:
+            await self.authenticator.start()
+        try:
+            await self._start_serving()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("wsgate_started", version=__version__, models=sorted(self.routes))
+
+    async def _start_serving(self) -> None:
+        settings = self.settings
         max_connections = fit_open_files(
             settings.limits.max_connections, open_files_reserve(settings)
         )
-        routes = build_routes(settings, self.environ)
+        routes = self.routes = build_routes(settings, self.environ)
         up = settings.upstream
         if settings.mock_enabled:
             self.mock = MockProvider(
@@ -193,23 +222,41 @@ class App:
             max_line_bytes=up.max_line_bytes,
         )
         await self.upstream.start()
-        self.store = build_store(settings)
-        try:
-            await self.store.start()
-        except StoreUnavailable:
-            self.store = None
-            await self.stop()  # nothing started is left running
-            raise
+        store = build_store(settings)
+        await store.start()  # StoreUnavailable: stop() closes what started before it
+        self.store = store
+        auth = settings.auth
+        authenticate = None if self.authenticator is None else self.authenticator.authenticate
+        credentials = Credentials(
+            authenticate,
+            store,
+            allow_anonymous=self.authenticator is None or settings.server.allow_anonymous,
+            anonymous_quota=authn.quota_of(auth.anonymous_quota),
+            ticket_ttl_s=auth.ticket_ttl_s,
+        )
+        shared = Shared(
+            store=store,
+            authenticate=authenticate,
+            auth_timeout=auth.timeout_s,
+            limiter=store.limiter,
+            quota_fail_open=settings.store.on_unavailable == "run_without_log",
+        )
+        ssl_context = None if self.tls is None else self.tls.context
         self.gateway = Gateway(
             gateway_options(settings, max_connections),
             self.upstream,
             self.upstream.resolve,
             __version__,
-            self.store,
-            ssl_context=None if self.tls is None else self.tls.context,
+            store,
+            ssl_context=ssl_context,
+            shared=shared,
+            credentials=credentials,
         )
         await self.gateway.start()
-        log.info("wsgate_started", version=__version__, models=sorted(routes))
+        if settings.api_enabled:
+            api = settings.api
+            self.api = TicketApi(credentials, api.host, api.port, ssl_context)
+            await self.api.start()
 
     @property
     def url(self) -> str:
@@ -219,17 +266,37 @@ class App:
         scheme = "ws" if self.tls is None else "wss"
         return f"{scheme}://{host}:{self.gateway.port}{self.settings.server.path}"
 
-    def reload(self) -> None:
-        """SIGHUP: re-read what may change without a restart (the TLS certificate and key).
+    @property
+    def api_url(self) -> str:
+        """The HTTP API's root (`POST {api_url}/v1/tickets`)."""
+        assert self.api is not None  # noqa: S101 - only meaningful with the API started
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.settings.api.host}:{self.api.port}"
 
-        Each part that fails keeps what it had and logs one line; nothing here stops serving.
+    def reload(self) -> None:
+        """SIGHUP: re-read what may change without a restart.
+
+        The TLS certificate and key, and the API keys (`[[auth.api_keys]]` as loaded, and
+        `auth.api_keys_file` read again: a key added, revoked or removed there applies to
+        the next authentication). Each part that fails keeps what it had and logs one line;
+        nothing here stops serving.
         """
         log.info("reload_requested")
         if self.tls is not None:
             self.tls.reload()
+        if self.authenticator is not None and self.authenticator.api_keys is not None:
+            try:
+                entries = authn.api_key_entries(self.settings.auth)
+                self.authenticator.replace_keys(entries)
+            except (ConfigError, ValueError) as exc:
+                log.error("api_keys_reload_failed", error=str(exc))  # noqa: TRY400
+            else:
+                log.info("api_keys_reloaded", keys=len(entries))
 
     async def stop(self) -> None:
-        """Close connections (1001), then the upstream pool, then the mock."""
+        """Close the API and the connections (1001), then the store, upstream pool, mock."""
+        if self.api is not None:
+            await self.api.close()
         if self.gateway is not None:
             await self.gateway.close()
         if self.store is not None:
@@ -238,6 +305,8 @@ class App:
             await self.upstream.close()
         if self.mock is not None:
             await self.mock.stop()
+        if self.authenticator is not None:
+            await self.authenticator.close()
         log.info("wsgate_stopped")
 
     async def drain(self) -> None:

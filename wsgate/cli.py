@@ -159,7 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
 
 
 async def _serve(settings: Settings) -> int:
-    from wsgate.app import App  # noqa: PLC0415 - imported where it is used
+    from wsgate.app import App, JwksError, TlsError  # noqa: PLC0415 - imported where used
 
     logger = get_logger("wsgate.cli")
     logger.info("settings", **settings_summary(settings))
@@ -170,6 +170,12 @@ async def _serve(settings: Settings) -> int:
     except StoreUnavailable as exc:
         where = settings_summary(settings)["store"]["url"]
         print(f"wsgate: the resume store at {where} is unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except TlsError as exc:
+        print(f"wsgate: TLS: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except JwksError as exc:  # the message names the JWKS' source
+        print(f"wsgate: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -50,7 +50,7 @@ def start_frame(sid="s1", model="mock"):
     )
 
 
-def auth_frame(token="t0k"):
+def auth_frame(token="t0k"):  # noqa: S107 - a test token
     return orjson.dumps({"type": "auth", "token": token})
 
 

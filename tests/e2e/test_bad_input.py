@@ -59,7 +59,7 @@ BAD_FRAMES = [
         "unknown_model",
         "x5",
     ),
-    ("reserved auth frame", '{"type": "auth", "token": "t"}', "unsupported", None),
+    ("auth without [auth]", '{"type": "auth", "token": "t"}', "unsupported", None),
     ("oversized frame", "OVERSIZED", "frame_too_large", None),
     ("binary frame", b"\x00\x01binary", "bad_frame", None),
 ]

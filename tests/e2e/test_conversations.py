@@ -9,6 +9,7 @@ its sequence fails the replay at once, with the transcript so far.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from pathlib import Path
@@ -16,8 +17,12 @@ from typing import Any
 
 import orjson
 import pytest
-from e2e_helpers import RawConn, raw_connect
+from e2e_helpers import RawConn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from wsgate.app import App
+from wsgate.config import load_settings
 from wsgate.testing import frame_matches
 
 FIXTURE_DIR = Path(__file__).parents[2] / "protocol" / "fixtures" / "conversations"
@@ -33,6 +38,8 @@ READY_ANY = {
     }
 }
 WAIT_S = 10.0
+AUTH_KEY = "sk-fixture-0123456789"
+"""The API key of the gateway `auth_*.json` fixtures run against (principal `fixture`)."""
 
 
 class ReplayFailed(AssertionError):
@@ -68,6 +75,21 @@ class Replay:
                 except TimeoutError:
                     self.fail(f"no frame within {WAIT_S} s")
             self.check(frame)
+
+    async def closed(self, code: int) -> None:
+        """The gateway closes the connection with `code`, sending nothing more."""
+        try:
+            frame = await self.conn.recv(WAIT_S)
+        except ConnectionClosed as ended:
+            got = ended.rcvd.code if ended.rcvd is not None else None
+            self.transcript.append(f"closed   {got}")
+            if got != code:
+                self.fail(f"closed with {got}, expected {code}")
+            return
+        except TimeoutError:
+            self.fail(f"not closed within {WAIT_S} s")
+        self.transcript.append(f"received {_show(frame)}")
+        self.fail(f"a frame instead of the close {code}")
 
     async def quiet(self) -> None:
         """No frame may arrive once every expectation is met."""
@@ -117,15 +139,32 @@ def load(path: Path) -> dict[str, Any]:
 
 
 async def replay(url: str, steps: list[dict[str, Any]]) -> None:
-    async with raw_connect(url) as conn:
-        run = Replay(conn)
+    async with connect(url, subprotocols=["wsgate.v1"]) as ws:  # type: ignore[list-item]
+        run = Replay(RawConn(ws))
         for step in steps:
             if "send" in step:
                 await run.send(step["send"])
-            else:
+            elif "expect" in step:
                 run.expect(step["expect"])
+            else:
+                await run.settle()
+                await run.closed(step["closed"])
+                return
         await run.settle()
         await run.quiet()
+
+
+@pytest.fixture
+async def auth_app(tmp_path):
+    """The gateway of the `auth_*` fixtures: the mock, and one API key (principal `fixture`)."""
+    path = tmp_path / "wsgate.toml"
+    digest = hashlib.sha256(AUTH_KEY.encode()).hexdigest()
+    path.write_text(f'[[auth.api_keys]]\nprincipal = "fixture"\nsha256 = "{digest}"\n')
+    overrides = {"server.port": 0, "api.enabled": "off", "mock.ttft_ms": 0, "mock.tokens_per_s": 0}
+    app = App(load_settings(path, environ={}, overrides=overrides), environ={})
+    await app.start()
+    yield app
+    await app.stop()
 
 
 def test_the_fixture_directory_holds_the_required_conversations():
@@ -135,22 +174,35 @@ def test_the_fixture_directory_holds_the_required_conversations():
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
-def test_each_fixture_is_well_formed_and_opens_with_ready(path):
+def test_each_fixture_is_well_formed_and_opens_with_ready_or_auth(path):
     doc = load(path)
     assert set(doc) <= {"description", "steps"}
     assert isinstance(doc["description"], str)
     assert doc["description"]
     steps = doc["steps"]
     assert all(isinstance(step, dict) and len(step) == 1 for step in steps)
-    assert all(next(iter(step)) in {"send", "expect"} for step in steps)
-    assert next(iter(steps[0])) == "expect"
-    assert steps[0]["expect"]["type"] == "ready"
-    assert all(step["expect"]["type"] != "ready" for step in steps[1:] if "expect" in step)
+    assert all(next(iter(step)) in {"send", "expect", "closed"} for step in steps)
+    assert all("closed" not in step for step in steps[:-1])  # a close ends a conversation
+    readies = [i for i, step in enumerate(steps) if step.get("expect", {}).get("type") == "ready"]
+    if path.stem.startswith("auth_"):  # no credentials at the handshake: `auth` comes first
+        assert next(iter(steps[0])) == "send"
+        assert readies in ([], [1])
+    else:
+        assert readies == [0]
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+PLAIN = [path for path in FIXTURES if not path.stem.startswith("auth_")]
+AUTH = [path for path in FIXTURES if path.stem.startswith("auth_")]
+
+
+@pytest.mark.parametrize("path", PLAIN, ids=[p.stem for p in PLAIN])
 async def test_the_gateway_replays_each_conversation_fixture_exactly(app, path):
     await replay(app.url, load(path)["steps"])
+
+
+@pytest.mark.parametrize("path", AUTH, ids=[p.stem for p in AUTH])
+async def test_a_gateway_with_auth_replays_each_auth_fixture_exactly(auth_app, path):
+    await replay(auth_app.url, load(path)["steps"])
 
 
 async def test_the_replay_fails_when_the_gateway_sends_an_unexpected_frame(app):

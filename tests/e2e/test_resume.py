@@ -322,8 +322,10 @@ async def test_a_keyed_start_whose_client_left_during_the_claim_does_not_block_i
     start_app, monkeypatch
 ):
     class SlowClaims(MemoryStore):  # the claim's answer takes a round trip, as with Redis
-        async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
-            claim = await super().claim(key, fingerprint, message_id, epoch)
+        async def claim(
+            self, key: str, fingerprint: str, message_id: str, epoch: str, principal: str = ""
+        ) -> Claim:
+            claim = await super().claim(key, fingerprint, message_id, epoch, principal)
             await asyncio.sleep(0.1)
             return claim
 
@@ -352,8 +354,10 @@ async def test_a_claim_that_failed_after_it_was_taken_is_undone_so_its_retry_run
     class LostAnswer(MemoryStore):  # takes the claim, then loses the answer (a timeout)
         failed = False
 
-        async def claim(self, key: str, fingerprint: str, message_id: str, epoch: str) -> Claim:
-            claim = await super().claim(key, fingerprint, message_id, epoch)
+        async def claim(
+            self, key: str, fingerprint: str, message_id: str, epoch: str, principal: str = ""
+        ) -> Claim:
+            claim = await super().claim(key, fingerprint, message_id, epoch, principal)
             if not self.failed:
                 self.failed = True
                 raise StoreUnavailable("the answer was lost")

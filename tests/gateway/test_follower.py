@@ -214,7 +214,7 @@ async def test_cancels_by_message_id_waiting_for_a_slow_store_are_bounded_per_co
 
 async def test_a_followers_refusal_arrives_after_the_frames_it_sent_before_it():
     store = LostOwner(LIMITS)
-    store.begin("m1", "e1")
+    store.begin("m1", "e1", principal=LOCAL.id)  # the connection's own message
     for seq in range(1, 31):
         store.append("m1", seq, text(seq, f"t{seq} "))
     ws = RecordingWebSocket()

@@ -242,6 +242,7 @@ class Session:
 
     # One per connection, and connections are many: no per-instance dict.
     __slots__ = (
+        "_accepts_auth",
         "_admission",
         "_auth_deadline",
         "_authenticating",
@@ -274,6 +275,7 @@ class Session:
         *,
         principal: Principal | None = None,
         admission: bool = False,
+        accepts_auth: bool = True,
     ) -> None:
         self.conn_id = conn_id
         self.limits = limits
@@ -288,6 +290,7 @@ class Session:
         self._auth_deadline: float | None = None  # when the credentials expire (monotonic)
         self._expires_in_ms: int | None = None
         self._admission = admission  # a limiter admits quota-bound starts (`AdmitStart`)
+        self._accepts_auth = accepts_auth  # False: no [auth], an `auth` frame is unsupported
         self._log = log
         self._resolve = resolve
         self._new_message_id = new_message_id
@@ -363,6 +366,9 @@ class Session:
         return [_close(CloseCode.AUTH_FAILED, "auth required", AuthRequired(message))]
 
     def _authenticate(self, frame: Auth) -> list[Action]:
+        if not self._accepts_auth:
+            message = "this gateway has no authentication configured: `auth` is not needed"
+            return [_refuse("unsupported", message)]
         if self._authenticating:
             return [_refuse("bad_frame", "an `auth` frame is being verified already")]
         self._authenticating = True

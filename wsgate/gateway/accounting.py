@@ -41,6 +41,8 @@ class Accounting:
     connection_cap_refusals: Counter[str] = field(default_factory=Counter)  # which cap
     protocol_closes: Counter[str] = field(default_factory=Counter)  # 1002, 1007, 1009
     transport_overflows: Counter[str] = field(default_factory=Counter)  # buffer, paused
+    auth_failures: Counter[str] = field(default_factory=Counter)  # by reason
+    rate_limited: Counter[str] = field(default_factory=Counter)  # by what was refused
     cancel_latency_count: int = 0
     cancel_latency_max_s: float = 0.0
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -74,6 +76,8 @@ class Accounting:
             "connection_cap_refusals": dict(self.connection_cap_refusals),
             "protocol_closes": dict(self.protocol_closes),
             "transport_overflows": dict(self.transport_overflows),
+            "auth_failures": dict(self.auth_failures),
+            "rate_limited": dict(self.rate_limited),
             "cancel_to_upstream_close_ms": {
                 "count": self.cancel_latency_count,
                 "p50": _percentile(samples, 0.50),

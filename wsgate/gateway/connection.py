@@ -283,6 +283,7 @@ class Connection:
         try:
             principal = await authenticate(token)
         except AuthFailed as exc:
+            self.shared.accounting.auth_failures[exc.reason] += 1
             self.apply(self.session.auth_refused(exc))
             return
         except Exception:  # a bug must not leave the connection waiting
@@ -319,6 +320,8 @@ class Connection:
             await self._quotas.admit_connection(self.session.conn_id)
         except (RateLimited, StoreUnavailable) as exc:
             self._quotas = None
+            if isinstance(exc, RateLimited):
+                self.shared.accounting.rate_limited["connection"] += 1
             retryable = ERROR_CODES[exc.code].retryable
             frame = ErrorFrame(
                 exc.code, exc.public_message, retryable, retry_after_ms=exc.retry_after_ms
@@ -331,6 +334,7 @@ class Connection:
         """No `auth` frame came within `auth_timeout`."""
         self._auth_timer = None
         if self.session.principal is None and self._auth_token is None:
+            self.shared.accounting.auth_failures["timeout"] += 1
             timeout = AuthTimeout(f"no auth frame within {self.shared.auth_timeout:g} s")
             self.apply(self.session.auth_refused(timeout))
 
@@ -608,7 +612,12 @@ class Connection:
             else:
                 started = await self._claim(action, action.key)
         except (RateLimited, StoreUnavailable) as exc:
+            if isinstance(exc, RateLimited):
+                self.shared.accounting.rate_limited["start"] += 1
             self.refuse(sid, exc)
+        except Exception:  # a bug must not leave the stream id held, nor die unseen
+            log.exception("admission_crashed", stream_id=sid)
+            self.refuse(sid, WsgateError("internal error"))
         finally:
             if quotas is not None and not started:
                 quotas.stream_ended(sid)  # nothing generates under its slot here
@@ -827,19 +836,34 @@ class Connection:
         log.warning("connection_closed_by_policy", code=action.code, reason=action.reason)
         self.session.drain()
         self.apply(self.session.cancel_all())  # their `finish` frames go out first
-        self._control(encode_frame(action.frame))
         self._silenced = True
-        self._closer = asyncio.create_task(self._close_when_sent(action.code, action.reason))
+        last = encode_frame(action.frame)
+        self._closer = asyncio.create_task(self._close_when_sent(action.code, action.reason, last))
 
-    async def _close_when_sent(self, code: int, reason: str) -> None:
-        """Close once what is queued went out (the answers, then the last error), within 1 s."""
+    async def _close_when_sent(self, code: int, reason: str, last: bytes) -> None:
+        """Once what is queued went out (answers, finishes), the last error, then the close.
+
+        The last error is sent here, not queued: control frames go ahead of stream frames
+        in the outbox, and it must follow the streams' `finish` frames. Within 1 s.
+        """
         try:
             async with asyncio.timeout(1.0):
                 while not self.outbox.empty:  # noqa: ASYNC110 - the writer empties it
                     await asyncio.sleep(0.01)
+                await self.ws.send(last, text=True)
                 await self.ws.close(code, reason)
         except (TimeoutError, websockets.ConnectionClosed):
             self.abort("close_timeout")
+
+    def overflowed(self, reason: str, buffered: int) -> None:
+        """The guard's hook: the transport holds too much for this client, whoever queued it.
+
+        `reason` is `buffer_full` (frames, pongs and close frames past the connection's
+        cap) or `send_timeout` (the transport stayed paused); either way a slow consumer.
+        """
+        if reason == "send_timeout":
+            self.shared.accounting.send_timeouts += 1
+        self._slow_consumer(buffered)
 
     def _slow_consumer(self, buffered: int) -> None:
         if self._silenced:

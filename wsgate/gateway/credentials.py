@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,15 +35,18 @@ class Credentials:
     ticket_ttl_s: float = 30.0
 
     async def from_handshake(
-        self, authorization: str | None, target: str, address: str
+        self, authorization: Sequence[str], target: str, address: str
     ) -> Principal | None:
         """The principal of an upgrade request; None: its first frame must be `auth`.
 
-        `authorization` is the `Authorization` header, `target` the request's path and
-        query, `address` the client's IP. Raises `AuthFailed` for refused credentials.
+        `authorization` is the request's `Authorization` headers (at most one is valid),
+        `target` its path and query, `address` the client's IP. Raises `AuthFailed` for
+        refused credentials.
         """
-        if authorization is not None:
-            return await self.bearer(authorization)
+        if len(authorization) > 1:
+            raise AuthFailed("more than one Authorization header", reason="malformed")
+        if authorization:
+            return await self.bearer(authorization[0])
         ticket = _query_value(target, "ticket")
         if ticket is not None:
             return await self._ticket(ticket)

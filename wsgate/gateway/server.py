@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -32,11 +33,13 @@ from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from wsgate.core.errors import AuthFailed
 from wsgate.core.frames import PROTOCOL
-from wsgate.core.principal import Quota, anonymous
+from wsgate.core.principal import Principal
 from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
-from wsgate.gateway.guard import Guard, GuardOptions
+from wsgate.gateway.credentials import Credentials
+from wsgate.gateway.guard import Guard, GuardedConnection, GuardOptions
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Store
 from wsgate.log import bind, get_logger, unbind
@@ -88,13 +91,21 @@ class Gateway:
         store: Store | None = None,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        shared: Shared | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.options = options
         self.upstream = upstream
         self.resolve = resolve
         self.server_version = server_version
         self.connections: set[Connection] = set()
-        self.shared = Shared(store=store)
+        self.shared = Shared(store=store) if shared is None else shared
+        self.credentials = Credentials(store=store) if credentials is None else credentials
+        # The principal each upgrade request's credentials made, read once by `_handle`
+        # (weak: a handshake that fails after `_process_request` leaves nothing behind).
+        self._principals: weakref.WeakKeyDictionary[ServerConnection, Principal | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self.ssl_context = ssl_context  # None: ws://; reloaded in place by its owner
         self.guard = Guard(
             options.guard,
@@ -230,13 +241,15 @@ class Gateway:
         log.warning("origin_refused", origin=origin[:200], origins=len(origins))
         return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         """None to upgrade; else the HTTP response (a probe's answer, or a refusal).
 
         The checks run cheapest first, each refusing before the upgrade: the page's Origin,
-        then the connection caps (which take this connection's slot). Authentication of
-        the handshake's credentials belongs after them: a refused client costs no signature
-        check, and a capped one none at all.
+        then the connection caps (which take this connection's slot), then the handshake's
+        credentials (HTTP 401 with `WWW-Authenticate: Bearer`): a refused page costs no
+        signature check, and a capped client none at all.
         """
         path = request.path.split("?", 1)[0]
         if path != self.options.path:
@@ -244,7 +257,27 @@ class Gateway:
         refusal = self._check_origin(connection, request)
         if refusal is None:
             refusal = self.guard.admit(connection)
+        if refusal is None:
+            refusal = await self._check_credentials(connection, request)
         return refusal
+
+    async def _check_credentials(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Keep the handshake's principal for `_handle`; HTTP 401 for refused credentials."""
+        try:
+            principal = await self.credentials.from_handshake(
+                request.headers.get_all("Authorization"), request.path, _ip(connection)
+            )
+        except AuthFailed as exc:
+            # Counted by reason here; the guard counts and logs the 401 (throttled), and
+            # the authenticator logs a refused token's reason (throttled, never the token).
+            self.shared.accounting.auth_failures[exc.reason] += 1
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{exc.public_message}\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wsgate"'
+            return response
+        self._principals[connection] = principal
+        return None
 
     def _probe(self, connection: ServerConnection, path: str) -> Response:
         """The plain HTTP endpoints on the gateway's port: liveness, readiness, counters."""
@@ -282,18 +315,21 @@ class Gateway:
             self._new_message_id,
             self.server_version,
             self._log_policy,
+            admission=self.shared.limiter is not None,
+            accepts_auth=self.shared.authenticate is not None,
         )
-        # Authentication (issue 14, point 1) decides the principal at the handshake; until
-        # it is wired here, a gateway without [auth] serves every client as anonymous.
-        principal = None
-        if self.shared.authenticate is None:
-            principal = anonymous(_ip(ws), Quota())
         connection = Connection(
-            ws, session, self.upstream, self.options.connection, self.shared, principal=principal
+            ws,
+            session,
+            self.upstream,
+            self.options.connection,
+            self.shared,
+            principal=self._principals.pop(ws, None),
         )
-        # The guard (guard.py) calls ws.on_overflow(reason, buffered) once when the bytes
-        # queued in the transport pass the connection's cap; its default counts a slow
-        # consumer and aborts. TODO(issue 14): the connection's own slow-consumer path.
+        # The guard (guard.py) calls this once when the bytes queued in the transport
+        # (frames, pongs, close frames) pass the connection's cap, or stay paused too long.
+        if isinstance(ws, GuardedConnection):
+            ws.on_overflow = connection.overflowed
         accounting = self.shared.accounting
         accounting.connections_opened += 1
         accounting.connections_open += 1
