@@ -80,8 +80,10 @@ def test_every_frame_of_every_conversation_fixture_validates_against_its_schema(
     for step in steps:
         if "expect" in step:
             VALIDATORS["server"].validate(step["expect"])
-        elif isinstance(step["send"], dict):
+        elif isinstance(step.get("send"), dict):
             VALIDATORS["client"].validate(step["send"])
+        elif "closed" in step:
+            assert isinstance(step["closed"], int)
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])

@@ -49,7 +49,9 @@ ERROR_CODES: dict[str, ErrorSpec] = {
         retryable=False, description="The frame exceeds limits.max_frame_bytes."
     ),
     "unsupported": ErrorSpec(
-        retryable=False, description="The frame type is reserved for a later protocol release."
+        retryable=False,
+        description="The frame type is reserved for a later protocol release (`tool_result`),"
+        " or `auth` on a gateway without authentication.",
     ),
     "stream_exists": ErrorSpec(
         retryable=False, description="A stream with this stream_id is running on the connection."
