@@ -89,6 +89,7 @@ def gateway_options(settings: Settings, max_connections: int | None = None) -> G
         allowed_origins=tuple(server.allowed_origins),
         exposed=settings.real_providers or not is_loopback(server.host),
         compression=server.compression,
+        demo=server.demo,
         max_streams=limits.max_streams_per_connection,
         max_frame_bytes=limits.max_frame_bytes,
         telemetry_interval=limits.telemetry_interval_s,

@@ -42,6 +42,7 @@ from wsgate.gateway.credentials import Credentials
 from wsgate.gateway.guard import Guard, GuardedConnection, GuardOptions
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Store
+from wsgate.gateway.static import Asset, WebAssets
 from wsgate.log import bind, get_logger, unbind
 
 log = get_logger("wsgate.gateway")
@@ -70,6 +71,7 @@ class GatewayOptions:
     telemetry_interval: float = 0.5
     ping_interval: float | None = 20.0
     run_without_log: bool = False  # store.on_unavailable = "run_without_log"
+    demo: bool = True  # the demo page at `/` (the client library is always served)
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
     guard: GuardOptions = field(default_factory=GuardOptions)
 
@@ -114,6 +116,7 @@ class Gateway:
             send_timeout=options.connection.send_timeout,
             probe_paths=PROBES,
         )
+        self.web = WebAssets(demo=options.demo)
         self._log_policy: LogPolicy | None = None
         if store is not None:
             self._log_policy = LogPolicy(
@@ -253,7 +256,7 @@ class Gateway:
         """
         path = request.path.split("?", 1)[0]
         if path != self.options.path:
-            return self._probe(connection, path)
+            return self._probe(connection, path, request)
         refusal = self._check_origin(connection, request)
         if refusal is None:
             refusal = self.guard.admit(connection)
@@ -279,8 +282,8 @@ class Gateway:
         self._principals[connection] = principal
         return None
 
-    def _probe(self, connection: ServerConnection, path: str) -> Response:
-        """The plain HTTP endpoints on the gateway's port: liveness, readiness, counters."""
+    def _probe(self, connection: ServerConnection, path: str, request: Request) -> Response:
+        """The plain HTTP endpoints on the gateway's port: probes, counters, web assets."""
         if path == "/livez":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/stats":
@@ -299,6 +302,9 @@ class Gateway:
             if self.ready:
                 return connection.respond(HTTPStatus.OK, "ready\n")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+        asset = self.web.find(path)
+        if asset is not None:
+            return _asset_response(connection, asset, request.headers.get("If-None-Match"))
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -366,6 +372,23 @@ def origin_allowed(origin: str, options: GatewayOptions, port: int) -> bool:
         return False
     own = {f"http://{host}:{port}" for host in ("127.0.0.1", "localhost", "[::1]")}
     return origin in own
+
+
+def _asset_response(
+    connection: ServerConnection, asset: Asset, if_none_match: str | None
+) -> Response:
+    """200 with the asset, or 304 when the client's copy is current (its ETag matches)."""
+    fresh = if_none_match is not None and asset.etag in if_none_match.split(", ")
+    response = connection.respond(HTTPStatus.NOT_MODIFIED if fresh else HTTPStatus.OK, "")
+    body = b"" if fresh else asset.body
+    response.body = body
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    for name, value in asset.headers().items():
+        response.headers[name] = value
+    if not fresh:
+        response.headers["Content-Length"] = str(len(body))
+    return response
 
 
 def _select_subprotocol(
