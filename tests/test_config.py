@@ -296,6 +296,7 @@ def test_secret_never_appears_in_repr_str_or_summary(write_toml):
         "path": "/v1/ws",
         "allowed_origins": [],
         "compression": False,
+        "demo": True,
         "drain_timeout_s": 20.0,
         "reconnect_after_ms": 1000,
         "allow_anonymous": False,
