@@ -8,6 +8,7 @@ holding it set `BOTH_READERS = True`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,10 +34,19 @@ def upstream_reader() -> str:
 
 
 @pytest.fixture
-async def start_app(upstream_reader: str) -> AsyncIterator[Callable[..., Any]]:
+async def start_app(upstream_reader: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start gateways on free ports: `factory(toml=None, **overrides)`, stopped at the end.
+
+    `toml` is a configuration file's text (written to a file of its own); `overrides` are
+    dotted settings on top of it.
+    """
     apps: list[App] = []
 
-    async def factory(**overrides: Any) -> App:
+    async def factory(toml: str | None = None, **overrides: Any) -> App:
+        path = None
+        if toml is not None:
+            path = tmp_path / f"wsgate-{len(apps)}.toml"
+            path.write_text(toml, encoding="utf-8")
         merged = {
             "server.port": 0,
             "mock.ttft_ms": 0,
@@ -44,7 +54,7 @@ async def start_app(upstream_reader: str) -> AsyncIterator[Callable[..., Any]]:
             "upstream.reader": upstream_reader,
             **overrides,
         }
-        app = App(load_settings(None, environ={}, overrides=merged), environ={})
+        app = App(load_settings(path, environ={}, overrides=merged), environ={})
         await app.start()
         apps.append(app)
         return app

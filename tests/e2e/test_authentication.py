@@ -16,7 +16,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wsgate.app import App
-from wsgate.config import load_settings
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
 KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789", "old": "sk-old-0123456789"}
@@ -51,27 +50,13 @@ def token(sub: str = "u1", exp_in: float = 60.0, **claims: Any) -> str:
 
 
 @pytest.fixture
-async def start_auth_app(tmp_path):
-    apps: list[App] = []
+def start_auth_app(start_app):
+    """Gateways with `BASE_TOML` (or another configuration) and the ticket API on a free port."""
 
     async def factory(toml: str = BASE_TOML, **overrides: Any) -> App:
-        path = tmp_path / f"wsgate-{len(apps)}.toml"
-        path.write_text(toml)
-        merged = {
-            "server.port": 0,
-            "api.port": 0,
-            "mock.ttft_ms": 0,
-            "mock.tokens_per_s": 0,
-            **overrides,
-        }
-        app = App(load_settings(path, environ={}, overrides=merged), environ={})
-        await app.start()
-        apps.append(app)
-        return app
+        return await start_app(toml, **{"api.port": 0, **overrides})
 
-    yield factory
-    for app in apps:
-        await app.stop()
+    return factory
 
 
 @pytest.fixture

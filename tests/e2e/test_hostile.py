@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import orjson
 import pytest
 import websockets
 from e2e_helpers import mock_request, raw_connect, stream_text
-from proc_helpers import clean_env
+from proc_helpers import clean_env, stop
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
@@ -100,12 +99,7 @@ def process(log: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[byte
         try:
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from wsgate.app import App
-from wsgate.config import load_settings
 
 KEY = "sk-rate-limits-0123456789"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -42,9 +41,8 @@ Nodes = Callable[..., Any]
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def nodes(request, tmp_path) -> AsyncIterator[Nodes]:
+def nodes(request, start_app) -> Nodes:
     """A factory of the gateway nodes under test: one (memory store) or two (one Redis)."""
-    apps: list[App] = []
     store: dict[str, Any] = {}
     count = 1
     if request.param == "redis":
@@ -52,28 +50,14 @@ async def nodes(request, tmp_path) -> AsyncIterator[Nodes]:
         count = 2
 
     async def factory(toml: str, **overrides: Any) -> list[App]:
-        path = tmp_path / f"wsgate-{len(apps)}.toml"
-        path.write_text(toml)
-        made = []
-        for n in range(count):
-            merged = {
-                "server.port": 0,
-                "api.enabled": "off",
-                "mock.ttft_ms": 0,
-                "mock.tokens_per_s": 0,
-                "store.node_id": f"node-{n}",
-                **store,
-                **overrides,
-            }
-            app = App(load_settings(path, environ={}, overrides=merged), environ={})
-            await app.start()
-            apps.append(app)
-            made.append(app)
-        return made
+        return [
+            await start_app(
+                toml, **{"api.enabled": "off", "store.node_id": f"node-{n}", **store, **overrides}
+            )
+            for n in range(count)
+        ]
 
-    yield factory
-    for app in apps:
-        await app.stop()
+    return factory
 
 
 async def outcomes(conn: RawConn, stream_ids: list[str]) -> dict[str, dict[str, Any]]:

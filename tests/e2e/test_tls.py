@@ -22,7 +22,7 @@ import pytest
 import trustme
 from cryptography import x509
 from e2e_helpers import mock_request, raw_connect, stream_text
-from proc_helpers import clean_env
+from proc_helpers import clean_env, stop
 from websockets.asyncio.client import connect
 
 from wsgate.app import App
@@ -161,13 +161,7 @@ def serve_process(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen
         try:
             yield proc, log
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
 
 
 def records(log: Path) -> list[dict]:

@@ -129,7 +129,7 @@ class Guard:
         if not isinstance(ws, GuardedConnection) or ws.slot is not None:
             return None
         options = self.options
-        ip = _ip(ws)
+        ip = client_ip(ws)
         if self.open >= options.max_connections:
             return self._capped(ws, "max_connections", options.max_connections, ip)
         per_ip = options.max_connections_per_ip
@@ -171,7 +171,7 @@ class Guard:
 
     def _timed_out(self, ws: GuardedConnection, stage: str) -> None:
         self.accounting.handshake_timeouts += 1
-        remote = _remote(ws) if stage == "http" else "?"  # no transport yet during TLS
+        remote = client_address(ws) if stage == "http" else "?"  # no transport yet during TLS
         self._log_timeout(stage=stage, remote=remote, timeout_s=self.options.handshake_timeout)
 
     def _handshake_over(self, ws: GuardedConnection) -> None:
@@ -189,7 +189,7 @@ class Guard:
         if status is None or status < 400 or path in self.probe_paths:
             return  # the client left before a request, or a probe's answer
         self.accounting.handshakes_refused[str(status)] += 1
-        self._log_refused(status=status, path=path[:100], remote=_remote(ws))
+        self._log_refused(status=status, path=path[:100], remote=client_address(ws))
 
     def _protocol_close(self, ws: GuardedConnection) -> None:
         protocol = ws.protocol
@@ -197,7 +197,7 @@ class Guard:
         if close is None or close.code not in PROTOCOL_CLOSES or protocol.close_rcvd_then_sent:
             return  # not a close of ours for a broken protocol (or the client's echoed)
         self.accounting.protocol_closes[str(close.code)] += 1
-        self._log_protocol(code=close.code, reason=close.reason[:100], remote=_remote(ws))
+        self._log_protocol(code=close.code, reason=close.reason[:100], remote=client_address(ws))
 
     def _overflowed(self, reason: str) -> None:
         self.accounting.transport_overflows[reason] += 1
@@ -386,11 +386,13 @@ def _unparsed_status(protocol: ServerProtocol) -> int | None:
     return HTTPStatus.BAD_REQUEST.value
 
 
-def _ip(ws: ServerConnection) -> str:
+def client_ip(ws: ServerConnection) -> str:
+    """The client's address (without its port), or "?" once the transport is gone."""
     address = ws.remote_address
     return str(address[0]) if address else "?"
 
 
-def _remote(ws: ServerConnection) -> str:
+def client_address(ws: ServerConnection) -> str:
+    """The client's address and port, for logs."""
     address = ws.remote_address
     return f"{address[0]}:{address[1]}" if address else "?"

@@ -39,7 +39,13 @@ from wsgate.core.principal import Principal
 from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
 from wsgate.gateway.credentials import Credentials
-from wsgate.gateway.guard import Guard, GuardedConnection, GuardOptions
+from wsgate.gateway.guard import (
+    Guard,
+    GuardedConnection,
+    GuardOptions,
+    client_address,
+    client_ip,
+)
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Store
 from wsgate.gateway.static import Asset, WebAssets
@@ -270,7 +276,7 @@ class Gateway:
         """Keep the handshake's principal for `_handle`; HTTP 401 for refused credentials."""
         try:
             principal = await self.credentials.from_handshake(
-                request.headers.get_all("Authorization"), request.path, _ip(connection)
+                request.headers.get_all("Authorization"), request.path, client_ip(connection)
             )
         except AuthFailed as exc:
             # Counted by reason here; the guard counts and logs the 401 (throttled), and
@@ -340,7 +346,7 @@ class Gateway:
         accounting.connections_opened += 1
         accounting.connections_open += 1
         self.connections.add(connection)
-        log.info("connection_open", remote=_remote(ws))
+        log.info("connection_open", remote=client_address(ws))
         try:
             await connection.run()
         finally:
@@ -418,13 +424,3 @@ def _drop_handshake_headers(ws: ServerConnection) -> None:
     for message in (ws.request, ws.response):
         if message is not None:
             message.headers.clear()
-
-
-def _ip(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    return str(address[0]) if address else "?"
-
-
-def _remote(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    return f"{address[0]}:{address[1]}" if address else "?"
