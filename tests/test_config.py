@@ -549,11 +549,17 @@ def test_allow_anonymous_beyond_loopback_is_warned_about_and_shown_by_check_conf
         ('secret = "s"\njwks_url = "https://idp.example/jwks"', "exactly one of"),
         ("audience = 'x'", "exactly one of"),
         ('secret = "s"\nalgorithms = ["none"]', "auth.jwt"),
+        ('jwks_url = "http://idp.example/jwks"', "must be https"),
     ],
 )
 def test_jwt_settings_that_would_weaken_verification_are_refused(write_toml, jwt_table, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(write_toml(f"[auth.jwt]\n{jwt_table}\n"), environ={})
+
+
+def test_a_jwks_url_in_clear_text_is_accepted_on_loopback_only(write_toml):
+    local = load_settings(write_toml('[auth.jwt]\njwks_url = "http://127.0.0.1:9/j"\n'), environ={})
+    assert local.auth.jwt is not None
 
 
 def test_jwt_algorithms_default_to_the_key_kind(write_toml):

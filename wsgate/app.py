@@ -292,7 +292,22 @@ class App:
             except (ConfigError, ValueError) as exc:
                 log.error("api_keys_reload_failed", error=str(exc))  # noqa: TRY400
             else:
-                log.info("api_keys_reloaded", keys=len(entries))
+                revoked = self._close_revoked()
+                log.info("api_keys_reloaded", count=len(entries), connections_closed=revoked)
+
+    def _close_revoked(self) -> int:
+        """Close (4501) the connections made with an API key that is now revoked or gone."""
+        keys = None if self.authenticator is None else self.authenticator.api_keys
+        if keys is None or self.gateway is None:
+            return 0
+        closed = 0
+        for connection in list(self.gateway.connections):
+            principal = connection.session.principal
+            credential = None if principal is None else principal.credential
+            if credential is not None and not keys.valid(credential):
+                connection.revoke()
+                closed += 1
+        return closed
 
     async def stop(self) -> None:
         """Close the API and the connections (1001), then the store, upstream pool, mock."""

@@ -221,6 +221,14 @@ class JwtSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
             )
         if self.algorithms == []:
             raise ConfigError("auth.jwt.algorithms: must not be empty")
+        url = self.jwks_url
+        if url is not None and url.startswith("http://"):
+            host = urlsplit(url).hostname or ""
+            if not is_loopback(host):
+                raise ConfigError(
+                    "auth.jwt.jwks_url: must be https:// (a JWKS read in clear text can be "
+                    "replaced on the way, and then any token signed), unless on loopback"
+                )
 
     @property
     def allowed_algorithms(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from wsgate.core.auth import (
+    MAX_LIFETIME_S,
     MAX_TOKEN_CHARS,
     ApiKeys,
     JwksError,
@@ -109,7 +110,11 @@ def test_hash_key_is_the_sha256_hex_of_the_key():
 def test_a_known_api_key_gives_its_principal_with_the_default_quota():
     default = Quota(starts_per_minute=5)
     keys = ApiKeys([KeyEntry("alice", hash_key("k1"), frozenset({"mock"}))], default)
-    assert keys.verify("k1") == Principal("key:alice", "api_key", frozenset({"mock"}), default)
+    expected = Principal(
+        "key:alice", "api_key", frozenset({"mock"}), default, credential=hash_key("k1")
+    )
+    assert keys.verify("k1") == expected
+    assert keys.valid(hash_key("k1"))
 
 
 def test_an_api_key_with_its_own_quota_keeps_it():
@@ -143,9 +148,9 @@ def test_two_api_keys_with_one_hash_are_refused_at_construction():
 # --- JWT: success ----------------------------------------------------------------------
 
 
-def test_an_hs256_token_gives_a_jwt_principal_expiring_at_exp():
+def test_an_hs256_token_gives_a_jwt_principal_expiring_at_exp_plus_the_leeway():
     principal = HS.verify(sign(), NOW, SECRET_KEYS)
-    assert principal == Principal("jwt:alice", "jwt", None, Quota(), NOW + 600)
+    assert principal == Principal("jwt:alice", "jwt", None, Quota(), NOW + 600 + HS.leeway_s)
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
@@ -187,7 +192,7 @@ def test_an_expired_token_is_refused_as_expired():
 
 def test_the_leeway_accepts_a_token_just_past_exp_and_refuses_it_once_past_the_leeway():
     token = sign(exp=NOW)
-    assert HS.verify(token, NOW + 29.9, SECRET_KEYS).expires_at == NOW
+    assert HS.verify(token, NOW + 29.9, SECRET_KEYS).expires_at == NOW + 30  # accepted till then
     assert refused(HS, token, SECRET_KEYS, now=NOW + 30) == "expired"
 
 
@@ -195,6 +200,11 @@ def test_the_leeway_accepts_a_token_just_before_nbf_and_refuses_one_earlier():
     token = sign(nbf=NOW + 30)
     assert HS.verify(token, NOW, SECRET_KEYS).id == "jwt:alice"
     assert refused(HS, token, SECRET_KEYS, now=NOW - 0.1) == "not_yet_valid"
+
+
+def test_a_far_exp_is_held_to_ten_years_from_now():
+    principal = HS.verify(sign(exp=NOW + 1e300), NOW, SECRET_KEYS)
+    assert principal.expires_at == NOW + MAX_LIFETIME_S
 
 
 def test_a_token_issued_in_the_future_beyond_the_leeway_is_refused():

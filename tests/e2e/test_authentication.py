@@ -43,10 +43,17 @@ revoked = true
 secret = "{SECRET}"
 """
 
+NO_LEEWAY = BASE_TOML + "leeway_s = 0\n"  # in [auth.jwt]: a token's life is its exp
 
-def token(sub: str = "u1", exp_in: float = 60.0, **claims: Any) -> str:
+
+def claims(sub: str = "u1", exp_in: float = 60.0, **more: Any) -> dict[str, Any]:
+    """Claims this gateway accepts but for what `more` changes (valid `exp`, `iat`)."""
     now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + exp_in, **claims}, SECRET, "HS256")
+    return {"sub": sub, "iat": now, "exp": now + exp_in, **more}
+
+
+def token(sub: str = "u1", exp_in: float = 60.0, **more: Any) -> str:
+    return jwt.encode(claims(sub, exp_in, **more), SECRET, "HS256")
 
 
 @pytest.fixture
@@ -108,7 +115,7 @@ async def test_an_api_key_in_the_authorization_header_authenticates_the_connecti
         f"Basic {KEYS['alice']}",
         "Bearer ",
         f"Bearer {token(exp_in=-120)}",  # expired beyond the leeway
-        f"Bearer {jwt.encode({'sub': 'u1'}, 'another-secret-of-at-least-32-bytes', 'HS256')}",
+        f"Bearer {jwt.encode(claims(), 'another-secret-of-at-least-32-bytes', 'HS256')}",
     ],
     ids=["revoked", "unknown", "not-bearer", "empty", "expired-jwt", "bad-signature"],
 )
@@ -123,7 +130,7 @@ async def test_a_jwt_in_the_authorization_header_carries_its_expiry_into_ready(a
         auth = conn.received[0]["auth"]
         assert auth["principal"] == "jwt:carol"
         assert auth["method"] == "jwt"
-        assert 100_000 < auth["expires_in_ms"] <= 120_000
+        assert 140_000 < auth["expires_in_ms"] <= 150_000  # exp + leeway_s (30 s)
 
 
 # --- the first frame ----------------------------------------------------------------------
@@ -206,7 +213,7 @@ async def test_auth_sent_twice_refreshes_the_same_principal(auth_app):
         refreshed = await conn.recv()
         assert refreshed["type"] == "auth.refreshed"
         assert refreshed["principal"] == "jwt:erin"
-        assert 290_000 < refreshed["expires_in_ms"] <= 300_000
+        assert 320_000 < refreshed["expires_in_ms"] <= 330_000  # exp + leeway_s
     finally:
         await conn.ws.close()
 
@@ -222,9 +229,10 @@ async def test_a_refresh_naming_another_principal_closes_the_connection(auth_app
 
 
 async def test_credentials_that_expire_without_a_refresh_close_with_4502_after_the_finish(
-    auth_app,
+    start_auth_app,
 ):
-    conn = await open_raw(auth_app.url)
+    app = await start_auth_app(NO_LEEWAY)
+    conn = await open_raw(app.url)
     # iat/exp are whole seconds: 2 s from now is 1-2 s of life.
     await conn.send({"type": "auth", "token": token("frank", exp_in=2)})
     await conn.recv()
@@ -237,8 +245,9 @@ async def test_credentials_that_expire_without_a_refresh_close_with_4502_after_t
     assert frames[-1]["code"] == "auth_expired"
 
 
-async def test_a_refreshed_connection_outlives_its_first_token(auth_app):
-    conn = await open_raw(auth_app.url)
+async def test_a_refreshed_connection_outlives_its_first_token(start_auth_app):
+    app = await start_auth_app(NO_LEEWAY)
+    conn = await open_raw(app.url)
     try:
         await conn.send({"type": "auth", "token": token("gina", exp_in=2)})
         await conn.recv()
@@ -351,3 +360,109 @@ async def test_a_gateway_without_auth_needs_no_credentials(start_app):
     async with raw_connect(app.url) as conn:
         assert "auth" not in conn.received[0]
         assert (await run_one(conn))[-1]["reason"] == "stop"
+
+
+# --- found by review ----------------------------------------------------------------------
+
+
+async def test_idempotency_keys_of_principals_whose_names_share_a_prefix_never_collide(
+    start_auth_app,
+):
+    team, team_ops = "sk-team-0123456789", "sk-team-ops-0123456789"
+    app = await start_auth_app(
+        f"""
+[[auth.api_keys]]
+principal = "team"
+sha256 = "{sha(team)}"
+[[auth.api_keys]]
+principal = "team:ops"
+sha256 = "{sha(team_ops)}"
+"""
+    )
+    async with (
+        raw_connect(app.url, additional_headers=bearer(team_ops)) as ops,
+        raw_connect(app.url, additional_headers=bearer(team)) as other,
+    ):
+        # key:team:ops + "job-1" and key:team + "ops:job-1" spell the same naive key.
+        await ops.start("s1", mock_request({"text": "first"}), {"idempotency_key": "job-1"})
+        assert (await ops.finishes({"s1"}))["s1"][-1]["reason"] == "stop"
+        await other.start("s1", mock_request({"text": "other"}), {"idempotency_key": "ops:job-1"})
+        frames = (await other.finishes({"s1"}))["s1"]
+        assert frames[0]["type"] == "stream.started"
+        assert frames[-1]["reason"] == "stop"
+        assert "".join(f["text"] for f in frames if f["type"] == "delta.text") == "other"
+
+
+async def test_a_query_string_of_many_fields_is_not_an_error(auth_app, start_app):
+    query = "&".join(f"f{i}=1" for i in range(40))
+    async with raw_connect(
+        f"{auth_app.url}?{query}", additional_headers=bearer(KEYS["alice"])
+    ) as conn:
+        assert conn.received[0]["type"] == "ready"
+    plain = await start_app()
+    async with raw_connect(f"{plain.url}?{query}&ticket=tk_x") as conn:
+        assert conn.received[0]["type"] == "ready"  # no [auth]: the ticket is not looked at
+
+
+async def test_a_verification_slower_than_the_auth_timer_is_not_cut_by_it(auth_app):
+    real = auth_app.gateway.shared.authenticate
+
+    async def slow(token_: str):
+        await asyncio.sleep(0.4)  # a JWKS fetch for a new kid, say
+        return await real(token_)
+
+    auth_app.gateway.shared.authenticate = slow
+    conn = await open_raw(auth_app.url)  # auth.timeout_s = 0.5
+    try:
+        await asyncio.sleep(0.3)
+        await conn.send({"type": "auth", "token": KEYS["alice"]})  # in time; verified late
+        assert (await conn.recv())["type"] == "ready"
+    finally:
+        await conn.ws.close()
+
+
+async def test_nothing_but_the_auth_answer_reaches_a_connection_before_its_ready(start_auth_app):
+    app = await start_auth_app(**{"limits.heartbeat_interval_s": 0.1})
+    conn = await open_raw(app.url)  # auth.timeout_s = 0.5: five heartbeat intervals
+    code, frames = await closed(conn)
+    assert code == 4501
+    assert [f["type"] for f in frames] == ["error"]
+    assert frames[0]["code"] == "auth_timeout"
+
+
+async def test_a_jwt_accepted_within_its_leeway_lives_until_exp_plus_the_leeway(auth_app):
+    headers = bearer(token("late", exp_in=-5))  # expired 5 s ago; leeway_s = 30
+    async with raw_connect(auth_app.url, additional_headers=headers) as conn:
+        assert 20_000 < conn.received[0]["auth"]["expires_in_ms"] <= 25_000
+        assert (await run_one(conn))[-1]["reason"] == "stop"
+
+
+async def test_a_reload_that_revokes_a_key_closes_the_connections_made_with_it(
+    start_auth_app, tmp_path
+):
+    keys_file = tmp_path / "keys.toml"
+    entry = '[[api_keys]]\nprincipal = "{name}"\nsha256 = "{digest}"\nrevoked = {revoked}\n'
+    carol, dan = "sk-carol-0123456789", "sk-dan-0123456789"
+
+    def write(carol_revoked: str) -> None:
+        keys_file.write_text(
+            entry.format(name="carol", digest=sha(carol), revoked=carol_revoked)
+            + entry.format(name="dan", digest=sha(dan), revoked="false")
+        )
+
+    write("false")
+    app = await start_auth_app(f'[auth]\napi_keys_file = "{keys_file}"\n')
+    _, body = await buy_ticket(app, carol)
+    async with (
+        raw_connect(app.url, additional_headers=bearer(carol)) as by_key,
+        raw_connect(f"{app.url}?ticket={body['ticket']}") as by_ticket,
+        raw_connect(app.url, additional_headers=bearer(dan)) as other,
+    ):
+        write("true")
+        app.reload()
+        for conn in (by_key, by_ticket):
+            code, frames = await closed(conn)
+            assert code == 4501
+            assert frames[-1]["code"] == "auth_failed"
+        assert (await run_one(other))[-1]["reason"] == "stop"
+    assert await handshake_status(app.url, additional_headers=bearer(carol)) == 401

@@ -29,7 +29,7 @@ from typing import Any, Self
 import orjson
 import pytest
 import websockets
-from e2e_helpers import mock_request, raw_connect, stream_text
+from e2e_helpers import drop, mock_request, raw_connect, stream_text
 from proc_helpers import clean_env, stop
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -40,12 +40,14 @@ HANDSHAKE_TIMEOUT_S = 1.0
 MAX_PENDING = 8
 MAX_PER_IP = 16
 MAX_BAD_FRAMES = 50
+MAX_DETACHED = 8
 LIMITS = {
     "WSGATE_LIMITS__SEND_TIMEOUT_S": str(SEND_TIMEOUT_S),
     "WSGATE_LIMITS__HANDSHAKE_TIMEOUT_S": str(HANDSHAKE_TIMEOUT_S),
     "WSGATE_LIMITS__MAX_PENDING_HANDSHAKES": str(MAX_PENDING),
     "WSGATE_LIMITS__MAX_CONNECTIONS_PER_IP": str(MAX_PER_IP),
     "WSGATE_LIMITS__MAX_BAD_FRAMES": str(MAX_BAD_FRAMES),
+    "WSGATE_LIMITS__MAX_DETACHED_STREAMS": str(MAX_DETACHED),
 }
 
 PING_FLOOD_GROWTH = 64 << 20
@@ -363,4 +365,31 @@ async def test_a_client_sending_bad_frames_without_end_is_closed(gateway):
     assert code == 4500
     assert answered <= MAX_BAD_FRAMES + 1  # each error, then too_many_bad_frames
     assert closed_after < 2.0
+    assert memory.growth < SMALL_GROWTH
+
+
+async def test_streams_left_running_by_clients_that_reset_are_capped_gateway_wide(gateway):
+    # The case: 2 connections x 32 `on_disconnect: continue` streams, then a reset,
+    # held +62 MB on main for the whole window. Past `max_detached_streams` they are
+    # cancelled; what the rest may log is bounded by max_log_bytes each.
+    script = {"chunks": ["tok "] * 1500, "tokens_per_s": 300}  # 5 s each, if left to run
+    with Memory(gateway.pid) as memory:
+        observer = asyncio.create_task(observe(gateway.url))
+        for _ in range(2):
+            async with raw_connect(gateway.url) as conn:
+                for i in range(32):
+                    await conn.start(
+                        f"d{i}", mock_request(script, model="m"), {"on_disconnect": "continue"}
+                    )
+                await conn.until(
+                    lambda f: f["type"] == "stream.started" and f["stream_id"] == "d31"
+                )
+                drop(conn)
+        await asyncio.sleep(0.5)
+        detached = (await stats(gateway))["detached_open"]
+        took = await assert_observer_whole(observer)
+    memory.report(
+        "detached cap", detached_open=detached, cap=MAX_DETACHED, observer_s=f"{took:.2f}"
+    )
+    assert 0 < detached <= MAX_DETACHED
     assert memory.growth < SMALL_GROWTH

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from e2e_helpers import RawConn, mock_request, raw_connect
+from e2e_helpers import RawConn, drop, mock_request, raw_connect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -206,3 +206,41 @@ async def test_anonymous_clients_are_limited_per_ip_on_a_gateway_without_auth(no
         results = await asyncio.gather(outcomes(a, sids), outcomes(b, sids))
     kinds = Counter(f["type"] for result in results for f in result.values())
     assert kinds == {"stream.started": 3, "error": 3}
+
+
+async def test_a_detached_stream_keeps_its_concurrency_slot_until_it_ends(nodes):
+    apps = await nodes(auth_toml("concurrent_streams = 1"))
+    script = {"chunks": ["a"] * 100, "tokens_per_s": 100}  # 1 s
+    async with raw_connect(apps[0].url, additional_headers=HEADERS) as gone:
+        await gone.start("s1", mock_request(script), {"on_disconnect": "continue"})
+        assert (await outcomes(gone, ["s1"]))["s1"]["type"] == "stream.started"
+        drop(gone)
+    async with raw_connect(apps[-1].url, additional_headers=HEADERS) as conn:
+        await conn.start("s2", mock_request())
+        assert_rate_limited((await outcomes(conn, ["s2"]))["s2"], 5_000)
+        admitted = False
+        for attempt in range(40):  # the detached stream ends within ~1 s: then its slot is free
+            sid = f"again{attempt}"
+            await conn.start(sid, mock_request())
+            if (await outcomes(conn, [sid]))[sid]["type"] == "stream.started":
+                admitted = True
+                break
+            await asyncio.sleep(0.1)
+        assert admitted
+
+
+async def test_a_keyed_retry_at_the_concurrency_cap_attaches_to_its_generation(nodes):
+    apps = await nodes(auth_toml("concurrent_streams = 1"))
+    request, options = mock_request(LONG), {"idempotency_key": "retry-me"}
+    async with (
+        raw_connect(apps[0].url, additional_headers=HEADERS) as first,
+        raw_connect(apps[-1].url, additional_headers=HEADERS) as retry,
+    ):
+        await first.start("s1", request, options)
+        started = (await outcomes(first, ["s1"]))["s1"]
+        assert started["type"] == "stream.started"
+        await retry.start("s1", request, options)  # the same generation: no new slot needed
+        attached = (await outcomes(retry, ["s1"]))["s1"]
+        assert attached["type"] == "stream.started"
+        assert attached["message_id"] == started["message_id"]
+        await first.send({"type": "cancel", "stream_id": "s1"})

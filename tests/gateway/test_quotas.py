@@ -145,3 +145,19 @@ async def test_a_start_cancelled_while_its_slot_is_taken_releases_the_slot():
     await settle(background)
     assert limiter.held("streams:key:k") == 0
     assert not q.tracks("s1")
+
+
+async def test_closing_keeps_the_slots_and_tallies_of_the_streams_that_detached():
+    limiter, background = MemoryLimiter(), set()
+    q = quotas(limiter, Quota(concurrent_streams=3, tokens_per_minute=1000), background)
+    await q.admit_stream("gone", "m1", REQUEST)
+    await q.admit_stream("detached", "m2", REQUEST)
+    q.close(keep={"detached"})
+    await settle(background)
+    assert limiter.held("streams:key:k") == 1  # the detached stream still runs under it
+    assert q.tracks("detached")
+    assert not q.tracks("gone")
+    q.observe("detached", [DeltaText("detached", 1, "t")])
+    q.stream_ended("detached")
+    await settle(background)
+    assert limiter.held("streams:key:k") == 0

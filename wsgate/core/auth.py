@@ -27,6 +27,8 @@ from wsgate.core.principal import Principal, Quota
 
 PUBLIC_MESSAGE: Final = "invalid credentials"
 MAX_TOKEN_CHARS: Final = 8192  # longer is refused unparsed: a bound on the work per attempt
+MAX_LIFETIME_S: Final = 10 * 365 * 86400.0
+"""The longest credentials are trusted for from now, whatever their `exp` says."""
 MAX_PRINCIPAL_CHARS: Final = 256
 HMAC_ALGORITHMS: Final = frozenset({"HS256"})
 PUBLIC_KEY_ALGORITHMS: Final = ("RS256", "ES256", "EdDSA")
@@ -93,13 +95,19 @@ class ApiKeys:
         if len(token) > MAX_TOKEN_CHARS:
             return None
         # A lookup by hash leaks no timing about the key: the client cannot steer the hash.
-        entry = self._by_hash.get(hash_key(token))
+        digest = hash_key(token)
+        entry = self._by_hash.get(digest)
         if entry is None:
             return None
         if entry.revoked:
             raise _fail("revoked")
         quota = self.default_quota if entry.quota is None else entry.quota
-        return Principal(f"key:{entry.principal}", "api_key", entry.models, quota)
+        return Principal(f"key:{entry.principal}", "api_key", entry.models, quota, None, digest)
+
+    def valid(self, credential: str) -> bool:
+        """Whether the key with this sha256 is known and not revoked (after a reload)."""
+        entry = self._by_hash.get(credential)
+        return entry is not None and not entry.revoked
 
 
 # --- JWT keys --------------------------------------------------------------------------
@@ -293,7 +301,12 @@ class JwtVerifier:
         return Principal(f"jwt:{subject}", "jwt", models, quota, expires_at)
 
     def _check_time(self, claims: dict[str, Any], now: float) -> float:
-        """RFC 7519 §4.1.4-6, each with the leeway; returns `exp`."""
+        """RFC 7519 §4.1.4-6, each with the leeway; returns when the credentials expire.
+
+        That is `exp` plus the leeway: the token is accepted until then, so a connection
+        made with it lives until then too (an accepted token never gets a `ready` and an
+        immediate close). A far `exp` is held to `MAX_LIFETIME_S` from now.
+        """
         exp, nbf, iat = (_number(claims, name) for name in ("exp", "nbf", "iat"))
         if exp is None:
             raise _fail("no_expiry")
@@ -303,7 +316,7 @@ class JwtVerifier:
             raise _fail("not_yet_valid")
         if iat is not None and iat > now + self.leeway_s:
             raise _fail("issued_in_future")
-        return exp
+        return min(exp + self.leeway_s, now + MAX_LIFETIME_S)
 
     def _check_audience_and_issuer(self, claims: dict[str, Any]) -> None:
         aud = claims.get("aud")

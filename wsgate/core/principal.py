@@ -41,6 +41,7 @@ class Principal:
     models: frozenset[str] | None = None  # the model aliases it may use; None: every one
     quota: Quota = field(default_factory=Quota)
     expires_at: float | None = None  # wall-clock seconds (a JWT's `exp`); None: never
+    credential: str | None = None  # the API key it came from (its sha256), for revocation
 
     def may_use(self, model: str) -> bool:
         """Whether this principal may start a stream on `model`."""
@@ -60,6 +61,7 @@ class Principal:
                     self.quota.connections,
                 ],
                 "expires_at": self.expires_at,
+                "credential": self.credential,
             }
         )
 
@@ -74,6 +76,7 @@ class Principal:
             models=None if models is None else frozenset(str(m) for m in models),
             quota=Quota(*(int(n) for n in raw["quota"])),
             expires_at=raw["expires_at"],
+            credential=raw.get("credential"),
         )
 
 

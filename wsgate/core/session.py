@@ -303,6 +303,11 @@ class Session:
         """Every flow verdict over that outbox: pause, resume, slow consumer."""
 
     @property
+    def authenticating(self) -> bool:
+        """An `auth` frame's token is being verified."""
+        return self._authenticating
+
+    @property
     def greeted(self) -> bool:
         """Whether `ready` went out (the connection was authenticated once)."""
         return self._greeted

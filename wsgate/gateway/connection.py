@@ -95,6 +95,7 @@ from wsgate.gateway.options import ConnectionOptions, ConnectionStats
 from wsgate.gateway.ports import Body, Store, Upstream
 from wsgate.gateway.quotas import Quotas
 from wsgate.gateway.stream_task import StreamTasks
+from wsgate.gateway.throttle import LogThrottle
 from wsgate.gateway.writer import Batch, Writer
 from wsgate.log import bind, get_logger
 
@@ -123,6 +124,9 @@ class Shared:
     auth_timeout: float = 10.0  # s for the first `auth` frame of a connection without one
     limiter: Limiter | None = None  # quotas; None: none are enforced
     quota_fail_open: bool = False  # the limiter cannot answer: admit (True) or refuse
+    policy_closes: LogThrottle = field(
+        default_factory=lambda: LogThrottle("connection_closed_by_policy")
+    )  # failed authentications, bad frames: clients cause them at will
 
     def cancel_here(self, message_id: str, principal: str | None = None) -> bool:
         """Cancel a logged generation if it runs on this node (for `principal`, if given)."""
@@ -234,10 +238,10 @@ class Connection:
             self._timer.cancel()
             if self._auth_timer is not None:
                 self._auth_timer.cancel()
-            if self._quotas is not None:
-                self._quotas.close()
             await self._stop_followers()
             self.apply(self.session.connection_lost())
+            if self._quotas is not None:  # detached streams keep their slots until they end
+                self._quotas.close(keep=self.logs.keys())
             if not self.logs and self._deadline is not None:
                 self._deadline.cancel()  # detached streams keep it: their deadlines still hold
                 self._deadline = None
@@ -281,7 +285,15 @@ class Connection:
             self.apply(self.session.auth_refused(AuthFailed("this gateway has no [auth]")))
             return
         try:
-            principal = await authenticate(token)
+            async with asyncio.timeout(self.shared.auth_timeout):
+                principal = await authenticate(token)
+        except TimeoutError:
+            self.shared.accounting.auth_failures["timeout"] += 1
+            late = AuthTimeout(
+                f"the credentials were not verified within {self.shared.auth_timeout:g} s"
+            )
+            self.apply(self.session.auth_refused(late))
+            return
         except AuthFailed as exc:
             self.shared.accounting.auth_failures[exc.reason] += 1
             self.apply(self.session.auth_refused(exc))
@@ -333,7 +345,8 @@ class Connection:
     def _auth_late(self) -> None:
         """No `auth` frame came within `auth_timeout`."""
         self._auth_timer = None
-        if self.session.principal is None and self._auth_token is None:
+        session = self.session
+        if session.principal is None and self._auth_token is None and not session.authenticating:
             self.shared.accounting.auth_failures["timeout"] += 1
             timeout = AuthTimeout(f"no auth frame within {self.shared.auth_timeout:g} s")
             self.apply(self.session.auth_refused(timeout))
@@ -603,14 +616,14 @@ class Connection:
         quotas = self._quotas if action.quota else None
         started = False
         try:
-            if quotas is not None:
-                await quotas.admit_stream(sid, action.message_id, action.start.request)
             if action.key is None:
+                if quotas is not None:
+                    await quotas.admit_stream(sid, action.message_id, action.start.request)
                 actions = self.session.admitted(action, time.monotonic())
                 started = bool(actions)  # empty: cancelled or gone meanwhile
                 self.apply(actions)
-            else:
-                started = await self._claim(action, action.key)
+            else:  # a retry that attaches to its generation spends no quota
+                started = await self._claim(action, action.key, quotas)
         except (RateLimited, StoreUnavailable) as exc:
             if isinstance(exc, RateLimited):
                 self.shared.accounting.rate_limited["start"] += 1
@@ -622,15 +635,15 @@ class Connection:
             if quotas is not None and not started:
                 quotas.stream_ended(sid)  # nothing generates under its slot here
 
-    async def _claim(self, action: AdmitStart, client_key: str) -> bool:
-        """Claim the idempotency key; True when the stream now runs here."""
+    async def _claim(self, action: AdmitStart, client_key: str, quotas: Quotas | None) -> bool:
+        """Claim the idempotency key, then (a new one) the quotas; True when the stream runs."""
         store = self.shared.store
         sid = action.start.stream_id
         assert store is not None  # noqa: S101 - a claim is made only with a store
         assert action.epoch is not None  # noqa: S101 - a key needs a logged stream
         assert action.fingerprint is not None  # noqa: S101 - made with the key
         principal = self._principal_id
-        key = f"{principal}:{client_key}"  # idempotency keys are the principal's (rule 6)
+        key = scoped_key(principal, client_key)  # idempotency keys are the principal's (rule 6)
         claiming = asyncio.ensure_future(
             store.claim(key, action.fingerprint, action.message_id, action.epoch, principal)
         )
@@ -648,6 +661,12 @@ class Connection:
             self.refuse(sid, exc)
             return False
         if claim.new:
+            if quotas is not None:
+                try:
+                    await quotas.admit_stream(sid, action.message_id, action.start.request)
+                except BaseException:  # refused, or gone: nothing will run under the key
+                    self._release(store, key, action.message_id)
+                    raise
             actions = self.session.admitted(action, time.monotonic())
             if not actions:  # refused or gone meanwhile: nothing will run under the key
                 self._release(store, key, action.message_id)
@@ -812,8 +831,14 @@ class Connection:
     # --- shutdown and slow consumers ---------------------------------------------------
 
     def goaway(self, drain_ms: int, reconnect_after_ms: int) -> None:
-        """Tell the client the gateway is leaving; refuse new streams from now on."""
+        """Tell the client the gateway is leaving; refuse new streams from now on.
+
+        A connection still waiting for its `auth` gets nothing (no frame goes before
+        `ready`); the final close reaches it with the others.
+        """
         self.session.drain()
+        if not self.session.greeted:
+            return
         frame = GoAway("shutting down", reconnect_after_ms=reconnect_after_ms, drain_ms=drain_ms)
         self._control(encode_frame(frame))
 
@@ -833,7 +858,7 @@ class Connection:
         """The session closes the connection (a client past `max_bad_frames`)."""
         if self._silenced:
             return
-        log.warning("connection_closed_by_policy", code=action.code, reason=action.reason)
+        self.shared.policy_closes(code=int(action.code), reason=action.reason)
         self.session.drain()
         self.apply(self.session.cancel_all())  # their `finish` frames go out first
         self._silenced = True
@@ -854,6 +879,10 @@ class Connection:
                 await self.ws.close(code, reason)
         except (TimeoutError, websockets.ConnectionClosed):
             self.abort("close_timeout")
+
+    def revoke(self) -> None:
+        """The API key this connection authenticated with was revoked or removed: close 4501."""
+        self.apply(self.session.auth_refused(AuthFailed("the credentials were revoked")))
 
     def overflowed(self, reason: str, buffered: int) -> None:
         """The guard's hook: the transport holds too much for this client, whoever queued it.
@@ -914,8 +943,18 @@ class Connection:
             return
         if since is None and now - self.writer.last_send >= options.heartbeat_interval:
             self.writer.last_send = now  # one heartbeat per interval of silence
-            self._control(HEARTBEAT)
+            if self.session.greeted:  # nothing goes out before `ready` (§6.2)
+                self._control(HEARTBEAT)
         self._timer = loop.call_later(options.tick, self._tick)
+
+
+def scoped_key(principal: str, client_key: str) -> str:
+    """The store's name of a principal's idempotency key: unambiguous, whatever either holds.
+
+    Both may contain `:` (`anon:2001:db8::1`, a client's `ops:job-1`): the principal's
+    length comes first, so no two (principal, key) pairs share a name.
+    """
+    return f"{len(principal)}:{principal}:{client_key}"
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

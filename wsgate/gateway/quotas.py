@@ -16,7 +16,7 @@ slot held; a slot is released at most once (`release` is idempotent in the limit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any
 
 from wsgate.core.errors import RateLimited, StoreUnavailable
@@ -65,13 +65,18 @@ class Quotas:
             )
         self._conn_held = conn_id if verdict is not None else None
 
-    def close(self) -> None:
-        """The connection ended: give back its connection slot and every stream's."""
+    def close(self, keep: Collection[str] = ()) -> None:
+        """The connection ended: give back its connection slot and its streams' slots.
+
+        The streams in `keep` (detached: they go on generating after their client left)
+        keep theirs, and their tokens go on counting, until they end (`stream_ended`).
+        """
         if self._conn_held is not None:
             self._later(self._limiter.release(f"conns:{self.principal.id}", self._conn_held))
             self._conn_held = None
         for stream_id in list(self._streams):
-            self.stream_ended(stream_id)
+            if stream_id not in keep:
+                self.stream_ended(stream_id)
 
     # --- streams -----------------------------------------------------------------------
 

@@ -33,13 +33,14 @@ from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from wsgate.core.errors import AuthFailed
+from wsgate.core.errors import AuthFailed, StoreUnavailable
 from wsgate.core.frames import PROTOCOL
 from wsgate.core.principal import Principal
 from wsgate.core.session import LogPolicy, Resolver, Session
 from wsgate.gateway.connection import Connection, ConnectionOptions, Shared, Upstream
 from wsgate.gateway.credentials import Credentials
 from wsgate.gateway.guard import (
+    RETRY_AFTER_S,
     Guard,
     GuardedConnection,
     GuardOptions,
@@ -49,6 +50,7 @@ from wsgate.gateway.guard import (
 from wsgate.gateway.options import session_limits
 from wsgate.gateway.ports import Store
 from wsgate.gateway.static import Asset, WebAssets
+from wsgate.gateway.throttle import LogThrottle
 from wsgate.log import bind, get_logger, unbind
 
 log = get_logger("wsgate.gateway")
@@ -123,6 +125,7 @@ class Gateway:
             probe_paths=PROBES,
         )
         self.web = WebAssets(demo=options.demo)
+        self._origin_refused = LogThrottle("origin_refused")  # any page can cause it at will
         self._log_policy: LogPolicy | None = None
         if store is not None:
             self._log_policy = LogPolicy(
@@ -247,7 +250,7 @@ class Gateway:
         origin = origins[0]
         if len(origins) == 1 and origin_allowed(origin, self.options, self.port):
             return None
-        log.warning("origin_refused", origin=origin[:200], origins=len(origins))
+        self._origin_refused(origin=origin[:200], origins=len(origins))
         return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
 
     async def _process_request(
@@ -284,6 +287,10 @@ class Gateway:
             self.shared.accounting.auth_failures[exc.reason] += 1
             response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{exc.public_message}\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="wsgate"'
+            return response
+        except StoreUnavailable:  # a ticket cannot be looked up: try again shortly
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "store unavailable\n")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
         self._principals[connection] = principal
         return None

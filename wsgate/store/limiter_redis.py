@@ -242,6 +242,11 @@ class RedisLimiter:
                     replies = await self._execute([command for command, _ in batch])
                 except _ERRORS as exc:
                     replies = [exc] * len(batch)
+                except BaseException:  # cancelled (close) or a bug: no waiter is left hanging
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.cancel()
+                    raise
                 for (_, waiter), reply in zip(batch, replies, strict=True):
                     if waiter.done():
                         continue
