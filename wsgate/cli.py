@@ -23,10 +23,13 @@ from wsgate.config import ConfigError, Settings, load_settings, settings_summary
 from wsgate.core.frames import json_schemas
 from wsgate.core.store import StoreUnavailable
 from wsgate.log import configure, get_logger
+from wsgate.tsgen import typescript_declarations
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+TS_DECLARATIONS = Path(__file__).resolve().parent / "web" / "protocol.d.ts"
+"""Where `wsgate schema` writes the frames' TypeScript declarations, served at /v1/."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,8 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     loadtest.add_argument("argv", nargs=argparse.REMAINDER)
 
-    schema = sub.add_parser("schema", help="write the protocol's JSON Schemas")
+    schema = sub.add_parser(
+        "schema", help="write the protocol's JSON Schemas and their TypeScript declarations"
+    )
     schema.add_argument("--out", default="protocol/schema", help="output directory")
+    schema.add_argument(
+        "--ts",
+        default=str(TS_DECLARATIONS),
+        metavar="FILE",
+        help="the generated TypeScript declarations (default: the served wsgate/web/protocol.d.ts)",
+    )
     schema.add_argument("--check", action="store_true", help="fail if the files differ")
 
     hash_key = sub.add_parser(
@@ -130,7 +141,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         print(f"wsgate {__version__}")
         return EXIT_OK
     if command == "schema":
-        return _schema(Path(args.out), check=args.check)
+        return _schema(Path(args.out), Path(args.ts), check=args.check)
     if command == "hash-key":
         return _hash_key(args.key)
     if command == "chat":
@@ -213,16 +224,24 @@ def _hash_key(key: str | None) -> int:
     return EXIT_OK
 
 
-def _schema(out: Path, *, check: bool) -> int:
+def _schema(out: Path, ts: Path, *, check: bool) -> int:
+    """Write (or with `check`, compare) the two JSON Schemas and the `.d.ts` made from them."""
+    schemas = json_schemas()
+    files = {
+        out / f"{name}.schema.json": orjson.dumps(
+            schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+        )
+        + b"\n"
+        for name, schema in schemas.items()
+    }
+    files[ts] = typescript_declarations(schemas["client"], schemas["server"]).encode()
     stale = []
-    for name, schema in json_schemas().items():
-        path = out / f"{name}.schema.json"
-        text = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    for path, text in files.items():
         if check:
             if not path.exists() or path.read_bytes() != text:
                 stale.append(str(path))
             continue
-        out.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text)
     if stale:
         print(

@@ -1,0 +1,708 @@
+// The client library (wsgate/web/wsgate.js) against a real gateway on the built-in mock.
+//
+// Run by tests/web/test_node_client.py, one test per pytest test (--test-name-pattern), with
+// WSGATE_URL, WSGATE_CONTROL and WSGATE_FRAMES in the environment (tests/web/web_helpers.py).
+// Every socket is a RecordingWebSocket: it appends each message, both ways, to WSGATE_FRAMES
+// for the Python side to validate against the protocol's schemas, and can swallow what it
+// receives (the frames in flight that die with a dropped connection) or refuse to reconnect
+// for a while (a gateway that is unreachable).
+
+import assert from "node:assert/strict";
+import { appendFileSync } from "node:fs";
+import { test } from "node:test";
+
+import { WsgateError, backoffDelay, closeAction, connect } from "../../../wsgate/web/wsgate.js";
+
+const URL_ = process.env.WSGATE_URL;
+const FAST = { minDelayMs: 10, maxDelayMs: 100 };
+const TIMEOUT = { timeout: 20000 };
+
+// --- helpers ------------------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until(predicate, what, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/** Ask the Python side to act (drop, drain, ...) and wait until it has. */
+async function control(action) {
+  const answer = await fetch(`${process.env.WSGATE_CONTROL}/${action}`, { method: "POST" });
+  const body = await answer.text();
+  assert.equal(answer.status, 200, `control ${action}: ${body}`);
+  return JSON.parse(body).result;
+}
+
+function mock(script) {
+  return { model: "mock", messages: [{ role: "user", content: JSON.stringify({ mock: script }) }] };
+}
+
+function words(n, tag = "word") {
+  return Array.from({ length: n }, (_, i) => `${tag}${i}`).join(" ") + ".";
+}
+
+/** A WebSocket class that records every message and can swallow or refuse, per test. */
+function recorder() {
+  const sockets = [];
+  const state = { refuse: false };
+  class RecordingWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      // While refusing, connect to a closed port: the attempt fails as an unreachable one does.
+      super(state.refuse ? "ws://127.0.0.1:9/" : url, protocols);
+      this.index = sockets.length;
+      this.swallow = false;
+      this.received = [];
+      this.sentFrames = [];
+      sockets.push(this);
+    }
+
+    send(data) {
+      appendFileSync(process.env.WSGATE_FRAMES, JSON.stringify({ socket: this.index, dir: "out", data }) + "\n");
+      this.sentFrames.push(JSON.parse(data));
+      super.send(data);
+    }
+
+    addEventListener(type, listener, options) {
+      if (type !== "message") return super.addEventListener(type, listener, options);
+      return super.addEventListener(
+        type,
+        (event) => {
+          const line = JSON.stringify({ socket: this.index, dir: "in", data: event.data });
+          appendFileSync(process.env.WSGATE_FRAMES, line + "\n");
+          this.received.push(JSON.parse(event.data));
+          if (!this.swallow) listener(event);
+        },
+        options,
+      );
+    }
+  }
+  return { WebSocket: RecordingWebSocket, sockets, state, last: () => sockets.at(-1) };
+}
+
+/** connect(), closed when the test ends however it ends (an open Gateway keeps Node alive). */
+function open(t, options = {}, url = URL_) {
+  const gw = connect(url, options);
+  t.after(() => gw.close());
+  return gw;
+}
+
+function streamOf(gw, text) {
+  return gw.stream(mock({ text, tokens_per_s: 300 }), { options: { on_disconnect: "continue" } });
+}
+
+function wellFormed(text) {
+  return text.isWellFormed() && !text.includes("\uFFFD");
+}
+
+/** Callbacks that record what a stream reported. */
+function observe(extra = {}) {
+  const seen = { texts: [], deltas: [], frames: [], toolCalls: [], finishes: [], errors: [] };
+  const callbacks = {
+    onText(text, delta) {
+      seen.texts.push(text);
+      seen.deltas.push(delta);
+    },
+    onFrame: (frame) => seen.frames.push(frame),
+    onToolCall: (end) => seen.toolCalls.push(end),
+    onFinish: (finish) => seen.finishes.push(finish),
+    onError: (error) => seen.errors.push(error),
+    ...extra,
+  };
+  return { seen, callbacks };
+}
+
+/** The frames a stream reported carry each seq once, in order, without a gap. */
+function assertGapless(frames) {
+  let expected = 1;
+  for (const frame of frames) {
+    if (typeof frame.seq !== "number") continue;
+    assert.equal(frame.first_seq ?? frame.seq, expected, `seq gap or repeat at ${JSON.stringify(frame)}`);
+    expected = frame.seq + 1;
+  }
+}
+
+// --- pure parts ---------------------------------------------------------------------------
+
+test("the backoff is full jitter under a doubling cap", () => {
+  const policy = { minDelayMs: 250, maxDelayMs: 10000 };
+  assert.equal(backoffDelay(1, policy, () => 0), 0);
+  assert.equal(backoffDelay(1, policy, () => 0.999999), 249);
+  assert.equal(backoffDelay(3, policy, () => 0.5), 500);
+  assert.equal(backoffDelay(30, policy, () => 0.999999), 9999);
+});
+
+test("close codes split into reconnect and stop", () => {
+  for (const code of [1000, 1001, 1006, 1009, 1011, 1013, 4000, 4499]) {
+    assert.equal(closeAction(code), "reconnect", String(code));
+  }
+  for (const code of [1002, 1007, 1008, 4500, 4501, 4502, 4999]) {
+    assert.equal(closeAction(code), "stop", String(code));
+  }
+});
+
+// --- streaming ----------------------------------------------------------------------------
+
+test("one stream gets its exact text", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  const ready = await gw.ready;
+  assert.equal(ready.protocol, "wsgate.v1");
+  const text = "Hello, world! This is one stream, word by word.";
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock({ text }), callbacks);
+  const done = await s.done;
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, text);
+  assert.equal(s.text, text);
+  assert.equal(seen.texts.at(-1), text);
+  assert.equal(seen.deltas.join(""), text);
+  assert.equal(seen.finishes.length, 1);
+  assert.equal(s.finish.reason, "stop");
+  assert.match(s.messageId, /^msg_/);
+  assert.equal(s.usage.type, "usage");
+  assert.equal(s.id, "s1");
+  assert.equal(seen.frames[0].type, "stream.started");
+  assertGapless(seen.frames);
+  assert.equal(rec.sockets.length, 1);
+  assert.deepEqual(rec.last().sentFrames[0], { type: "start", stream_id: "s1", request: mock({ text }) });
+  await gw.close();
+});
+
+test("five concurrent streams on one socket are each byte exact", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const scripts = [
+    { text: "Family 👩‍👩‍👧 and 👨🏽‍💻 at work, 🧑‍🤝‍🧑 too.", chunk: 1 },
+    { text: "Flags 🇺🇦🇯🇵🇫🇷 and a keycap 1️⃣ wave.", chunk: 1 },
+    { text: "smile 😀, party 🎉, music 𝄞 and 👩‍👩‍👧", split_surrogates: true },
+    { text: "日本語のテキスト, café, cafe\u0301, नमस्ते, 한국어", chunk: 2 },
+    { text: words(80), tokens_per_s: 2000 },
+  ];
+  const runs = scripts.map((script) => {
+    const { seen, callbacks } = observe();
+    return { script, seen, s: gw.stream(mock(script), callbacks) };
+  });
+  const dones = await Promise.all(runs.map((r) => r.s.done));
+  for (const [i, { script, seen, s }] of runs.entries()) {
+    assert.equal(dones[i].reason, "stop", `stream ${i}`);
+    assert.equal(s.text, script.text, `stream ${i}`);
+    assert.equal(seen.deltas.join(""), script.text, `stream ${i}`);
+    for (const delta of seen.deltas) assert.ok(wellFormed(delta), `stream ${i}: ${JSON.stringify(delta)}`);
+    for (const text of seen.texts) assert.ok(wellFormed(text), `stream ${i}: ${JSON.stringify(text)}`);
+    assertGapless(seen.frames);
+  }
+  assert.equal(new Set(runs.map((r) => r.s.id)).size, 5);
+  assert.equal(rec.sockets.length, 1);
+  await gw.close();
+});
+
+test("onText is called at most once per scheduled frame", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const frames = [];
+  const gw = open(t, { WebSocket: rec.WebSocket, scheduleFrame: (cb) => frames.push(cb) });
+  await gw.ready;
+  const texts = [words(150, "a"), words(150, "b")];
+  const runs = texts.map((text) => {
+    const calls = { n: 0, deltaFrames: 0, finishedWith: null };
+    const s = gw.stream(mock({ text, tokens_per_s: 1500 }), {
+      onText() {
+        calls.n += 1;
+      },
+      onFrame(frame) {
+        if (frame.type === "delta.text") calls.deltaFrames += 1;
+      },
+      onFinish() {
+        calls.finishedWith = s.text;
+      },
+    });
+    return { s, calls, text };
+  });
+  let ran = 0;
+  let ended = false;
+  Promise.all(runs.map((r) => r.s.done)).then(() => {
+    ended = true;
+  });
+  while (!ended) {
+    await sleep(8);
+    assert.ok(frames.length <= 1, "one pending frame per Gateway, whatever the streams");
+    for (const cb of frames.splice(0)) {
+      const before = runs.map((r) => r.calls.n);
+      cb();
+      ran += 1;
+      runs.forEach((r, i) => assert.ok(r.calls.n - before[i] <= 1, "two onText calls in one frame"));
+    }
+  }
+  for (const { s, calls, text } of runs) {
+    assert.equal(s.text, text);
+    assert.equal(calls.finishedWith, text, "onText before onFinish carries the final text");
+    assert.ok(calls.n <= ran + 1, `${calls.n} onText calls for ${ran} frames`);
+    assert.ok(calls.n < calls.deltaFrames, `no coalescing: ${calls.n} calls, ${calls.deltaFrames} frames`);
+  }
+  await gw.close();
+});
+
+test("the async iterator yields coalesced text and every other frame in order", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const script = {
+    text: "Let me look that up. ",
+    tool_calls: [{ name: "lookup", arguments: '{"q": "wsgate"}' }],
+    args_chunk: 3,
+  };
+  const events = [];
+  for await (const event of gw.stream(mock(script))) events.push(event);
+  const types = events.map((e) => e.type);
+  assert.equal(types[0], "stream.started");
+  assert.equal(types.at(-1), "finish");
+  assert.ok(!types.includes("delta.text"), "text comes as coalesced text events");
+  const texts = events.filter((e) => e.type === "text");
+  assert.equal(texts.map((e) => e.delta).join(""), script.text);
+  assert.equal(texts.at(-1).text, script.text);
+  assert.ok(types.lastIndexOf("text") < types.indexOf("tool_call.start"), "text before the call");
+  assert.equal(types.filter((t) => t === "tool_call.end").length, 1);
+  assert.ok(types.includes("tool_call.arguments_chunk"));
+  assert.equal(events.at(-1).reason, "tool_calls");
+  await gw.close();
+});
+
+test("a tool call fires onToolCall exactly once", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const script = {
+    text: "Checking the weather.",
+    tool_calls: [
+      { name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' },
+      { name: "get_time", arguments: '{"tz": "Europe/Paris"}' },
+    ],
+    args_chunk: 4,
+  };
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock(script), callbacks);
+  const done = await s.done;
+  assert.equal(done.reason, "tool_calls");
+  assert.equal(seen.toolCalls.length, 2);
+  assert.deepEqual(
+    seen.toolCalls.map((c) => [c.name, c.arguments]),
+    [
+      ["get_weather", { city: "Paris", unit: "c" }],
+      ["get_time", { tz: "Europe/Paris" }],
+    ],
+  );
+  assert.equal(new Set(seen.toolCalls.map((c) => c.call_id)).size, 2);
+  assert.deepEqual(s.toolCalls, seen.toolCalls);
+  assert.equal(s.text, script.text);
+  await gw.close();
+});
+
+test("a structured section reaches onStructured and leaves the text", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const structured = [];
+  const text = 'Here it is: <<<JSON>>>{"city": "Paris", "temp": 21}<<<END>>> Done.';
+  const s = gw.stream(mock({ text, chunk: 5 }), {
+    options: { structured: {} },
+    onStructured: (frame) => structured.push(frame.value),
+  });
+  const done = await s.done;
+  assert.equal(done.text, "Here it is:  Done.");
+  assert.deepEqual(structured, [{ city: "Paris", temp: 21 }]);
+});
+
+test("cancel ends the stream with finish cancelled", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const text = words(400);
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock({ text, tokens_per_s: 100, tag: "cancel-me" }), callbacks);
+  await until(() => s.text.length > 0, "the first text");
+  const done = await s.cancel();
+  assert.equal(done.reason, "cancelled");
+  assert.equal(done.finish.reason, "cancelled");
+  assert.ok(text.startsWith(done.text) && done.text.length < text.length);
+  const calls = seen.texts.length;
+  await sleep(100);
+  assert.equal(seen.texts.length, calls, "no text after the finish");
+  assert.equal(s.text, done.text);
+  assert.deepEqual(
+    rec.last().sentFrames.map((f) => f.type),
+    ["start", "cancel"],
+  );
+  await gw.close();
+});
+
+test("an AbortSignal cancels the stream", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const controller = new AbortController();
+  const s = gw.stream(mock({ text: words(400), tokens_per_s: 100 }), { signal: controller.signal });
+  await until(() => s.text.length > 0, "the first text");
+  controller.abort();
+  const done = await s.done;
+  assert.equal(done.reason, "cancelled");
+  assert.equal(s.finish.reason, "cancelled");
+  // Aborted before it is sent: it ends at once and never reaches the gateway.
+  const early = new AbortController();
+  early.abort();
+  const never = gw.stream(mock({ text: "never" }), { signal: early.signal, streamId: "never" });
+  assert.deepEqual(await never.done, { reason: "cancelled", text: "", finish: null, error: null });
+  assert.ok(!rec.last().sentFrames.some((f) => f.stream_id === "never"));
+  await gw.close();
+});
+
+test("close ends open streams as cancelled and does not reconnect", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
+  await gw.ready;
+  const closes = [];
+  gw.on("close", (event) => closes.push(event));
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock({ text: words(400), tokens_per_s: 100 }), callbacks);
+  await until(() => s.text.length > 0, "the first text");
+  await gw.close();
+  const done = await s.done;
+  assert.equal(done.reason, "cancelled");
+  assert.equal(done.finish, null);
+  assert.equal(done.error, null);
+  assert.equal(seen.finishes.length + seen.errors.length, 0);
+  assert.deepEqual(closes.map((c) => c.code), [1000]);
+  assert.equal(gw.state, "closed");
+  assert.throws(() => gw.stream(mock({ text: "late" })), (e) => e instanceof WsgateError && e.code === "closed");
+  await sleep(150);
+  assert.equal(rec.sockets.length, 1);
+});
+
+// --- reconnecting -------------------------------------------------------------------------
+
+test("a dropped socket reconnects and resumes with exact text and no duplicate", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
+  await gw.ready;
+  const events = [];
+  gw.on("reconnecting", (e) => events.push(["reconnecting", e]));
+  gw.on("reconnected", (f) => events.push(["reconnected", f]));
+  const text = words(120);
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock({ text, tokens_per_s: 300 }), { ...callbacks, options: { on_disconnect: "continue" } });
+  await until(() => seen.frames.filter((f) => f.type === "delta.text").length >= 10, "ten text frames");
+  const lastSeq = s.lastSeq;
+  await control("drop");
+  const done = await s.done;
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, text);
+  assert.equal(seen.deltas.join(""), text, "no text twice");
+  assertGapless(seen.frames);
+  assert.equal(seen.frames.filter((f) => f.type === "stream.started").length, 1);
+  assert.equal(seen.frames.filter((f) => f.type === "stream.resumed").length, 1);
+  assert.deepEqual(events.map((e) => e[0]), ["reconnecting", "reconnected"]);
+  assert.equal(events[0][1].attempt, 1);
+  assert.equal(events[0][1].code, 1006);
+  assert.equal(rec.sockets.length, 2);
+  const resume = rec.last().sentFrames[0];
+  assert.equal(resume.type, "resume");
+  assert.equal(resume.stream_id, s.id);
+  assert.equal(resume.message_id, s.messageId);
+  assert.equal(resume.epoch, s.epoch);
+  assert.ok(resume.last_seq >= lastSeq);
+  // The new socket serves new streams too.
+  const after = gw.stream(mock({ text: "after the drop" }));
+  assert.equal((await after.done).text, "after the drop");
+  await gw.close();
+});
+
+test("a dropped stream with the default policy resumes to its cancelled finish", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
+  await gw.ready;
+  const text = words(400);
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock({ text, tokens_per_s: 200 }), callbacks);
+  await until(() => s.text.length > 0, "the first text");
+  await control("drop");
+  const done = await s.done;
+  assert.equal(done.reason, "cancelled");
+  assert.ok(text.startsWith(done.text));
+  assert.equal(seen.deltas.join(""), done.text);
+  assertGapless(seen.frames);
+  await gw.close();
+});
+
+test("a stream not yet acknowledged when the socket drops is lost unless it has an idempotency key", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
+  await gw.ready;
+  const first = rec.last();
+  first.swallow = true; // every answer from here on dies with the connection
+  const keyed = words(60, "keyed");
+  const lost = observe();
+  const s1 = gw.stream(mock({ text: words(60) }), lost.callbacks);
+  const s2 = gw.stream(mock({ text: keyed, tokens_per_s: 200, tag: "keyed" }), {
+    options: { idempotency_key: "k-1", on_disconnect: "continue" },
+  });
+  await until(
+    () => first.received.filter((f) => f.type === "stream.started").length === 2,
+    "both stream.started frames (swallowed)",
+  );
+  await control("drop");
+  const done1 = await s1.done;
+  assert.equal(done1.reason, "error");
+  assert.ok(done1.error instanceof WsgateError);
+  assert.equal(done1.error.code, "stream_lost");
+  assert.equal(done1.error.retryable, true);
+  assert.equal(done1.error.streamId, s1.id);
+  assert.equal(lost.seen.errors.length, 1);
+  const done2 = await s2.done;
+  assert.equal(done2.reason, "stop");
+  assert.equal(done2.text, keyed);
+  const again = rec.last().sentFrames.filter((f) => f.type === "start");
+  assert.deepEqual(again.map((f) => f.stream_id), [s2.id], "only the keyed start is sent again");
+  await gw.close();
+});
+
+test("resume follows a generation by message id on a new Gateway as a reloaded page does", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const page = open(t, { WebSocket: rec.WebSocket });
+  await page.ready;
+  const text = words(150);
+  const first = streamOf(page, text);
+  await until(() => first.text.length > 0, "the first text");
+  const generation = { messageId: first.messageId, epoch: first.epoch, snapshot: true };
+  await page.close(); // the page reloads; the generation goes on (on_disconnect: continue)
+  const reloaded = open(t, { WebSocket: rec.WebSocket });
+  const { seen, callbacks } = observe();
+  const s = reloaded.resume(generation, callbacks); // before ready: sent once it comes
+  assert.equal(s.phase, "detached");
+  const done = await s.done;
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, text);
+  assert.equal(seen.deltas.join(""), text);
+  assert.equal(s.messageId, generation.messageId);
+  assertGapless(seen.frames.filter((f) => f.type !== "stream.resumed"));
+  const resume = rec.last().sentFrames[0];
+  assert.deepEqual(resume, {
+    type: "resume",
+    stream_id: s.id,
+    message_id: generation.messageId,
+    last_seq: 0,
+    epoch: generation.epoch,
+    snapshot: true,
+  });
+  const unknown = reloaded.resume({ messageId: "msg_nothing" });
+  const refused = await unknown.done;
+  assert.equal(refused.reason, "error");
+  assert.equal(refused.error.code, "unknown_message");
+});
+
+test("without reconnect a drop ends the Gateway and maxAttempts failures give up", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const once = open(t, { WebSocket: rec.WebSocket, reconnect: false });
+  await once.ready;
+  const closes = [];
+  once.on("close", (event) => closes.push(event));
+  const s = once.stream(mock({ text: words(400), tokens_per_s: 100 }));
+  await until(() => s.text.length > 0, "the first text");
+  await control("drop");
+  const done = await s.done;
+  assert.equal(done.reason, "error");
+  assert.equal(done.error.code, "connection_lost");
+  assert.equal(done.error.closeCode, 1006);
+  assert.equal(once.state, "closed");
+  assert.equal(closes[0].error.code, "connection_lost");
+  const few = recorder();
+  const gw = open(t, { WebSocket: few.WebSocket, reconnect: { ...FAST, maxAttempts: 2 } });
+  await gw.ready;
+  const attempts = [];
+  gw.on("reconnecting", (e) => attempts.push(e.attempt));
+  const ended = new Promise((resolve) => gw.on("close", resolve));
+  few.state.refuse = true;
+  await control("drop");
+  const close = await ended;
+  assert.equal(close.error.code, "connection_lost");
+  assert.deepEqual(attempts, [1, 2]);
+  assert.equal(few.sockets.length, 3);
+});
+
+test("a resume refusal ends the stream with that error", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
+  await gw.ready;
+  const attempts = [];
+  gw.on("reconnecting", (e) => attempts.push(e.attempt));
+  const { seen, callbacks } = observe();
+  const s = gw.stream(mock({ text: words(400), tokens_per_s: 200 }), callbacks);
+  await until(() => s.text.length > 0, "the first text");
+  rec.state.refuse = true; // the gateway is unreachable while the generation's log expires
+  await control("drop");
+  await sleep(400);
+  rec.state.refuse = false;
+  const done = await s.done;
+  assert.equal(done.reason, "error");
+  assert.equal(done.finish, null);
+  assert.ok(["resume_expired", "unknown_message"].includes(done.error.code), done.error.code);
+  assert.equal(done.error.stream_id, s.id, "the refusal frame itself");
+  assert.deepEqual(seen.errors, [done.error]);
+  assert.ok(attempts.length >= 2, `attempts ${attempts}`);
+  assert.deepEqual(attempts, attempts.map((_, i) => i + 1));
+  await gw.close();
+});
+
+test("a silent socket is given up after heartbeatTimeoutMs and its stream resumes", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST, heartbeatTimeoutMs: 300 });
+  await gw.ready;
+  const text = words(100);
+  const s = gw.stream(mock({ text, tokens_per_s: 200 }), { options: { on_disconnect: "continue" } });
+  await until(() => s.text.length > 0, "the first text");
+  rec.last().swallow = true; // the network goes quiet
+  const done = await s.done;
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, text);
+  assert.equal(rec.sockets.length, 2);
+  await gw.close();
+});
+
+test("heartbeat frames reach the heartbeat event", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket });
+  await gw.ready;
+  const beats = [];
+  gw.on("heartbeat", (frame) => beats.push(frame));
+  await until(() => beats.length >= 2, "two heartbeats", 3000);
+  assert.deepEqual(beats[0], { type: "heartbeat" });
+  await gw.close();
+});
+
+test("after goaway the open stream finishes on the old socket and a new one waits for the reconnect", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
+  await gw.ready;
+  const events = [];
+  for (const name of ["goaway", "reconnecting", "reconnected"]) gw.on(name, (e) => events.push([name, e]));
+  const text = words(100, "old");
+  const old = gw.stream(mock({ text, tokens_per_s: 200 }));
+  await until(() => old.text.length > 0, "the first text");
+  await control("drain");
+  await until(() => events.some((e) => e[0] === "goaway"), "goaway");
+  assert.equal(gw.state, "draining");
+  const fresh = gw.stream(mock({ text: "on the new gateway" }));
+  await sleep(50);
+  assert.equal(fresh.phase, "queued");
+  assert.ok(!rec.sockets[0].sentFrames.some((f) => f.stream_id === fresh.id), "not sent after goaway");
+  const done = await old.done;
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, text);
+  const freshDone = await fresh.done;
+  assert.equal(freshDone.reason, "stop");
+  assert.equal(freshDone.text, "on the new gateway");
+  const reconnecting = events.find((e) => e[0] === "reconnecting")[1];
+  assert.equal(reconnecting.code, 1001);
+  assert.ok(reconnecting.delayMs >= 50, "waits goaway.reconnect_after_ms");
+  assert.ok(rec.last().sentFrames.some((f) => f.type === "start" && f.stream_id === fresh.id));
+  assert.ok(events.some((e) => e[0] === "reconnected"));
+  await gw.close();
+});
+
+// --- authentication -----------------------------------------------------------------------
+
+test("auth by the first frame authenticates every connection", TIMEOUT, async (t) => {
+  const rec = recorder();
+  let asked = 0;
+  const gw = open(t, {
+    WebSocket: rec.WebSocket,
+    reconnect: FAST,
+    auth: async () => {
+      asked += 1;
+      return process.env.WSGATE_KEY;
+    },
+  });
+  const ready = await gw.ready;
+  assert.deepEqual(ready.auth, { principal: "key:alice", method: "api_key" });
+  assert.deepEqual(rec.last().sentFrames[0], { type: "auth", token: process.env.WSGATE_KEY });
+  const s = gw.stream(mock({ text: words(100), tokens_per_s: 300 }), { options: { on_disconnect: "continue" } });
+  await until(() => s.text.length > 0, "the first text");
+  await control("drop");
+  assert.equal((await s.done).text, words(100));
+  assert.equal(asked, 2, "the auth option is asked again on the reconnect");
+  assert.deepEqual(
+    rec.last().sentFrames.map((f) => f.type),
+    ["auth", "resume"],
+  );
+  const plain = open(t, { WebSocket: rec.WebSocket, auth: process.env.WSGATE_KEY });
+  assert.equal((await plain.ready).auth.principal, "key:alice");
+  await Promise.all([gw.close(), plain.close()]);
+});
+
+test("a ticket is bought before every connect", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const bought = [];
+  const ticket = async () => {
+    const answer = await fetch(`${process.env.WSGATE_API}/v1/tickets`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${process.env.WSGATE_KEY}` },
+    });
+    assert.equal(answer.status, 200);
+    const { ticket } = await answer.json();
+    bought.push(ticket);
+    return ticket;
+  };
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST, ticket });
+  const ready = await gw.ready;
+  assert.deepEqual(ready.auth, { principal: "key:alice", method: "ticket" });
+  const text = words(100);
+  const s = gw.stream(mock({ text, tokens_per_s: 300 }), { options: { on_disconnect: "continue" } });
+  await until(() => s.text.length > 0, "the first text");
+  await control("drop");
+  assert.equal((await s.done).text, text);
+  assert.equal(bought.length, 2, "a ticket is single use: a new one for the reconnect");
+  assert.notEqual(bought[0], bought[1]);
+  assert.equal(rec.sockets.length, 2);
+  assert.ok(rec.sockets.every((ws, i) => new URL(ws.url).searchParams.get("ticket") === bought[i]));
+});
+
+test("a refused key rejects ready with close code 4501 and does not reconnect", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST, auth: "sk-not-a-key" });
+  const closes = [];
+  gw.on("close", (event) => closes.push(event));
+  const s = gw.stream(mock({ text: "never" }));
+  await assert.rejects(gw.ready, (error) => {
+    assert.ok(error instanceof WsgateError);
+    assert.equal(error.code, "auth_failed");
+    assert.equal(error.closeCode, 4501);
+    assert.equal(error.retryable, false);
+    return true;
+  });
+  const done = await s.done;
+  assert.equal(done.reason, "error");
+  assert.equal(done.error.code, "auth_failed");
+  await sleep(200);
+  assert.equal(rec.sockets.length, 1);
+  assert.equal(gw.state, "closed");
+  assert.deepEqual(closes.map((c) => c.code), [4501]);
+  assert.ok(!rec.last().sentFrames.some((f) => f.type === "start"), "no start before ready");
+});
+
+test("a gateway that cannot be reached rejects ready with connect_failed", TIMEOUT, async (t) => {
+  const rec = recorder();
+  const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST }, "ws://127.0.0.1:9/v1/ws");
+  const s = gw.stream(mock({ text: "never" }));
+  await assert.rejects(gw.ready, (error) => {
+    assert.ok(error instanceof WsgateError);
+    assert.equal(error.code, "connect_failed");
+    assert.equal(error.closeCode, 1006);
+    return true;
+  });
+  assert.equal((await s.done).error.code, "connect_failed");
+  await sleep(100);
+  assert.equal(rec.sockets.length, 1, "the first connection's failure is final");
+  assert.equal(gw.state, "closed");
+});

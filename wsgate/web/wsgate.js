@@ -1,0 +1,892 @@
+/**
+ * wsgate.js: the browser (and Node 20+) client of the wsgate.v1 protocol (protocol/PROTOCOL.md).
+ *
+ * Owns one WebSocket to a gateway and the many generation streams multiplexed over it:
+ * authentication by the first `auth` frame or a `?ticket=` (§6.2), `stream()` as callbacks
+ * and as an async iterator, text coalesced to at most one update per animation frame per
+ * stream, `cancel` and AbortSignal, `heartbeat` (a watchdog) and `goaway` (§5.17), and
+ * reconnecting with full-jitter exponential backoff that RESUMES the open streams (§11.2)
+ * from the last `seq` they saw, dropping every frame already seen (§8). One ES module, no
+ * build step, no dependency; it must not touch the DOM (the page renders), slice answer text
+ * (the gateway sends whole code points, §3, and pieces are only ever joined), or invent wire
+ * frames (a stream that ends without a `finish` has `finish: null`).
+ *
+ * Decisions (see wsgate.d.ts for the whole API):
+ * - Until the first `ready`, any failure is final: `gw.ready` rejects with a WsgateError
+ *   (`auth_failed` and closeCode 4501, `connect_failed` and 1006, ...), streams already
+ *   created end with it, and nothing reconnects; call `connect()` again to retry.
+ * - After that, a dropped socket reconnects unless its close code is fatal (1002, 1003, 1007,
+ *   1008, 1010, 4500-4999: auth 4501/4502 included) or `reconnect` is false; each attempt
+ *   waits a uniform random time below min(maxDelayMs, minDelayMs * 2^(attempt-1)), plus
+ *   `goaway.reconnect_after_ms` after a goaway, and at least a connection-level error's
+ *   `retry_after_ms` (1013). maxAttempts failed attempts in a row end the Gateway
+ *   (`connection_lost`).
+ * - On the new `ready`, every stream that has a message id and an epoch (it is logged) sends
+ *   `resume` with its last seq; a refusal (`resume_expired`, `unknown_message`,
+ *   `resume_owner_lost`, ...) ends it with that error frame. A stream whose start had no
+ *   `stream.started` answer yet when the socket dropped is lost (WsgateError `stream_lost`,
+ *   retryable), unless its options carry an `idempotency_key`: then the same `start` is sent
+ *   again and attaches to the same generation (§11.3). A stream not logged
+ *   (`resumable: false`) is lost too. Streams not yet sent simply wait for the connection.
+ *   `gw.resume({messageId, epoch, lastSeq, snapshot})` follows a generation this Gateway
+ *   did not start (a reloaded page) the same way.
+ * - After `goaway`, running streams go on over the old socket; new streams wait, and go out
+ *   once the gateway has closed it (1001) and the client has reconnected. A start refused
+ *   with `shutting_down` (it crossed the goaway) waits the same way.
+ * - `gw.close()` closes with 1000, for good: open streams end at once with reason
+ *   "cancelled", `finish: null` and no error (no onFinish, no onError); the gateway cancels
+ *   them (or keeps `on_disconnect: continue` ones generating, resumable elsewhere).
+ * - Breaking out of `for await (... of stream)` cancels the stream, as leaving an SDK's
+ *   stream early does. An iterator sees the frames from when it is made (make it before
+ *   awaiting anything else); its first text event carries all the text so far.
+ * - A connection-level `error` frame goes to the "error" event; one that announces a close
+ *   (auth_*, slow_consumer, rate_limited, ...) also becomes the WsgateError of that close.
+ * - A callback that throws does not disturb the client: the exception is rethrown in a
+ *   microtask (the host reports it as uncaught).
+ *
+ * Memory, bounded by what the application keeps: per open stream its `start` frame (the
+ * request, for an idempotent re-send), its answer text, its reasoning text, its
+ * `tool_call.end` frames and their call ids, the last usage/finish/error frame, and the text
+ * received since the last animation frame; per async iterator the events its consumer has
+ * not read yet (at most the stream's frames). A finished stream is forgotten by the Gateway (only
+ * the Stream object the application holds keeps its text). Per Gateway: the open streams,
+ * the streams waiting for a connection, one socket, a few timers.
+ */
+
+const PROTOCOL = "wsgate.v1";
+const RECONNECT_DEFAULTS = Object.freeze({ minDelayMs: 250, maxDelayMs: 10000, maxAttempts: Infinity });
+const HEARTBEAT_TIMEOUT_MS = 45000; // three default heartbeat intervals (§2.1, §5.18)
+const HIDDEN_FRAME_FALLBACK_MS = 250; // requestAnimationFrame does not run in a hidden tab
+const REFRESH_AT = 0.8; // refresh credentials at 80% of their announced life
+const MAX_TIMEOUT_MS = 2 ** 31 - 1; // setTimeout fires at once beyond this (~24.8 days)
+// Connection-level errors that the gateway sends just before it closes (§9.2, §12.3).
+const CLOSING_ERRORS = new Set([
+  "auth_required",
+  "auth_failed",
+  "auth_timeout",
+  "auth_expired",
+  "slow_consumer",
+  "too_many_bad_frames",
+  "rate_limited",
+]);
+
+/** A failure the client reports: a wire `error` frame's code, or a local one. */
+export class WsgateError extends Error {
+  /**
+   * @param {string} code  a wire code (§9.2) or a local one: stream_lost, connect_failed,
+   *   connection_lost, closed, auth_unavailable, ticket_unavailable, stream_exists, bad_frame
+   * @param {string} message
+   * @param {{retryable?: boolean, closeCode?: number, streamId?: string, frame?: object,
+   *   retryAfterMs?: number, cause?: unknown}} [details]
+   */
+  constructor(code, message, details = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = "WsgateError";
+    this.code = code;
+    this.retryable = details.retryable ?? false;
+    this.closeCode = details.closeCode ?? null;
+    this.streamId = details.streamId ?? null;
+    this.frame = details.frame ?? null;
+    this.retryAfterMs = details.retryAfterMs ?? null;
+  }
+
+  /** The WsgateError of a wire `error` frame (and the close code that followed it). */
+  static fromFrame(frame, closeCode = null) {
+    return new WsgateError(frame.code, frame.message, {
+      retryable: frame.retryable,
+      closeCode: closeCode ?? undefined,
+      streamId: frame.stream_id,
+      frame,
+      retryAfterMs: frame.retry_after_ms,
+    });
+  }
+}
+
+/**
+ * What a close code tells the client (PROTOCOL.md §12.3): "stop" for the codes after which
+ * it must not reconnect without a change, else "reconnect" (unknown 4000-4499 like 4000).
+ */
+export function closeAction(code) {
+  if (code === 1002 || code === 1003 || code === 1007 || code === 1008 || code === 1010) {
+    return "stop";
+  }
+  return code >= 4500 && code <= 4999 ? "stop" : "reconnect";
+}
+
+/** Full jitter: a uniform wait below min(maxDelayMs, minDelayMs * 2^(attempt - 1)). */
+export function backoffDelay(attempt, policy = RECONNECT_DEFAULTS, random = Math.random) {
+  const cap = Math.min(policy.maxDelayMs, policy.minDelayMs * 2 ** Math.max(0, attempt - 1));
+  return Math.floor(random() * cap);
+}
+
+/** Open a Gateway: the socket connects at once; `await gw.ready` for its first `ready`. */
+export function connect(url, options = {}) {
+  return new Gateway(url, options);
+}
+
+function report(error) {
+  queueMicrotask(() => {
+    throw error;
+  });
+}
+
+function call(fn, ...args) {
+  if (typeof fn !== "function") return;
+  try {
+    fn(...args);
+  } catch (error) {
+    report(error);
+  }
+}
+
+function reconnectPolicy(option) {
+  if (option === false) return null;
+  if (option === true || option === undefined) return RECONNECT_DEFAULTS;
+  return { ...RECONNECT_DEFAULTS, ...option };
+}
+
+function defaultScheduleFrame() {
+  const raf = globalThis.requestAnimationFrame;
+  if (typeof raf !== "function") return (cb) => setTimeout(cb, 16);
+  return (cb) => {
+    let ran = false;
+    const run = () => {
+      if (!ran) {
+        ran = true;
+        cb();
+      }
+    };
+    const timer = setTimeout(run, HIDDEN_FRAME_FALLBACK_MS);
+    raf(() => {
+      clearTimeout(timer);
+      run();
+    });
+  };
+}
+
+function socketUrl(url) {
+  const base = globalThis.location?.href;
+  const resolved = base === undefined ? new URL(url) : new URL(url, base);
+  if (resolved.protocol === "http:") resolved.protocol = "ws:";
+  else if (resolved.protocol === "https:") resolved.protocol = "wss:";
+  return resolved;
+}
+
+// A stream's phases. queued: waiting for a connection that may start it; starting: its
+// `start` is out, no `stream.started` yet; running: it has a message id; detached: its
+// socket dropped, a `resume` will go out on the next `ready`; resuming: the `resume` is out.
+const QUEUED = "queued";
+const STARTING = "starting";
+const RUNNING = "running";
+const DETACHED = "detached";
+const RESUMING = "resuming";
+const ENDED = "ended";
+
+// phase -> event -> next phase; Stream._move applies it. "end" (finish, refusal, loss,
+// gw.close()) is legal in every phase but ENDED, where every event is dropped.
+const TRANSITIONS = {
+  [QUEUED]: { send: STARTING, adopt: DETACHED, end: ENDED }, // adopt: gw.resume()
+  [STARTING]: { started: RUNNING, requeue: QUEUED, end: ENDED }, // requeue: goaway, or a key
+  [RUNNING]: { started: RUNNING, drop: DETACHED, end: ENDED }, // started: a replay from seq 1
+  [DETACHED]: { resume: RESUMING, end: ENDED },
+  [RESUMING]: { resumed: RUNNING, drop: DETACHED, end: ENDED },
+  [ENDED]: {},
+};
+
+/** One generation stream; made by `Gateway.stream()`. */
+class Stream {
+  constructor(gateway, id, request, options) {
+    this.id = id;
+    this.messageId = null;
+    this.epoch = null;
+    this.text = "";
+    this.reasoning = "";
+    this.toolCalls = [];
+    this.usage = null;
+    this.finish = null;
+    this.error = null;
+    this.lastSeq = 0;
+    this.phase = QUEUED;
+    this.done = new Promise((resolve) => {
+      this._resolveDone = resolve;
+    });
+    this._gateway = gateway;
+    this._frame = request === null ? null : { type: "start", stream_id: id, request };
+    if (this._frame !== null && options.options !== undefined) {
+      this._frame.options = options.options;
+    }
+    this._snapshot = false; // resume with `snapshot` (gw.resume's option)
+    this._callbacks = options;
+    this._callIds = new Set();
+    this._pendingText = [];
+    this._pendingReasoning = [];
+    this._iterators = new Set();
+    this._sent = false; // a `start` went out on some socket: the generation may exist
+    this._cancelRequested = false;
+    this._signal = options.signal ?? null;
+    this._onAbort = () => this.cancel();
+    this._signal?.addEventListener("abort", this._onAbort, { once: true });
+  }
+
+  /** Send `cancel`; resolves as `done` does. */
+  cancel() {
+    if (this.phase === ENDED) return this.done;
+    if (this.phase === QUEUED && !this._sent) {
+      this._gateway._unqueue(this);
+      this._end("cancelled");
+      return this.done;
+    }
+    if (!this._cancelRequested) {
+      this._cancelRequested = true;
+      // Detached or waiting to be sent again: the cancel follows its resume or start.
+      if (this.phase === STARTING || this.phase === RUNNING || this.phase === RESUMING) {
+        this._gateway._send({ type: "cancel", stream_id: this.id });
+      }
+    }
+    return this.done;
+  }
+
+  [Symbol.asyncIterator]() {
+    const it = { queue: [], pending: this.text ? [this.text] : [], waiter: null, closed: false };
+    if (this.phase === ENDED) {
+      // Made after the end: the text so far, then how it ended.
+      this._iterFlush(it);
+      if (this.error !== null) it.queue.push(this._iterEvent(this.error));
+      if (this.finish !== null) it.queue.push(this.finish);
+      it.closed = true;
+    } else {
+      this._iterators.add(it);
+    }
+    return {
+      next: () => {
+        if (it.queue.length) return Promise.resolve({ value: it.queue.shift(), done: false });
+        if (it.closed) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve) => {
+          it.waiter = resolve;
+        });
+      },
+      return: () => {
+        this._iterators.delete(it);
+        it.closed = true;
+        it.queue.length = 0;
+        if (this.phase !== ENDED) this.cancel();
+        return Promise.resolve({ value: undefined, done: true });
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  // --- what the Gateway calls -------------------------------------------------------------
+
+  _receive(frame) {
+    if (this.phase === ENDED) return;
+    if (typeof frame.seq === "number") {
+      if (frame.seq <= this.lastSeq) return; // already seen: a resume's replay, a re-attach (§8)
+      this.lastSeq = frame.seq;
+    }
+    call(this._callbacks.onFrame, frame);
+    switch (frame.type) {
+      case "stream.started":
+        this.messageId = frame.message_id;
+        this.epoch = frame.epoch ?? null;
+        this._move("started");
+        return this._iterPush(frame);
+      case "stream.resumed":
+        this.messageId = frame.message_id;
+        this.epoch = frame.epoch;
+        this._move("resumed");
+        this._iterPush(frame);
+        if (frame.state === "ended" && frame.last_seq >= frame.top_seq) {
+          // The log ended without a finish we could still get: nothing more will come.
+          this._lose("the generation ended without a finish to replay");
+        }
+        return undefined;
+      case "delta.text":
+        this.text += frame.text;
+        this._pendingText.push(frame.text);
+        for (const it of this._iterators) it.pending.push(frame.text);
+        return this._gateway._dirty(this);
+      case "delta.reasoning":
+        this.reasoning += frame.text;
+        this._pendingReasoning.push(frame.text);
+        this._gateway._dirty(this);
+        return this._iterPush(frame);
+      case "tool_call.end":
+        if (this._callIds.has(frame.call_id)) return undefined;
+        this._callIds.add(frame.call_id);
+        this.toolCalls.push(frame);
+        this._iterPush(frame);
+        return call(this._callbacks.onToolCall, frame);
+      case "structured":
+        this._iterPush(frame);
+        return call(this._callbacks.onStructured, frame);
+      case "usage":
+        this.usage = frame;
+        return this._iterPush(frame);
+      case "error":
+        return typeof frame.seq === "number" ? this._failed(frame) : this._refused(frame);
+      case "finish":
+        this.finish = frame;
+        this._iterPush(frame);
+        return this._end(frame.reason, { finish: frame });
+      default: // delta.role, tool_call.start/arguments_chunk/snapshot/error, telemetry, ...
+        return this._iterPush(frame);
+    }
+  }
+
+  /** An error with `seq`: the stream failed; its `finish` follows (§9.1). */
+  _failed(frame) {
+    this.error = frame;
+    this._flush(); // the final text before the error
+    this._iterPush(frame);
+    call(this._callbacks.onError, frame);
+  }
+
+  /** An error without `seq` naming this stream: a refusal of its start, resume or cancel. */
+  _refused(frame) {
+    if (frame.code === "unknown_stream") return; // a cancel that crossed the finish (§11)
+    if (frame.code === "shutting_down" && this.phase === STARTING) {
+      this._gateway._requeue(this); // the start crossed a goaway: start it after reconnecting
+      return;
+    }
+    if (frame.code === "shutting_down" && this.phase === RESUMING) {
+      this._move("drop"); // so did the resume: resume it after reconnecting
+      return;
+    }
+    this.error = frame;
+    this._iterPush(frame);
+    this._end("error", { error: frame });
+  }
+
+  /** Apply one event of TRANSITIONS; an illegal one is reported and changes nothing. */
+  _move(event) {
+    const next = TRANSITIONS[this.phase][event];
+    if (next === undefined) {
+      if (this.phase !== ENDED) {
+        report(new WsgateError("internal", `stream ${this.id}: ${event} in phase ${this.phase}`));
+      }
+      return false;
+    }
+    this.phase = next;
+    return true;
+  }
+
+  /** The socket dropped: what becomes of this stream (the Gateway will reconnect). */
+  _detach() {
+    if (this.phase === QUEUED || this.phase === DETACHED) return;
+    if (this.messageId !== null && this.epoch !== null) {
+      this._move("drop");
+    } else if (this.messageId === null && this._frame?.options?.idempotency_key != null) {
+      this._gateway._requeue(this); // the same start attaches to the same generation (§11.3)
+    } else {
+      this._lose(
+        this.messageId === null
+          ? "the connection dropped before the gateway acknowledged the start"
+          : "the connection dropped and the stream is not resumable",
+      );
+    }
+  }
+
+  /** On a new `ready`: resume a detached stream. */
+  _attach() {
+    if (this.phase !== DETACHED) return;
+    this._move("resume");
+    const resume = { type: "resume", stream_id: this.id, message_id: this.messageId };
+    resume.last_seq = this.lastSeq;
+    if (this.epoch !== null) resume.epoch = this.epoch;
+    if (this._snapshot) resume.snapshot = true;
+    this._gateway._send(resume);
+    if (this._cancelRequested) this._gateway._send({ type: "cancel", stream_id: this.id });
+  }
+
+  /** Sent `start` (again, with an idempotency key). */
+  _started() {
+    this._move("send");
+    this._sent = true;
+    if (this._cancelRequested) this._gateway._send({ type: "cancel", stream_id: this.id });
+  }
+
+  /** The Gateway ended for good with `error`: end this stream with its own copy of it. */
+  _abort(error) {
+    const own = new WsgateError(error.code, error.message, {
+      retryable: error.retryable,
+      closeCode: error.closeCode ?? undefined,
+      streamId: this.id,
+      frame: error.frame ?? undefined,
+      retryAfterMs: error.retryAfterMs ?? undefined,
+      cause: error,
+    });
+    this._end("error", { error: own });
+  }
+
+  _lose(message) {
+    const error = new WsgateError("stream_lost", message, { retryable: true, streamId: this.id });
+    this._end("error", { error });
+  }
+
+  /** Deliver the text received since the last call (an animation frame, or the end). */
+  _flush() {
+    if (this._pendingText.length) {
+      const delta = this._pendingText.join("");
+      this._pendingText = [];
+      call(this._callbacks.onText, this.text, delta);
+    }
+    if (this._pendingReasoning.length) {
+      const delta = this._pendingReasoning.join("");
+      this._pendingReasoning = [];
+      call(this._callbacks.onReasoning, this.reasoning, delta);
+    }
+    for (const it of this._iterators) this._iterFlush(it);
+  }
+
+  /**
+   * End the stream (finish, refusal, loss, gw.close()): flush the text, then onError or
+   * onFinish, end the iterators, resolve `done`, and let the Gateway forget it.
+   */
+  _end(reason, { finish = null, error = null, notify = true } = {}) {
+    if (this.phase === ENDED) return;
+    this._flush();
+    this._move("end");
+    if (error !== null) this.error = error;
+    if (notify && error !== null) {
+      if (error instanceof WsgateError) {
+        for (const it of this._iterators) this._push(it, this._iterEvent(error));
+      }
+      call(this._callbacks.onError, error);
+    }
+    if (finish !== null) call(this._callbacks.onFinish, finish);
+    for (const it of this._iterators) {
+      it.closed = true;
+      if (it.waiter !== null && it.queue.length === 0) {
+        const waiter = it.waiter;
+        it.waiter = null;
+        waiter({ value: undefined, done: true });
+      }
+    }
+    this._iterators.clear();
+    this._signal?.removeEventListener("abort", this._onAbort);
+    this._gateway._forget(this);
+    this._resolveDone({ reason, text: this.text, finish: this.finish, error: this.error });
+  }
+
+  _iterEvent(item) {
+    return item instanceof WsgateError ? { type: "client_error", error: item } : item;
+  }
+
+  _iterPush(frame) {
+    for (const it of this._iterators) {
+      this._iterFlush(it); // text received before this frame comes before it
+      this._push(it, frame);
+    }
+  }
+
+  _iterFlush(it) {
+    if (it.pending.length === 0) return;
+    const delta = it.pending.join("");
+    it.pending = [];
+    this._push(it, { type: "text", text: this.text, delta });
+  }
+
+  _push(it, value) {
+    if (it.waiter !== null) {
+      const waiter = it.waiter;
+      it.waiter = null;
+      waiter({ value, done: false });
+    } else {
+      it.queue.push(value);
+    }
+  }
+}
+
+/** One connection to a gateway (reconnected as needed) and the streams over it. */
+class Gateway {
+  constructor(url, options) {
+    this.url = String(url);
+    this.state = "connecting"; // connecting, open, draining, reconnecting, closed
+    this.readyFrame = null;
+    this.ready = new Promise((resolve, reject) => {
+      this._resolveReady = resolve;
+      this._rejectReady = reject;
+    });
+    this.ready.catch(() => {}); // a rejection nobody awaits is not an unhandled one
+    this._options = options;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError(
+        "wsgate: no WebSocket: pass options.WebSocket, or run Node with --experimental-websocket",
+      );
+    }
+    this._reconnect = reconnectPolicy(options.reconnect);
+    this._scheduleFrame = options.scheduleFrame ?? defaultScheduleFrame();
+    this._heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS;
+    this._listeners = new Map();
+    this._streams = new Map(); // id -> open Stream
+    this._queue = []; // Streams waiting for a connection that may start them, oldest first
+    this._conn = null; // the current socket's record
+    this._everReady = false;
+    this._attempt = 0;
+    this._nextId = 1;
+    this._timer = null; // the reconnect wait
+    this._dirtyStreams = new Set();
+    this._frameScheduled = false;
+    this._closed = null;
+    this._open();
+  }
+
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return this;
+  }
+
+  off(event, fn) {
+    this._listeners.get(event)?.delete(fn);
+    return this;
+  }
+
+  /** Start a stream; it goes out now, or as soon as a connection may start it. */
+  stream(request, options = {}) {
+    const stream = this._newStream(request, options);
+    if (stream.phase === ENDED) return stream;
+    this._queue.push(stream);
+    this._drainQueue();
+    return stream;
+  }
+
+  /**
+   * Follow a generation this Gateway did not start (a reloaded page, another tab) by its
+   * message id: a `resume` from `lastSeq` (0: from its `stream.started`), as soon as a
+   * connection may send it. `snapshot` folds the replayed text into one frame (§4.3).
+   */
+  resume(generation, options = {}) {
+    const stream = this._newStream(null, options);
+    if (stream.phase === ENDED) return stream;
+    stream.messageId = generation.messageId;
+    stream.epoch = generation.epoch ?? null;
+    stream.lastSeq = generation.lastSeq ?? 0;
+    stream._snapshot = generation.snapshot ?? false;
+    stream._move("adopt");
+    const conn = this._conn;
+    if (conn !== null && conn.ready && !conn.draining) stream._attach();
+    return stream;
+  }
+
+  _newStream(request, options) {
+    if (this.state === "closed") {
+      throw new WsgateError("closed", "this Gateway is closed; connect() again");
+    }
+    let id = options.streamId;
+    if (id === undefined) {
+      do id = `s${this._nextId++}`;
+      while (this._streams.has(id));
+    } else if (this._streams.has(id)) {
+      throw new WsgateError("stream_exists", `stream ${id} is still open`, { streamId: id });
+    }
+    const stream = new Stream(this, id, request, options);
+    this._streams.set(id, stream);
+    if (options.signal?.aborted) stream._end("cancelled");
+    return stream;
+  }
+
+  /** Close with 1000, for good; open streams end as "cancelled". Resolves once closed. */
+  close() {
+    if (this._closed !== null) return this._closed;
+    const conn = this._conn;
+    this._closed = conn === null || conn.ws === null ? Promise.resolve() : conn.closed;
+    this._shutdown(null, 1000, "closed by the client");
+    if (conn !== null) {
+      try {
+        conn.ws.close(1000);
+      } catch {
+        // already closing
+      }
+    }
+    return this._closed;
+  }
+
+  // --- connections ------------------------------------------------------------------------
+
+  async _open() {
+    this._timer = null;
+    const record = { ws: null, ready: false, draining: false, goaway: null, closingError: null };
+    record.closed = new Promise((resolve) => {
+      record.resolveClosed = resolve;
+    });
+    this._conn = record;
+    let url;
+    try {
+      url = socketUrl(this.url);
+    } catch (cause) {
+      const error = new WsgateError("connect_failed", `bad URL ${this.url}`, { cause });
+      return this._shutdown(error, 1006, "bad URL");
+    }
+    if (this._options.ticket) {
+      try {
+        url.searchParams.set("ticket", await this._options.ticket());
+      } catch (cause) {
+        const error = new WsgateError("ticket_unavailable", "the ticket option failed", {
+          retryable: true,
+          cause,
+        });
+        return this._lost(record, 1006, "no ticket", error);
+      }
+      if (this._conn !== record) return undefined; // closed meanwhile
+    }
+    let ws;
+    try {
+      ws = new this._WebSocket(url.href, PROTOCOL);
+    } catch (cause) {
+      const error = new WsgateError("connect_failed", String(cause?.message ?? cause), { cause });
+      return this._lost(record, 1006, "", error);
+    }
+    record.ws = ws;
+    record.lastFrameAt = Date.now();
+    ws.addEventListener("open", () => this._onOpen(record));
+    ws.addEventListener("message", (event) => this._onMessage(record, event));
+    ws.addEventListener("close", (event) => {
+      record.resolveClosed();
+      this._lost(record, event.code, event.reason);
+    });
+    // An error is a failed connection (1006). Browsers fire close next; Node 20's WebSocket
+    // fires no close after a failed handshake, so the error alone must end the socket.
+    ws.addEventListener("error", () => {
+      setTimeout(() => {
+        record.resolveClosed();
+        this._lost(record, 1006, "connection failed");
+      }, 0);
+    });
+    this._watch(record);
+    return undefined;
+  }
+
+  async _onOpen(record) {
+    if (this._conn !== record || !this._options.auth) return;
+    let token;
+    try {
+      const auth = this._options.auth;
+      token = await (typeof auth === "function" ? auth() : auth);
+    } catch (cause) {
+      const error = new WsgateError("auth_unavailable", "the auth option failed", {
+        retryable: true,
+        cause,
+      });
+      this._abandon(record, "the auth option failed", error);
+      return;
+    }
+    if (this._conn === record) this._send({ type: "auth", token });
+  }
+
+  _onMessage(record, event) {
+    if (this._conn !== record || typeof event.data !== "string") return; // binary never comes
+    record.lastFrameAt = Date.now();
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return; // the gateway sends JSON (§3)
+    }
+    const streamId = frame.stream_id;
+    if (typeof streamId === "string") {
+      this._streams.get(streamId)?._receive(frame); // unknown: a stream already forgotten
+      return;
+    }
+    switch (frame.type) {
+      case "ready":
+        return this._onReady(record, frame);
+      case "goaway":
+        record.draining = true;
+        record.goaway = frame;
+        this.state = "draining";
+        return this._emit("goaway", frame);
+      case "heartbeat":
+        return this._emit("heartbeat", frame);
+      case "auth.refreshed":
+        this._refreshAuth(record, frame.expires_in_ms);
+        return this._emit("auth.refreshed", frame);
+      case "error": // connection-level (§9.1); some of them announce the close (§12.3)
+        if (CLOSING_ERRORS.has(frame.code)) record.closingError = frame;
+        return this._emit("error", frame);
+      default:
+        return undefined; // a frame type from a later release (§3)
+    }
+  }
+
+  _onReady(record, frame) {
+    record.ready = true;
+    this.readyFrame = frame;
+    this.state = "open";
+    this._attempt = 0;
+    const reconnected = this._everReady;
+    this._everReady = true;
+    this._refreshAuth(record, frame.auth?.expires_in_ms);
+    for (const stream of [...this._streams.values()]) stream._attach();
+    this._drainQueue();
+    if (!reconnected) this._resolveReady(frame);
+    this._emit("ready", frame);
+    if (reconnected) this._emit("reconnected", frame);
+  }
+
+  /** The socket is gone (closed, failed, or abandoned by the watchdog). */
+  _lost(record, code, reason, error = null) {
+    if (this._conn !== record) return;
+    this._conn = null;
+    clearTimeout(record.watchdog);
+    clearTimeout(record.refresh);
+    const cause = record.closingError;
+    let failure = error ?? (cause === null ? null : WsgateError.fromFrame(cause, code));
+    if (failure === null) {
+      const what = this._everReady ? "connection_lost" : "connect_failed";
+      const message = `the connection closed (${code}${reason ? `: ${reason}` : ""})`;
+      failure = new WsgateError(what, message, { retryable: true, closeCode: code });
+    } else if (failure.closeCode === null) {
+      failure.closeCode = code;
+    }
+    if (!this._everReady || this._reconnect === null || closeAction(code) === "stop") {
+      this._shutdown(failure, code, reason);
+      return;
+    }
+    for (const stream of [...this._streams.values()]) stream._detach();
+    this._attempt += 1;
+    if (this._attempt > this._reconnect.maxAttempts) {
+      const given = new WsgateError("connection_lost", "gave up reconnecting", {
+        retryable: true,
+        closeCode: code,
+        cause: failure,
+      });
+      this._shutdown(given, code, reason);
+      return;
+    }
+    let delayMs = backoffDelay(this._attempt, this._reconnect);
+    delayMs += record.goaway?.reconnect_after_ms ?? 0;
+    delayMs = Math.max(delayMs, cause?.retry_after_ms ?? 0);
+    this.state = "reconnecting";
+    this._emit("reconnecting", { attempt: this._attempt, delayMs, code });
+    this._timer = setTimeout(() => this._open(), delayMs);
+  }
+
+  /** Give a socket up without waiting for its close (dead network, failed auth option). */
+  _abandon(record, reason, error = null) {
+    try {
+      record.ws?.close(1000);
+    } catch {
+      // already closing
+    }
+    this._lost(record, 1006, reason, error);
+  }
+
+  /** The heartbeat watchdog: no frame at all for heartbeatTimeoutMs means a dead socket. */
+  _watch(record) {
+    const timeout = this._heartbeatTimeoutMs;
+    if (!(timeout > 0)) return;
+    const check = () => {
+      if (this._conn !== record) return;
+      const silent = Date.now() - record.lastFrameAt;
+      if (silent < timeout) {
+        record.watchdog = setTimeout(check, timeout - silent);
+        return;
+      }
+      this._abandon(record, `no frame for ${silent} ms`);
+    };
+    record.watchdog = setTimeout(check, timeout);
+  }
+
+  /** Send a fresh `auth` before the credentials expire, when `auth` is a function. */
+  _refreshAuth(record, expiresInMs) {
+    clearTimeout(record.refresh);
+    const auth = this._options.auth;
+    if (typeof auth !== "function" || typeof expiresInMs !== "number") return;
+    record.refresh = setTimeout(async () => {
+      if (this._conn !== record) return;
+      try {
+        const token = await auth();
+        if (this._conn === record) this._send({ type: "auth", token });
+      } catch (error) {
+        report(error); // the gateway closes with 4502 at the expiry
+      }
+    }, Math.min(expiresInMs * REFRESH_AT, MAX_TIMEOUT_MS));
+  }
+
+  /** End the Gateway for good: streams end (with `error`, or as cancelled), "close" fires. */
+  _shutdown(error, code, reason) {
+    this.state = "closed";
+    clearTimeout(this._timer);
+    const conn = this._conn;
+    if (conn !== null) {
+      clearTimeout(conn.watchdog);
+      clearTimeout(conn.refresh);
+    }
+    this._conn = null;
+    this._queue = [];
+    for (const stream of [...this._streams.values()]) {
+      if (error === null) stream._end("cancelled");
+      else stream._abort(error);
+    }
+    if (!this._everReady) {
+      this._rejectReady(error ?? new WsgateError("closed", "closed before the first ready"));
+    }
+    this._emit("close", { code, reason: reason ?? "", error });
+  }
+
+  // --- what the Streams call --------------------------------------------------------------
+
+  _send(frame) {
+    const conn = this._conn;
+    if (conn === null || conn.ws === null) return;
+    try {
+      conn.ws.send(JSON.stringify(frame));
+    } catch {
+      // a socket that is closing: its close event comes next
+    }
+  }
+
+  /** Send the waiting starts, oldest first, when the connection may start streams. */
+  _drainQueue() {
+    const conn = this._conn;
+    if (conn === null || !conn.ready || conn.draining) return;
+    const queue = this._queue;
+    this._queue = [];
+    for (const stream of queue) {
+      this._send(stream._frame);
+      stream._started();
+    }
+  }
+
+  _requeue(stream) {
+    stream._move("requeue");
+    this._queue.unshift(stream);
+    this._drainQueue();
+  }
+
+  _unqueue(stream) {
+    this._queue = this._queue.filter((s) => s !== stream);
+  }
+
+  _forget(stream) {
+    if (this._streams.get(stream.id) === stream) this._streams.delete(stream.id);
+    this._unqueue(stream);
+    this._dirtyStreams.delete(stream);
+  }
+
+  /** A stream has text to deliver: one scheduled frame flushes every such stream. */
+  _dirty(stream) {
+    this._dirtyStreams.add(stream);
+    if (this._frameScheduled) return;
+    this._frameScheduled = true;
+    this._scheduleFrame(() => {
+      this._frameScheduled = false;
+      const streams = [...this._dirtyStreams];
+      this._dirtyStreams.clear();
+      for (const s of streams) s._flush();
+    });
+  }
+
+  _emit(event, payload) {
+    const listeners = this._listeners.get(event);
+    if (listeners === undefined) return;
+    for (const fn of [...listeners]) call(fn, payload);
+  }
+}
+
+export { Gateway, Stream };
