@@ -82,14 +82,20 @@ def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Ro
 def gateway_options(settings: Settings, max_connections: int | None = None) -> GatewayOptions:
     """The gateway's options from the settings (`max_connections`: as fitted to open files)."""
     server, limits = settings.server, settings.limits
+    exposed = settings.real_providers or not is_loopback(server.host)
+    # The demo page only where it can work: it has no sign-in, and an exposed gateway
+    # refuses its own pages unless allowed_origins lets them in.
+    demo = (
+        server.demo and not settings.auth.enabled and (not exposed or bool(server.allowed_origins))
+    )
     return GatewayOptions(
         host=server.host,
         port=server.port,
         path=server.path,
         allowed_origins=tuple(server.allowed_origins),
-        exposed=settings.real_providers or not is_loopback(server.host),
+        exposed=exposed,
         compression=server.compression,
-        demo=server.demo,
+        demo=demo,
         max_streams=limits.max_streams_per_connection,
         max_frame_bytes=limits.max_frame_bytes,
         telemetry_interval=limits.telemetry_interval_s,

@@ -103,7 +103,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     # the gateway's own origin; with a real provider or a non-loopback bind, none.
     allowed_origins: list[str] = []
     compression: bool = False
-    demo: bool = True  # the demo page at `/` (the browser client at /v1/wsgate.js always)
+    # The demo page at `/`, where it can work: not with [auth] (it has no sign-in), and with a
+    # real provider or a non-loopback bind only if allowed_origins lets pages in. The browser
+    # client (/v1/wsgate.js) is always served.
+    demo: bool = True
     drain_timeout_s: _Seconds = 20.0  # on SIGTERM: how long running streams may finish
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000  # advice in `goaway`
     # UNSAFE: lets a gateway holding a real provider's key listen beyond loopback without

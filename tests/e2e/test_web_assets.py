@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
+from wsgate.app import gateway_options
+from wsgate.config import load_settings
 from wsgate.gateway import static
 
 
@@ -63,3 +67,42 @@ async def test_the_shipped_client_module_is_served(start_app):
     async with aiohttp.ClientSession() as http, http.get(base(app) + "/v1/wsgate.js") as resp:
         assert resp.status == 200
         assert await resp.read() == shipped.read_bytes()
+
+
+async def raw_get(port: int, target: str) -> bytes:
+    """One GET with the request target written as given (no client normalises `..`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+async def test_paths_that_climb_out_of_the_web_folder_are_not_found(start_app, web_root):
+    (web_root.parent / "secret.txt").write_text("outside the web folder")
+    app = await start_app()
+    port = app.gateway.port
+    for target in [
+        "/demo/../../secret.txt",
+        "/demo/%2e%2e/%2e%2e/secret.txt",
+        "/v1/../secret.txt",
+        "/v1/..%2fsecret.txt",
+        "//secret.txt",
+    ]:
+        answer = await raw_get(port, target)
+        assert answer.startswith(b"HTTP/1.1 404"), (target, answer[:80])
+        assert b"outside the web folder" not in answer
+
+
+def test_the_demo_is_served_only_where_its_page_can_connect_and_sign_in():
+    def demo(overrides):
+        return gateway_options(load_settings(None, environ={}, overrides=overrides)).demo
+
+    assert demo({})  # the mock on loopback: its own origin may connect
+    assert not demo({"server.demo": False})
+    assert not demo({"server.host": "0.0.0.0", "server.allow_anonymous": True})  # 403s
+    exposed = {"server.host": "0.0.0.0", "server.allowed_origins": ["https://app.example"]}
+    assert demo(exposed)  # the operator lets pages in
+    with_keys = {"auth.api_keys": [{"principal": "p", "sha256": "0" * 64}]}
+    assert not demo(with_keys)  # the page has no sign-in

@@ -78,3 +78,12 @@ def test_every_answer_is_revalidated_by_a_strong_etag_of_its_bytes(tmp_path):
 
 def test_a_missing_web_folder_serves_nothing(tmp_path):
     assert WebAssets(tmp_path / "absent").assets == {}
+
+
+def test_if_none_match_is_read_as_a_list_of_weakly_compared_tags(tmp_path):
+    js = WebAssets(make_tree(tmp_path)).find("/v1/wsgate.js")
+    assert js is not None
+    for header in [js.etag, f'"a", {js.etag}', f'"a",{js.etag}', f"W/{js.etag}", "*", " * "]:
+        assert js.fresh(header), header
+    for header in [None, "", '"a"', js.etag.strip('"'), f'"{js.etag}"']:
+        assert not js.fresh(header), header

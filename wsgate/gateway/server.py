@@ -391,7 +391,7 @@ def _asset_response(
     connection: ServerConnection, asset: Asset, if_none_match: str | None
 ) -> Response:
     """200 with the asset, or 304 when the client's copy is current (its ETag matches)."""
-    fresh = if_none_match is not None and asset.etag in if_none_match.split(", ")
+    fresh = asset.fresh(if_none_match)
     response = connection.respond(HTTPStatus.NOT_MODIFIED if fresh else HTTPStatus.OK, "")
     body = b"" if fresh else asset.body
     response.body = body

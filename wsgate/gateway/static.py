@@ -60,10 +60,23 @@ class Asset:
             "ETag": self.etag,
             "X-Content-Type-Options": "nosniff",
         }
-        if self.content_type.startswith("text/html"):
+        if self.content_type.startswith(("text/html", "image/svg+xml")):  # both run scripts
             headers["Content-Security-Policy"] = PAGE_POLICY
             headers["Referrer-Policy"] = "no-referrer"
         return headers
+
+    def fresh(self, if_none_match: str | None) -> bool:
+        """Whether a client holding `If-None-Match` has this version (RFC 9110 §13.1.2).
+
+        `*` matches; otherwise any listed entity tag, compared weakly (`W/` ignored), as a
+        GET's If-None-Match is.
+        """
+        if if_none_match is None:
+            return False
+        if if_none_match.strip() == "*":
+            return True
+        tags = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+        return self.etag in tags
 
 
 class WebAssets:
