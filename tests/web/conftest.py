@@ -10,29 +10,11 @@ from typing import Any
 import pytest
 from web_helpers import Control, install_npm_packages
 
-from wsgate.app import App
-from wsgate.config import load_settings
-
 
 @pytest.fixture
-async def start_web_app(tmp_path) -> AsyncIterator[Callable[..., Any]]:
-    """`await start_web_app(toml=None, **overrides)`: a started App, stopped after the test."""
-    apps: list[App] = []
-
-    async def factory(toml: str | None = None, **overrides: Any) -> App:
-        path = None
-        if toml is not None:
-            path = tmp_path / f"wsgate-{len(apps)}.toml"
-            path.write_text(toml)
-        merged = {"server.port": 0, "mock.ttft_ms": 0, "mock.tokens_per_s": 0, **overrides}
-        app = App(load_settings(path, environ={}, overrides=merged), environ={})
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        await app.stop()
+def start_web_app(start_app: Callable[..., Any]) -> Callable[..., Any]:
+    """`await start_web_app(toml=None, **overrides)`: tests/conftest.py's `start_app`."""
+    return start_app
 
 
 @pytest.fixture
