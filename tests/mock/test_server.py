@@ -317,6 +317,8 @@ async def test_record_endpoints_list_and_clear_and_health_answers(mock, session)
         "disconnected_at",
         "chunks_sent",
         "status",
+        "turn",
+        "tool_results",
     }
     async with session.delete(root + "/mock/requests") as response:
         assert response.status == 200

@@ -4,12 +4,14 @@ Owns the named SSE events of a Messages stream (message_start, content blocks wi
 deltas, ping, message_delta with the cumulative output tokens, message_stop), the `message`
 JSON, and Anthropic's error shape `{"type": "error", "error": {"type", "message"}}` in bodies
 and as the in-band `event: error`. `max_tokens` is required, as Anthropic requires it. Content
-blocks cannot interleave, so `interleave_tools` is a script error here. Pure: renders only.
+blocks cannot interleave, so `interleave_tools` is a script error here. Reads tool-call
+turns (assistant `tool_use` blocks) and tool results (`tool_result` blocks, whose user
+messages are not where a script is looked for) for `turns.py`. Pure: renders only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wsgate.mock.plan import (
     STREAM_ERROR_MESSAGE,
@@ -31,8 +33,11 @@ from wsgate.mock.script import (
     count_words,
     int_limit,
     json_text,
-    last_user_content,
 )
+from wsgate.mock.turns import History, read_history
+
+if TYPE_CHECKING:
+    from wsgate.mock.turns import Call, Entry, Result
 
 # Anthropic's ping is the one payload written with spaces, byte for byte as the API sends it.
 PING_EVENT: Final = b'event: ping\ndata: {"type": "ping"}\n\n'
@@ -72,6 +77,57 @@ def _invalid(body: Body) -> tuple[str, str | None] | None:
     if not isinstance(body.get("messages"), list):
         return "messages: Field required", "messages"
     return None
+
+
+def _blocks(message: Entry, kind: str) -> list[dict[str, Any]]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _is_user(message: Entry) -> bool:
+    """A user message that is not only `tool_result` blocks (those answer the assistant)."""
+    if message.get("role") != "user":
+        return False
+    content = message.get("content")
+    return not (isinstance(content, list) and content and _only_results(content))
+
+
+def _only_results(content: list[Any]) -> bool:
+    return all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _user_text(body: Body) -> str | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    users = [m for m in messages if isinstance(m, dict) and _is_user(m)]
+    return content_text(users[-1].get("content")) if users else None
+
+
+def _calls(message: Entry) -> list[Call] | None:
+    uses = _blocks(message, "tool_use") if message.get("role") == "assistant" else []
+    return [(_string(b.get("id")), _string(b.get("name"))) for b in uses] or None
+
+
+def _results(message: Entry) -> list[Result]:
+    if message.get("role") != "user":
+        return []
+    return [
+        (_string(b.get("tool_use_id")), None, content_text(b.get("content")) or "")
+        for b in _blocks(message, "tool_result")
+    ]
+
+
+def _string(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _history(body: Body) -> History:
+    return read_history(
+        body.get("messages"), is_user=_is_user, calls_of=_calls, results_of=_results
+    )
 
 
 def _prompt_tokens(body: Body) -> int:
@@ -165,7 +221,7 @@ ANTHROPIC: Final = Dialect(
     name="anthropic",
     invalid=_invalid,
     wants_stream=lambda body: body.get("stream") is True,
-    user_text=lambda body: content_text(last_user_content(body.get("messages"))),
+    user_text=_user_text,
     prompt_tokens=_prompt_tokens,
     token_limit=lambda body: int_limit(body.get("max_tokens")),
     render=_render,
@@ -174,6 +230,8 @@ ANTHROPIC: Final = Dialect(
     error_body=anthropic_error_body,
     status_kind=_status_kind,
     default_error_type="overloaded_error",
+    history=_history,
+    call_id_prefix="toolu_mock",
     unsupported=frozenset({"tool_index", "interleave_tools", "done"}),
     finish_names={"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"},
 )

@@ -4,14 +4,17 @@ Owns Ollama's NDJSON stream: one compact JSON object per `\n`-terminated line, a
 content chunk, the tool calls whole in one line (arguments as a JSON object, so they must
 parse as one), and a final `done: true` line with `done_reason` and the token counts. Errors
 are `{"error": "..."}`, in a body or as a line. Ollama streams unless `stream` is false. It
-has no tool-call fragments, so `interleave_tools` is a script error. Pure: renders only.
+has no tool-call fragments, so `interleave_tools` is a script error. Reads tool-call turns
+and `role: "tool"` results for `turns.py`; results carry no call id, so they answer the
+calls by position. Pure: renders only.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from wsgate.mock.openai_chat import message_calls
 from wsgate.mock.plan import (
     STREAM_ERROR_MESSAGE,
     Body,
@@ -33,6 +36,10 @@ from wsgate.mock.script import (
     json_text,
     last_user_content,
 )
+from wsgate.mock.turns import History, read_history
+
+if TYPE_CHECKING:
+    from wsgate.mock.turns import Entry, Result
 
 
 def ollama_error_body(
@@ -51,6 +58,25 @@ def _invalid(body: Body) -> tuple[str, str | None] | None:
 
 def _prompt_tokens(body: Body) -> int:
     return count_words(body.get("messages"))
+
+
+def _results(message: Entry) -> list[Result]:
+    if message.get("role") != "tool":
+        return []
+    name = message.get("tool_name")
+    text = content_text(message.get("content")) or ""
+    return [(None, name if isinstance(name, str) else None, text)]
+
+
+def _history(body: Body) -> History:
+    # Ollama's tool messages carry no call id: the i-th result answers the i-th call.
+    return read_history(
+        body.get("messages"),
+        is_user=lambda message: message.get("role") == "user",
+        calls_of=message_calls,
+        results_of=_results,
+        by_position=True,
+    )
 
 
 def _token_limit(body: Body) -> int | None:
@@ -128,6 +154,7 @@ OLLAMA: Final = Dialect(
     error_body=ollama_error_body,
     status_kind=lambda _status: ("error", None),
     raw_event=_raw_event,
+    history=_history,
     content_type="application/x-ndjson",
     default_error_type="error",
     unsupported=frozenset({"tool_index", "interleave_tools", "done"}),

@@ -3,7 +3,9 @@
 Owns the exact bytes of `chat.completion.chunk` SSE events, the `chat.completion` JSON, and
 OpenAI's error bodies (shared with the Responses dialect). The stream must stay byte-identical
 to what tests and recorded load-test baselines pin: field order, compact JSON, `"usage": null`
-on every chunk when usage is requested, `data: [DONE]`. Pure: renders, never writes.
+on every chunk when usage is requested, `data: [DONE]`. Reads a conversation's tool-call
+turns (assistant `tool_calls`) and tool results (`role: "tool"` messages) for `turns.py`;
+the call shape is shared with Ollama. Pure: renders, never writes.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from wsgate.mock.script import (
     json_text,
     last_user_content,
 )
+from wsgate.mock.turns import History, read_history
 
 if TYPE_CHECKING:
     from wsgate.mock.plan import ToolStep
+    from wsgate.mock.turns import Call, Entry, Result
 
 DONE_EVENT: Final = b"data: [DONE]\n\n"
 SYSTEM_FINGERPRINT: Final = "fp_mock"
@@ -67,6 +71,44 @@ def _invalid(body: Body) -> tuple[str, str | None] | None:
 
 def _prompt_tokens(body: Body) -> int:
     return count_words(body.get("messages"))
+
+
+def function_call(call: object) -> Call:
+    """The id and name of a `{"id", "function": {"name"}}` call (chat and Ollama)."""
+    if not isinstance(call, dict):
+        return None, None
+    function = call.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    call_id = call.get("id")
+    return (
+        call_id if isinstance(call_id, str) else None,
+        name if isinstance(name, str) else None,
+    )
+
+
+def message_calls(message: Entry) -> list[Call] | None:
+    """The calls of an assistant message with `tool_calls` (chat and Ollama), else None."""
+    calls = message.get("tool_calls")
+    if message.get("role") != "assistant" or not isinstance(calls, list) or not calls:
+        return None
+    return [function_call(call) for call in calls]
+
+
+def _results(message: Entry) -> list[Result]:
+    if message.get("role") != "tool":
+        return []
+    call_id = message.get("tool_call_id")
+    text = content_text(message.get("content")) or ""
+    return [(call_id if isinstance(call_id, str) else None, None, text)]
+
+
+def _history(body: Body) -> History:
+    return read_history(
+        body.get("messages"),
+        is_user=lambda message: message.get("role") == "user",
+        calls_of=message_calls,
+        results_of=_results,
+    )
 
 
 def _head(info: RequestInfo, kind: str = "chat.completion.chunk") -> dict[str, Any]:
@@ -177,4 +219,5 @@ OPENAI_CHAT: Final = Dialect(
     error_body=openai_error_body,
     status_kind=openai_status_kind,
     raw_tail=_raw_tail,
+    history=_history,
 )

@@ -5,12 +5,13 @@ same `type` and a `sequence_number` counting every event from 0), the `response`
 `response.created` / `.in_progress` / `.completed` / `.incomplete` / `.failed`, and reading
 `input` (a string or a list of items) and `instructions`. A mid-stream server error is
 `response.failed` with `response.error` (what OpenAI sends when generation fails); error
-bodies are OpenAI's. Pure: renders, never writes.
+bodies are OpenAI's. Reads tool-call turns (runs of `function_call` items) and tool
+results (`function_call_output` items) for `turns.py`. Pure: renders, never writes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wsgate.mock.openai_chat import openai_error_body, openai_status_kind
 from wsgate.mock.plan import (
@@ -33,6 +34,12 @@ from wsgate.mock.script import (
     json_text,
     last_user_content,
 )
+from wsgate.mock.turns import NO_HISTORY, History, read_history
+
+if TYPE_CHECKING:
+    from wsgate.mock.turns import Call, Entry, Result
+
+_OUTPUT_PARTS: Final = ("input_text", "output_text", "text")
 
 
 def _invalid(body: Body) -> tuple[str, str | None] | None:
@@ -46,6 +53,31 @@ def _user_text(body: Body) -> str | None:
     if isinstance(given, str):
         return given
     return content_text(last_user_content(given), ("input_text", "text"))
+
+
+def _calls(item: Entry) -> list[Call] | None:
+    if item.get("type") != "function_call":
+        return None
+    return [(_string_or_none(item.get("call_id")), _string_or_none(item.get("name")))]
+
+
+def _results(item: Entry) -> list[Result]:
+    if item.get("type") != "function_call_output":
+        return []
+    text = content_text(item.get("output"), _OUTPUT_PARTS) or ""
+    return [(_string_or_none(item.get("call_id")), None, text)]
+
+
+def _history(body: Body) -> History:
+    given = body.get("input")
+    if not isinstance(given, list):
+        return NO_HISTORY
+    return read_history(
+        given,
+        is_user=lambda item: item.get("role") == "user",
+        calls_of=_calls,
+        results_of=_results,
+    )
 
 
 def _prompt_tokens(body: Body) -> int:
@@ -239,6 +271,7 @@ OPENAI_RESPONSES: Final = Dialect(
     complete=_complete,
     error_body=openai_error_body,
     status_kind=openai_status_kind,
+    history=_history,
     unsupported=frozenset({"tool_index", "done"}),
     finish_names={"stop": "completed", "tool_calls": "completed", "length": "incomplete"},
 )

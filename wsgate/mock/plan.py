@@ -32,6 +32,7 @@ from wsgate.mock.script import (
     resolve_answer,
     split_surrogate_pairs,
 )
+from wsgate.mock.turns import NO_HISTORY, History
 
 STREAM_ERROR_MESSAGE: Final = "mock: scripted stream error"
 JSON_ERROR_MESSAGE: Final = "mock: scripted error"
@@ -125,6 +126,11 @@ def _no_tail(script: Script) -> list[bytes]:
     return []
 
 
+def _no_history(body: Body) -> History:
+    del body
+    return NO_HISTORY
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Dialect:
     """One provider's wire format: pure functions reading a request and phrasing answers.
@@ -134,8 +140,10 @@ class Dialect:
     the value a generated text's seed comes from; `render` every event of a stream with
     its kind; `raw_event` / `raw_tail` an `events` entry and what follows them;
     `stream_error` the in-band error event after `sent` events; `complete` the JSON answer;
-    `status_kind` the error `type` and `code` of an HTTP status. `unsupported` script keys
-    are errors here; `finish_names` names the neutral finish reasons in this dialect.
+    `status_kind` the error `type` and `code` of an HTTP status; `history` the turn and the
+    latest tool results of the conversation (`turns.read_history`), `call_id_prefix` the
+    start of the default call ids. `unsupported` script keys are errors here;
+    `finish_names` names the neutral finish reasons in this dialect.
     """
 
     name: str
@@ -152,6 +160,8 @@ class Dialect:
     conversation: Callable[[Body], object] = _messages
     raw_event: Callable[[str | RawEvent], bytes] = _sse_entry
     raw_tail: Callable[[Script], list[bytes]] = _no_tail
+    history: Callable[[Body], History] = _no_history
+    call_id_prefix: str = "call_mock"
     content_type: str = "text/event-stream; charset=utf-8"
     default_error_type: str = "server_error"
     unsupported: frozenset[str] = frozenset()

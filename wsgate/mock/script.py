@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import orjson
@@ -95,6 +95,8 @@ class Script(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     interleave_tools: bool = False
     pad_line: Annotated[int, msgspec.Meta(ge=1, le=64 * 1024 * 1024)] | None = None
     drip_bytes_per_s: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    # Multi-turn (protocol/MOCK.md, "Multi-turn scripts"): checked by `turns.py`.
+    expect_tool_results: dict[str, Any] | list[Any] | None = None
 
 
 # Keys that describe generated chunks; `events` replaces those chunks, so they cannot mix.

@@ -1,13 +1,15 @@
 """The mock provider's HTTP server: routes, scripts, faults on the connection, and records.
 
 Owns the HTTP surface (one `POST` route per dialect from `dialects.ROUTES`, `GET /v1/models`,
-`GET|DELETE /mock/requests`, `GET /healthz`), choosing between a JSON answer and a stream,
-the faults that act on the exchange (`headers_delay_ms`, `fail_first`'s per-tag counter,
-`truncate_after`'s close), the connection counts, and the `RequestRecord` that tells tests
-when each client went away. Runs with `handler_cancellation=True`, so a client that closes
-its socket cancels the handler at once, even while it waits for a token seconds away. What
-is answered is decided by `script.py`, `plan.py` and the dialect modules, how the bytes go
-out by `writer.py`; this module must not import any other wsgate package.
+`GET|DELETE /mock/requests`, `GET /healthz`, and the tool backend's routes from `tools.py`),
+choosing the script (a `turns` script's turn by the conversation's history, `turns.py`) and
+between a JSON answer and a stream, the faults that act on the exchange (`headers_delay_ms`,
+`fail_first`'s per-tag counter, `truncate_after`'s close), the connection counts, and the
+`RequestRecord` that tells tests when each client went away and what tool results it sent.
+Runs with `handler_cancellation=True`, so a client that closes its socket cancels the
+handler at once, even while it waits for a token seconds away. What is answered is decided
+by `script.py`, `plan.py`, `turns.py` and the dialect modules, how the bytes go out by
+`writer.py`; this module must not import any other wsgate package.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,12 +47,20 @@ from wsgate.mock.script import (
     unscripted,
     without_failure,
 )
+from wsgate.mock.tools import ToolBackend
+from wsgate.mock.turns import (
+    ExpectationError,
+    check_expectations,
+    select_turn,
+    with_turn_ids,
+)
 from wsgate.mock.writer import DRAIN_POLL_S, Writer, close_abruptly
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from wsgate.mock.plan import Dialect
+    from wsgate.mock.turns import ToolResult
 
 _REQUEST_ID_HEADER: Final = "x-mock-request-id"
 _BAD_JSON: Final = "We could not parse the JSON body of your request."
@@ -70,6 +81,8 @@ class RequestRecord:
     disconnected_at: float | None = None
     chunks_sent: int = 0
     status: int = 200
+    turn: int = 0
+    tool_results: list[ToolResult] = field(default_factory=list)
 
 
 class MockProvider:
@@ -103,8 +116,10 @@ class MockProvider:
         self._disconnects: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
+        self.tools = ToolBackend(max_records=max_records)
         self.app = web.Application()
         self.app.add_routes([web.post(path, self._route(d)) for path, d in ROUTES.items()])
+        self.app.add_routes(self.tools.routes())
         self.app.add_routes(
             [
                 web.get("/v1/models", self._models),
@@ -143,10 +158,21 @@ class MockProvider:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
+        await self.tools.stop()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         self.pacer.stop()
+
+    def tool_url(self, name: str, **query: object) -> str:
+        """The URL of tool `name` on the tool backend, its script in the query string.
+
+        Values are written as JSON (`delay_ms=500`, `invalid_json=true`), strings as given.
+        """
+        url = f"{self.root_url}/tools/{urllib.parse.quote(name, safe='')}"
+        if not query:
+            return url
+        return url + "?" + urllib.parse.urlencode({k: _query_text(v) for k, v in query.items()})
 
     @property
     def tcp_connections(self) -> int:
@@ -295,7 +321,10 @@ class MockProvider:
             else:
                 plan = plan_stream(dialect, script, info)
         except ScriptError as exc:
-            error = dialect.error_body(str(exc), kind=_INVALID, code="mock_bad_script")
+            code = "mock_bad_script"
+            if isinstance(exc, ExpectationError):
+                code = record.fault = "mock_tool_results"
+            error = dialect.error_body(str(exc), kind=_INVALID, code=code)
             return self._whole(record, 400, error)
         origin = arrived + script.headers_delay_ms / 1000
         if plan is not None:
@@ -312,6 +341,8 @@ class MockProvider:
         *,
         stream: bool,
     ) -> Script:
+        history = dialect.history(body)
+        record.turn, record.tool_results = history.turn, list(history.results)
         raw = extract_script(request.headers.get(SCRIPT_HEADER), dialect.user_text(body))
         if raw is None:
             return unscripted(
@@ -320,10 +351,19 @@ class MockProvider:
                 tokens_per_s=self.default_tokens_per_s,
             )
         record.tag = script_tag(raw)
+        turn: int | None = None
+        if isinstance(raw, dict) and "turns" in raw:  # a multi-turn script: pick the turn
+            turn = history.turn
+            raw = select_turn(raw, turn, dialect.check)
+            record.tag = script_tag(raw)
         script = parse_script(raw)
         assert isinstance(raw, dict)  # noqa: S101 - parse_script accepted it
         dialect.check(raw)
         check_streaming(raw, stream=stream)
+        if turn is not None:
+            script = with_turn_ids(script, dialect.call_id_prefix, turn)
+        if script.expect_tool_results is not None:
+            check_expectations(script.expect_tool_results, history.results)
         if script.fail_first is not None and script.tag is not None:
             seen = self._failures[script.tag] = self._failures.get(script.tag, 0) + 1
             if seen > script.fail_first:
@@ -400,6 +440,10 @@ def _retry_after(script: Script) -> dict[str, str]:
         return {}
     seconds = script.retry_after
     return {"Retry-After": str(int(seconds)) if seconds.is_integer() else repr(seconds)}
+
+
+def _query_text(value: object) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _dumps(value: Any) -> str:
