@@ -40,7 +40,7 @@ RECORDER_JS = r"""
 (() => {
   const LONE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
   const rec = {
-    batches: [],       // {t: frame time, now, streams: [ids]}
+    batches: [],       // {t: frame time, frame, now, streams: [ids]}
     bad: [],           // texts with a lone surrogate or U+FFFD, as code point lists
     announcements: [], // {t, text} for nodes added to an aria-live region
     clicks: [],        // {now, label}
@@ -78,6 +78,7 @@ RECORDER_JS = r"""
     }
     rec.batches.push({
       t: document.timeline.currentTime,
+      frame: window.__frameAt ?? null, // set by a test's own requestAnimationFrame, if any
       now: performance.now(),
       streams: [...streams],
     });
@@ -330,7 +331,7 @@ class DemoSurface(Surface):
 
     async def wait_done(self, stream_ids: list[str], timeout_s: float = 20) -> None:
         for sid in stream_ids:
-            done = self.page.locator(f'article[data-stream-id="{sid}"][aria-busy="false"]')
+            done = self.page.locator(f'article[data-stream-id="{sid}"][data-finish]')
             await done.wait_for(timeout=timeout_s * 1000)
 
     async def finish(self, stream_id: str) -> str:

@@ -78,6 +78,21 @@ async def test_gateway_frames_map_to_ui_message_chunks_one_to_one(ai_sdk):
     await run_ai_test("gateway frames map to UI message chunks one to one", ai_sdk)
 
 
+async def test_a_structured_section_closes_the_text_before_it(ai_sdk):
+    await run_ai_test(
+        "a structured section closes the text before it, so the parts keep the answer's order",
+        ai_sdk,
+    )
+
+
+async def test_a_cancel_from_elsewhere_finishes_the_chat_message_and_is_no_abort(ai_sdk):
+    await run_ai_test("a cancel from elsewhere finishes the chat's message; it is no abort", ai_sdk)
+
+
+async def test_stop_while_the_first_connect_stalls_ends_the_request_at_once(ai_sdk):
+    await run_ai_test("stop while the first connect stalls ends the request at once", ai_sdk)
+
+
 def test_the_declarations_name_every_export_of_the_module():
     js = (WEB_DIR / "wsgate-ai-sdk.js").read_text(encoding="utf-8")
     dts = (WEB_DIR / "wsgate-ai-sdk.d.ts").read_text(encoding="utf-8")

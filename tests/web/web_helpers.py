@@ -137,10 +137,12 @@ async def run_node_test(
     test_file: Path,
     *,
     name: str | None = None,
+    prefix: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
 ) -> NodeRun:
-    """Run `node --test test_file` (only the test called `name`, if given) and wait for it.
+    """Run `node --test test_file` (only the test called `name`, or those whose names start
+    with `prefix`, if given) and wait for it.
 
     The gateway the test talks to must be serving in this event loop meanwhile. On the
     timeout the whole process group (node's runner and its child) is killed.
@@ -152,6 +154,8 @@ async def run_node_test(
         argv = [node, *websocket_flags(node), "--test", "--test-reporter=tap"]
         if name is not None:
             argv.append(f"--test-name-pattern=^{re.escape(name)}$")
+        elif prefix is not None:
+            argv.append(f"--test-name-pattern=^{re.escape(prefix)}")
         argv.append(str(test_file))
         full_env = {**os.environ, "WSGATE_FRAMES": str(frames), "NO_COLOR": "1", **(env or {})}
         proc = await asyncio.create_subprocess_exec(

@@ -154,7 +154,10 @@ export declare class WsgateChatTransport<UI_MESSAGE extends UIMessageLike = UIMe
   reconnectToStream: (
     options: { chatId: string; abortSignal?: AbortSignal } & WsgateChatRequestOptions,
   ) => Promise<ReadableStream<WsgateUIMessageChunk> | null>;
-  /** Closes the Gateway if the transport made it; a later request connects again. */
+  /**
+   * Closes the Gateway if the transport made it; a later request connects again. The AI SDK
+   * never calls this (ai 7's AbstractChat has no dispose): the app must.
+   */
   close: () => void;
 }
 

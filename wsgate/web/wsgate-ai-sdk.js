@@ -17,7 +17,9 @@
  * `tool-input-start`/`-delta`/`-available` from `tool_call.start`/`arguments_chunk`/`end`;
  * `tool-input-error` from `tool_call.error`; `data-structured` / `data-structured-error` from
  * `structured` / `structured.error`; `finish-step` and `finish` (with `finishReason` and,
- * by default, `messageMetadata.wsgate` holding the usage); `error`; `abort` for a cancel.
+ * by default, `messageMetadata.wsgate` holding the usage and the wsgate finish reason, so a
+ * cancel from elsewhere is `finishReason: "other"` with `finishReason: "cancelled"` there);
+ * `error`; `abort` only for the chat's own stop (its abort signal) and for `close()`.
  *
  * Resume (PROTOCOL.md §11.2): wsgate.js already resumes every open stream after a dropped
  * socket, so a chat's stream survives drops with no help from here. `reconnectToStream`
@@ -251,12 +253,18 @@ export function createChunkMapper({ idPrefix, dynamicTools = false, messageMetad
         ...dynamic,
       });
     },
+    // A section ends the text before it: the text after it is a new part, so `parts` keep
+    // the answer's order (text, section, text).
     structured(f, out) {
       begin(out);
+      closeText(out);
+      closeReasoning(out);
       out.push({ type: "data-structured", data: f.value });
     },
     "structured.error"(f, out) {
       begin(out);
+      closeText(out);
+      closeReasoning(out);
       const data = { code: f.code, message: f.message, raw: f.raw };
       out.push({ type: "data-structured-error", data });
     },
@@ -278,12 +286,12 @@ export function createChunkMapper({ idPrefix, dynamicTools = false, messageMetad
       closeText(out);
       closeReasoning(out);
       info.reason = f.reason;
-      if (f.reason === "cancelled") {
-        out.push({ type: "abort", reason: "cancelled" });
-      } else {
-        const finish = { type: "finish", finishReason: toFinishReason(f.reason) };
-        out.push({ type: "finish-step" }, withMetadata(finish));
-      }
+      // Also for `cancelled`: this chat's own stop never gets here (the transport ends its
+      // stream with `abort` at once), so this cancel came from elsewhere (another tab by
+      // message_id, a drain deadline). ai 7's chat ignores an `abort` chunk, which would
+      // leave the message with no finish; `other`, with the wsgate reason in the metadata.
+      const finish = { type: "finish", finishReason: toFinishReason(f.reason) };
+      out.push({ type: "finish-step" }, withMetadata(finish));
       return true;
     },
   };
@@ -429,7 +437,10 @@ export class WsgateChatTransport {
     );
   }
 
-  /** Releases the gateway when this transport made it (AbstractChat.dispose calls this). */
+  /**
+   * Releases the gateway when this transport made it. The AI SDK never calls this (ai 7's
+   * `AbstractChat` has no dispose): the app must, when it is done with the transport.
+   */
   close() {
     if (this.#owned && this.#gateway !== undefined) {
       this.#gateway.close();
@@ -437,10 +448,24 @@ export class WsgateChatTransport {
     }
   }
 
+  /** The gateway once `ready`; rejects at once when the chat stops during the wait. */
   async #ready(abortSignal) {
     const gw = this.gateway;
-    await gw.ready;
-    abortSignal?.throwIfAborted();
+    if (abortSignal === undefined) {
+      await gw.ready;
+      return gw;
+    }
+    abortSignal.throwIfAborted();
+    let onAbort;
+    const aborted = new Promise((_, reject) => {
+      onAbort = () => reject(abortSignal.reason);
+      abortSignal.addEventListener("abort", onAbort, { once: true });
+    });
+    try {
+      await Promise.race([gw.ready, aborted]);
+    } finally {
+      abortSignal.removeEventListener("abort", onAbort);
+    }
     return gw;
   }
 

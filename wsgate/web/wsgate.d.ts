@@ -30,9 +30,10 @@ export type LocalErrorCode =
   | "connection_lost" // a later socket closed and will not be reopened: reconnect is false, a
   //                     fatal close code came without an error frame, or maxAttempts failed
   | "closed" // gw.close() before the first ready, or stream() on a closed Gateway
-  | "auth_unavailable" // the auth option threw or rejected
-  | "ticket_unavailable" // the ticket option threw or rejected
-  | "stream_exists"; // stream() with the streamId of an open stream
+  | "auth_unavailable" // the auth option threw, rejected or took over authTimeoutMs
+  | "ticket_unavailable" // the ticket option threw, rejected or took over authTimeoutMs
+  | "stream_exists" // stream() with the streamId of an open stream
+  | "bad_frame"; // a coalesced frame repeated seqs already seen: its text cannot be cut by seq
 
 export declare class WsgateError extends Error {
   constructor(
@@ -69,6 +70,9 @@ export interface ReconnectOptions {
   maxDelayMs?: number;
   /** Failed attempts in a row before the Gateway gives up (`connection_lost`). @defaultValue Infinity */
   maxAttempts?: number;
+  /** How long a connection must stay up after its `ready` to count as a success and reset
+   * the attempt count; one that dies sooner is a failed attempt. @defaultValue 5000 */
+  stableMs?: number;
 }
 
 /** What the client needs of a WebSocket (the browser's, Node's global one, `ws`, ...). */
@@ -84,8 +88,13 @@ export interface ConnectOptions {
   /** A token (API key or JWT) sent as the first `auth` frame on every (re)connect; a function
    * is asked again each time, and before `ready.auth.expires_in_ms` passes (a refresh). */
   auth?: string | (() => string | Promise<string>);
-  /** Called before every (re)connect; the URL gets `?ticket=` (PROTOCOL.md §2.3). */
+  /** Called before every (re)connect; the URL gets `?ticket=` (PROTOCOL.md §2.3). With it
+   * (or an `auth` function) a 4502 `auth_expired` close reconnects with new credentials. */
   ticket?: () => string | Promise<string>;
+  /** How long `ticket()` and `auth()` may take; one slower (or hung) is a failed attempt
+   * (`ticket_unavailable`, `auth_unavailable`). Keep it below the gateway's auth.timeout_s.
+   * @defaultValue 10000 */
+  authTimeoutMs?: number;
   /** @defaultValue true (with the ReconnectOptions defaults) */
   reconnect?: boolean | ReconnectOptions;
   /** @defaultValue globalThis.WebSocket */
@@ -99,7 +108,8 @@ export interface ConnectOptions {
 }
 
 export interface ReconnectingEvent {
-  /** 1 for the first attempt after a drop; reset by each `ready`. */
+  /** 1 for the first attempt after a drop; reset once a connection has stayed up
+   * `stableMs` after its `ready`. (A goaway handover is no attempt: no event.) */
   attempt: number;
   delayMs: number;
   /** The close code of the socket that dropped (1006 for a failed attempt). */
@@ -114,7 +124,7 @@ export interface CloseEvent {
 }
 
 export interface GatewayEvents {
-  /** Every `ready` frame, the first and each reconnect's. */
+  /** Every `ready` frame, the first and each reconnect's (a goaway handover's too). */
   ready: Ready;
   reconnecting: ReconnectingEvent;
   /** A `ready` after the first, once the open streams' resumes are out. */
@@ -242,7 +252,9 @@ export declare class Gateway {
 /** Open a Gateway; `url` may be ws(s)://, http(s):// or, in a page, relative ("/v1/ws"). */
 export declare function connect(url: string | URL, options?: ConnectOptions): Gateway;
 
-/** What a close code tells the client (PROTOCOL.md §12.3). */
+/** What a close code tells the client (PROTOCOL.md §12.3), before credentials: a Gateway
+ * with a `ticket` or an `auth` function still reconnects after 4502, and any after 4501
+ * `auth_timeout`. */
 export declare function closeAction(code: number): "reconnect" | "stop";
 
 /** A full-jitter backoff wait, in ms, for attempt n (from 1). */

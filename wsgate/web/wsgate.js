@@ -16,23 +16,43 @@
  *   (`auth_failed` and closeCode 4501, `connect_failed` and 1006, ...), streams already
  *   created end with it, and nothing reconnects; call `connect()` again to retry.
  * - After that, a dropped socket reconnects unless its close code is fatal (1002, 1003, 1007,
- *   1008, 1010, 4500-4999: auth 4501/4502 included) or `reconnect` is false; each attempt
- *   waits a uniform random time below min(maxDelayMs, minDelayMs * 2^(attempt-1)), plus
- *   `goaway.reconnect_after_ms` after a goaway, and at least a connection-level error's
- *   `retry_after_ms` (1013). maxAttempts failed attempts in a row end the Gateway
- *   (`connection_lost`).
- * - On the new `ready`, every stream that has a message id and an epoch (it is logged) sends
- *   `resume` with its last seq; a refusal (`resume_expired`, `unknown_message`,
- *   `resume_owner_lost`, ...) ends it with that error frame. A stream whose start had no
- *   `stream.started` answer yet when the socket dropped is lost (WsgateError `stream_lost`,
- *   retryable), unless its options carry an `idempotency_key`: then the same `start` is sent
- *   again and attaches to the same generation (§11.3). A stream not logged
+ *   1008, 1010, 4500-4999) or `reconnect` is false. Two fatal codes are not, §12.3: 4502
+ *   (auth_expired: "reconnect with new credentials") when a `ticket` or an `auth` function
+ *   can supply them, and 4501 `auth_timeout` (our own ticket/auth call was slow, nothing was
+ *   refused). Each attempt waits a uniform random time below min(maxDelayMs,
+ *   minDelayMs * 2^(attempt-1)), plus `goaway.reconnect_after_ms` after a goaway, and at
+ *   least a connection-level error's `retry_after_ms` (1013). A connection counts as a
+ *   success only once it has stayed up `stableMs` after its `ready` (5 s): a socket that
+ *   reaches `ready` and dies at once (slow_consumer on every resume, a proxy that cuts it)
+ *   is a failed attempt, so the backoff grows and maxAttempts failures in a row end the
+ *   Gateway (`connection_lost`).
+ * - `ticket()` and `auth()` get `authTimeoutMs` (10 s) to answer; one that throws, rejects or
+ *   hangs is a failed attempt (`ticket_unavailable`, `auth_unavailable`), never a hang. A
+ *   failed credentials refresh is tried again (3 times, halfway to the expiry each time).
+ * - On the new `ready`, every stream that has a message id and an epoch (it is logged), or
+ *   that gw.resume() made, sends `resume` with its last seq. A retryable refusal
+ *   (`store_unavailable`, `too_many_streams`) sends it again after a backoff wait, 4 times at
+ *   most; `shutting_down` resumes it on the next connection; any other refusal
+ *   (`resume_expired`, `unknown_message`, `resume_owner_lost`, ...) ends it with that error
+ *   frame. A stream whose start had no `stream.started` answer yet when the socket dropped
+ *   is lost (WsgateError `stream_lost`, retryable), unless its options carry an
+ *   `idempotency_key`: then the same `start` is sent again and attaches to the same
+ *   generation (§11.3). A stream not logged
  *   (`resumable: false`) is lost too. Streams not yet sent simply wait for the connection.
  *   `gw.resume({messageId, epoch, lastSeq, snapshot})` follows a generation this Gateway
  *   did not start (a reloaded page) the same way.
- * - After `goaway`, running streams go on over the old socket; new streams wait, and go out
- *   once the gateway has closed it (1001) and the client has reconnected. A start refused
- *   with `shutting_down` (it crossed the goaway) waits the same way.
+ * - After `goaway` (§5.17), no stream starts on that socket; `reconnect_after_ms` later a new
+ *   connection opens (behind a load balancer, to another node) and takes the new streams and
+ *   resumes, while the old socket carries its running streams to their end and is closed
+ *   (1000) once it has none; a stream cut from it (its close, or a resumed stream's
+ *   `shutting_down` refusal at its node's deadline, §6.1(5)) resumes on the new one. This
+ *   handover fires "ready" and "reconnected", not "reconnecting". A start refused with
+ *   `shutting_down` created nothing (§4.1): it waits for the new connection, that socket
+ *   starts nothing more (goaway or not), and cancel() ends it locally. With `reconnect:
+ *   false` new streams wait for the old socket's close, which then ends the Gateway.
+ * - The seq dedupe (§8) drops every frame whose seq was seen; a coalesced frame that repeats
+ *   some of them (first_seq <= last seq seen < seq) cannot be cut by seq and ends the stream
+ *   with WsgateError `bad_frame` rather than duplicating text.
  * - `gw.close()` closes with 1000, for good: open streams end at once with reason
  *   "cancelled", `finish: null` and no error (no onFinish, no onError); the gateway cancels
  *   them (or keeps `on_disconnect: continue` ones generating, resumable elsewhere).
@@ -45,19 +65,29 @@
  *   microtask (the host reports it as uncaught).
  *
  * Memory, bounded by what the application keeps: per open stream its `start` frame (the
- * request, for an idempotent re-send), its answer text, its reasoning text, its
- * `tool_call.end` frames and their call ids, the last usage/finish/error frame, and the text
- * received since the last animation frame; per async iterator the events its consumer has
- * not read yet (at most the stream's frames). A finished stream is forgotten by the Gateway (only
- * the Stream object the application holds keeps its text). Per Gateway: the open streams,
- * the streams waiting for a connection, one socket, a few timers.
+ * request, until `stream.started`, or for good with an idempotency key: a re-send), its
+ * answer text, its reasoning text, its `tool_call.end` frames and their call ids, the last
+ * usage/finish/error frame, and the text received since the last animation frame; per async
+ * iterator the events its consumer has not read yet (at most the stream's frames). A finished
+ * stream is forgotten by the Gateway (only the Stream object the application holds keeps its
+ * text). Per Gateway: the open streams, the streams waiting for a connection, one socket (two
+ * during a goaway handover), a few timers.
  */
 
 const PROTOCOL = "wsgate.v1";
-const RECONNECT_DEFAULTS = Object.freeze({ minDelayMs: 250, maxDelayMs: 10000, maxAttempts: Infinity });
+const RECONNECT_DEFAULTS = Object.freeze({
+  minDelayMs: 250,
+  maxDelayMs: 10000,
+  maxAttempts: Infinity,
+  stableMs: 5000,
+});
 const HEARTBEAT_TIMEOUT_MS = 45000; // three default heartbeat intervals (§2.1, §5.18)
+const AUTH_TIMEOUT_MS = 10000; // the gateway's default auth.timeout_s (§6.2)
+const MAX_RESUME_RETRIES = 4; // a retryable refusal of a resume (store_unavailable, ...)
+const REFRESH_RETRIES = 3; // a failed credentials refresh, before the expiry
 const HIDDEN_FRAME_FALLBACK_MS = 250; // requestAnimationFrame does not run in a hidden tab
 const REFRESH_AT = 0.8; // refresh credentials at 80% of their announced life
+const ERROR_CLOSE_GRACE_MS = 200; // after a socket error, how long its close may take to come
 const MAX_TIMEOUT_MS = 2 ** 31 - 1; // setTimeout fires at once beyond this (~24.8 days)
 // Connection-level errors that the gateway sends just before it closes (§9.2, §12.3).
 const CLOSING_ERRORS = new Set([
@@ -105,6 +135,8 @@ export class WsgateError extends Error {
 /**
  * What a close code tells the client (PROTOCOL.md §12.3): "stop" for the codes after which
  * it must not reconnect without a change, else "reconnect" (unknown 4000-4499 like 4000).
+ * The Gateway makes two exceptions (Gateway._final): 4502 with a source of new credentials,
+ * and 4501 after `auth_timeout`.
  */
 export function closeAction(code) {
   if (code === 1002 || code === 1003 || code === 1007 || code === 1008 || code === 1010) {
@@ -221,7 +253,11 @@ class Stream {
     this._pendingText = [];
     this._pendingReasoning = [];
     this._iterators = new Set();
-    this._sent = false; // a `start` went out on some socket: the generation may exist
+    this._record = null; // the socket record this stream's frames come from, while on one
+    this._adopted = request === null; // made by gw.resume(): resumable without an epoch
+    this._starts = 0; // `start`s sent and not refused: the generation may exist
+    this._resumeRetries = 0;
+    this._retryTimer = null;
     this._cancelRequested = false;
     this._signal = options.signal ?? null;
     this._onAbort = () => this.cancel();
@@ -231,7 +267,7 @@ class Stream {
   /** Send `cancel`; resolves as `done` does. */
   cancel() {
     if (this.phase === ENDED) return this.done;
-    if (this.phase === QUEUED && !this._sent) {
+    if (this.phase === QUEUED && this._starts === 0) {
       this._gateway._unqueue(this);
       this._end("cancelled");
       return this.done;
@@ -240,7 +276,7 @@ class Stream {
       this._cancelRequested = true;
       // Detached or waiting to be sent again: the cancel follows its resume or start.
       if (this.phase === STARTING || this.phase === RUNNING || this.phase === RESUMING) {
-        this._gateway._send({ type: "cancel", stream_id: this.id });
+        this._gateway._send({ type: "cancel", stream_id: this.id }, this._record);
       }
     }
     return this.done;
@@ -284,6 +320,9 @@ class Stream {
     if (this.phase === ENDED) return;
     if (typeof frame.seq === "number") {
       if (frame.seq <= this.lastSeq) return; // already seen: a resume's replay, a re-attach (§8)
+      if (typeof frame.first_seq === "number" && frame.first_seq <= this.lastSeq) {
+        return this._overlap(frame); // text cannot be cut by seq: never duplicate it silently
+      }
       this.lastSeq = frame.seq;
     }
     call(this._callbacks.onFrame, frame);
@@ -291,11 +330,14 @@ class Stream {
       case "stream.started":
         this.messageId = frame.message_id;
         this.epoch = frame.epoch ?? null;
+        // Only a keyed start is ever sent again (§11.3): drop the request and its history.
+        if (this._frame?.options?.idempotency_key == null) this._frame = null;
         this._move("started");
         return this._iterPush(frame);
       case "stream.resumed":
         this.messageId = frame.message_id;
         this.epoch = frame.epoch;
+        this._resumeRetries = 0;
         this._move("resumed");
         this._iterPush(frame);
         if (frame.state === "ended" && frame.last_seq >= frame.top_seq) {
@@ -347,12 +389,27 @@ class Stream {
   /** An error without `seq` naming this stream: a refusal of its start, resume or cancel. */
   _refused(frame) {
     if (frame.code === "unknown_stream") return; // a cancel that crossed the finish (§11)
-    if (frame.code === "shutting_down" && this.phase === STARTING) {
-      this._gateway._requeue(this); // the start crossed a goaway: start it after reconnecting
-      return;
-    }
-    if (frame.code === "shutting_down" && this.phase === RESUMING) {
-      this._move("drop"); // so did the resume: resume it after reconnecting
+    if (frame.code === "shutting_down") {
+      // This socket starts nothing more (§5.17), goaway or not.
+      if (this._record !== null) this._record.draining = true;
+      if (this.phase === STARTING) {
+        this._starts -= 1; // a refused start created nothing (§4.1): cancel() ends it locally
+        this._gateway._requeue(this); // start it on the next connection
+        return;
+      }
+      if (this.phase === RESUMING || (this.phase === RUNNING && this._resumable())) {
+        // A resume, or a resumed stream at its node's drain deadline (§6.1(5)): resume it
+        // on the next connection (another node).
+        this._gateway._reattach(this);
+        return;
+      }
+    } else if (
+      this.phase === RESUMING &&
+      frame.retryable === true &&
+      this._resumeRetries < MAX_RESUME_RETRIES
+    ) {
+      this._resumeRetries += 1; // store_unavailable, too_many_streams: the same resume later
+      this._gateway._retryResume(this, frame);
       return;
     }
     this.error = frame;
@@ -373,10 +430,22 @@ class Stream {
     return true;
   }
 
-  /** The socket dropped: what becomes of this stream (the Gateway will reconnect). */
+  /** Whether a `resume` can follow it: logged (an epoch), or made by gw.resume(). */
+  _resumable() {
+    return this.messageId !== null && (this.epoch !== null || this._adopted);
+  }
+
+  /** A coalesced frame that repeats seqs already seen (first_seq <= lastSeq < seq). */
+  _overlap(frame) {
+    const message = `frame seq ${frame.first_seq}..${frame.seq} repeats seq up to ${this.lastSeq}`;
+    this._end("error", { error: new WsgateError("bad_frame", message, { streamId: this.id }) });
+  }
+
+  /** Its socket dropped: what becomes of this stream (the Gateway will reconnect). */
   _detach() {
     if (this.phase === QUEUED || this.phase === DETACHED) return;
-    if (this.messageId !== null && this.epoch !== null) {
+    this._record = null;
+    if (this._resumable()) {
       this._move("drop");
     } else if (this.messageId === null && this._frame?.options?.idempotency_key != null) {
       this._gateway._requeue(this); // the same start attaches to the same generation (§11.3)
@@ -391,21 +460,24 @@ class Stream {
 
   /** On a new `ready`: resume a detached stream. */
   _attach() {
-    if (this.phase !== DETACHED) return;
+    const record = this._gateway._conn;
+    if (this.phase !== DETACHED || record === null) return;
     this._move("resume");
+    this._record = record;
     const resume = { type: "resume", stream_id: this.id, message_id: this.messageId };
     resume.last_seq = this.lastSeq;
     if (this.epoch !== null) resume.epoch = this.epoch;
     if (this._snapshot) resume.snapshot = true;
-    this._gateway._send(resume);
-    if (this._cancelRequested) this._gateway._send({ type: "cancel", stream_id: this.id });
+    this._gateway._send(resume, record);
+    if (this._cancelRequested) this._gateway._send({ type: "cancel", stream_id: this.id }, record);
   }
 
-  /** Sent `start` (again, with an idempotency key). */
-  _started() {
+  /** Sent `start` on `record` (again, with an idempotency key). */
+  _started(record) {
     this._move("send");
-    this._sent = true;
-    if (this._cancelRequested) this._gateway._send({ type: "cancel", stream_id: this.id });
+    this._starts += 1;
+    this._record = record;
+    if (this._cancelRequested) this._gateway._send({ type: "cancel", stream_id: this.id }, record);
   }
 
   /** The Gateway ended for good with `error`: end this stream with its own copy of it. */
@@ -449,6 +521,7 @@ class Stream {
     if (this.phase === ENDED) return;
     this._flush();
     this._move("end");
+    clearTimeout(this._retryTimer);
     if (error !== null) this.error = error;
     if (notify && error !== null) {
       if (error instanceof WsgateError) {
@@ -521,12 +594,14 @@ class Gateway {
     this._reconnect = reconnectPolicy(options.reconnect);
     this._scheduleFrame = options.scheduleFrame ?? defaultScheduleFrame();
     this._heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS;
+    this._authTimeoutMs = options.authTimeoutMs ?? AUTH_TIMEOUT_MS;
     this._listeners = new Map();
     this._streams = new Map(); // id -> open Stream
     this._queue = []; // Streams waiting for a connection that may start them, oldest first
-    this._conn = null; // the current socket's record
+    this._conn = null; // the current socket's record: the one new streams and resumes use
+    this._old = new Set(); // records after a goaway, kept only for their running streams
     this._everReady = false;
-    this._attempt = 0;
+    this._attempt = 0; // failed connections since one last stayed up for stableMs
     this._nextId = 1;
     this._timer = null; // the reconnect wait
     this._dirtyStreams = new Set();
@@ -568,8 +643,7 @@ class Gateway {
     stream.lastSeq = generation.lastSeq ?? 0;
     stream._snapshot = generation.snapshot ?? false;
     stream._move("adopt");
-    const conn = this._conn;
-    if (conn !== null && conn.ready && !conn.draining) stream._attach();
+    if (this._usable()) stream._attach();
     return stream;
   }
 
@@ -593,16 +667,9 @@ class Gateway {
   /** Close with 1000, for good; open streams end as "cancelled". Resolves once closed. */
   close() {
     if (this._closed !== null) return this._closed;
-    const conn = this._conn;
-    this._closed = conn === null || conn.ws === null ? Promise.resolve() : conn.closed;
+    const sockets = [this._conn, ...this._old].filter((r) => r !== null && r.ws !== null);
+    this._closed = Promise.all(sockets.map((r) => r.closed)).then(() => undefined);
     this._shutdown(null, 1000, "closed by the client");
-    if (conn !== null) {
-      try {
-        conn.ws.close(1000);
-      } catch {
-        // already closing
-      }
-    }
     return this._closed;
   }
 
@@ -624,7 +691,7 @@ class Gateway {
     }
     if (this._options.ticket) {
       try {
-        url.searchParams.set("ticket", await this._options.ticket());
+        url.searchParams.set("ticket", await this._deadline(this._options.ticket, "ticket"));
       } catch (cause) {
         const error = new WsgateError("ticket_unavailable", "the ticket option failed", {
           retryable: true,
@@ -650,23 +717,39 @@ class Gateway {
       this._lost(record, event.code, event.reason);
     });
     // An error is a failed connection (1006). Browsers fire close next; Node 20's WebSocket
-    // fires no close after a failed handshake, so the error alone must end the socket.
+    // fires no close after a failed handshake, so the error alone must end the socket. It
+    // waits a moment for the close (and the frames before it, e.g. the error frame of a
+    // 4501), which carries the real code: a close seen first makes this a no-op.
     ws.addEventListener("error", () => {
       setTimeout(() => {
         record.resolveClosed();
         this._lost(record, 1006, "connection failed");
-      }, 0);
+      }, ERROR_CLOSE_GRACE_MS);
     });
     this._watch(record);
     return undefined;
+  }
+
+  /** Call the ticket or auth option, failing after authTimeoutMs (a hung fetch, a login). */
+  _deadline(option, what) {
+    const ms = this._authTimeoutMs;
+    return new Promise((resolve, reject) => {
+      const timer =
+        ms > 0 && ms < MAX_TIMEOUT_MS
+          ? setTimeout(() => reject(new Error(`the ${what} option took over ${ms} ms`)), ms)
+          : null;
+      Promise.resolve()
+        .then(() => (typeof option === "function" ? option.call(this._options) : option))
+        .then(resolve, reject)
+        .finally(() => clearTimeout(timer));
+    });
   }
 
   async _onOpen(record) {
     if (this._conn !== record || !this._options.auth) return;
     let token;
     try {
-      const auth = this._options.auth;
-      token = await (typeof auth === "function" ? auth() : auth);
+      token = await this._deadline(this._options.auth, "auth");
     } catch (cause) {
       const error = new WsgateError("auth_unavailable", "the auth option failed", {
         retryable: true,
@@ -675,11 +758,11 @@ class Gateway {
       this._abandon(record, "the auth option failed", error);
       return;
     }
-    if (this._conn === record) this._send({ type: "auth", token });
+    if (this._conn === record) this._send({ type: "auth", token }, record);
   }
 
   _onMessage(record, event) {
-    if (this._conn !== record || typeof event.data !== "string") return; // binary never comes
+    if (!this._live(record) || typeof event.data !== "string") return; // binary never comes
     record.lastFrameAt = Date.now();
     let frame;
     try {
@@ -689,17 +772,16 @@ class Gateway {
     }
     const streamId = frame.stream_id;
     if (typeof streamId === "string") {
-      this._streams.get(streamId)?._receive(frame); // unknown: a stream already forgotten
+      // Unknown, or on another socket now: a stream already forgotten, or a stale frame.
+      const stream = this._streams.get(streamId);
+      if (stream?._record === record) stream._receive(frame);
       return;
     }
     switch (frame.type) {
       case "ready":
         return this._onReady(record, frame);
       case "goaway":
-        record.draining = true;
-        record.goaway = frame;
-        this.state = "draining";
-        return this._emit("goaway", frame);
+        return this._onGoaway(record, frame);
       case "heartbeat":
         return this._emit("heartbeat", frame);
       case "auth.refreshed":
@@ -714,12 +796,18 @@ class Gateway {
   }
 
   _onReady(record, frame) {
+    if (this._conn !== record) return;
     record.ready = true;
     this.readyFrame = frame;
     this.state = "open";
-    this._attempt = 0;
     const reconnected = this._everReady;
     this._everReady = true;
+    if (this._reconnect !== null) {
+      // Only a connection that stays up ends a run of failures (a ready-then-die is one).
+      record.stable = setTimeout(() => {
+        if (this._conn === record) this._attempt = 0;
+      }, this._reconnect.stableMs);
+    }
     this._refreshAuth(record, frame.auth?.expires_in_ms);
     for (const stream of [...this._streams.values()]) stream._attach();
     this._drainQueue();
@@ -728,12 +816,55 @@ class Gateway {
     if (reconnected) this._emit("reconnected", frame);
   }
 
+  /** §5.17: no new stream on this socket; after reconnect_after_ms, a new connection. */
+  _onGoaway(record, frame) {
+    record.draining = true;
+    record.goaway = frame;
+    if (this._conn === record) {
+      this.state = "draining";
+      if (this._reconnect !== null) {
+        const delayMs = Math.min(frame.reconnect_after_ms ?? 0, MAX_TIMEOUT_MS);
+        record.handover = setTimeout(() => this._handover(record), delayMs);
+      }
+    }
+    this._emit("goaway", frame);
+  }
+
+  /** Keep a draining socket for its running streams only; open the next one for the rest. */
+  _handover(record) {
+    if (this._conn !== record) return;
+    clearTimeout(record.refresh);
+    clearTimeout(record.stable);
+    this._old.add(record);
+    this._open();
+    this._closeIfIdle(record);
+  }
+
+  /** An old (draining) socket with no stream left on it is closed (1000). */
+  _closeIfIdle(record) {
+    if (!this._old.has(record)) return;
+    for (const stream of this._streams.values()) if (stream._record === record) return;
+    try {
+      record.ws?.close(1000);
+    } catch {
+      // already closing
+    }
+  }
+
   /** The socket is gone (closed, failed, or abandoned by the watchdog). */
   _lost(record, code, reason, error = null) {
+    if (this._old.delete(record)) {
+      // A draining socket: its streams move to the current connection (resume, keyed start).
+      this._release(record);
+      for (const stream of [...this._streams.values()]) {
+        if (stream._record === record) stream._detach();
+      }
+      if (this._usable()) for (const stream of [...this._streams.values()]) stream._attach();
+      return;
+    }
     if (this._conn !== record) return;
     this._conn = null;
-    clearTimeout(record.watchdog);
-    clearTimeout(record.refresh);
+    this._release(record);
     const cause = record.closingError;
     let failure = error ?? (cause === null ? null : WsgateError.fromFrame(cause, code));
     if (failure === null) {
@@ -743,11 +874,13 @@ class Gateway {
     } else if (failure.closeCode === null) {
       failure.closeCode = code;
     }
-    if (!this._everReady || this._reconnect === null || closeAction(code) === "stop") {
+    if (!this._everReady || this._reconnect === null || this._final(code, cause)) {
       this._shutdown(failure, code, reason);
       return;
     }
-    for (const stream of [...this._streams.values()]) stream._detach();
+    for (const stream of [...this._streams.values()]) {
+      if (stream._record === record) stream._detach();
+    }
     this._attempt += 1;
     if (this._attempt > this._reconnect.maxAttempts) {
       const given = new WsgateError("connection_lost", "gave up reconnecting", {
@@ -766,6 +899,36 @@ class Gateway {
     this._timer = setTimeout(() => this._open(), delayMs);
   }
 
+  /**
+   * Whether a close code ends the Gateway (§12.3), beyond closeAction: 4502 means "reconnect
+   * with new credentials", which a ticket or an auth function supplies; 4501 auth_timeout
+   * means our own ticket/auth was slow, not refused.
+   */
+  _final(code, cause) {
+    if (closeAction(code) === "reconnect") return false;
+    if (code === 4502) {
+      return typeof this._options.ticket !== "function" && typeof this._options.auth !== "function";
+    }
+    return !(code === 4501 && cause?.code === "auth_timeout");
+  }
+
+  _release(record) {
+    clearTimeout(record.watchdog);
+    clearTimeout(record.refresh);
+    clearTimeout(record.stable);
+    clearTimeout(record.handover);
+  }
+
+  _live(record) {
+    return record === this._conn || this._old.has(record);
+  }
+
+  /** The current connection may send starts and resumes. */
+  _usable() {
+    const conn = this._conn;
+    return conn !== null && conn.ready && !conn.draining;
+  }
+
   /** Give a socket up without waiting for its close (dead network, failed auth option). */
   _abandon(record, reason, error = null) {
     try {
@@ -781,7 +944,7 @@ class Gateway {
     const timeout = this._heartbeatTimeoutMs;
     if (!(timeout > 0)) return;
     const check = () => {
-      if (this._conn !== record) return;
+      if (!this._live(record)) return;
       const silent = Date.now() - record.lastFrameAt;
       if (silent < timeout) {
         record.watchdog = setTimeout(check, timeout - silent);
@@ -792,32 +955,48 @@ class Gateway {
     record.watchdog = setTimeout(check, timeout);
   }
 
-  /** Send a fresh `auth` before the credentials expire, when `auth` is a function. */
+  /**
+   * Send a fresh `auth` before the credentials expire, when `auth` is a function; a failed
+   * call is tried again (REFRESH_RETRIES times, halfway to the expiry each time).
+   */
   _refreshAuth(record, expiresInMs) {
     clearTimeout(record.refresh);
     const auth = this._options.auth;
     if (typeof auth !== "function" || typeof expiresInMs !== "number") return;
-    record.refresh = setTimeout(async () => {
+    const expiresAt = Date.now() + expiresInMs;
+    const refresh = async (retries) => {
       if (this._conn !== record) return;
       try {
-        const token = await auth();
-        if (this._conn === record) this._send({ type: "auth", token });
+        const token = await this._deadline(auth, "auth");
+        if (this._conn === record) this._send({ type: "auth", token }, record);
       } catch (error) {
-        report(error); // the gateway closes with 4502 at the expiry
+        if (retries === 0 || this._conn !== record) {
+          report(error); // the gateway closes with 4502 at the expiry; we reconnect then
+          return;
+        }
+        const waitMs = Math.max(0, (expiresAt - Date.now()) / 2);
+        record.refresh = setTimeout(() => refresh(retries - 1), waitMs);
       }
-    }, Math.min(expiresInMs * REFRESH_AT, MAX_TIMEOUT_MS));
+    };
+    const firstMs = Math.min(expiresInMs * REFRESH_AT, MAX_TIMEOUT_MS);
+    record.refresh = setTimeout(() => refresh(REFRESH_RETRIES), firstMs);
   }
 
   /** End the Gateway for good: streams end (with `error`, or as cancelled), "close" fires. */
   _shutdown(error, code, reason) {
     this.state = "closed";
     clearTimeout(this._timer);
-    const conn = this._conn;
-    if (conn !== null) {
-      clearTimeout(conn.watchdog);
-      clearTimeout(conn.refresh);
-    }
+    const records = [this._conn, ...this._old].filter((r) => r !== null);
     this._conn = null;
+    this._old.clear();
+    for (const record of records) {
+      this._release(record);
+      try {
+        record.ws?.close(1000);
+      } catch {
+        // already closing
+      }
+    }
     this._queue = [];
     for (const stream of [...this._streams.values()]) {
       if (error === null) stream._end("cancelled");
@@ -831,11 +1010,10 @@ class Gateway {
 
   // --- what the Streams call --------------------------------------------------------------
 
-  _send(frame) {
-    const conn = this._conn;
-    if (conn === null || conn.ws === null) return;
+  _send(frame, record = this._conn) {
+    if (record === null || record.ws === null) return;
     try {
-      conn.ws.send(JSON.stringify(frame));
+      record.ws.send(JSON.stringify(frame));
     } catch {
       // a socket that is closing: its close event comes next
     }
@@ -843,20 +1021,48 @@ class Gateway {
 
   /** Send the waiting starts, oldest first, when the connection may start streams. */
   _drainQueue() {
+    if (!this._usable()) return;
     const conn = this._conn;
-    if (conn === null || !conn.ready || conn.draining) return;
     const queue = this._queue;
     this._queue = [];
     for (const stream of queue) {
-      this._send(stream._frame);
-      stream._started();
+      this._send(stream._frame, conn);
+      stream._started(conn);
     }
   }
 
+  /** Wait for a connection that may start it (a refused or keyed start). */
   _requeue(stream) {
+    this._leave(stream);
     stream._move("requeue");
     this._queue.unshift(stream);
     this._drainQueue();
+  }
+
+  /** Resume it on the current connection (now, if it may), not on the one that refused. */
+  _reattach(stream) {
+    this._leave(stream);
+    stream._move("drop");
+    if (this._usable()) stream._attach();
+  }
+
+  /** Resume it again after a backoff wait (at least the refusal's retry_after_ms). */
+  _retryResume(stream, frame) {
+    this._leave(stream);
+    stream._move("drop");
+    const policy = this._reconnect ?? RECONNECT_DEFAULTS;
+    const backoffMs = backoffDelay(stream._resumeRetries, policy);
+    const delayMs = Math.max(backoffMs, frame.retry_after_ms ?? 0);
+    stream._retryTimer = setTimeout(() => {
+      if (this._usable()) stream._attach(); // else the next ready resumes it
+    }, delayMs);
+  }
+
+  /** The stream leaves its socket; an old socket left with none is closed. */
+  _leave(stream) {
+    const record = stream._record;
+    stream._record = null;
+    if (record !== null) this._closeIfIdle(record);
   }
 
   _unqueue(stream) {
@@ -867,6 +1073,7 @@ class Gateway {
     if (this._streams.get(stream.id) === stream) this._streams.delete(stream.id);
     this._unqueue(stream);
     this._dirtyStreams.delete(stream);
+    this._leave(stream);
   }
 
   /** A stream has text to deliver: one scheduled frame flushes every such stream. */

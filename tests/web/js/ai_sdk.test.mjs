@@ -293,8 +293,14 @@ test("gateway frames map to UI message chunks one to one", async () => {
     m.frame(f("delta.text", 2, { text: "x" }));
     return m.frame(frame);
   };
+  // A cancel that reaches the mapper came from elsewhere (the chat's own stop ends its
+  // stream with `abort` before): a finish, which ai 7's chat records.
   assert.deepEqual(ended(f("finish", 3, { reason: "cancelled" })), {
-    chunks: [{ type: "text-end", id: "q-text-0" }, { type: "abort", reason: "cancelled" }],
+    chunks: [
+      { type: "text-end", id: "q-text-0" },
+      { type: "finish-step" },
+      { type: "finish", finishReason: "other" },
+    ],
     terminal: true,
   });
   const failure = { code: "upstream_error", message: "boom", retryable: true };
@@ -314,6 +320,96 @@ test("gateway frames map to UI message chunks one to one", async () => {
     ),
     ["stop", "length", "tool-calls", "content-filter", "error", "error", "other", "other"],
   );
+});
+
+test("a structured section closes the text before it, so the parts keep the answer's order", async () => {
+  const f = (type, seq, fields = {}) => ({ type, stream_id: "s", seq, ...fields });
+  const frames = [
+    f("stream.started", 1, { message_id: "m1", model: "mock" }),
+    f("delta.text", 2, { text: "A " }),
+    f("structured", 3, { value: { x: 1 } }),
+    f("delta.text", 4, { text: " B" }),
+    f("structured.error", 5, { code: "structured_invalid", message: "bad", raw: "{" }),
+    f("delta.text", 6, { text: " C" }),
+    f("finish", 7, { reason: "stop" }),
+  ];
+  const mapper = createChunkMapper({ idPrefix: "p" });
+  const chunks = frames.flatMap((frame) => mapper.frame(frame).chunks);
+  // Through ai's own message builder, as a chat does.
+  const transport = {
+    sendMessages: async () =>
+      new ReadableStream({
+        start(controller) {
+          for (const chunk of chunks) controller.enqueue(chunk);
+          controller.close();
+        },
+      }),
+    reconnectToStream: async () => null,
+  };
+  const chat = new TestChat({ transport });
+  await chat.sendMessage({ text: "hi" });
+  const parts = assistant(chat).parts.filter((p) => p.type !== "step-start");
+  assert.deepEqual(
+    parts.map((p) => [p.type, p.text ?? p.data]),
+    [
+      ["text", "A "],
+      ["data-structured", { x: 1 }],
+      ["text", " B"],
+      ["data-structured-error", { code: "structured_invalid", message: "bad", raw: "{" }],
+      ["text", " C"],
+    ],
+  );
+});
+
+test("a cancel from elsewhere finishes the chat's message; it is no abort", async () => {
+  const f = (type, seq, fields = {}) => ({ type, stream_id: "s", seq, ...fields });
+  const mapper = createChunkMapper({ idPrefix: "p" });
+  const chunks = [
+    f("stream.started", 1, { message_id: "m1", model: "mock" }),
+    f("delta.text", 2, { text: "half an ans" }),
+    f("finish", 3, { reason: "cancelled" }),
+  ].flatMap((frame) => mapper.frame(frame).chunks);
+  const transport = {
+    sendMessages: async () =>
+      new ReadableStream({
+        start(controller) {
+          for (const chunk of chunks) controller.enqueue(chunk);
+          controller.close();
+        },
+      }),
+    reconnectToStream: async () => null,
+  };
+  let finished;
+  const chat = new TestChat({ transport, onFinish: (info) => (finished = info) });
+  await chat.sendMessage({ text: "hi" });
+  assert.equal(chat.status, "ready");
+  assert.equal(finished.isAbort, false);
+  assert.equal(finished.finishReason, "other");
+  assert.equal(finished.message.metadata.wsgate.finishReason, "cancelled");
+  assert.equal(textOf(assistant(chat)), "half an ans");
+});
+
+test("stop while the first connect stalls ends the request at once", async (t) => {
+  // A socket that never opens, nor fails: only the 45 s watchdog would end the wait.
+  class Stalled extends EventTarget {
+    constructor() {
+      super();
+      this.readyState = 0;
+    }
+    send() {}
+    close() {}
+  }
+  const url = "ws://127.0.0.1:9/v1/ws"; // never dialled: the socket is Stalled
+  const transport = closing(t, recording(transportFor({ url, connect: { WebSocket: Stalled } })));
+  const chat = new TestChat({ transport });
+  const sent = chat.sendMessage({ text: "hello" });
+  await sleep(50);
+  const stoppedAt = Date.now();
+  await chat.stop();
+  await sent;
+  assert.ok(Date.now() - stoppedAt < 1000, `stop took ${Date.now() - stoppedAt} ms`);
+  assert.notEqual(chat.status, "streaming");
+  assert.notEqual(chat.status, "submitted");
 });
 
 test("an unreachable gateway is the chat error and the next request connects again", async (t) => {

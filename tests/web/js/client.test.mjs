@@ -48,11 +48,12 @@ function words(n, tag = "word") {
 /** A WebSocket class that records every message and can swallow or refuse, per test. */
 function recorder() {
   const sockets = [];
-  const state = { refuse: false };
+  const state = { refuse: false, redirect: null };
   class RecordingWebSocket extends WebSocket {
     constructor(url, protocols) {
       // While refusing, connect to a closed port: the attempt fails as an unreachable one does.
-      super(state.refuse ? "ws://127.0.0.1:9/" : url, protocols);
+      // A redirect sends new connections to another gateway, as a load balancer does.
+      super(state.refuse ? "ws://127.0.0.1:9/" : (state.redirect ?? url), protocols);
       this.index = sockets.length;
       this.swallow = false;
       this.received = [];
@@ -581,32 +582,36 @@ test("heartbeat frames reach the heartbeat event", TIMEOUT, async (t) => {
   await gw.close();
 });
 
-test("after goaway the open stream finishes on the old socket and a new one waits for the reconnect", TIMEOUT, async (t) => {
+test("after goaway the open stream finishes on the old socket and a new one starts on a new connection", TIMEOUT, async (t) => {
   const rec = recorder();
   const gw = open(t, { WebSocket: rec.WebSocket, reconnect: FAST });
   await gw.ready;
   const events = [];
   for (const name of ["goaway", "reconnecting", "reconnected"]) gw.on(name, (e) => events.push([name, e]));
-  const text = words(100, "old");
-  const old = gw.stream(mock({ text, tokens_per_s: 200 }));
+  const text = words(150, "old");
+  const old = gw.stream(mock({ text, tokens_per_s: 150 }));
   await until(() => old.text.length > 0, "the first text");
-  await control("drain");
+  // Behind a load balancer, new connections reach another node (the drained one no longer listens).
+  rec.state.redirect = await control("drain");
   await until(() => events.some((e) => e[0] === "goaway"), "goaway");
+  const goawayAt = Date.now();
   assert.equal(gw.state, "draining");
   const fresh = gw.stream(mock({ text: "on the new gateway" }));
-  await sleep(50);
-  assert.equal(fresh.phase, "queued");
-  assert.ok(!rec.sockets[0].sentFrames.some((f) => f.stream_id === fresh.id), "not sent after goaway");
-  const done = await old.done;
-  assert.equal(done.reason, "stop");
-  assert.equal(done.text, text);
+  assert.equal(fresh.phase, "queued", "no start on a socket after its goaway");
   const freshDone = await fresh.done;
   assert.equal(freshDone.reason, "stop");
   assert.equal(freshDone.text, "on the new gateway");
-  const reconnecting = events.find((e) => e[0] === "reconnecting")[1];
-  assert.equal(reconnecting.code, 1001);
-  assert.ok(reconnecting.delayMs >= 50, "waits goaway.reconnect_after_ms");
-  assert.ok(rec.last().sentFrames.some((f) => f.type === "start" && f.stream_id === fresh.id));
+  assert.ok(Date.now() - goawayAt >= 150, "the new connection waits goaway.reconnect_after_ms");
+  assert.equal(old.phase, "running", "§5.17: the new stream did not wait for the old socket's drain");
+  assert.equal(gw.state, "open");
+  const done = await old.done;
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, text);
+  assert.equal(rec.sockets.length, 2);
+  assert.ok(!rec.sockets[0].sentFrames.some((f) => f.stream_id === fresh.id), "not sent after goaway");
+  assert.ok(rec.sockets[1].sentFrames.some((f) => f.type === "start" && f.stream_id === fresh.id));
+  await until(() => rec.sockets[0].readyState === WebSocket.CLOSED, "the old socket closed once idle");
+  assert.ok(!events.some((e) => e[0] === "reconnecting"), "a handover, not a reconnect");
   assert.ok(events.some((e) => e[0] === "reconnected"));
   await gw.close();
 });
@@ -705,4 +710,394 @@ test("a gateway that cannot be reached rejects ready with connect_failed", TIMEO
   await sleep(100);
   assert.equal(rec.sockets.length, 1, "the first connection's failure is final");
   assert.equal(gw.state, "closed");
+});
+
+// --- a fake gateway: protocol corner cases a real one does not produce on demand ----------
+//
+// These run without a gateway (one pytest test runs every "fake gateway: " test). Each
+// socket of a fakeGateway is scripted by `serve(socket, index)`: it opens, answers the
+// frames the client sends (`socket.onframe`, a tick later, as a network would), and closes
+// with any code.
+
+const FAKE_URL = "ws://fake.invalid/v1/ws";
+
+/** Resolve as `promise` does, or fail the test after `ms` (the bug being a hang). */
+function within(promise, ms, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+function fakeGateway(serve) {
+  const sockets = [];
+  class FakeSocket {
+    constructor(url, protocol) {
+      this.url = url;
+      this.protocol = protocol;
+      this.sent = [];
+      this.listeners = new Map();
+      this.closedWith = null;
+      this.onframe = null;
+      sockets.push(this);
+      const index = sockets.length - 1;
+      setTimeout(() => serve(this, index), 0);
+    }
+
+    addEventListener(type, fn) {
+      if (!this.listeners.has(type)) this.listeners.set(type, []);
+      this.listeners.get(type).push(fn);
+    }
+
+    send(data) {
+      if (this.closedWith !== null) return;
+      const frame = JSON.parse(data);
+      this.sent.push(frame);
+      setTimeout(() => {
+        if (this.closedWith === null) this.onframe?.(frame);
+      }, 0);
+    }
+
+    close(code = 1000) {
+      this.hangUp(code);
+    }
+
+    // --- the gateway's side ---
+    emit(type, event) {
+      for (const fn of this.listeners.get(type) ?? []) fn(event);
+    }
+
+    ready(extra = {}) {
+      this.emit("open", {});
+      this.deliver({ type: "ready", protocol: "wsgate.v1", ...extra });
+    }
+
+    deliver(...frames) {
+      for (const frame of frames) {
+        if (this.closedWith === null) this.emit("message", { data: JSON.stringify(frame) });
+      }
+    }
+
+    hangUp(code, reason = "") {
+      if (this.closedWith !== null) return;
+      this.closedWith = code;
+      setTimeout(() => this.emit("close", { code, reason }), 0);
+    }
+
+    starts() {
+      return this.sent.filter((f) => f.type === "start");
+    }
+  }
+  return { WebSocket: FakeSocket, sockets };
+}
+
+const wire = {
+  started: (id, seq = 1) => ({ type: "stream.started", stream_id: id, seq, message_id: "msg_1", epoch: "e1" }),
+  resumed: (f, extra = {}) => ({
+    type: "stream.resumed",
+    stream_id: f.stream_id,
+    message_id: f.message_id,
+    epoch: "e1",
+    state: "running",
+    last_seq: f.last_seq,
+    top_seq: f.last_seq,
+    ...extra,
+  }),
+  text: (id, seq, text, extra = {}) => ({ type: "delta.text", stream_id: id, seq, text, ...extra }),
+  finish: (id, seq) => ({ type: "finish", stream_id: id, seq, reason: "stop" }),
+  refusal: (id, code, extra = {}) => ({ type: "error", stream_id: id, code, message: code, retryable: true, ...extra }),
+  closing: (code) => ({ type: "error", code, message: code, retryable: code === "slow_consumer" }),
+};
+
+test("fake gateway: a socket that dies after each ready backs off and maxAttempts gives up", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws, i) => {
+    ws.ready();
+    const upMs = i === 3 ? 150 : 5; // the fourth stays up past stableMs
+    setTimeout(() => {
+      ws.deliver(wire.closing("slow_consumer"));
+      ws.hangUp(4000);
+    }, upMs);
+  });
+  const reconnect = { minDelayMs: 1, maxDelayMs: 4, maxAttempts: 3, stableMs: 60 };
+  const gw = open(t, { WebSocket: fake.WebSocket, reconnect }, FAKE_URL);
+  const attempts = [];
+  gw.on("reconnecting", (e) => attempts.push(e.attempt));
+  const closed = new Promise((resolve) => gw.on("close", resolve));
+  await gw.ready;
+  const close = await within(closed, 3000, "the Gateway to give up");
+  assert.deepEqual(attempts, [1, 2, 3, 1, 2, 3], "a ready that dies at once is a failed attempt");
+  assert.equal(close.error.code, "connection_lost");
+  assert.equal(close.error.cause.code, "slow_consumer");
+  assert.equal(fake.sockets.length, 7);
+});
+
+test("fake gateway: a ticket that never settles is a failed attempt and ends the streams", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      if (f.type !== "start") return;
+      ws.deliver(wire.started(f.stream_id));
+      setTimeout(() => ws.hangUp(1006), 5);
+    };
+  });
+  let asked = 0;
+  const ticket = () => (++asked === 1 ? "t1" : new Promise(() => {}));
+  const reconnect = { ...FAST, maxAttempts: 2 };
+  const gw = open(t, { WebSocket: fake.WebSocket, ticket, authTimeoutMs: 50, reconnect }, FAKE_URL);
+  await gw.ready;
+  const s = gw.stream(mock({ text: "x" }));
+  const done = await within(s.done, 3000, "the stream to end");
+  assert.equal(done.error.code, "connection_lost");
+  assert.equal(done.error.cause.cause.code, "ticket_unavailable");
+  assert.equal(gw.state, "closed");
+  assert.equal(asked, 3);
+  assert.equal(fake.sockets.length, 1);
+});
+
+test("fake gateway: a slow auth on a reconnect is a failed attempt, not the end", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws, i) => {
+    ws.emit("open", {});
+    if (i === 2) {
+      // The gateway's auth.timeout_s runs out before the auth option answers.
+      setTimeout(() => {
+        ws.deliver(wire.closing("auth_timeout"));
+        ws.hangUp(4501);
+      }, 30);
+    }
+    ws.onframe = (f) => {
+      if (f.type === "auth") ws.deliver({ type: "ready", protocol: "wsgate.v1" });
+      if (f.type === "start") {
+        ws.deliver(wire.started(f.stream_id), wire.text(f.stream_id, 2, "a"));
+        setTimeout(() => ws.hangUp(1006), 5);
+      }
+      if (f.type === "resume") ws.deliver(wire.resumed(f), wire.text(f.stream_id, 3, "b"), wire.finish(f.stream_id, 4));
+    };
+  });
+  let asked = 0;
+  const answers = [() => "k", () => new Promise(() => {}), () => sleep(150).then(() => "k"), () => "k"];
+  const auth = () => answers[asked++]();
+  const gw = open(t, { WebSocket: fake.WebSocket, auth, authTimeoutMs: 60, reconnect: FAST }, FAKE_URL);
+  const codes = [];
+  gw.on("reconnecting", (e) => codes.push(e.code));
+  await gw.ready;
+  const s = gw.stream(mock({ text: "ab" }), { options: { on_disconnect: "continue" } });
+  const done = await within(s.done, 3000, "the stream to end");
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, "ab");
+  assert.deepEqual(codes, [1006, 1006, 4501], "a hung auth, then the gateway's auth_timeout");
+  assert.equal(fake.sockets.length, 4);
+  assert.equal(fake.sockets[3].sent.find((f) => f.type === "resume").last_seq, 2);
+});
+
+test("fake gateway: 4502 reconnects with a new ticket, and ends a Gateway with a fixed token", TIMEOUT, async (t) => {
+  const expiring = (ws) => {
+    ws.onframe = (f) => {
+      if (f.type === "auth") ws.deliver({ type: "ready", protocol: "wsgate.v1", auth: { expires_in_ms: 40 } });
+      if (f.type === "start") {
+        ws.deliver(wire.started(f.stream_id), wire.text(f.stream_id, 2, "a"));
+        setTimeout(() => {
+          ws.deliver(wire.closing("auth_expired"));
+          ws.hangUp(4502);
+        }, 40);
+      }
+      if (f.type === "resume") ws.deliver(wire.resumed(f), wire.text(f.stream_id, 3, "b"), wire.finish(f.stream_id, 4));
+    };
+  };
+  const fake = fakeGateway((ws, i) => {
+    expiring(ws);
+    if (i === 0) ws.ready({ auth: { expires_in_ms: 40 } });
+    else ws.ready();
+  });
+  let bought = 0;
+  const gw = open(t, { WebSocket: fake.WebSocket, ticket: () => `t${++bought}`, reconnect: FAST }, FAKE_URL);
+  await gw.ready;
+  const s = gw.stream(mock({ text: "ab" }), { options: { on_disconnect: "continue" } });
+  const done = await within(s.done, 3000, "the stream to end");
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, "ab");
+  assert.equal(new URL(fake.sockets[1].url).searchParams.get("ticket"), "t2");
+  // A fixed token is no source of new credentials: 4502 ends the Gateway (§12.3).
+  const fixed = fakeGateway((ws) => {
+    expiring(ws);
+    ws.emit("open", {});
+  });
+  const once = open(t, { WebSocket: fixed.WebSocket, auth: "k", reconnect: FAST }, FAKE_URL);
+  await once.ready;
+  const ended = await within(once.stream(mock({ text: "a" })).done, 3000, "the stream to end");
+  assert.equal(ended.error.code, "auth_expired");
+  assert.equal(ended.error.closeCode, 4502);
+  assert.equal(once.state, "closed");
+  assert.equal(fixed.sockets.length, 1);
+});
+
+test("fake gateway: a failed auth refresh is tried again before the expiry", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws) => {
+    ws.emit("open", {});
+    ws.onframe = (f) => {
+      if (f.type === "auth" && f.token === "k1") {
+        ws.deliver({ type: "ready", protocol: "wsgate.v1", auth: { expires_in_ms: 200 } });
+      }
+    };
+  });
+  let asked = 0;
+  const auth = async () => {
+    asked += 1;
+    if (asked === 2) throw new Error("the token endpoint failed once");
+    return `k${asked}`;
+  };
+  const gw = open(t, { WebSocket: fake.WebSocket, auth, reconnect: FAST }, FAKE_URL);
+  await gw.ready;
+  await within(
+    until(() => fake.sockets[0].sent.length === 2, "the refresh"),
+    1000,
+    "a second auth frame",
+  );
+  assert.deepEqual(fake.sockets[0].sent, [
+    { type: "auth", token: "k1" },
+    { type: "auth", token: "k3" },
+  ]);
+});
+
+test("fake gateway: a running resumed stream refused with shutting_down resumes on the next connection", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws, i) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      if (f.type !== "resume") return;
+      if (i === 0) {
+        // Its node reaches the drain deadline (§6.1(5)); the generation runs on elsewhere.
+        ws.deliver(wire.resumed(f), wire.text(f.stream_id, 1, "a"), wire.text(f.stream_id, 2, "b"));
+        ws.deliver(wire.refusal(f.stream_id, "shutting_down"));
+        setTimeout(() => ws.hangUp(1001), 20);
+      } else {
+        ws.deliver(wire.resumed(f), wire.text(f.stream_id, 3, "c"), wire.finish(f.stream_id, 4));
+      }
+    };
+  });
+  const gw = open(t, { WebSocket: fake.WebSocket, reconnect: FAST }, FAKE_URL);
+  await gw.ready;
+  const { seen, callbacks } = observe();
+  const s = gw.resume({ messageId: "msg_1", epoch: "e1" }, callbacks);
+  const done = await within(s.done, 3000, "the stream to end");
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, "abc");
+  assert.equal(seen.errors.length, 0);
+  assert.equal(fake.sockets[1].sent[0].last_seq, 2);
+});
+
+test("fake gateway: a resume() without an epoch survives a drop before stream.resumed", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws, i) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      if (f.type !== "resume") return;
+      if (i === 0) ws.hangUp(1006);
+      else ws.deliver(wire.resumed(f), wire.text(f.stream_id, 1, "a"), wire.finish(f.stream_id, 2));
+    };
+  });
+  const gw = open(t, { WebSocket: fake.WebSocket, reconnect: FAST }, FAKE_URL);
+  const s = gw.resume({ messageId: "msg_1" });
+  const done = await within(s.done, 3000, "the stream to end");
+  assert.equal(done.reason, "stop");
+  assert.equal(done.text, "a");
+  assert.deepEqual(fake.sockets[1].sent, [{ type: "resume", stream_id: s.id, message_id: "msg_1", last_seq: 0 }]);
+});
+
+test("fake gateway: frames already seen are dropped by seq and a coalesced overlap is refused", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      const id = f.stream_id;
+      if (f.type !== "start") return;
+      if (id === "dup") {
+        ws.deliver(wire.started(id), wire.text(id, 2, "a"), wire.text(id, 3, "b"));
+        ws.deliver(wire.started(id), wire.text(id, 2, "a"), wire.text(id, 3, "b")); // a replay
+        ws.deliver(wire.text(id, 3, "ab", { first_seq: 2 })); // the same, coalesced
+        ws.deliver(wire.text(id, 4, "c"), wire.finish(id, 5), wire.finish(id, 5));
+      } else {
+        ws.deliver(wire.started(id), wire.text(id, 2, "x"));
+        ws.deliver(wire.text(id, 3, "xy", { first_seq: 2 })); // seq 2 again, with seq 3
+        ws.deliver(wire.text(id, 4, "z"), wire.finish(id, 5));
+      }
+    };
+  });
+  const gw = open(t, { WebSocket: fake.WebSocket }, FAKE_URL);
+  await gw.ready;
+  const { seen, callbacks } = observe();
+  const dup = await gw.stream(mock({ text: "abc" }), { ...callbacks, streamId: "dup" }).done;
+  assert.equal(dup.reason, "stop");
+  assert.equal(dup.text, "abc");
+  assert.deepEqual(seen.frames.map((f) => f.seq), [1, 2, 3, 4, 5]);
+  assert.equal(seen.finishes.length, 1);
+  const overlap = await gw.stream(mock({ text: "xyz" }), { streamId: "overlap" }).done;
+  assert.equal(overlap.reason, "error");
+  assert.equal(overlap.error.code, "bad_frame");
+  assert.equal(overlap.text, "x", "no text twice");
+});
+
+test("fake gateway: a retryable resume refusal is retried with backoff, a bounded number of times", TIMEOUT, async (t) => {
+  const resumes = { retried: 0, refused: 0 };
+  const fake = fakeGateway((ws, i) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      const id = f.stream_id;
+      if (f.type === "start") {
+        ws.deliver(wire.started(id), wire.text(id, 2, "a"));
+        if (id === "refused") setTimeout(() => ws.hangUp(1006), 5);
+      }
+      if (f.type !== "resume") return;
+      resumes[id] += 1;
+      if (id === "refused" || resumes[id] <= 2) {
+        ws.deliver(wire.refusal(id, "store_unavailable", { retry_after_ms: 5 }));
+      } else {
+        ws.deliver(wire.resumed(f), wire.text(id, 3, "b"), wire.finish(id, 4));
+      }
+    };
+  });
+  const gw = open(t, { WebSocket: fake.WebSocket, reconnect: FAST }, FAKE_URL);
+  await gw.ready;
+  const retried = gw.stream(mock({ text: "ab" }), { streamId: "retried" });
+  const refused = gw.stream(mock({ text: "ab" }), { streamId: "refused" });
+  const [ok, no] = await within(Promise.all([retried.done, refused.done]), 3000, "both streams to end");
+  assert.equal(ok.reason, "stop");
+  assert.equal(ok.text, "ab");
+  assert.equal(resumes.retried, 3);
+  assert.equal(no.reason, "error");
+  assert.equal(no.error.code, "store_unavailable");
+  assert.equal(resumes.refused, 5, "the resume and four retries");
+  assert.deepEqual(fake.sockets[1].sent.filter((f) => f.stream_id === "retried").map((f) => f.last_seq), [2, 2, 2]);
+});
+
+test("fake gateway: a start refused with shutting_down is not sent again on that socket and cancel ends it", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      if (f.type === "start") ws.deliver(wire.refusal(f.stream_id, "shutting_down")); // no goaway first
+    };
+  });
+  const gw = open(t, { WebSocket: fake.WebSocket }, FAKE_URL);
+  await gw.ready;
+  const s = gw.stream(mock({ text: "x" }));
+  await sleep(60);
+  assert.equal(fake.sockets[0].starts().length, 1);
+  assert.equal(s.phase, "queued");
+  const done = await within(s.cancel(), 500, "cancel to end the refused start");
+  assert.deepEqual(done, { reason: "cancelled", text: "", finish: null, error: null });
+  assert.ok(!fake.sockets[0].sent.some((f) => f.type === "cancel"), "nothing to cancel on the gateway");
+});
+
+test("fake gateway: a stream forgets its request once started unless it has an idempotency key", TIMEOUT, async (t) => {
+  const fake = fakeGateway((ws) => {
+    ws.ready();
+    ws.onframe = (f) => {
+      if (f.type === "start") ws.deliver(wire.started(f.stream_id));
+    };
+  });
+  const gw = open(t, { WebSocket: fake.WebSocket }, FAKE_URL);
+  await gw.ready;
+  const plain = gw.stream(mock({ text: "x" }));
+  const keyed = gw.stream(mock({ text: "y" }), { options: { idempotency_key: "k" } });
+  await until(() => plain.phase === "running" && keyed.phase === "running", "both started");
+  // The request (the whole conversation) is held only while it may be sent again (§11.3).
+  assert.equal(plain._frame, null);
+  assert.equal(keyed._frame.request.messages.length, 1);
 });

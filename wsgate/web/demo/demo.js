@@ -93,7 +93,13 @@ const ANNOUNCEMENTS_KEPT = 4;
 const SENTENCE_END = /(?:[.!?…。！？](?:["'”’)\]»*_]*)(?:\s+|$)|\n)/g;
 
 const MAX_UPDATES_PER_S = 60;
+// The share of the main thread that rendering answers may take, so input stays responsive
+// however long the answers grow (Markdown lexing costs O(answer) per update).
+const RENDER_BUDGET = 0.25;
 const HIDDEN_TAB_MS = 250;
+// Retrying the first connect: a page opened before the gateway listens comes up by itself.
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 10000;
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -113,35 +119,61 @@ function mockScriptOf(content) {
 
 /**
  * A `scheduleFrame` for wsgate.js: animation frames, but at most `perSecond` of them in any
- * second, whatever the display's refresh rate (120 Hz screens, headless Chromium's 60.6 Hz).
- * Every callback of an allowed frame runs in that frame; one asked for in a skipped frame
- * runs in the next allowed one. A sliding window over the last `perSecond` allowed frames.
+ * second, whatever the display's refresh rate (120 Hz screens, headless Chromium's 60.6 Hz),
+ * and fewer when rendering is slow: after a frame whose callbacks took `c` ms, the next one
+ * waits at least c·(1 − budget)/budget ms, so rendering takes at most `budget` of the main
+ * thread. Every callback asked for before a frame runs in that frame, in order; one asked for
+ * in a skipped frame runs in the next allowed one. `stats` counts frames run and their cost.
  */
-function frameCap(perSecond) {
+function frameCap(perSecond, budget) {
   const allowed = []; // timestamps of the newest allowed frames, oldest first
-  return function scheduleFrame(callback) {
-    let ran = false;
-    const run = (t) => {
-      if (ran) return;
-      ran = true;
-      clearTimeout(fallback);
-      callback(t);
-    };
-    // A hidden tab runs no animation frames: keep the text moving there, slowly.
-    const fallback = setTimeout(() => run(performance.now()), HIDDEN_TAB_MS);
-    const tick = (t) => {
-      if (allowed.at(-1) !== t) {
-        if (allowed.length === perSecond && t - allowed[0] < 1000) {
-          requestAnimationFrame(tick);
-          return;
-        }
-        allowed.push(t);
-        if (allowed.length > perSecond) allowed.shift();
+  let queue = [];
+  let requested = false;
+  let fallback = null;
+  let notBefore = 0;
+  const stats = { frames: 0, ms: 0 };
+  const runAll = (t) => {
+    requested = false;
+    clearTimeout(fallback);
+    const callbacks = queue;
+    queue = [];
+    const started = performance.now();
+    for (const callback of callbacks) {
+      try {
+        callback(t);
+      } catch (error) {
+        reportError(error);
       }
-      run(t);
-    };
-    requestAnimationFrame(tick);
+    }
+    const cost = performance.now() - started;
+    stats.frames += 1;
+    stats.ms += cost;
+    notBefore = started + cost + (cost * (1 - budget)) / budget;
   };
+  const tick = (t) => {
+    const full = allowed.length === perSecond && t - allowed[0] < 1000;
+    if (full || performance.now() < notBefore) {
+      requestAnimationFrame(tick);
+      return;
+    }
+    allowed.push(t);
+    if (allowed.length > perSecond) allowed.shift();
+    runAll(t);
+  };
+  // A hidden tab runs no animation frames: keep the text moving there, slowly.
+  const hidden = () => {
+    if (document.visibilityState === "hidden") runAll(performance.now());
+    else fallback = setTimeout(hidden, HIDDEN_TAB_MS);
+  };
+  function scheduleFrame(callback) {
+    queue.push(callback);
+    if (requested) return;
+    requested = true;
+    requestAnimationFrame(tick);
+    fallback = setTimeout(hidden, HIDDEN_TAB_MS);
+  }
+  scheduleFrame.stats = stats;
+  return scheduleFrame;
 }
 
 /** Text a screen reader should say for a piece of Markdown: no markup characters. */
@@ -339,7 +371,6 @@ class AssistantMessage {
     if (typeof outcome.text === "string") this.text = outcome.text;
     this.flush(true);
     this.ended = true;
-    this.el.setAttribute("aria-busy", "false");
     const reason = outcome.reason ?? (outcome.error ? "error" : "stop");
     this.el.dataset.finish = reason;
     const error = outcome.error;
@@ -500,6 +531,7 @@ class Pane {
     $(".prompt-label", this.el).htmlFor = this.prompt.id;
     this.sendButton = $(".send", this.el);
     this.stopButton = $(".stop", this.el);
+    this.notice = $(".notice", this.el);
     // Every pane has a Send and a Stop: their accessible names say which conversation.
     this.sendButton.setAttribute("aria-label", `Send, ${this.title}`);
     this.stopButton.setAttribute("aria-label", `Stop, ${this.title}`);
@@ -573,29 +605,48 @@ class Pane {
 
   send() {
     if (this.busy) return;
-    const content = this.prompt.value.trim() || "Tell me about WebSockets.";
     const page = this.page;
-    this.appendUser(content);
-    this.history.push({ role: "user", content });
+    // A closed Gateway refuses every stream: say so here, and leave the transcript alone.
+    if (page.gw.state === "closed") {
+      this.notify("Not sent: not connected to the gateway. Reconnect, then send again.");
+      return;
+    }
+    const content = this.prompt.value.trim() || "Tell me about WebSockets.";
+    const history = this.history;
+    const request = {
+      model: page.settings.model || "mock",
+      messages: [...history, { role: "user", content }],
+    };
     const message = new AssistantMessage(this, page);
+    let stream;
+    try {
+      stream = page.gw.stream(request, {
+        options: page.streamOptions(),
+        onFrame: (frame) => message.onFrame(frame),
+        onText: (text, delta) => message.onText(text, delta),
+        onToolCall: (frame) => message.onToolCall(frame),
+        onStructured: (frame) => message.onStructured(frame),
+      });
+    } catch (error) {
+      this.notify(`Not sent: ${error?.message ?? error}`);
+      return;
+    }
+    this.notify("");
+    this.appendUser(content);
+    history.push({ role: "user", content });
     this.message = message;
     this.transcript.append(message.el);
     this.scrollDown();
     this.setBusy(true);
-    const request = { model: page.settings.model || "mock", messages: [...this.history] };
-    const stream = page.gw.stream(request, {
-      options: page.streamOptions(),
-      onFrame: (frame) => message.onFrame(frame),
-      onText: (text, delta) => message.onText(text, delta),
-      onToolCall: (frame) => message.onToolCall(frame),
-      onStructured: (frame) => message.onStructured(frame),
-    });
     this.stream = stream;
     message.stream = stream;
     message.el.dataset.streamId = stream.id;
     const settle = (outcome) => {
       message.end(outcome);
-      if (message.text) this.history.push({ role: "assistant", content: message.text });
+      // Not after a Clear: the answer belongs to the conversation that was cleared.
+      if (message.text && this.history === history) {
+        history.push({ role: "assistant", content: message.text });
+      }
       if (this.stream === stream) {
         this.stream = null;
         this.message = null;
@@ -605,6 +656,13 @@ class Pane {
     stream.done.then(settle, (error) => settle({ reason: "error", error, text: stream.text }));
   }
 
+  /** Show (or with "", hide) a note under the prompt box, and say it once. */
+  notify(text) {
+    this.notice.textContent = text;
+    this.notice.hidden = text === "";
+    if (text) this.page.announcer.say(text, this.title);
+  }
+
   stop() {
     if (!this.stream) return;
     this.stream.cancel();
@@ -612,8 +670,9 @@ class Pane {
 
   clear() {
     this.stop();
-    this.history = [];
+    this.history = []; // a new array: the cleared stream's settle sees it is not its own
     this.transcript.replaceChildren();
+    this.notify("");
   }
 }
 
@@ -628,6 +687,16 @@ class Page {
     for (const id of ["buffering", "accessible", "markdown", "structured", "model"]) {
       $(`#${id}`).addEventListener("change", () => this.readSettings());
     }
+    // Enter in the Model field submits the form implicitly: read the settings instead of
+    // navigating away (which would end every stream).
+    $("#settings").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.readSettings();
+    });
+    this.frames = frameCap(MAX_UPDATES_PER_S, RENDER_BUDGET);
+    this.retries = 0;
+    this.retryTimer = null;
+    $("#reconnect").addEventListener("click", () => this.connect());
     this.connect();
     this.panes = [];
     const root = $("#panes");
@@ -638,6 +707,9 @@ class Page {
     }
     $("#send-all").addEventListener("click", () => this.panes.forEach((p) => p.send()));
     $("#stop-all").addEventListener("click", () => this.panes.forEach((p) => p.stop()));
+    // Every stream is `on_disconnect: "continue"` (to survive a dropped socket), so a page
+    // that goes away must cancel its own: nobody could resume them.
+    window.addEventListener("pagehide", () => this.panes.forEach((p) => p.stop()));
   }
 
   readSettings() {
@@ -679,25 +751,61 @@ class Page {
     this.frames(callback);
   }
 
+  /** A new Gateway (at start, on Reconnect, or retrying a first connect that failed). */
   connect() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const old = this.gw;
+    this.gw = null; // before close(): its "close" event is not this Gateway's news
+    if (old && old.state !== "closed") old.close();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const url = `${scheme}://${location.host}/v1/ws`;
-    this.frames = frameCap(MAX_UPDATES_PER_S);
-    this.gw = connect(url, { scheduleFrame: this.frames });
+    const gw = connect(url, { scheduleFrame: this.frames });
+    this.gw = gw;
+    let opened = false;
+    const mine = (fn) => (info) => {
+      if (this.gw === gw) fn(info);
+    };
     this.setConnection("connecting", "Connecting…");
-    this.gw.ready.then(
-      () => this.setConnection("open", "Connected"),
-      (error) => this.setConnection("closed", `Not connected: ${error?.message ?? error}`),
+    gw.ready.then(
+      mine(() => {
+        opened = true;
+        const again = this.retries > 0;
+        this.retries = 0;
+        this.setConnection("open", "Connected", again ? "Connected." : null);
+      }),
+      () => {}, // the "close" event says why
     );
-    this.gw.on("reconnecting", (info) => {
-      const attempt = info && typeof info === "object" && info.attempt ? ` (attempt ${info.attempt})` : "";
-      this.setConnection("reconnecting", `Reconnecting…${attempt}`, "Connection lost, reconnecting.");
-    });
-    this.gw.on("reconnected", () => this.setConnection("open", "Connected", "Reconnected."));
-    this.gw.on("goaway", () =>
-      this.setConnection("reconnecting", "Gateway restarting: reconnecting…"),
+    gw.on(
+      "reconnecting",
+      mine((info) => {
+        const attempt = info && typeof info === "object" && info.attempt ? ` (attempt ${info.attempt})` : "";
+        this.setConnection("reconnecting", `Reconnecting…${attempt}`, "Connection lost, reconnecting.");
+      }),
     );
-    this.gw.on("close", () => this.setConnection("closed", "Disconnected", "Disconnected."));
+    gw.on("reconnected", mine(() => this.setConnection("open", "Connected", "Reconnected.")));
+    gw.on(
+      "goaway",
+      mine(() => this.setConnection("reconnecting", "Gateway restarting: reconnecting…")),
+    );
+    gw.on(
+      "close",
+      mine((info) => {
+        const why = info?.error?.message ?? info?.reason ?? "";
+        const detail = why ? `: ${why}` : "";
+        if (opened) {
+          // A fatal close (bad credentials, a refused protocol): retrying alone would hammer.
+          this.setConnection("closed", `Disconnected${detail}`, "Disconnected.");
+          return;
+        }
+        // wsgate.js gives up on a first connect that fails; this page tries again, slower.
+        const delayMs = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** this.retries);
+        this.retries += 1;
+        this.retryTimer = setTimeout(() => this.connect(), delayMs);
+        const text = `Not connected${detail}. Retrying in ${Math.round(delayMs / 1000)} s.`;
+        this.setConnection("closed", text, this.retries === 1 ? "Not connected." : null);
+      }),
+    );
   }
 
   setConnection(state, text, announce = null) {
@@ -705,6 +813,7 @@ class Page {
     if (box.dataset.state === state && $("#connection-text").textContent === text) return;
     box.dataset.state = state;
     $("#connection-text").textContent = text;
+    $("#reconnect").hidden = state !== "closed";
     if (announce) this.announcer.say(announce);
   }
 }

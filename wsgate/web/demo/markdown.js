@@ -9,6 +9,9 @@
 // Every rendered block goes through DOMPurify before it touches the document, so nothing the
 // model writes (raw HTML, `javascript:` links, event handlers) can run. A settled block whose
 // source did not change is never rendered again: its nodes stay, and so does a selection in it.
+// A block that changed is patched in place (`morph`), not replaced: a node whose tag (and
+// attribute names) stay keeps its identity, so a focused link or a selection in the growing
+// last block survives its updates, and focus is never moved by streaming.
 // It must not read the network, the clock or any state but the text it is given.
 
 import { Lexer, Parser } from "./vendor/marked.esm.js";
@@ -54,6 +57,42 @@ function lexAlone(source, links) {
   return lexer.lex(source);
 }
 
+/** Same kind of node, so `to` can be patched into `from` (attribute names in the same order). */
+function sameKind(from, to) {
+  if (from.nodeType !== to.nodeType || from.nodeName !== to.nodeName) return false;
+  if (from.nodeType !== Node.ELEMENT_NODE) return true;
+  const a = from.getAttributeNames();
+  const b = to.getAttributeNames();
+  return a.length === b.length && a.every((name, i) => name === b[i]);
+}
+
+/**
+ * Make `target`'s children equal to `source`'s (which it takes), keeping every node of the
+ * same kind in the same place. A text that only grew is appended to, so a selection in it
+ * keeps its offsets.
+ */
+function morph(target, source) {
+  const olds = [...target.childNodes];
+  const news = [...source.childNodes];
+  news.forEach((node, i) => {
+    const old = olds[i];
+    if (old === undefined) target.append(node);
+    else if (!sameKind(old, node)) old.replaceWith(node);
+    else if (old.nodeType === Node.TEXT_NODE || old.nodeType === Node.COMMENT_NODE) {
+      if (old.data === node.data) return;
+      if (node.data.startsWith(old.data)) old.appendData(node.data.slice(old.data.length));
+      else old.data = node.data;
+    } else {
+      for (const name of node.getAttributeNames()) {
+        const value = node.getAttribute(name);
+        if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+      }
+      morph(old, node);
+    }
+  });
+  for (const old of olds.slice(news.length)) old.remove();
+}
+
 export class MarkdownView {
   /** @param {HTMLElement} container emptied and owned from now on */
   constructor(container) {
@@ -89,7 +128,7 @@ export class MarkdownView {
       // definitions); any other block renders the token of the whole-text lex.
       const fragment = renderTokens(source === token.raw ? [token] : lexAlone(source, links));
       if (known) {
-        known.el.replaceChildren(fragment);
+        morph(known.el, fragment);
         known.source = source;
       } else {
         const el = document.createElement("div");
