@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 from datetime import datetime
 
 import orjson
@@ -229,3 +230,14 @@ def test_settings_that_only_mention_tokens_stay_readable(out):
     assert line["first_token_timeout_s"] == 120.0
     assert line["access_token"] == "[redacted]"
     assert line["api_token"] == "[redacted]"
+
+
+def test_the_default_stream_is_stdout_as_it_is_when_a_line_is_written(capsys, monkeypatch):
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", first)
+    log.configure()  # to stdout, whichever it is later
+    first.close()  # a test runner's capture, say, closed after its test
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", later)
+    log.get_logger("wsgate.test").warning("after_the_swap")
+    assert "after_the_swap" in later.getvalue()

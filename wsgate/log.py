@@ -121,6 +121,24 @@ def _render_json(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> s
 _HANDLER_NAME: Final = "wsgate.log"
 
 
+class _Stdout:
+    """`sys.stdout` as it is when a line is written, not when logging was configured.
+
+    A process that swaps its stdout (a test runner capturing output, a daemon redirecting
+    it) must not leave the loggers writing into a closed file: a line that cannot be
+    written would raise inside whatever was logging.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 def configure(
     level: str = "info",
     fmt: str = "json",
@@ -131,13 +149,13 @@ def configure(
     """Send wsgate's logs (and stdlib WARNING+) to `stream` as JSON lines or console text.
 
     Idempotent: a second call replaces the first configuration. `stream` defaults to
-    stdout as it is at the time of the call.
+    stdout as it is when each line is written.
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
     if fmt not in {"json", "console"}:
         raise ValueError(f"log format must be 'json' or 'console', got {fmt!r}")
-    out = sys.stdout if stream is None else stream
+    out: IO[str] = cast("IO[str]", _Stdout()) if stream is None else stream
     renderer: Processor
     if fmt == "json":
         renderer = _render_json
