@@ -13,6 +13,7 @@ import pytest
 import uvloop
 from store_helpers import redis_server_binary
 
+from wsgate import log
 from wsgate.app import App
 from wsgate.config import load_settings
 from wsgate.mock import MockProvider
@@ -29,6 +30,14 @@ async def mock() -> AsyncIterator[MockProvider]:
     await provider.start()
     yield provider
     await provider.stop()
+
+
+@pytest.fixture(autouse=True)
+def unconfigured_logs() -> Iterator[None]:
+    """Undo a test's `wsgate.log.configure`: its stream may be that test's captured output,
+    closed once the test ends, and a later test's first warning would raise writing to it."""
+    yield
+    log.reset()
 
 
 @pytest.fixture(scope="session")
