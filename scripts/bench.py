@@ -343,6 +343,9 @@ class Fleet:
                 "WSGATE_PROVIDERS__BENCH__BASE_URL": self.mock_url,
                 "WSGATE_PROVIDERS__BENCH__READER": reader,
                 "WSGATE_MODELS__MOCK__PROVIDER": "bench",
+                # Every load connection comes from 127.0.0.1: the per-IP cap (256) would
+                # refuse the memory probe's idle connections with 503.
+                "WSGATE_LIMITS__MAX_CONNECTIONS_PER_IP": "0",
             }
             if target == "wsgate-redis":
                 self.start_redis()

@@ -1,20 +1,13 @@
-"""Web test fixtures: gateways on 127.0.0.1 (port 0, the built-in mock answering at once unless
-a script paces it), optionally from a TOML file, and the control channel of web_helpers."""
+"""Web test fixtures: the control channel of web_helpers and the npm install; gateways come
+from tests/conftest.py's `start_app`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from web_helpers import Control, install_npm_packages
-
-
-@pytest.fixture
-def start_web_app(start_app: Callable[..., Any]) -> Callable[..., Any]:
-    """`await start_web_app(toml=None, **overrides)`: tests/conftest.py's `start_app`."""
-    return start_app
 
 
 @pytest.fixture

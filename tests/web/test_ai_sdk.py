@@ -23,11 +23,10 @@ from web_helpers import (
     INSTALL_TIMEOUT_S,
     JS_DIR,
     WEB_DIR,
-    assert_passed,
     node_binary,
-    run_node_test,
+    register_drop,
+    run_gateway_test,
     tsc_binary,
-    validate_frames,
 )
 
 from wsgate.app import App
@@ -38,29 +37,8 @@ pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT_S + 60)  # the first test may i
 
 
 async def run_ai_test(name: str, ai_sdk: Path, app: App | None = None, control=None):
-    """Run one Node test; it must pass and every frame it sent and received must validate."""
-    env = {"WSGATE_AI_SDK": str(ai_sdk)}
-    if app is not None:
-        env["WSGATE_URL"] = app.url
-    if control is not None:
-        env["WSGATE_CONTROL"] = control.url
-    run = await run_node_test(AI_SDK_TESTS, name=name, env=env)
-    assert_passed(run)
-    validate_frames(run)
-    return run
-
-
-def register_drop(control, app: App) -> None:
-    @control.action("drop")
-    async def drop() -> Any:
-        """Reset every client's TCP connection: no close frame, as a lost network does."""
-        assert app.gateway is not None
-        connections = list(app.gateway.connections)
-        for connection in connections:
-            transport = connection.ws.transport
-            assert transport is not None
-            transport.abort()
-        return len(connections)
+    """Run one Node test of the transport (`web_helpers.run_gateway_test`) with `ai` at hand."""
+    return await run_gateway_test(AI_SDK_TESTS, name, app, control, WSGATE_AI_SDK=str(ai_sdk))
 
 
 def starts(run) -> list[dict[str, Any]]:
@@ -154,8 +132,8 @@ async def test_an_unreachable_gateway_is_the_chat_error_and_the_next_request_con
 # --- against a gateway --------------------------------------------------------------------
 
 
-async def test_the_answer_streams_into_one_text_part_equal_to_the_mock_text(ai_sdk, start_web_app):
-    app = await start_web_app()
+async def test_the_answer_streams_into_one_text_part_equal_to_the_mock_text(ai_sdk, start_app):
+    app = await start_app()
     run = await run_ai_test(
         "the answer streams into one text part equal to the mock's text", ai_sdk, app
     )
@@ -164,10 +142,8 @@ async def test_the_answer_streams_into_one_text_part_equal_to_the_mock_text(ai_s
     assert start["options"] == {"on_disconnect": "continue"}
 
 
-async def test_a_tool_call_round_trip_shows_one_tool_part_with_the_parsed_input(
-    ai_sdk, start_web_app
-):
-    app = await start_web_app()
+async def test_a_tool_call_round_trip_shows_one_tool_part_with_the_parsed_input(ai_sdk, start_app):
+    app = await start_app()
     run = await run_ai_test(
         "a tool call round trip shows one tool part with the parsed input", ai_sdk, app
     )
@@ -177,10 +153,8 @@ async def test_a_tool_call_round_trip_shows_one_tool_part_with_the_parsed_input(
     assert app.mock.find("tool-2") is not None
 
 
-async def test_stop_cancels_the_stream_and_the_mock_sees_its_provider_disconnect(
-    ai_sdk, start_web_app
-):
-    app = await start_web_app()
+async def test_stop_cancels_the_stream_and_the_mock_sees_its_provider_disconnect(ai_sdk, start_app):
+    app = await start_app()
     run = await run_ai_test("stop sends cancel and ends the chat stream at once", ai_sdk, app)
     (start,) = starts(run)
     cancels = [frame for frame in run.sent() if frame["type"] == "cancel"]
@@ -190,17 +164,15 @@ async def test_stop_cancels_the_stream_and_the_mock_sees_its_provider_disconnect
     assert record.completed_at is None
 
 
-async def test_a_failure_mid_stream_becomes_the_chat_error(ai_sdk, start_web_app):
-    app = await start_web_app()
+async def test_a_failure_mid_stream_becomes_the_chat_error(ai_sdk, start_app):
+    app = await start_app()
     await run_ai_test(
         "a failure mid stream becomes the chat error and keeps the text so far", ai_sdk, app
     )
 
 
-async def test_a_provider_http_error_and_an_unknown_model_become_the_chat_error(
-    ai_sdk, start_web_app
-):
-    app = await start_web_app()
+async def test_a_provider_http_error_and_an_unknown_model_become_the_chat_error(ai_sdk, start_app):
+    app = await start_app()
     run = await run_ai_test(
         "a provider HTTP error and an unknown model become the chat error", ai_sdk, app
     )
@@ -208,10 +180,8 @@ async def test_a_provider_http_error_and_an_unknown_model_become_the_chat_error(
     assert errors == ["upstream_rejected", "unknown_model"]
 
 
-async def test_a_dropped_socket_is_resumed_and_the_final_text_is_exact(
-    ai_sdk, start_web_app, control
-):
-    app = await start_web_app()
+async def test_a_dropped_socket_is_resumed_and_the_final_text_is_exact(ai_sdk, start_app, control):
+    app = await start_app()
     register_drop(control, app)
     run = await run_ai_test(
         "a dropped socket is resumed and the final text is exact", ai_sdk, app, control
@@ -221,8 +191,8 @@ async def test_a_dropped_socket_is_resumed_and_the_final_text_is_exact(
     assert [frame["type"] for frame in run.sent()] == ["start", "resume"]
 
 
-async def test_a_new_chat_with_the_same_id_resumes_the_unfinished_generation(ai_sdk, start_web_app):
-    app = await start_web_app()
+async def test_a_new_chat_with_the_same_id_resumes_the_unfinished_generation(ai_sdk, start_app):
+    app = await start_app()
     run = await run_ai_test(
         "a new chat with the same id resumes the unfinished generation", ai_sdk, app
     )
@@ -230,8 +200,8 @@ async def test_a_new_chat_with_the_same_id_resumes_the_unfinished_generation(ai_
     assert resume["last_seq"] == 0
 
 
-async def test_a_reloaded_page_resumes_the_generation_from_its_resume_store(ai_sdk, start_web_app):
-    app = await start_web_app()
+async def test_a_reloaded_page_resumes_the_generation_from_its_resume_store(ai_sdk, start_app):
+    app = await start_app()
     run = await run_ai_test(
         "a reloaded page resumes the generation from its resume store", ai_sdk, app
     )

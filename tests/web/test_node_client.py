@@ -14,7 +14,14 @@ import hashlib
 from typing import Any
 
 import aiohttp
-from web_helpers import JS_DIR, WEB_DIR, assert_passed, run_node_test, validate_frames
+from web_helpers import (
+    JS_DIR,
+    WEB_DIR,
+    assert_passed,
+    register_drop,
+    run_gateway_test,
+    run_node_test,
+)
 
 from wsgate.app import App
 
@@ -30,32 +37,8 @@ sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"
 
 
 async def run_client_test(name: str, app: App | None = None, control=None, **env: str):
-    """Run one Node test against `app`; it must pass and its frames must validate."""
-    full_env = dict(env)
-    if app is not None:
-        full_env["WSGATE_URL"] = app.url
-    if control is not None:
-        full_env["WSGATE_CONTROL"] = control.url
-    run = await run_node_test(CLIENT_TESTS, name=name, env=full_env)
-    assert_passed(run)
-    validate_frames(run)
-    return run
-
-
-def drop_connections(app: App) -> None:
-    """Reset every client's TCP connection: no close frame, as a lost network does."""
-    assert app.gateway is not None
-    for connection in list(app.gateway.connections):
-        transport = connection.ws.transport
-        assert transport is not None
-        transport.abort()
-
-
-def register_drop(control, app: App) -> None:
-    @control.action("drop")
-    async def drop() -> Any:
-        drop_connections(app)
-        return True
+    """Run one Node test of the client (`web_helpers.run_gateway_test`)."""
+    return await run_gateway_test(CLIENT_TESTS, name, app, control, **env)
 
 
 # --- pure parts (no gateway) --------------------------------------------------------------
@@ -72,66 +55,66 @@ async def test_the_client_reconnects_after_retryable_close_codes_only():
 # --- streaming ----------------------------------------------------------------------------
 
 
-async def test_one_stream_gets_its_exact_text(start_web_app):
-    app = await start_web_app()
+async def test_one_stream_gets_its_exact_text(start_app):
+    app = await start_app()
     run = await run_client_test("one stream gets its exact text", app)
     assert run.sockets() == 1
 
 
-async def test_five_concurrent_streams_on_one_socket_are_each_byte_exact(start_web_app):
-    app = await start_web_app()
+async def test_five_concurrent_streams_on_one_socket_are_each_byte_exact(start_app):
+    app = await start_app()
     run = await run_client_test("five concurrent streams on one socket are each byte exact", app)
     assert run.sockets() == 1
     texts = [f["text"] for f in run.received() if f["type"] == "delta.text"]
     assert all("\ufffd" not in t for t in texts)
 
 
-async def test_on_text_is_called_at_most_once_per_scheduled_frame(start_web_app):
-    app = await start_web_app()
+async def test_on_text_is_called_at_most_once_per_scheduled_frame(start_app):
+    app = await start_app()
     await run_client_test("onText is called at most once per scheduled frame", app)
 
 
-async def test_the_async_iterator_yields_coalesced_text_and_every_other_frame(start_web_app):
-    app = await start_web_app()
+async def test_the_async_iterator_yields_coalesced_text_and_every_other_frame(start_app):
+    app = await start_app()
     await run_client_test(
         "the async iterator yields coalesced text and every other frame in order", app
     )
 
 
-async def test_a_tool_call_fires_on_tool_call_exactly_once(start_web_app):
-    app = await start_web_app()
+async def test_a_tool_call_fires_on_tool_call_exactly_once(start_app):
+    app = await start_app()
     await run_client_test("a tool call fires onToolCall exactly once", app)
 
 
-async def test_a_structured_section_reaches_on_structured(start_web_app):
-    app = await start_web_app()
+async def test_a_structured_section_reaches_on_structured(start_app):
+    app = await start_app()
     await run_client_test("a structured section reaches onStructured and leaves the text", app)
 
 
-async def test_cancel_ends_the_stream_cancelled_and_closes_the_provider_call(start_web_app):
-    app = await start_web_app()
+async def test_cancel_ends_the_stream_cancelled_and_closes_the_provider_call(start_app):
+    app = await start_app()
     await run_client_test("cancel ends the stream with finish cancelled", app)
     assert app.mock is not None
     record = await app.mock.wait_disconnected("cancel-me", timeout=2.0)
     assert record.completed_at is None
 
 
-async def test_an_abort_signal_cancels_the_stream(start_web_app):
-    app = await start_web_app()
+async def test_an_abort_signal_cancels_the_stream(start_app):
+    app = await start_app()
     run = await run_client_test("an AbortSignal cancels the stream", app)
     assert [f["type"] for f in run.sent()] == ["start", "cancel"]
 
 
-async def test_closing_the_gateway_object_ends_its_streams_as_cancelled(start_web_app):
-    app = await start_web_app()
+async def test_closing_the_gateway_object_ends_its_streams_as_cancelled(start_app):
+    app = await start_app()
     await run_client_test("close ends open streams as cancelled and does not reconnect", app)
 
 
 # --- reconnecting -------------------------------------------------------------------------
 
 
-async def test_a_dropped_socket_reconnects_and_resumes_with_exact_text(start_web_app, control):
-    app = await start_web_app()
+async def test_a_dropped_socket_reconnects_and_resumes_with_exact_text(start_app, control):
+    app = await start_app()
     register_drop(control, app)
     run = await run_client_test(
         "a dropped socket reconnects and resumes with exact text and no duplicate", app, control
@@ -140,18 +123,16 @@ async def test_a_dropped_socket_reconnects_and_resumes_with_exact_text(start_web
     assert run.sockets() == 2
 
 
-async def test_a_dropped_stream_with_the_default_policy_ends_cancelled(start_web_app, control):
-    app = await start_web_app()
+async def test_a_dropped_stream_with_the_default_policy_ends_cancelled(start_app, control):
+    app = await start_app()
     register_drop(control, app)
     await run_client_test(
         "a dropped stream with the default policy resumes to its cancelled finish", app, control
     )
 
 
-async def test_an_unacknowledged_stream_is_lost_but_a_keyed_one_starts_again(
-    start_web_app, control
-):
-    app = await start_web_app()
+async def test_an_unacknowledged_stream_is_lost_but_a_keyed_one_starts_again(start_app, control):
+    app = await start_app()
     register_drop(control, app)
     await run_client_test(
         "a stream not yet acknowledged when the socket drops is lost unless it has an "
@@ -163,8 +144,8 @@ async def test_an_unacknowledged_stream_is_lost_but_a_keyed_one_starts_again(
     assert len(app.mock.find_all("keyed")) == 1, "the keyed start attached; no second call"
 
 
-async def test_resume_follows_a_generation_by_message_id_after_a_reload(start_web_app):
-    app = await start_web_app()
+async def test_resume_follows_a_generation_by_message_id_after_a_reload(start_app):
+    app = await start_app()
     run = await run_client_test(
         "resume follows a generation by message id on a new Gateway as a reloaded page does", app
     )
@@ -172,40 +153,40 @@ async def test_resume_follows_a_generation_by_message_id_after_a_reload(start_we
     assert folded, "snapshot: the replayed text came folded"
 
 
-async def test_without_reconnect_a_drop_ends_the_gateway_object(start_web_app, control):
-    app = await start_web_app()
+async def test_without_reconnect_a_drop_ends_the_gateway_object(start_app, control):
+    app = await start_app()
     register_drop(control, app)
     await run_client_test(
         "without reconnect a drop ends the Gateway and maxAttempts failures give up", app, control
     )
 
 
-async def test_a_refused_resume_ends_the_stream_with_its_error(start_web_app, control):
-    app = await start_web_app(**{"store.resume_window_s": 0.05})
+async def test_a_refused_resume_ends_the_stream_with_its_error(start_app, control):
+    app = await start_app(**{"store.resume_window_s": 0.05})
     register_drop(control, app)
     await run_client_test("a resume refusal ends the stream with that error", app, control)
 
 
-async def test_a_silent_socket_is_given_up_and_its_stream_resumes(start_web_app):
-    app = await start_web_app()
+async def test_a_silent_socket_is_given_up_and_its_stream_resumes(start_app):
+    app = await start_app()
     await run_client_test(
         "a silent socket is given up after heartbeatTimeoutMs and its stream resumes", app
     )
 
 
-async def test_heartbeat_frames_reach_the_heartbeat_event(start_web_app):
-    app = await start_web_app(**{"limits.heartbeat_interval_s": 0.1})
+async def test_heartbeat_frames_reach_the_heartbeat_event(start_app):
+    app = await start_app(**{"limits.heartbeat_interval_s": 0.1})
     await run_client_test("heartbeat frames reach the heartbeat event", app)
 
 
-async def test_after_goaway_new_streams_go_to_a_new_connection(start_web_app, control):
+async def test_after_goaway_new_streams_go_to_a_new_connection(start_app, control):
     overrides = {"server.drain_timeout_s": 5.0, "server.reconnect_after_ms": 200}
-    app = await start_web_app(**overrides)
+    app = await start_app(**overrides)
     draining: list[asyncio.Task[Any]] = []
 
     @control.action("drain")
     async def drain() -> Any:
-        other = await start_web_app(**overrides)  # the next node behind the load balancer
+        other = await start_app(**overrides)  # the next node behind the load balancer
         draining.append(asyncio.create_task(app.drain()))
         return other.url
 
@@ -223,16 +204,16 @@ async def test_after_goaway_new_streams_go_to_a_new_connection(start_web_app, co
 # --- authentication -----------------------------------------------------------------------
 
 
-async def test_auth_by_the_first_frame_authenticates_every_connection(start_web_app, control):
-    app = await start_web_app(AUTH_TOML, **{"api.port": 0})
+async def test_auth_by_the_first_frame_authenticates_every_connection(start_app, control):
+    app = await start_app(AUTH_TOML, **{"api.port": 0})
     register_drop(control, app)
     await run_client_test(
         "auth by the first frame authenticates every connection", app, control, WSGATE_KEY=KEY
     )
 
 
-async def test_a_ticket_is_bought_before_every_connect(start_web_app, control):
-    app = await start_web_app(AUTH_TOML, **{"api.port": 0})
+async def test_a_ticket_is_bought_before_every_connect(start_app, control):
+    app = await start_app(AUTH_TOML, **{"api.port": 0})
     register_drop(control, app)
     await run_client_test(
         "a ticket is bought before every connect",
@@ -243,8 +224,8 @@ async def test_a_ticket_is_bought_before_every_connect(start_web_app, control):
     )
 
 
-async def test_a_refused_key_rejects_ready_with_4501_and_does_not_reconnect(start_web_app):
-    app = await start_web_app(AUTH_TOML, **{"api.port": 0})
+async def test_a_refused_key_rejects_ready_with_4501_and_does_not_reconnect(start_app):
+    app = await start_app(AUTH_TOML, **{"api.port": 0})
     run = await run_client_test(
         "a refused key rejects ready with close code 4501 and does not reconnect", app
     )
@@ -255,8 +236,8 @@ async def test_a_refused_key_rejects_ready_with_4501_and_does_not_reconnect(star
 # --- served by the gateway ----------------------------------------------------------------
 
 
-async def test_the_gateway_serves_the_client_library_and_its_declarations(start_web_app):
-    app = await start_web_app()
+async def test_the_gateway_serves_the_client_library_and_its_declarations(start_app):
+    app = await start_app()
     assert app.gateway is not None
     root = f"http://127.0.0.1:{app.gateway.port}/v1/"
     async with aiohttp.ClientSession() as http:

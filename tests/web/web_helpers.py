@@ -269,3 +269,43 @@ def install_npm_packages() -> Path:
 def tsc_binary(prefix: Path) -> Path:
     """The pinned TypeScript compiler of an `install_npm_packages` prefix."""
     return prefix / "node_modules" / "typescript" / "bin" / "tsc"
+
+
+# --- one Node test against a gateway --------------------------------------------------------
+
+
+async def run_gateway_test(
+    tests: Path, name: str, app: Any = None, control: Any = None, **env: str
+) -> NodeRun:
+    """Run the Node test `name` of `tests` against `app` (an App, or None for a pure test).
+
+    It must pass, and every frame it sent and received must validate against the schemas.
+    `control` (a Control) is named to Node in WSGATE_CONTROL; `env` is added to its environ.
+    """
+    if app is not None:
+        env["WSGATE_URL"] = app.url
+    if control is not None:
+        env["WSGATE_CONTROL"] = control.url
+    run = await run_node_test(tests, name=name, env=env)
+    assert_passed(run)
+    validate_frames(run)
+    return run
+
+
+def drop_connections(app: Any) -> int:
+    """Reset every client's TCP connection (no close frame, as a lost network does)."""
+    assert app.gateway is not None
+    connections = list(app.gateway.connections)
+    for connection in connections:
+        transport = connection.ws.transport
+        assert transport is not None
+        transport.abort()
+    return len(connections)
+
+
+def register_drop(control: Any, app: Any) -> None:
+    """Control action `drop`: `drop_connections(app)`; answers how many were dropped."""
+
+    @control.action("drop")
+    async def drop() -> Any:
+        return drop_connections(app)

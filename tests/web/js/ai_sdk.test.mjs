@@ -22,30 +22,14 @@ import {
   toWireMessages,
 } from "../../../wsgate/web/wsgate-ai-sdk.js";
 
+import { control, sleep, until } from "./helpers.mjs";
+
 const ai = await import(
   pathToFileURL(createRequire(join(process.env.WSGATE_AI_SDK, "package.json")).resolve("ai")).href
 );
 const chunkSchema = ai.uiMessageChunkSchema();
 
 // --- helpers ------------------------------------------------------------------------------
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function until(predicate, what, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
-
-/** Ask the Python side to act (drop the connections, ...) and wait until it has. */
-async function control(action) {
-  const answer = await fetch(`${process.env.WSGATE_CONTROL}/${action}`, { method: "POST" });
-  const body = await answer.text();
-  assert.equal(answer.status, 200, `control ${action}: ${body}`);
-  return JSON.parse(body).result;
-}
 
 /** The user message that makes the mock answer as `script` says (protocol/MOCK.md). */
 const ask = (script) => ({ text: JSON.stringify({ mock: script }) });

@@ -13,29 +13,13 @@ import { test } from "node:test";
 
 import { WsgateError, backoffDelay, closeAction, connect } from "../../../wsgate/web/wsgate.js";
 
+import { control, sleep, until } from "./helpers.mjs";
+
 const URL_ = process.env.WSGATE_URL;
 const FAST = { minDelayMs: 10, maxDelayMs: 100 };
 const TIMEOUT = { timeout: 20000 };
 
 // --- helpers ------------------------------------------------------------------------------
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function until(predicate, what, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
-
-/** Ask the Python side to act (drop, drain, ...) and wait until it has. */
-async function control(action) {
-  const answer = await fetch(`${process.env.WSGATE_CONTROL}/${action}`, { method: "POST" });
-  const body = await answer.text();
-  assert.equal(answer.status, 200, `control ${action}: ${body}`);
-  return JSON.parse(body).result;
-}
 
 function mock(script) {
   return { model: "mock", messages: [{ role: "user", content: JSON.stringify({ mock: script }) }] };
