@@ -118,6 +118,7 @@ def gateway_options(settings: Settings, max_connections: int | None = None) -> G
             disconnect_window=settings.store.resume_window_s,
             max_bad_frames=limits.max_bad_frames,
             max_detached=limits.max_detached_streams,
+            max_tool_result_bytes=limits.max_tool_result_bytes,
             retry=RetryPolicy(
                 max_attempts=settings.upstream.retry_attempts,
                 base_delay=settings.upstream.retry_base_ms / 1000,

@@ -128,6 +128,7 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     max_frame_bytes: _Bytes = 1_048_576
     max_bad_frames: _Count = 100  # refused frames on one connection before it is closed (4500)
     max_detached_streams: _Count = 1024  # gateway-wide detached streams; past it: cancelled
+    max_tool_result_bytes: _Bytes = 4_194_304  # per stream: all its tool results (agent loop)
     stream_queue_events: _Count = 256
     stream_queue_bytes: _Bytes = 262_144
     send_timeout_s: _Seconds = 10.0

@@ -156,10 +156,10 @@ def test_an_unknown_model_is_refused_before_anything_starts():
     assert session.streams == {}
 
 
-def test_the_reserved_tool_result_frame_is_answered_with_unsupported():
+def test_a_tool_result_for_a_stream_that_is_not_running_is_unknown_stream():
     data = orjson.dumps({"type": "tool_result", "stream_id": "s", "call_id": "c", "content": 1})
     error = refusal(make_session().receive(data, 0.0))
-    assert error.code == "unsupported"
+    assert (error.code, error.stream_id) == ("unknown_stream", "s")
 
 
 def test_binary_frames_are_refused_as_bad_frames():

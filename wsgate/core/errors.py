@@ -49,9 +49,7 @@ ERROR_CODES: dict[str, ErrorSpec] = {
         retryable=False, description="The frame exceeds limits.max_frame_bytes."
     ),
     "unsupported": ErrorSpec(
-        retryable=False,
-        description="The frame type is reserved for a later protocol release (`tool_result`),"
-        " or `auth` on a gateway without authentication.",
+        retryable=False, description="`auth` on a gateway without authentication."
     ),
     "stream_exists": ErrorSpec(
         retryable=False, description="A stream with this stream_id is running on the connection."
@@ -145,6 +143,32 @@ ERROR_CODES: dict[str, ErrorSpec] = {
     "rate_limited": ErrorSpec(
         retryable=True,
         description="A rate limit or quota of the principal is spent; retry after retry_after_ms.",
+    ),
+    "unknown_tool_call": ErrorSpec(
+        retryable=False,
+        description="No pending tool call of the stream has this call_id (or the gateway "
+        "runs it): the result is not taken.",
+    ),
+    "duplicate_tool_result": ErrorSpec(
+        retryable=False, description="The tool call already has a result; this one is not taken."
+    ),
+    "tool_result_too_large": ErrorSpec(
+        retryable=False,
+        description="The stream's tool results would pass limits.max_tool_result_bytes; the "
+        "call stays open for a shorter result.",
+    ),
+    "tool_timeout": ErrorSpec(
+        retryable=False,
+        description="The client's tool results did not all come within tool_timeout_ms.",
+    ),
+    "tool_calls_invalid": ErrorSpec(
+        retryable=False,
+        description="A tool call of the turn has arguments that are not a JSON object; the "
+        "agent loop cannot send it back to the model.",
+    ),
+    "max_steps_exceeded": ErrorSpec(
+        retryable=False,
+        description="The model still asked for tools after agent.max_steps turns.",
     ),
     "internal": ErrorSpec(
         retryable=True, description="An internal error; the operator's logs have the details."
@@ -296,6 +320,20 @@ class StoreUnavailable(WsgateError):
     """The store's backend cannot be reached now; the same frame may succeed later."""
 
     code = "store_unavailable"
+
+
+class ToolTimeout(WsgateError):
+    """The client's tool results did not all come in time."""
+
+    code = "tool_timeout"
+
+
+class AgentLoopFailed(WsgateError):
+    """The agent loop cannot go on (`tool_calls_invalid`, `max_steps_exceeded`)."""
+
+    def __init__(self, code: str, public_message: str) -> None:
+        super().__init__(public_message)
+        self.code = code
 
 
 class BadRequest(WsgateError):

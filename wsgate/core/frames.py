@@ -106,6 +106,25 @@ class StructuredOptions(msgspec.Struct, forbid_unknown_fields=True, omit_default
 
 Buffering = Literal["immediate", "word", "debounce", "sentence", "paragraph"]
 
+ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class AgentOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The agent loop (PROTOCOL.md §8.5): tool calls answered, then the next model turn.
+
+    `client_tools`: the client answers calls to the tools its request declares with
+    `tool_result` frames, within `tool_timeout_ms` of `tool.awaiting`. `server_tools`: the
+    configured tools (`[tools.NAME]`) the model may call; the gateway runs them. At most
+    `max_steps` model turns.
+    """
+
+    client_tools: bool = False
+    server_tools: Annotated[list[ToolName], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    max_steps: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    tool_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 60_000
+
 
 class StartOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Per-stream delivery options."""
@@ -122,6 +141,7 @@ class StartOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     reasoning: bool = False
     resumable: bool = True
     idempotency_key: IdempotencyKey | None = None
+    agent: AgentOptions | None = None
 
 
 class Start(_Frame, tag="start"):
@@ -166,12 +186,23 @@ class Resume(_Frame, tag="resume"):
     epoch: str | None = None
 
 
+class ToolError(msgspec.Struct, forbid_unknown_fields=True):
+    """Why a tool call has no result: a code and a message the model reads."""
+
+    code: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    message: Annotated[str, msgspec.Meta(max_length=4096)]
+
+
 class ToolResult(_Frame, tag="tool_result"):
-    """Reserved: a client-side tool's result. Answered with `unsupported`."""
+    """A client-side tool's result for a call of a stream's pending turn (§4.5).
+
+    Exactly one of `content` (any JSON: a string goes to the model as is) and `error`.
+    """
 
     stream_id: StreamId
-    call_id: str
-    content: Any
+    call_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    content: Any = msgspec.UNSET
+    error: ToolError | None = None
 
 
 ClientFrame = Start | Cancel | Auth | Resume | ToolResult
@@ -346,6 +377,45 @@ class UsageFrame(_Frame, tag="usage"):
     output_tokens: int
 
 
+class ToolAwaiting(_Frame, tag="tool.awaiting"):
+    """The turn ended in calls the client answers with `tool_result` within `timeout_ms`."""
+
+    stream_id: str
+    seq: Seq
+    turn: int
+    call_ids: list[str]
+    timeout_ms: int
+
+
+class ToolExecuting(_Frame, tag="tool.executing"):
+    """The gateway runs a server-side tool's call now."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    name: str
+
+
+class ToolResultFrame(_Frame, tag="tool.result"):
+    """A call's result, taken for the next turn: from the client or a server-side tool."""
+
+    stream_id: str
+    seq: Seq
+    call_id: str
+    name: str
+    source: Literal["client", "server"]
+    content: Any = msgspec.UNSET
+    error: ToolError | None = None
+
+
+class TurnStarted(_Frame, tag="turn.started"):
+    """The next model turn of the stream was sent to the provider (turn 2 onwards)."""
+
+    stream_id: str
+    seq: Seq
+    turn: int
+
+
 class FinishFrame(_Frame, tag="finish"):
     """The last frame of a stream; nothing of the stream follows it."""
 
@@ -409,6 +479,10 @@ ServerFrame = (
     | ToolCallError
     | StructuredFrame
     | StructuredError
+    | ToolAwaiting
+    | ToolExecuting
+    | ToolResultFrame
+    | TurnStarted
     | UsageFrame
     | FinishFrame
     | ErrorFrame
@@ -428,13 +502,16 @@ StreamEventFrame = (
     | ToolCallError
     | StructuredFrame
     | StructuredError
+    | ToolAwaiting
+    | ToolExecuting
+    | ToolResultFrame
+    | TurnStarted
     | UsageFrame
     | FinishFrame
     | ErrorFrame
 )
 
-RESERVED_TYPES: Final = frozenset({"tool_result"})
-CLIENT_TYPES: Final = frozenset({"start", "cancel", "resume", "auth"}) | RESERVED_TYPES
+CLIENT_TYPES: Final = frozenset({"start", "cancel", "resume", "auth", "tool_result"})
 _STREAM_ID_RE: Final = re.compile(STREAM_ID_PATTERN)
 
 # --- decoding ------------------------------------------------------------------------

@@ -31,21 +31,30 @@ Rules:
    principal; past their expiry without one, the connection closes (4502).
 6. Streams, resumes, cancels by `message_id` and idempotency keys act for the principal:
    a model outside its list is `forbidden`; the shell scopes the rest by its id.
+7. A stream that opted into the agent loop (`options.agent`, core/agent.py) takes its
+   turns' tool results here: a `tool_result` frame (`client_tool_result`, also for a
+   follower, whose result the shell forwards to the session running the generation) or a
+   server tool's outcome (`tool_finished`). A refused result changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import msgspec
+
+from wsgate.core.agent import LoopPolicy, Refused, ToolLoop
 from wsgate.core.errors import (
     ERROR_CODES,
     AuthExpired,
     AuthFailed,
     AuthRequired,
+    BadRequest,
     CloseCode,
     Forbidden,
+    ProtocolError,
     StoreUnavailable,
     WsgateError,
 )
@@ -66,6 +75,7 @@ from wsgate.core.frames import (
     ServerFrame,
     Start,
     StartOptions,
+    ToolError,
     ToolResult,
     decode_client_frame,
     encode_frame,
@@ -89,6 +99,7 @@ class SessionLimits:
     first_token_timeout: float = 120.0  # s from `start` to the first content delta
     max_duration: float = 900.0  # s from `start` to `finish`
     max_bad_frames: int = 100  # refused client frames before the connection is closed
+    max_tool_result_bytes: int = 4 * 1024 * 1024  # per stream: all its tool results
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,23 @@ class CancelUpstream:
 
 
 @dataclass(frozen=True, slots=True)
+class NextTurn:
+    """Every call of a stream's turn has its result: send the next model turn, `request`."""
+
+    stream_id: str
+    request: ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardToolResult:
+    """A follower's `tool_result`: the session running `message_id` takes it, or refuses."""
+
+    stream_id: str
+    message_id: str
+    frame: ToolResult
+
+
+@dataclass(frozen=True, slots=True)
 class DetachStream:
     """The client left; keep this stream generating without it (`on_disconnect: continue`)."""
 
@@ -233,6 +261,8 @@ Action = (
     | Authenticate
     | ResumeStream
     | CancelMessage
+    | NextTurn
+    | ForwardToolResult
     | CloseConnection
 )
 
@@ -254,6 +284,7 @@ class Session:
         "_new_message_id",
         "_resolve",
         "_server_version",
+        "_tools",
         "attached",
         "conn_id",
         "draining",
@@ -276,6 +307,7 @@ class Session:
         principal: Principal | None = None,
         admission: bool = False,
         accepts_auth: bool = True,
+        tools: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.limits = limits
@@ -295,6 +327,7 @@ class Session:
         self._resolve = resolve
         self._new_message_id = new_message_id
         self._server_version = server_version
+        self._tools = tools or {}  # server-side tools: name -> the definition the model sees
         self.draining = False
         self.outbox = Outbox(limits.queue_events, limits.queue_bytes)
         """What waits for the client; the shell drains it (`pop`), as websockets' shell
@@ -348,8 +381,7 @@ class Session:
         if isinstance(frame, Auth):
             return self._authenticate(frame)
         if isinstance(frame, ToolResult):
-            sid = frame.stream_id
-            return [_refuse("unsupported", f"`{frame_type(frame)}` is not supported yet", sid)]
+            return self._tool_result_frame(frame, now)
         raise TypeError(type(frame).__name__)  # pragma: no cover - the union is exhaustive
 
     def receive_binary(self) -> list[Action]:
@@ -442,6 +474,53 @@ class Session:
                 return [_refuse("unknown_stream", "no running stream has this id", stream_id)]
             return []
         return [SendStream(stream_id, stream.cancel(error)), CancelUpstream(stream_id)]
+
+    # --- the agent loop (rule 7) -------------------------------------------------------
+
+    def _tool_result_frame(self, frame: ToolResult, now: float) -> list[Action]:
+        sid = frame.stream_id
+        if (frame.content is msgspec.UNSET) == (frame.error is None):
+            message = "a tool_result carries exactly one of content and error"
+            return self._bad_frame(_refuse("bad_frame", message, sid))
+        if sid not in self.streams:
+            message_id = self.attached.get(sid)
+            if message_id is not None:
+                return [ForwardToolResult(sid, message_id, frame)]
+            return [_refuse("unknown_stream", "no running stream has this id", sid)]
+        return self.client_tool_result(frame, now)
+
+    def client_tool_result(self, frame: ToolResult, now: float) -> list[Action]:
+        """A client's result for a call of a stream of this session (or a forwarded one).
+
+        Its refusal is a `SendControl`; the shell that forwarded it sends that to the
+        follower's client.
+        """
+        sid = frame.stream_id
+        stream = self.streams.get(sid)
+        if stream is None or stream.loop is None or not stream.loop.policy.client_tools:
+            message = "this stream takes no tool results (agent.client_tools is not on)"
+            if stream is None:
+                return [_refuse("unknown_stream", "no running stream has this id", sid)]
+            return [_refuse("unknown_tool_call", message, sid)]
+        output = stream.tool_result(frame.call_id, frame.content, frame.error, client=True, now=now)
+        if isinstance(output, Refused):
+            return [_refuse(output.code, output.message, sid)]
+        actions: list[Action] = [SendStream(sid, output)]
+        if output.turn is not None and output.turn.request is not None:
+            actions.append(NextTurn(sid, output.turn.request))
+        return actions
+
+    def tool_finished(
+        self, stream_id: str, call_id: str, content: Any, error: ToolError | None, now: float
+    ) -> StreamOutput:
+        """A server tool's outcome for a call it ran; `turn.request` once the turn is whole."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return StreamOutput(closed=True)
+        output = stream.tool_result(call_id, content, error, client=False, now=now)
+        if isinstance(output, Refused):  # pragma: no cover - the shell runs each call once
+            raise ProtocolError(f"a server tool's result was refused: {output.code}")
+        return output
 
     def drain(self) -> None:
         """The gateway is shutting down: refuse new streams, let running ones finish."""
@@ -597,6 +676,8 @@ class Session:
             forbidden = Forbidden(f"this principal may not use model {frame.request.model!r}")
             return [_refuse(forbidden.code, forbidden.public_message, sid)]
         try:
+            if frame.options.agent is not None:
+                frame = msgspec.structs.replace(frame, request=self._with_tools(frame))
             target = self._resolve(frame.request, frame.options)
         except WsgateError as exc:
             return [_refuse(exc.code, exc.public_message, sid)]
@@ -619,6 +700,28 @@ class Session:
             message_id = self._new_message_id()
             return [AdmitStart(frame, target, key, digest, message_id, epoch, quota)]
         return self._open(frame, target, self._new_message_id(), epoch, now)
+
+    def _with_tools(self, frame: Start) -> ChatRequest:
+        """The request with the stream's server-side tools declared to the model.
+
+        Raises `BadRequest` for a tool that is not configured, or a name the request
+        declares already.
+        """
+        agent = frame.options.agent
+        request = frame.request
+        assert agent is not None  # noqa: S101 - only called for a loop
+        if not agent.server_tools:
+            return request
+        declared = {_tool_name(tool) for tool in request.tools or ()}
+        added: list[dict[str, Any]] = []
+        for name in dict.fromkeys(agent.server_tools):
+            definition = self._tools.get(name)
+            if definition is None:
+                raise BadRequest(f"agent.server_tools: no tool {name!r} is configured")
+            if name in declared:
+                raise BadRequest(f"agent.server_tools: the request declares {name!r} itself")
+            added.append(definition)
+        return msgspec.structs.replace(request, tools=[*(request.tools or ()), *added])
 
     def _resume(self, frame: Resume) -> list[Action]:
         sid = frame.stream_id
@@ -658,6 +761,17 @@ class Session:
             parser = target.parser()
         except WsgateError as exc:
             return [_refuse(exc.code, exc.public_message, sid)]
+        agent = frame.options.agent
+        loop = None
+        if agent is not None:
+            policy = LoopPolicy(
+                client_tools=agent.client_tools,
+                server_tools=frozenset(agent.server_tools),
+                max_steps=agent.max_steps,
+                result_timeout=agent.tool_timeout_ms / 1000,
+                max_result_bytes=self.limits.max_tool_result_bytes,
+            )
+            loop = ToolLoop(frame.request, policy)
         stream = Stream(
             sid,
             message_id,
@@ -669,6 +783,8 @@ class Session:
             self.limits.first_token_timeout,
             self.limits.max_duration,
             epoch,
+            loop,
+            target.parser,
         )
         self.streams[sid] = stream
         actions: list[Action] = [
@@ -684,6 +800,12 @@ class Session:
         if output.closed:
             self.streams.pop(stream.stream_id, None)
         return output
+
+
+def _tool_name(tool: dict[str, Any]) -> object:
+    """The name a request's tool declares (chat shape `function.name`, or flat `name`)."""
+    function = tool.get("function")
+    return function.get("name") if isinstance(function, dict) else tool.get("name")
 
 
 def frame_type(frame: object) -> str:

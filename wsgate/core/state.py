@@ -22,6 +22,7 @@ class State(Enum):
     NEW = "new"  # created, `stream.started` not yet emitted
     OPEN = "open"  # started, no content from upstream yet (TTFT is running)
     STREAMING = "streaming"  # content has arrived
+    AWAITING_TOOLS = "awaiting_tools"  # a turn ended in tool calls; results are awaited
     CLOSED = "closed"  # `finish` emitted; nothing more is sent
 
 
@@ -31,6 +32,8 @@ class Event(Enum):
     START = "start"  # the gateway accepted the `start` frame
     CONTENT = "content"  # a durable content event from upstream (role, text, tool, usage)
     FINISH = "finish"  # the provider ended the turn
+    TOOLS = "tools"  # the turn ended in tool calls the agent loop answers (core/agent.py)
+    NEXT_TURN = "next_turn"  # every call has a result: the next model turn starts
     FAIL = "fail"  # the upstream call failed or timed out
     CANCEL = "cancel"  # the client cancelled, or its connection closed
 
@@ -48,10 +51,20 @@ TRANSITIONS: dict[tuple[State, Event], State | str] = {
     (State.STREAMING, Event.FINISH): State.CLOSED,
     (State.STREAMING, Event.FAIL): State.CLOSED,
     (State.STREAMING, Event.CANCEL): State.CLOSED,
+    (State.OPEN, Event.TOOLS): State.AWAITING_TOOLS,
+    (State.STREAMING, Event.TOOLS): State.AWAITING_TOOLS,
+    (State.AWAITING_TOOLS, Event.NEXT_TURN): State.OPEN,
+    (State.AWAITING_TOOLS, Event.FAIL): State.CLOSED,
+    (State.AWAITING_TOOLS, Event.CANCEL): State.CLOSED,
+    # The ended turn's provider call may still deliver bytes before it is closed.
+    (State.AWAITING_TOOLS, Event.CONTENT): DROP,
+    (State.AWAITING_TOOLS, Event.FINISH): DROP,
     (State.CLOSED, Event.CONTENT): DROP,
     (State.CLOSED, Event.FINISH): DROP,
     (State.CLOSED, Event.FAIL): DROP,
     (State.CLOSED, Event.CANCEL): DROP,
+    (State.CLOSED, Event.TOOLS): DROP,
+    (State.CLOSED, Event.NEXT_TURN): DROP,
 }
 
 

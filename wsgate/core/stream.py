@@ -9,19 +9,24 @@ It does not queue or send anything; the session and the shells do.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from wsgate.core import events as ev
+from wsgate.core.agent import Accepted, LoopFails, Refused, ToolCall, ToolLoop, TurnEnded
 from wsgate.core.errors import (
+    AgentLoopFailed,
     ProtocolError,
     StreamTimeout,
+    ToolTimeout,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
     WsgateError,
 )
 from wsgate.core.frames import (
+    ChatRequest,
     DeltaReasoning,
     DeltaRole,
     DeltaText,
@@ -35,11 +40,16 @@ from wsgate.core.frames import (
     StructuredError,
     StructuredFrame,
     Telemetry,
+    ToolAwaiting,
     ToolCallArgumentsChunk,
     ToolCallEndFrame,
     ToolCallError,
     ToolCallSnapshot,
     ToolCallStartFrame,
+    ToolError,
+    ToolExecuting,
+    ToolResultFrame,
+    TurnStarted,
     UsageFrame,
     encode_frame,
 )
@@ -58,7 +68,7 @@ ORDERED_AFTER_TEXT = (
 PROVIDER_FAILED = "the provider ended the turn with an error"
 UNRELAYABLE = "the provider sent a value nested too deeply to relay"
 
-TIMEOUT_CODES = frozenset({"upstream_timeout", "stream_timeout"})
+TIMEOUT_CODES = frozenset({"upstream_timeout", "stream_timeout", "tool_timeout"})
 """Error codes whose stream ends with finish reason `timeout` rather than `error`."""
 
 
@@ -80,6 +90,18 @@ class UpstreamParser(Protocol):
         """The provider closed the stream; a cut-short stream ends with an error item."""
 
 
+@dataclass(frozen=True, slots=True)
+class TurnChange:
+    """The agent loop moved (core/agent.py): a turn ended in calls, or the next one is ready.
+
+    `run`: the turn's calls the gateway runs now (server-side tools). `request`: every call
+    has its result; the next model turn is this request, read with the stream's new parser.
+    """
+
+    run: tuple[ToolCall, ...] = ()
+    request: ChatRequest | None = None
+
+
 @dataclass(slots=True)
 class StreamOutput:
     """What one call into a stream produced: frames and their encodings, in order.
@@ -94,6 +116,7 @@ class StreamOutput:
     closed: bool = False
     deadline: float | None = None  # call `poll` then: buffered text waits on time
     retry: WsgateError | None = None  # a transient failure before the first token (below)
+    turn: TurnChange | None = None  # the agent loop ended a turn or readied the next
 
     def add(self, frame: ServerFrame) -> None:
         """Append a frame and its encoding; raises `FrameEncodeError` (nothing appended)."""
@@ -123,6 +146,8 @@ class Stream:
         first_token_timeout: float = math.inf,
         max_duration: float = math.inf,
         epoch: str | None = None,
+        loop: ToolLoop | None = None,
+        new_parser: Callable[[], UpstreamParser] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.message_id = message_id
@@ -143,6 +168,12 @@ class Stream:
         self._role_sent = False
         self._first_token_timeout = first_token_timeout
         self._max_duration = max_duration
+        # The agent loop (None: one turn). Per turn: when it began, whether it had content.
+        self.loop = loop
+        self._new_parser = new_parser
+        self._turn_began = now
+        self._turn_content = False
+        self._awaiting_since = 0.0  # when the last turn ended in calls
 
     @property
     def closed(self) -> bool:
@@ -167,6 +198,8 @@ class Stream:
         """Consume upstream bytes; a parse failure ends the stream with `error` + `finish`."""
         if self.closed:
             return StreamOutput(closed=True)
+        if self.state is State.AWAITING_TOOLS:
+            return StreamOutput()  # the ended turn's call, read past its finish: dropped
         try:
             events: list[ParseItem] = self._parser.feed(data)
         except WsgateError as exc:
@@ -177,6 +210,8 @@ class Stream:
         """The upstream response ended; a cut-short stream fails, it is never `stop`."""
         if self.closed:
             return StreamOutput(closed=True)
+        if self.state is State.AWAITING_TOOLS:
+            return StreamOutput()
         try:
             events: list[ParseItem] = self._parser.eof()
         except WsgateError as exc:
@@ -247,20 +282,33 @@ class Stream:
         earliest deadline and calls `Session.expire` when it fires.
         """
         end = self._started_at + self._max_duration
-        if self.has_content:
+        tools = self._tools_deadline()
+        if tools is not None:
+            return min(end, tools)
+        if self._turn_content or self.state is State.AWAITING_TOOLS:
             return end
-        return min(end, self._started_at + self._first_token_timeout)
+        return min(end, self._turn_began + self._first_token_timeout)
 
     def first_token_left(self, now: float) -> float | None:
-        """Seconds until the first-token deadline; None once content arrived."""
-        if self.has_content:
+        """Seconds until the turn's first-token deadline; None once content arrived."""
+        if self._turn_content or self.state is State.AWAITING_TOOLS:
             return None
-        return self._started_at + self._first_token_timeout - now
+        return self._turn_began + self._first_token_timeout - now
+
+    def _tools_deadline(self) -> float | None:
+        """When the client's results for the ended turn are due, while some are awaited."""
+        loop = self.loop
+        if self.state is not State.AWAITING_TOOLS or loop is None or not loop.awaiting_client:
+            return None
+        return self._awaiting_since + loop.policy.result_timeout
 
     def timed_out(self, now: float) -> WsgateError | None:
         """The error that ends this stream at `now`, if one of its deadlines has passed."""
         if now >= self._started_at + self._max_duration:
             return StreamTimeout(f"the stream ran longer than {self._max_duration:g} s")
+        tools = self._tools_deadline()
+        if tools is not None and now >= tools:
+            return ToolTimeout("the client's tool results did not come in time")
         left = self.first_token_left(now)
         if left is not None and left <= 0:
             return UpstreamTimeout(
@@ -304,7 +352,7 @@ class Stream:
     def _event(self, out: StreamOutput, event: ParseItem, now: float) -> bool:
         """Any event but a text delta; False when the stream ended or failed."""
         if isinstance(event, WsgateError | ev.Finish):
-            self._end(event, out)
+            self._end(event, out, now)
             return False
         if isinstance(event, ev.RoleDelta):
             if self._role_sent:
@@ -325,8 +373,12 @@ class Stream:
         self._committed = True
         if self.state is not State.STREAMING:
             self._apply(Event.CONTENT)
-        if self._first_token_at is None:
-            self._first_token_at = now
+        if not self._turn_content:
+            self._turn_content = True
+            if self._first_token_at is None:
+                self._first_token_at = now
+        if self.loop is not None:
+            self.loop.text(text)
         self._tokens += 1
         pieces = self._text.push(text, now)
         if len(pieces) == 1 and type(piece := pieces[0]) is str:
@@ -337,7 +389,7 @@ class Stream:
             return True
         return self._add_all(out, self._text_frames(pieces))
 
-    def _end(self, event: WsgateError | ev.Finish, out: StreamOutput) -> None:
+    def _end(self, event: WsgateError | ev.Finish, out: StreamOutput, now: float) -> None:
         """The provider's turn ended: a finish, a failure, or a failure worth a retry."""
         if isinstance(event, WsgateError):
             if event.transient and not self._committed:
@@ -349,7 +401,69 @@ class Stream:
             out.extend(self.fail(UpstreamError(PROVIDER_FAILED)))
         else:
             out.extend(self._flush_text())
+            looping = self.loop is not None and event.reason in {"tool_calls", "stop"}
+            if looping and self._end_turn(out, now):
+                return
             out.add(self._finish(Event.FINISH, event.reason))
+
+    def _end_turn(self, out: StreamOutput, now: float) -> bool:
+        """The agent loop's verdict on a finished turn; False: the stream finishes as usual."""
+        loop = self.loop
+        assert loop is not None  # noqa: S101 - only called with a loop
+        outcome = loop.end_turn()
+        if isinstance(outcome, LoopFails):
+            out.extend(self.fail(AgentLoopFailed(outcome.code, outcome.message)))
+            return True
+        if not isinstance(outcome, TurnEnded):
+            return False
+        sid = self.stream_id
+        self._apply(Event.TOOLS)
+        self._awaiting_since = now
+        self._text = TextPipeline(self.options)  # each turn's text is split on its own
+        for call in outcome.run:
+            out.add(ToolExecuting(sid, self._next(), call.call_id, call.name))
+        if outcome.awaiting:
+            timeout_ms = round(loop.policy.result_timeout * 1000)
+            out.add(
+                ToolAwaiting(sid, self._next(), outcome.turn, list(outcome.awaiting), timeout_ms)
+            )
+        out.turn = TurnChange(run=outcome.run)
+        return True
+
+    def tool_result(
+        self, call_id: str, content: Any, error: ToolError | None, *, client: bool, now: float
+    ) -> StreamOutput | Refused:
+        """A call's result (`client`: from a `tool_result` frame; else a server tool's).
+
+        Taken: its `tool.result` frame, and once the turn's calls all have one, the next
+        turn's `turn.started` and request (`out.turn`). Refused: nothing changes.
+        """
+        loop = self.loop
+        if loop is None or self.closed:
+            return Refused("unknown_tool_call", "this stream awaits no tool results")
+        verdict = loop.accept(call_id, content, error, client=client)
+        if isinstance(verdict, Refused):
+            return verdict
+        assert isinstance(verdict, Accepted)  # noqa: S101 - the two outcomes
+        out = StreamOutput()
+        call = verdict.call
+        result = ToolResultFrame(
+            self.stream_id, self._next(), call_id, call.name, "client" if client else "server"
+        )
+        if error is not None:
+            result.error = error
+        else:
+            result.content = content
+        out.add(result)
+        if verdict.request is not None:
+            self._apply(Event.NEXT_TURN)
+            self._turn_began = now
+            self._turn_content = self._committed = False
+            if self._new_parser is not None:
+                self._parser = self._new_parser()
+            out.add(TurnStarted(self.stream_id, self._next(), loop.turn))
+            out.turn = TurnChange(request=verdict.request)
+        return out
 
     def _add_all(self, out: StreamOutput, frames: list[ServerFrame]) -> bool:
         """Add frames; a frame that cannot be encoded fails the stream (False)."""
@@ -396,8 +510,15 @@ class Stream:
         if isinstance(event, ev.RoleDelta):
             return [DeltaRole(sid, self._next(), event.role)]
         if isinstance(event, ORDERED_AFTER_TEXT):
-            if isinstance(event, ev.ToolCallStart) and self._first_token_at is None:
-                self._first_token_at = now  # a tool call is the answer's first token too
+            if isinstance(event, ev.ToolCallStart) and not self._turn_content:
+                self._turn_content = True  # a tool call is the answer's first token too
+                if self._first_token_at is None:
+                    self._first_token_at = now
+            loop = self.loop
+            if loop is not None and isinstance(event, ev.ToolCallEnd):
+                loop.call_ended(event.call_id, event.name, event.arguments)
+            elif loop is not None and isinstance(event, ev.ToolCallFailed):
+                loop.call_failed()
             # Held text was written before this frame: it leaves first, order is kept.
             return [*self._text_frames(self._text.drain()), *self._content_frames(event)]
         return self._content_frames(event)

@@ -51,9 +51,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import websockets
 from websockets.asyncio.server import ServerConnection
 
+from wsgate.core.agent import ToolCall
 from wsgate.core.errors import (
     ERROR_CODES,
     AuthFailed,
@@ -68,7 +70,16 @@ from wsgate.core.errors import (
     WsgateError,
 )
 from wsgate.core.flow import Pause
-from wsgate.core.frames import DeltaText, ErrorFrame, FinishFrame, GoAway, Heartbeat, encode_frame
+from wsgate.core.frames import (
+    DeltaText,
+    ErrorFrame,
+    FinishFrame,
+    GoAway,
+    Heartbeat,
+    ToolError,
+    ToolResult,
+    encode_frame,
+)
 from wsgate.core.principal import Principal
 from wsgate.core.ratelimit import Limiter
 from wsgate.core.session import (
@@ -80,6 +91,8 @@ from wsgate.core.session import (
     CancelUpstream,
     CloseConnection,
     DetachStream,
+    ForwardToolResult,
+    NextTurn,
     ResumeStream,
     SendControl,
     SendStream,
@@ -127,6 +140,8 @@ class Shared:
     policy_closes: LogThrottle = field(
         default_factory=lambda: LogThrottle("connection_closed_by_policy")
     )  # failed authentications, bad frames: clients cause them at will
+    run_tool: Callable[[str, ToolCall], Awaitable[tuple[Any, ToolError | None]]] | None = None
+    """Runs a server-side tool's call (message_id, call) once; None: no [tools] configured."""
 
     def cancel_here(self, message_id: str, principal: str | None = None) -> bool:
         """Cancel a logged generation if it runs on this node (for `principal`, if given)."""
@@ -139,6 +154,30 @@ class Shared:
             return False  # another principal's: it reads as unknown (rule 6)
         connection.apply(connection.session.cancel(stream_id))
         return True
+
+    def tool_result_here(
+        self, message_id: str, frame: ToolResult, principal: str
+    ) -> list[SendControl] | None:
+        """Hand a follower's `tool_result` to the stream generating `message_id` on this node.
+
+        None when it does not run here (or is another principal's); else the refusals to
+        send the follower's client (with its `stream_id`), if the result was not taken.
+        """
+        local = self.generations.get(message_id)
+        if local is None:
+            return None
+        connection, stream_id = local
+        owner = connection.session.principal
+        if owner is None or owner.id != principal:
+            return None
+        forwarded = msgspec.structs.replace(frame, stream_id=stream_id)
+        actions = connection.session.client_tool_result(forwarded, time.monotonic())
+        connection.apply([a for a in actions if not isinstance(a, SendControl)])
+        return [
+            SendControl(msgspec.structs.replace(a.frame, stream_id=frame.stream_id))
+            for a in actions
+            if isinstance(a, SendControl)
+        ]
 
 
 class Connection:
@@ -387,14 +426,40 @@ class Connection:
             elif isinstance(action, CancelUpstream):
                 self.shared.accounting.cancels += 1
                 self.stream_tasks.cancel(action.stream_id)
-            elif isinstance(action, DetachStream):
-                self._detach(action)
-            elif isinstance(action, BeginLog):
-                self._begin_log(action)
+            elif isinstance(action, DetachStream | BeginLog):
+                self._apply_log(action)
             elif isinstance(action, CloseConnection | Authenticate):
                 self._apply_connection(action)
+            elif isinstance(action, NextTurn | ForwardToolResult):
+                self._apply_agent(action)
             else:
                 self._apply_stored(action)
+
+    def _apply_agent(self, action: NextTurn | ForwardToolResult) -> None:
+        """The agent loop: a turn's results are in, or a follower's result is to forward.
+
+        A follower's result goes to the generation it follows, if it runs on this node.
+        """
+        if isinstance(action, NextTurn):
+            self.stream_tasks.next_turn(action.stream_id, action.request)
+            return
+        refusals = self.shared.tool_result_here(action.message_id, action.frame, self._principal_id)
+        if refusals is None:
+            message = "the generation does not run on this node: send tool results to its node"
+            refusals = [
+                SendControl(
+                    ErrorFrame(
+                        "unknown_tool_call", message, retryable=False, stream_id=action.stream_id
+                    )
+                )
+            ]
+        self.apply(list(refusals))
+
+    def _apply_log(self, action: DetachStream | BeginLog) -> None:
+        if isinstance(action, DetachStream):
+            self._detach(action)
+        else:
+            self._begin_log(action)
 
     def _apply_connection(self, action: CloseConnection | Authenticate) -> None:
         if isinstance(action, Authenticate):
@@ -443,8 +508,13 @@ class Connection:
                 quotas.stream_ended(stream_id)
         if output.closed:
             self._count_finish(output)
-        elif output.deadline is not None:
-            self.stream_tasks.schedule_poll(stream_id, output.deadline)
+        else:
+            if output.deadline is not None:
+                self.stream_tasks.schedule_poll(stream_id, output.deadline)
+            if output.turn is not None:  # the agent loop moved: its deadline did too
+                stream = self.session.streams.get(stream_id)
+                if stream is not None:
+                    self._watch(stream.deadline())
         detached = self.logs.get(stream_id)
         if detached is not None:
             self._log_detached(detached, output)
@@ -566,6 +636,18 @@ class Connection:
     def retried(self) -> None:
         """Account one retry of a provider call."""
         self.shared.accounting.upstream_retries += 1
+
+    async def run_tool(
+        self,
+        stream_id: str,  # noqa: ARG002 - the port's signature; the runner keys by message_id
+        message_id: str,
+        call: ToolCall,
+    ) -> tuple[Any, ToolError | None]:
+        """Run a server-side tool's call (the gateway's runner: its ledger, its limits)."""
+        run = self.shared.run_tool
+        if run is None:  # pragma: no cover - a stream names only configured tools
+            return None, ToolError("tool_unavailable", "no tools are configured")
+        return await run(message_id, call)
 
     # --- the event log, resumes and cancels by message_id --------------------------------
 

@@ -28,6 +28,7 @@ class ConnectionOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # before the first token only
     max_bad_frames: int = 100  # refused client frames before the connection is closed
     max_detached: int = 1024  # gateway-wide: streams kept generating after their client left
+    max_tool_result_bytes: int = 4 * 1024 * 1024  # per stream: all its tool results
 
     @property
     def tick(self) -> float:
@@ -66,4 +67,5 @@ def session_limits(
         first_token_timeout=options.first_token_timeout,
         max_duration=options.max_duration,
         max_bad_frames=options.max_bad_frames,
+        max_tool_result_bytes=options.max_tool_result_bytes,
     )

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
+from wsgate.core.agent import ToolCall
 from wsgate.core.errors import WsgateError
-from wsgate.core.frames import ChatRequest
+from wsgate.core.frames import ChatRequest, ToolError
 from wsgate.core.session import Session, Target
 from wsgate.core.store import Store
 from wsgate.core.stream import StreamOutput
@@ -102,6 +103,11 @@ class StreamHost(Protocol):
 
     def retried(self) -> None:
         """Account one retry of a provider call."""
+
+    async def run_tool(
+        self, stream_id: str, message_id: str, call: ToolCall
+    ) -> tuple[Any, ToolError | None]:
+        """Run a server-side tool's call once: its content, or why it has none."""
 
 
 class FollowerHost(Protocol):

@@ -7,8 +7,16 @@ failures while the client saw no content (within the first-token deadline the se
 reports). The stream's time limits are the core's deadlines (`Stream.deadline`), watched by
 one timer per connection: an expired stream is ended by the session and its task cancelled.
 
-A cancel is `task.cancel()`: leaving the upstream's `async with` closes the provider
-connection, and the time from the cancel decision to that close is accounted. Tasks are
+A stream in the agent loop (core/agent.py) keeps its one task across its model turns: a
+turn that ends in tool calls returns from the provider call; the task then runs the turn's
+server-side tools (`StreamHost.run_tool`, concurrently) and waits for the next turn's
+request, which the last result brings (a server tool's, or the client's via `next_turn`),
+and opens that turn's provider call. So a cancel, a time limit or a detach treats a
+waiting stream like a generating one.
+
+A cancel is `task.cancel()`: leaving the upstream's `async with` (or a tool's HTTP call)
+closes the provider connection, and the time from the cancel decision to that close is
+accounted. Tasks are
 forgotten by a done-callback (a task cancelled before it first runs never executes its
 body). A detached stream's task (`on_disconnect: continue`) is adopted by the gateway, so
 it outlives its connection until its window passes.
@@ -20,11 +28,15 @@ says whether the body pauses.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 
+from wsgate.core.agent import ToolCall
 from wsgate.core.errors import WsgateError
+from wsgate.core.frames import ChatRequest
 from wsgate.core.session import StartUpstream
+from wsgate.core.stream import TurnChange
 from wsgate.gateway.ports import Body, StreamHost, Upstream
 from wsgate.log import bind, get_logger
 
@@ -34,7 +46,16 @@ log = get_logger("wsgate.gateway")
 class StreamTasks:
     """The stream tasks of one connection."""
 
-    __slots__ = ("_cancelled_at", "_expiry", "_message_ids", "_polls", "host", "tasks", "upstream")
+    __slots__ = (
+        "_cancelled_at",
+        "_expiry",
+        "_message_ids",
+        "_polls",
+        "_turns",
+        "host",
+        "tasks",
+        "upstream",
+    )
 
     def __init__(self, host: StreamHost, upstream: Upstream) -> None:
         self.host = host
@@ -44,6 +65,8 @@ class StreamTasks:
         self._cancelled_at: dict[asyncio.Task[None], float] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._polls: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        # Agent loop: the next turn's request of a waiting stream (a future while awaited).
+        self._turns: dict[str, asyncio.Future[ChatRequest]] = {}
 
     def message_id(self, stream_id: str) -> str | None:
         """The message id of a stream started here."""
@@ -58,6 +81,16 @@ class StreamTasks:
         # A done-callback, not a `finally`: a task cancelled before it first runs never
         # executes its body, and must not stay in the table with its request.
         task.add_done_callback(lambda done: self._forget(sid, done))
+
+    def next_turn(self, stream_id: str, request: ChatRequest) -> None:
+        """The client's results completed a turn of `stream_id`: its task opens `request`."""
+        if stream_id not in self.tasks:
+            return
+        turn = self._turns.get(stream_id)
+        if turn is None:
+            turn = self._turns[stream_id] = asyncio.get_running_loop().create_future()
+        if not turn.done():
+            turn.set_result(request)
 
     def cancel(self, stream_id: str) -> None:
         """Close a stream's upstream call now."""
@@ -125,6 +158,7 @@ class StreamTasks:
         if self.tasks.get(stream_id) is task:
             del self.tasks[stream_id]
             self._message_ids.pop(stream_id, None)
+            self._turns.pop(stream_id, None)
             poll = self._polls.pop(stream_id, None)
             if poll is not None:
                 poll[1].cancel()
@@ -137,7 +171,11 @@ class StreamTasks:
         # (cheaper per stream than a `bound` block kept open for the stream's life).
         bind(stream_id=sid, message_id=start.message_id)
         try:
-            await self._attempts(start)
+            turn = await self._attempts(start)
+            while turn is not None:  # the agent loop: this turn ended in tool calls
+                request = await self._between_turns(start, turn)
+                start = dataclasses.replace(start, request=request)
+                turn = await self._attempts(start)
         except WsgateError as exc:
             log.info("upstream_failed", code=exc.code)
             host.deliver(sid, host.session.upstream_failed(sid, exc))
@@ -145,15 +183,41 @@ class StreamTasks:
             log.exception("stream_crashed")
             host.deliver(sid, host.session.upstream_failed(sid, WsgateError("internal error")))
 
-    async def _attempts(self, start: StartUpstream) -> None:
-        """Call the provider; retry transient failures while the client saw no content."""
+    async def _between_turns(self, start: StartUpstream, turn: TurnChange) -> ChatRequest:
+        """Run the turn's server tools, then wait for the next turn's request."""
+        sid = start.stream_id
+        request: ChatRequest | None = None
+        if turn.run:
+            outcomes = await asyncio.gather(*(self._run_tool(start, call) for call in turn.run))
+            request = next((r for r in outcomes if r is not None), None)
+        if request is None:
+            waiting = self._turns.get(sid)
+            if waiting is None:
+                waiting = self._turns[sid] = asyncio.get_running_loop().create_future()
+            request = await waiting
+        self._turns.pop(sid, None)
+        return request
+
+    async def _run_tool(self, start: StartUpstream, call: ToolCall) -> ChatRequest | None:
+        """One server tool's call, its outcome delivered; the next turn's request if it was last."""
+        host, sid = self.host, start.stream_id
+        content, error = await host.run_tool(sid, start.message_id, call)
+        output = host.session.tool_finished(sid, call.call_id, content, error, time.monotonic())
+        host.deliver(sid, output)
+        return output.turn.request if output.turn is not None else None
+
+    async def _attempts(self, start: StartUpstream) -> TurnChange | None:
+        """Call the provider; retry transient failures while the client saw no content.
+
+        Returns the agent loop's turn change when the turn ended in tool calls.
+        """
         policy = self.host.options.retry
         session = self.host.session
         began = time.monotonic()
         attempt = 0
         while True:
             try:
-                await self._pump(start)
+                return await self._pump(start)
             except WsgateError as exc:
                 attempt += 1
                 elapsed = time.monotonic() - began
@@ -170,10 +234,8 @@ class StreamTasks:
                 )
                 self.host.retried()
                 await asyncio.sleep(delay)
-            else:
-                return
 
-    async def _pump(self, start: StartUpstream) -> None:
+    async def _pump(self, start: StartUpstream) -> TurnChange | None:
         sid = start.stream_id
         host = self.host
         async with self.upstream.open(start.request, start.target) as body:
@@ -185,11 +247,12 @@ class StreamTasks:
         if feed.retry is not None:
             raise feed.retry  # after the provider call was closed
         if feed.ended:
-            return
+            return feed.turn
         output = host.session.upstream_eof(sid, time.monotonic())
         host.deliver(sid, output)
         if output.retry is not None:
             raise output.retry
+        return output.turn
 
 
 class _Feed:
@@ -199,7 +262,7 @@ class _Feed:
     per-token path. A plain object, so nothing of a chunk's output is kept past the call.
     """
 
-    __slots__ = ("body", "ended", "host", "retry", "stream_id")
+    __slots__ = ("body", "ended", "host", "retry", "stream_id", "turn")
 
     def __init__(self, host: StreamHost, stream_id: str, body: Body) -> None:
         self.host = host
@@ -207,6 +270,7 @@ class _Feed:
         self.body = body
         self.retry: WsgateError | None = None
         self.ended = False
+        self.turn: TurnChange | None = None  # the turn ended in tool calls (agent loop)
 
     def data(self, chunk: bytes) -> bool:
         """Hand one chunk to the session and deliver its frames; True once reading must stop.
@@ -219,8 +283,9 @@ class _Feed:
         if output.retry is not None:
             self.retry = output.retry
             return True
-        if output.closed:
+        if output.closed or output.turn is not None:
             self.ended = True
+            self.turn = output.turn
             return True
         host.hold(sid, self.body)
         return False

@@ -8,6 +8,36 @@
 // --- Client frames (wsgate.v1 client frame) ---
 
 /**
+ * The agent loop (PROTOCOL.md §8.5): tool calls answered, then the next model turn.
+ *
+ * `client_tools`: the client answers calls to the tools its request declares with
+ * `tool_result` frames, within `tool_timeout_ms` of `tool.awaiting`. `server_tools`: the
+ * configured tools (`[tools.NAME]`) the model may call; the gateway runs them. At most
+ * `max_steps` model turns.
+ */
+export interface AgentOptions {
+  /**
+   * @defaultValue `false`
+   */
+  client_tools?: boolean;
+  /**
+   * Schema: minimum `1`, maximum `64`.
+   * @defaultValue `8`
+   */
+  max_steps?: number;
+  /**
+   * Schema: maxItems `64`.
+   * @defaultValue `[]`
+   */
+  server_tools?: string[];
+  /**
+   * Schema: minimum `1`, maximum `600000`.
+   * @defaultValue `60000`
+   */
+  tool_timeout_ms?: number;
+}
+
+/**
  * Authenticate (the first frame of a connection without credentials), or refresh.
  *
  * `token` is an API key or a JWT. Sent again before the token's `exp`, it refreshes the
@@ -134,6 +164,7 @@ export interface Start {
  * Per-stream delivery options.
  */
 export interface StartOptions {
+  agent?: AgentOptions | null;
   /**
    * @defaultValue `"immediate"`
    */
@@ -208,7 +239,23 @@ export interface StructuredOptions {
 }
 
 /**
- * Reserved: a client-side tool's result. Answered with `unsupported`.
+ * Why a tool call has no result: a code and a message the model reads.
+ */
+export interface ToolError {
+  /**
+   * Schema: pattern `^[a-z][a-z0-9_]{0,63}$`.
+   */
+  code: string;
+  /**
+   * Schema: maxLength `4096`.
+   */
+  message: string;
+}
+
+/**
+ * A client-side tool's result for a call of a stream's pending turn (§4.5).
+ *
+ * Exactly one of `content` (any JSON: a string goes to the model as is) and `error`.
  */
 export interface ToolResult {
   type: "tool_result";
@@ -217,8 +264,12 @@ export interface ToolResult {
    * Schema: pattern `^[A-Za-z0-9._:\-]{1,64}$`.
    */
   stream_id: string;
+  /**
+   * Schema: minLength `1`, maxLength `256`.
+   */
   call_id: string;
-  content: unknown;
+  content?: unknown;
+  error?: ToolError | null;
 }
 
 // --- Gateway frames (wsgate.v1 server frame) ---
@@ -448,6 +499,22 @@ export interface Telemetry {
 }
 
 /**
+ * The turn ended in calls the client answers with `tool_result` within `timeout_ms`.
+ */
+export interface ToolAwaiting {
+  type: "tool.awaiting";
+  stream_id: string;
+  /**
+   * Gapless per-stream sequence number, from 1.
+   * Schema: minimum `1`.
+   */
+  seq: number;
+  turn: number;
+  call_ids: string[];
+  timeout_ms: number;
+}
+
+/**
  * A raw fragment of a tool call's JSON arguments, for progressive display.
  */
 export interface ToolCallArgumentsChunk {
@@ -528,6 +595,53 @@ export interface ToolCallStartFrame {
 }
 
 /**
+ * The gateway runs a server-side tool's call now.
+ */
+export interface ToolExecuting {
+  type: "tool.executing";
+  stream_id: string;
+  /**
+   * Gapless per-stream sequence number, from 1.
+   * Schema: minimum `1`.
+   */
+  seq: number;
+  call_id: string;
+  name: string;
+}
+
+/**
+ * A call's result, taken for the next turn: from the client or a server-side tool.
+ */
+export interface ToolResultFrame {
+  type: "tool.result";
+  stream_id: string;
+  /**
+   * Gapless per-stream sequence number, from 1.
+   * Schema: minimum `1`.
+   */
+  seq: number;
+  call_id: string;
+  name: string;
+  source: "client" | "server";
+  content?: unknown;
+  error?: ToolError | null;
+}
+
+/**
+ * The next model turn of the stream was sent to the provider (turn 2 onwards).
+ */
+export interface TurnStarted {
+  type: "turn.started";
+  stream_id: string;
+  /**
+   * Gapless per-stream sequence number, from 1.
+   * Schema: minimum `1`.
+   */
+  seq: number;
+  turn: number;
+}
+
+/**
  * Token counts reported by the provider.
  */
 export interface UsageFrame {
@@ -577,6 +691,10 @@ export type ServerFrame =
   | ToolCallError
   | StructuredFrame
   | StructuredError
+  | ToolAwaiting
+  | ToolExecuting
+  | ToolResultFrame
+  | TurnStarted
   | UsageFrame
   | FinishFrame
   | ErrorFrame
@@ -600,10 +718,14 @@ export interface ServerFrameMap {
   "structured": StructuredFrame;
   "structured.error": StructuredError;
   "telemetry": Telemetry;
+  "tool.awaiting": ToolAwaiting;
+  "tool.executing": ToolExecuting;
+  "tool.result": ToolResultFrame;
   "tool_call.arguments_chunk": ToolCallArgumentsChunk;
   "tool_call.end": ToolCallEndFrame;
   "tool_call.error": ToolCallError;
   "tool_call.snapshot": ToolCallSnapshot;
   "tool_call.start": ToolCallStartFrame;
+  "turn.started": TurnStarted;
   "usage": UsageFrame;
 }
