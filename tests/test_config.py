@@ -475,12 +475,18 @@ def test_the_example_configuration_routes_every_provider_kind():
 
 def test_the_readme_configuration_example_loads_and_routes(tmp_path):
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    providers, cluster, security = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+    providers, tools, cluster, security = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
     path = tmp_path / "readme.toml"
     path.write_text(providers, encoding="utf-8")
     settings = load_settings(path, environ={})
     routes = build_routes(settings, {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"})
     assert {route.kind for route in routes.values()} == {"openai_chat", "anthropic"}
+    path.write_text(providers + tools, encoding="utf-8")
+    configured = load_settings(path, environ={}).tools
+    assert {name: tool.kind for name, tool in configured.items()} == {
+        "weather": "http",
+        "summarise": "model",
+    }
     path.write_text(cluster, encoding="utf-8")
     assert load_settings(path, environ={}).store.kind == "redis"
     path.write_text(security, encoding="utf-8")
@@ -586,3 +592,36 @@ def test_tls_needs_both_a_certificate_and_its_key(write_toml):
 def test_a_ticket_lives_at_most_30_seconds(write_toml):
     with pytest.raises(ConfigError, match="ticket_ttl_s"):
         load_settings(write_toml("[auth]\nticket_ttl_s = 60\n"), environ={})
+
+
+def test_a_tool_of_kind_http_needs_a_url_and_a_model_tool_its_model_and_prompt(tmp_path):
+    cases = {
+        "[tools.t]\n": "needs url",
+        '[tools.t]\nkind = "model"\nmodel = "m"\n': "needs model and prompt",
+        '[tools.t]\nurl = "http://x"\nparameters = { type = "array" }\n': "type",
+        '[tools.t]\nurl = "http://x"\nprompt = "p"\n': "for kind model",
+        '[tools."bad name"]\nurl = "http://x"\n': "tools",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "tools.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_settings(path, environ={})
+
+
+def test_a_tools_headers_come_from_the_environment_and_files_and_an_unset_one_is_named(
+    tmp_path,
+):
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    path = tmp_path / "tools.toml"
+    path.write_text(
+        '[tools.t]\nurl = "http://x"\nheaders = { A = "lit" }\n'
+        'headers_env = { B = "TOOL_B" }\n'
+        f'headers_file = {{ C = "{secret}" }}\n'
+    )
+    tool = load_settings(path, environ={}).tools["t"]
+    assert tool.resolve_headers({"TOOL_B": "env"}) == {"A": "lit", "B": "env", "C": "from-file"}
+    assert "lit" not in repr(tool)
+    with pytest.raises(ConfigError, match="TOOL_B is unset"):
+        tool.resolve_headers({})

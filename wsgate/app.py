@@ -15,8 +15,9 @@ import signal
 from collections.abc import Mapping
 
 from wsgate import __version__
-from wsgate.config import ConfigError, Settings, is_loopback
+from wsgate.config import ConfigError, Settings, ToolSettings, is_loopback
 from wsgate.core.auth import JwksError
+from wsgate.core.errors import UnknownModel
 from wsgate.core.retry import RetryPolicy
 from wsgate.core.store import Store, StoreLimits
 from wsgate.gateway import authn
@@ -32,6 +33,7 @@ from wsgate.mock import MockProvider
 from wsgate.store.memory import MemoryStore
 from wsgate.store.redis import RedisStore
 from wsgate.upstream.client import Route, Timeouts, UpstreamClient
+from wsgate.upstream.tools import HttpTool, ModelTool, ToolRunner
 
 log = get_logger("wsgate.app")
 
@@ -54,6 +56,35 @@ __all__ = [
     "gateway_options",
     "tune_gc",
 ]
+
+
+def build_tools(
+    tools: Mapping[str, ToolSettings], environ: Mapping[str, str], upstream: UpstreamClient
+) -> dict[str, HttpTool | ModelTool]:
+    """The server-side tools' runtime specs: headers read, model tools' aliases routable."""
+    specs: dict[str, HttpTool | ModelTool] = {}
+    for name, tool in tools.items():
+        if tool.kind == "http":
+            assert tool.url is not None  # noqa: S101 - ToolSettings checks it
+            headers = tool.resolve_headers(environ)
+            specs[name] = HttpTool(
+                tool.url, headers, tool.timeout_s, tool.max_concurrency, tool.max_response_bytes
+            )
+            continue
+        assert tool.model is not None and tool.prompt is not None  # noqa: S101, PT018
+        try:
+            upstream.route(tool.model)
+        except UnknownModel:
+            raise ConfigError(f"tools.{name}.model: no model {tool.model!r} is routed") from None
+        specs[name] = ModelTool(
+            tool.model,
+            tool.prompt,
+            tool.max_tokens,
+            tool.timeout_s,
+            tool.max_concurrency,
+            tool.max_response_bytes,
+        )
+    return specs
 
 
 def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Route]:
@@ -96,6 +127,7 @@ def gateway_options(settings: Settings, max_connections: int | None = None) -> G
         exposed=exposed,
         compression=server.compression,
         demo=demo,
+        tools={name: tool.definition(name) for name, tool in settings.tools.items()},
         max_streams=limits.max_streams_per_connection,
         max_frame_bytes=limits.max_frame_bytes,
         telemetry_interval=limits.telemetry_interval_s,
@@ -183,6 +215,7 @@ class App:
         self.tls: ServerTls | None = None
         self.authenticator: Authenticator | None = None
         self.api: TicketApi | None = None
+        self.tools: ToolRunner | None = None
         self.routes: dict[str, Route] = {}
 
     async def start(self) -> None:
@@ -249,6 +282,11 @@ class App:
             limiter=store.limiter,
             quota_fail_open=settings.store.on_unavailable == "run_without_log",
         )
+        if settings.tools:
+            specs = build_tools(settings.tools, self.environ, self.upstream)
+            self.tools = ToolRunner(specs, store, self.upstream)
+            await self.tools.start()
+            shared.run_tool = self.tools.run
         ssl_context = None if self.tls is None else self.tls.context
         self.gateway = Gateway(
             gateway_options(settings, max_connections),
@@ -322,6 +360,8 @@ class App:
             await self.api.close()
         if self.gateway is not None:
             await self.gateway.close()
+        if self.tools is not None:
+            await self.tools.close()
         if self.store is not None:
             await self.store.close()
         if self.upstream is not None:

@@ -357,6 +357,76 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     tokens_per_s: _Rate = 40.0
 
 
+_ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A server-side tool of the agent loop (`[tools.NAME]`), run by the gateway.
+
+    `description` and `parameters` (a JSON Schema object) are what the model sees. Kind
+    `http`: the call's arguments are POSTed as JSON to `url`, with `headers` (literal,
+    masked in output) and headers read from the environment (`headers_env`: header ->
+    variable) or from files (`headers_file`: header -> path), at start. Kind `model`: a
+    configured model alias is called with `prompt`, in which `{name}` is replaced by the
+    argument `name` (`{{` and `}}` are braces), and its answer text is the result.
+    """
+
+    kind: Literal["http", "model"] = "http"
+    description: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    parameters: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    url: _HttpUrl | None = None
+    headers: dict[str, Secret] = {}
+    headers_env: dict[str, _EnvName] = {}
+    headers_file: dict[str, str] = {}
+    model: str | None = None
+    prompt: str | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    timeout_s: _Seconds = 30.0
+    max_concurrency: _Count = 8  # calls of this tool in flight, gateway-wide; more wait
+    max_response_bytes: _Bytes = 1_048_576
+
+    def __post_init__(self) -> None:
+        if self.parameters.get("type") != "object":
+            raise ConfigError('tools: parameters must be a JSON Schema with "type": "object"')
+        if self.kind == "http":
+            if self.url is None:
+                raise ConfigError("tools: a tool of kind http needs url")
+            if self.model is not None or self.prompt is not None:
+                raise ConfigError("tools: model and prompt are for kind model")
+        else:
+            if self.model is None or self.prompt is None:
+                raise ConfigError("tools: a tool of kind model needs model and prompt")
+            if self.url is not None or self.headers or self.headers_env or self.headers_file:
+                raise ConfigError("tools: url and headers are for kind http")
+
+    def definition(self, name: str) -> dict[str, Any]:
+        """The tool as the model sees it (OpenAI chat `tools` shape)."""
+        function: dict[str, Any] = {"name": name, "parameters": self.parameters}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+    def resolve_headers(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """Every header with its value: literal, from the environment, from a file."""
+        out = {name: value.get() for name, value in self.headers.items()}
+        for header, variable in self.headers_env.items():
+            value = environ.get(variable, "")
+            if not value:
+                raise ConfigError(f"tools: headers_env.{header}: {variable} is unset")
+            out[header] = value
+        for header, where in self.headers_file.items():
+            path = Path(where).expanduser()
+            try:
+                out[header] = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                message = f"tools: headers_file.{header}: cannot read {path}: {reason}"
+                raise ConfigError(message) from None
+        return out
+
+
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Structured logging; prompts stay out of the logs unless `include_prompts`."""
 
@@ -378,6 +448,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelRoute] = {}
+    tools: dict[_ToolName, ToolSettings] = {}
 
     def __post_init__(self) -> None:
         # load_settings checks the same with sources; this guards hand-built Settings.
@@ -613,6 +684,8 @@ class _Merger:
             for name, child in node.items():
                 self._check_required(value_type, child, (*key, name))
             return
+        if not _is_struct(tp):
+            return  # free-form JSON (a tool's `parameters`): nothing is required in it
         for field in msgspec.structs.fields(tp):
             if field.name in node:
                 if _is_table(field.type):

@@ -5,7 +5,8 @@ every provider request and disconnect, whichever node made it). A generation sta
 node A is resumed on node B byte-exact with its live tail, cancelled from node B, outlived
 by its owner (SIGKILL: the lease runs out, the resume ends `resume_owner_lost` after the
 replay), and keeps streaming through a Redis outage that new resumable starts see as a
-retryable `store_unavailable`.
+retryable `store_unavailable`. A server-side tool whose node is SIGKILLed mid-call ran once:
+the other node never runs it again (the ledger in Redis), whoever asks.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ url = "{redis_url}"
 node_id = "{name}"
 lease_s = {LEASE_S}
 resume_window_s = 30.0
+
+[tools.weather]
+url = "{mock.tool_url("weather", delay_ms=1500, result=21)}"
 """
     )
     return path
@@ -304,3 +308,32 @@ async def test_with_run_without_log_a_redis_outage_starts_streams_unlogged(
         frames = (await conn.finishes({"s3"}))["s3"]
     assert "epoch" not in frames[0]  # started, but not resumable
     assert stream_text(frames) == "unlogged"
+
+
+async def test_a_tool_call_whose_node_is_killed_mid_call_is_never_run_again(nodes, mock):
+    script = {
+        "turns": [{"text": "", "tool_calls": [{"name": "weather"}]}, {"text": "Warm."}],
+        "tag": "x-tool",
+    }
+    options = {"agent": {"server_tools": ["weather"]}, "on_disconnect": "continue"}
+    async with raw_connect(nodes["a"].url) as conn:
+        await conn.start("s1", mock_request(script), options)
+        (*_, executing) = await conn.until(lambda f: f["type"] == "tool.executing")
+        await mock.tools.wait_for(lambda tools: tools.count("weather") == 1, timeout=5)
+        seen = stream_frames(conn, "s1")
+        drop(conn)
+    nodes["a"].proc.kill()  # SIGKILL mid-call: the ledger says `running node-a` for good
+    nodes["a"].proc.wait()
+    async with raw_connect(nodes["b"].url) as conn:
+        await conn.send(
+            {"type": "resume", "message_id": seen[0]["message_id"], "last_seq": 0,
+             "stream_id": "r1"}
+        )  # fmt: skip
+        frames = await conn.until(lambda f: f["type"] == "error", timeout=LEASE_S * 5 + 5)
+    assert frames[-1]["code"] == "resume_owner_lost"
+    replayed = [f for f in frames if f.get("stream_id") == "r1" and "seq" in f]
+    assert any(f["type"] == "tool.executing" for f in replayed)
+    assert not any(f["type"] == "tool.result" for f in replayed)
+    await asyncio.sleep(2.0)  # past the tool's delay: a second run would have arrived by now
+    assert mock.tools.count(call_id=executing["call_id"]) == 1
+    assert mock.tools.count("weather") == 1

@@ -309,3 +309,35 @@ async def test_concurrent_takes_of_one_ticket_give_it_to_one(pair: Pair) -> None
     )
     assert taken.count(b"payload") == 1
     assert taken.count(None) == 19
+
+
+# --- the tool ledger -----------------------------------------------------------------
+
+
+async def test_a_tool_call_is_claimed_by_one_node_and_the_other_finds_it_running(
+    pair: Pair,
+) -> None:
+    assert await pair.here.tool_claim("m1:1:c1") is None
+    held = await pair.there.tool_claim("m1:1:c1")
+    assert held == b"running " + pair.here.node_id.encode()
+    assert await pair.here.tool_claim("m1:1:c1") == held  # its own claim again: still held
+
+
+async def test_concurrent_claims_of_one_tool_call_let_exactly_one_run_it(pair: Pair) -> None:
+    claims = await asyncio.gather(
+        *(store.tool_claim("m1:1:c1") for store in (pair.here, pair.there) * 5)
+    )
+    assert claims.count(None) == 1
+
+
+async def test_a_done_tool_call_gives_its_result_to_every_later_claim(pair: Pair) -> None:
+    assert await pair.here.tool_claim("m1:2:c1") is None
+    await pair.here.tool_done("m1:2:c1", b'{"temp_c":21}')
+    assert await pair.there.tool_claim("m1:2:c1") == b'done {"temp_c":21}'
+    assert await pair.there.tool_claim("m1:2:c2") is None  # another call, its own record
+
+
+async def test_the_tool_ledger_forgets_a_call_after_the_run_ttl(pair: Pair) -> None:
+    assert await pair.here.tool_claim("m1:1:c1") is None
+    await asyncio.sleep(LIMITS.run_ttl_s + 0.2)
+    assert await pair.there.tool_claim("m1:1:c1") is None

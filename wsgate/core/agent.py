@@ -19,7 +19,8 @@ Rules:
    `max_steps_exceeded`, its calls shown but never run.
 4. Results are bounded: all the results of one stream together at most
    `max_result_bytes` (UTF-8 of the text the model receives); the result that would pass
-   it is refused (`tool_result_too_large`), and the call stays open.
+   it is refused (`tool_result_too_large`), and the call stays open. Errors do not count
+   (a client's is at most 4 KiB, the gateway's a line), so a full stream can still say why.
 5. A forced `tool_choice` (`required`, or a named function) applies to the first turn only;
    later turns are `auto`, so a forced call cannot loop until `max_steps`.
 6. When the turn's calls include one to a tool the stream neither runs (server) nor lets
@@ -59,6 +60,7 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     server: bool  # run by the gateway (a `[tools.NAME]`)
+    turn: int  # the model turn that made it (a call id is unique within its turn only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ class ToolLoop:
             self._failed = True
             return
         server = name in self.policy.server_tools
-        self._calls.append(ToolCall(call_id, name, arguments, server))
+        self._calls.append(ToolCall(call_id, name, arguments, server, self.turn))
 
     def call_failed(self) -> None:
         """A call of the running turn ended without usable arguments (`tool_call.error`)."""
@@ -199,7 +201,7 @@ class ToolLoop:
         if client and call.server:
             return Refused("unknown_tool_call", "the gateway runs this tool call itself")
         text = model_text(content, error)
-        size = len(text.encode())
+        size = 0 if error is not None else len(text.encode())
         if self._result_bytes + size > self.policy.max_result_bytes:
             cap = self.policy.max_result_bytes
             return Refused(

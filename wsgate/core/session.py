@@ -518,6 +518,10 @@ class Session:
         if stream is None:
             return StreamOutput(closed=True)
         output = stream.tool_result(call_id, content, error, client=False, now=now)
+        if isinstance(output, Refused) and output.code == "tool_result_too_large":
+            # The stream's results are full: the model hears why instead of the result.
+            error = ToolError("tool_response_too_large", output.message)
+            output = stream.tool_result(call_id, None, error, client=False, now=now)
         if isinstance(output, Refused):  # pragma: no cover - the shell runs each call once
             raise ProtocolError(f"a server tool's result was refused: {output.code}")
         return output

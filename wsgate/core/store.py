@@ -16,9 +16,15 @@ What a store keeps, per `message_id` (a generation):
 - the principal it was started for (`Meta.principal`, "" when none was given): a resume or
   a cancel by another principal is the gateway's to refuse.
 
-Besides messages, a store keeps single-use tickets (`put_ticket`, `take_ticket`: an opaque
-payload under the SHA-256 of a ticket, never the ticket itself; taken once, atomically, by
-any node sharing the store; gone at their TTL) and provides the nodes' shared rate limiter
+Besides messages, a store keeps the agent loop's tool ledger (`tool_claim`, `tool_done`):
+per server-side tool call (its key names the message, the turn and the call id) either
+"running on node N" or "done, with this result", for `run_ttl_s`. Claiming is atomic (of
+two nodes claiming one call, one runs it); a call found running or done is never run again
+(the ledger's rule: at most once, and exactly once unless a node dies mid-call; then its
+outcome is unknown and the call is not repeated). A store also keeps single-use tickets
+(`put_ticket`, `take_ticket`: an opaque payload under the SHA-256 of a ticket, never the
+ticket itself; taken once, atomically, by any node sharing the store; gone at their TTL)
+and provides the nodes' shared rate limiter
 (`limiter`, a `core.ratelimit.Limiter`, started and stopped with the store).
 
 Writes are buffered: `begin`, `append` and `end` return at once and what one loop turn
@@ -176,6 +182,15 @@ class Store(Protocol):
 
     def watch(self, message_id: str, owner: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake()` soon after frames of `message_id` are logged; returns an unwatch."""
+
+    async def tool_claim(self, key: str) -> bytes | None:
+        """Claim a tool call's run: None when this node runs it now; else the ledger's record.
+
+        The record is `b"running " + node_id` or `b"done " + result`.
+        """
+
+    async def tool_done(self, key: str, result: bytes) -> None:
+        """Record the result of a call this node claimed (`b"done " + result` from now on)."""
 
     async def put_ticket(self, ticket: str, payload: bytes, ttl_s: float) -> None:
         """Keep `payload` under `ticket` (by its SHA-256) for `ttl_s` seconds."""

@@ -22,7 +22,7 @@ import asyncio
 import secrets
 import ssl
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -80,6 +80,7 @@ class GatewayOptions:
     ping_interval: float | None = 20.0
     run_without_log: bool = False  # store.on_unavailable = "run_without_log"
     demo: bool = True  # the demo page at `/` (the client library is always served)
+    tools: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # server tools, as declared
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
     guard: GuardOptions = field(default_factory=GuardOptions)
 
@@ -336,6 +337,7 @@ class Gateway:
             self._log_policy,
             admission=self.shared.limiter is not None,
             accepts_auth=self.shared.authenticate is not None,
+            tools=self.options.tools,
         )
         connection = Connection(
             ws,

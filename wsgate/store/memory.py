@@ -17,6 +17,9 @@ starts no more logged streams (`store_unavailable`, or unlogged ones) until some
 The worst case is thus `max_total_bytes` plus, per running stream, one log's bound.
 Tombstones are a record each, kept one more window.
 
+The tool ledger: at most `MAX_TOOL_CALLS` (100_000) entries, each for `run_ttl_s` from its
+claim, dropped in claim order as they expire; past the bound a claim raises
+`StoreUnavailable` (the call is not run) rather than forget a call that ran.
 Tickets: at most `max_tickets` (10_000) waiting, each its digest and payload (a principal's
 JSON, ~0.3 KiB: ~5 MiB at the bound) and an entry of the expiry heap (which also holds taken
 tickets until their time, at most max(2 x the tickets kept, 2048) entries: past that it is
@@ -51,6 +54,8 @@ from wsgate.store.limiter_memory import MemoryLimiter
 DEFAULT_TOTAL_BYTES = 256 * 1024 * 1024
 MAX_TICKETS = 10_000
 """Tickets waiting to be used, at most (a `put_ticket` past it is refused)."""
+MAX_TOOL_CALLS = 100_000
+"""Tool ledger entries kept, at most (a `tool_claim` past it is refused: never evicted)."""
 
 
 @dataclass(slots=True)
@@ -102,6 +107,7 @@ class MemoryStore:
         self._cancel: Callable[[str], None] | None = None
         self.max_tickets = max_tickets
         self._tickets: dict[str, tuple[float, bytes]] = {}  # digest -> (expires, payload)
+        self._tool_calls: dict[str, tuple[float, bytes]] = {}  # key -> (expires, record)
         self._ticket_expiry: list[tuple[float, str]] = []  # a heap; taken ones linger
         self._limiter = MemoryLimiter(clock)
 
@@ -230,6 +236,31 @@ class MemoryStore:
             self._running.pop(message_id, None)
             self._ended.pop(message_id, None)
             self._total -= sum(len(data) for _, data in message.entries)
+
+    # --- the tool ledger ----------------------------------------------------------------
+
+    async def tool_claim(self, key: str) -> bytes | None:
+        """None: this node runs the call now; else the record (running or done)."""
+        now = self._clock()
+        ledger = self._tool_calls
+        while ledger:  # one TTL for every entry: insertion order is expiry order
+            oldest = next(iter(ledger))
+            if ledger[oldest][0] > now:
+                break
+            del ledger[oldest]
+        kept = ledger.get(key)
+        if kept is not None:
+            return kept[1]
+        if len(ledger) >= MAX_TOOL_CALLS:
+            raise StoreUnavailable(f"{MAX_TOOL_CALLS} tool calls are in the ledger already")
+        ledger[key] = (now + self._limits.run_ttl_s, b"running " + self._node_id.encode())
+        return None
+
+    async def tool_done(self, key: str, result: bytes) -> None:
+        """Record a claimed call's result (its entry keeps its place and expiry)."""
+        kept = self._tool_calls.get(key)
+        if kept is not None:
+            self._tool_calls[key] = (kept[0], b"done " + result)
 
     # --- tickets ----------------------------------------------------------------------
 

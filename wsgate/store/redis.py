@@ -17,7 +17,9 @@ principal, state, first, top, finish, key). An idempotency key is a key of its o
 `{prefix}:idem:{<key>}` = `"<message_id> <fingerprint>"` (message ids hold no space).
 A node's lease is `{prefix}:node:<node_id>`, set for `lease_s`, refreshed every
 `lease_s / 3`, deleted at `close`. Channels: `{prefix}:node:<node_id>:ctl` ("cancel <id>",
-"watch <id> <node>") and `{prefix}:wake:<message_id>`. A ticket is
+"watch <id> <node>") and `{prefix}:wake:<message_id>`.
+`{prefix}:tool:<message_id>:<turn>:<call_id>` is a server-side tool call's ledger record
+(`running <node>`, then `done <result>`), set NX for `run_ttl_s`. A ticket is
 `{prefix}:ticket:<sha256 of the ticket, hex>` (the ticket itself is never stored), set with
 its TTL and taken with GETDEL, so it is used once whichever node takes it. The rate
 limiter (`limiter_redis.py`, over this store's client) keeps `{prefix}:rl:<key>`.
@@ -959,6 +961,25 @@ class RedisStore:
         with self._translated():
             await self._run(("EVALSHA", _SHA[_RELEASE_KEY], 1, self._idem(key), named))
             await self._client.delete(self._ev(message_id), self._meta(message_id))
+
+    # --- the tool ledger --------------------------------------------------------------
+
+    async def tool_claim(self, key: str) -> bytes | None:
+        """SET NX GET: None when this node now runs the call, else the record there."""
+        value = b"running " + self._owner
+        with self._translated():
+            held = await self._client.set(
+                self._tool(key), value, nx=True, px=self._run_ttl_ms, get=True
+            )
+        return None if held is None else bytes(held)  # type: ignore[arg-type]
+
+    async def tool_done(self, key: str, result: bytes) -> None:
+        """SET XX KEEPTTL: the claimed call's record becomes its result."""
+        with self._translated():
+            await self._client.set(self._tool(key), b"done " + result, xx=True, keepttl=True)
+
+    def _tool(self, key: str) -> bytes:
+        return f"{self._prefix}:tool:{key}".encode()
 
     # --- tickets --------------------------------------------------------------------
 

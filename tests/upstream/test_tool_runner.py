@@ -1,0 +1,88 @@
+"""The server-side tool runner's ledger rules: a call already running or done is never run."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from wsgate.core.agent import ToolCall
+from wsgate.core.errors import StoreUnavailable
+from wsgate.core.frames import ToolError
+from wsgate.mock import MockProvider
+from wsgate.store.memory import MemoryStore
+from wsgate.upstream.client import Timeouts, UpstreamClient
+from wsgate.upstream.tools import HttpTool, ToolRunner
+
+CALL = ToolCall("c1", "weather", {"city": "Paris"}, server=True, turn=1)
+KEY = "m1:1:c1"
+
+
+@pytest.fixture
+async def runner(mock: MockProvider):
+    store = MemoryStore(node_id="node-a")
+    await store.start()
+    upstream = UpstreamClient({}, Timeouts(1.0, 1.0, 1.0))
+    spec = HttpTool(mock.tool_url("weather", result={"t": 1}), {"x-key": "k"}, 2.0, 2, 4096)
+    tools = ToolRunner({"weather": spec}, store, upstream)
+    await tools.start()
+    yield tools, store
+    await tools.close()
+    await store.close()
+
+
+async def test_a_call_runs_once_and_a_second_ask_gets_the_recorded_result(runner, mock):
+    tools, store = runner
+    assert await tools.run("m1", CALL) == ({"t": 1}, None)
+    assert await tools.run("m1", CALL) == ({"t": 1}, None)
+    assert mock.tools.count(call_id="c1") == 1
+    assert await store.tool_claim(KEY) == b'done {"content":{"t":1}}'
+
+
+async def test_the_tool_gets_the_arguments_its_headers_and_the_ledger_key(runner, mock):
+    tools, _ = runner
+    await tools.run("m1", CALL)
+    (record,) = mock.tools.records.values()
+    assert record.arguments == {"city": "Paris"}
+    assert record.call_id == "c1"
+
+
+async def test_a_call_found_running_elsewhere_is_an_unknown_outcome_and_is_not_run(runner, mock):
+    tools, store = runner
+    other = MemoryStore(node_id="node-b")
+    await other.start()
+    assert await store.tool_claim(KEY) is None  # as if a node that died had claimed it
+    content, error = await tools.run("m1", CALL)
+    assert content is None
+    assert error is not None
+    assert error.code == "tool_outcome_unknown"
+    assert mock.tools.count("weather") == 0
+    await other.close()
+
+
+async def test_a_recorded_error_is_given_back_as_that_error(runner, mock):
+    tools, store = runner
+    assert await store.tool_claim(KEY) is None
+    record = {"error": msgspec.to_builtins(ToolError("tool_failed", "HTTP 500"))}
+    await store.tool_done(KEY, msgspec.json.encode(record))
+    assert await tools.run("m1", CALL) == (None, ToolError("tool_failed", "HTTP 500"))
+    assert mock.tools.count("weather") == 0
+
+
+async def test_a_ledger_that_cannot_answer_runs_nothing(runner, mock, monkeypatch):
+    tools, store = runner
+
+    async def down(_key: str) -> bytes | None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(store, "tool_claim", down)
+    _, error = await tools.run("m1", CALL)
+    assert error is not None
+    assert error.code == "tool_unavailable"
+    assert mock.tools.count("weather") == 0
+
+
+async def test_the_same_call_id_in_another_turn_is_another_call(runner, mock):
+    tools, _ = runner
+    await tools.run("m1", CALL)
+    await tools.run("m1", ToolCall("c1", "weather", {}, server=True, turn=2))
+    assert mock.tools.count(call_id="c1") == 2
