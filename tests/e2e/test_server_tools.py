@@ -94,6 +94,8 @@ async def test_every_dialect_runs_parallel_server_tools_once_and_answers(tool_ap
     assert {f["source"] for f in results.values()} == {"server"}
     assert frames[-1]["reason"] == "stop"
     assert [mock.tools.count(call_id=i) for i in ids] == [1, 1]
+    accounting = app.gateway.shared.accounting
+    assert (accounting.tool_calls["ok"], accounting.agent_turns) == (2, 1)
 
 
 async def test_a_retry_of_the_second_turn_before_its_first_token_runs_no_tool_again(tool_app, mock):
@@ -187,6 +189,7 @@ async def test_a_failing_tool_is_a_typed_result_the_model_reads_and_other_stream
     assert second.turn == 1
     (sent,) = second.tool_results
     assert json.loads(sent.content)["error"]["code"] == code
+    assert app.gateway.shared.accounting.tool_calls == {code: 1}
 
 
 async def test_max_steps_stops_a_model_that_keeps_calling_a_server_tool(tool_app, mock):

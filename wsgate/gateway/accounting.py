@@ -43,6 +43,8 @@ class Accounting:
     transport_overflows: Counter[str] = field(default_factory=Counter)  # buffer, paused
     auth_failures: Counter[str] = field(default_factory=Counter)  # by reason
     rate_limited: Counter[str] = field(default_factory=Counter)  # by what was refused
+    tool_calls: Counter[str] = field(default_factory=Counter)  # server tools, by outcome code
+    agent_turns: int = 0  # model turns after the first (turn.started), agent loops
     cancel_latency_count: int = 0
     cancel_latency_max_s: float = 0.0
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -78,6 +80,8 @@ class Accounting:
             "transport_overflows": dict(self.transport_overflows),
             "auth_failures": dict(self.auth_failures),
             "rate_limited": dict(self.rate_limited),
+            "tool_calls": dict(self.tool_calls),
+            "agent_turns": self.agent_turns,
             "cancel_to_upstream_close_ms": {
                 "count": self.cancel_latency_count,
                 "p50": _percentile(samples, 0.50),

@@ -512,6 +512,8 @@ class Connection:
             if output.deadline is not None:
                 self.stream_tasks.schedule_poll(stream_id, output.deadline)
             if output.turn is not None:  # the agent loop moved: its deadline did too
+                if output.turn.request is not None:
+                    self.shared.accounting.agent_turns += 1
                 stream = self.session.streams.get(stream_id)
                 if stream is not None:
                     self._watch(stream.deadline())
@@ -647,7 +649,9 @@ class Connection:
         run = self.shared.run_tool
         if run is None:  # pragma: no cover - a stream names only configured tools
             return None, ToolError("tool_unavailable", "no tools are configured")
-        return await run(message_id, call)
+        content, error = await run(message_id, call)
+        self.shared.accounting.tool_calls["ok" if error is None else error.code] += 1
+        return content, error
 
     # --- the event log, resumes and cancels by message_id --------------------------------
 
