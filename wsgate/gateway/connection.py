@@ -100,7 +100,7 @@ from wsgate.core.session import (
     StartUpstream,
 )
 from wsgate.core.store import Claim
-from wsgate.core.stream import StreamOutput
+from wsgate.core.stream import StreamOutput, TurnChange
 from wsgate.gateway.accounting import Accounting
 from wsgate.gateway.detached import DetachedLog, DetachedStreams
 from wsgate.gateway.follower import Follow, follow
@@ -511,18 +511,22 @@ class Connection:
         else:
             if output.deadline is not None:
                 self.stream_tasks.schedule_poll(stream_id, output.deadline)
-            if output.turn is not None:  # the agent loop moved: its deadline did too
-                if output.turn.request is not None:
-                    self.shared.accounting.agent_turns += 1
-                stream = self.session.streams.get(stream_id)
-                if stream is not None:
-                    self._watch(stream.deadline())
+            if output.turn is not None:
+                self._turn_moved(stream_id, output.turn)
         detached = self.logs.get(stream_id)
         if detached is not None:
             self._log_detached(detached, output)
             return
         if not self._silenced:
             self._queue(stream_id, output)
+
+    def _turn_moved(self, stream_id: str, turn: TurnChange) -> None:
+        """The agent loop ended a turn or readied the next: the stream's deadline moved."""
+        if turn.request is not None:
+            self.shared.accounting.agent_turns += 1
+        stream = self.session.streams.get(stream_id)
+        if stream is not None:
+            self._watch(stream.deadline())
 
     def _queue(self, stream_id: str, output: StreamOutput) -> None:
         if self.session.queue(stream_id, output):
