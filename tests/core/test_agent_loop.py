@@ -18,7 +18,6 @@ from wsgate.core.frames import (
     Message,
     StructuredFrame,
     ToolAwaiting,
-    ToolError,
     ToolExecuting,
     ToolResultFrame,
     TurnStarted,
@@ -227,8 +226,8 @@ def test_an_error_result_reaches_the_model_as_an_error_object():
     error = {"code": "not_found", "message": "no such city"}
     actions = session.receive(result("c1", content=None, error=error), 2.0)
     (frame, _) = frames_of(actions)
-    assert frame.error == ToolError("not_found", "no such city")
     assert frame.source == "client"
+    assert (frame.content, frame.error) == (msgspec.UNSET, None)  # not echoed to its sender
     (next_turn,) = [a for a in actions if isinstance(a, NextTurn)]
     assert orjson.loads(next_turn.request.messages[-1].content) == {"error": error}
 
@@ -384,13 +383,17 @@ def test_a_followers_result_is_forwarded_to_the_generation_it_follows():
     assert action.message_id == "msg_9"
 
 
-def test_the_tally_counts_every_turns_usage_and_estimate():
+def test_the_tally_costs_each_turn_by_its_usage_or_its_own_estimate():
     tally = TokenTally(100)
-    tally.observe([UsageFrame("s", 1, 10, 5), TurnStarted("s", 2, 2), UsageFrame("s", 3, 30, 7)])
-    assert tally.correction == 52 - 100
-    silent = TokenTally(100)
-    silent.observe([DeltaText("s", 1, "a"), TurnStarted("s", 2, 2), DeltaText("s", 3, "b")])
-    assert silent.correction == 100 + 2  # one more estimate for the second turn's request
+    tally.observe([UsageFrame("s", 1, 10, 5)])
+    tally.next_turn(300)  # charged as the turn starts
+    tally.observe([UsageFrame("s", 3, 30, 7)])
+    assert tally.correction == (15 + 37) - 100 - 300
+    cut = TokenTally(100)
+    cut.observe([UsageFrame("s", 1, 100, 10)])
+    cut.next_turn(400)
+    cut.observe([DeltaText("s", 3, "a")] * 500)  # cancelled before its usage came
+    assert cut.correction == (110 + 400 + 500) - 100 - 400
 
 
 def test_the_loop_builds_requests_from_the_chat_request_it_was_given():
@@ -413,3 +416,81 @@ def test_the_loop_builds_requests_from_the_chat_request_it_was_given():
         "tool_call_id": "c1",
     }
     assert request.messages == [Message(role="user", content="hi")]  # never mutated
+
+
+def test_a_turn_whose_finish_comes_only_at_the_end_of_the_body_awaits_its_results():
+    parser = ScriptedParser(
+        [[ev.ToolCallStart("c1", 0, "t"), ev.ToolCallEnd("c1", "t", {})]],
+        eof_events=[ev.Finish("tool_calls")],
+    )
+    session = make_session(Turns([parser]))
+    started(session, {"client_tools": True})
+    session.upstream_data("s1", b"x", 1.0)
+    output = session.upstream_eof("s1", 1.0)
+    assert [type(f) for f in output.frames] == [ToolAwaiting]
+    assert not output.closed
+    assert session.streams["s1"].awaiting_tools
+
+
+def test_call_ids_an_earlier_turn_used_are_renamed_so_no_result_answers_two_calls():
+    turns = Turns([calls_turn(("call_0", "t", {})), calls_turn(("call_0", "t", {}))])
+    session = make_session(turns)
+    first_turn(session, {"client_tools": True})
+    session.receive(result("call_0"), 2.0)
+    output = session.upstream_data("s1", b"x", 3.0)
+    (awaiting,) = [f for f in output.frames if isinstance(f, ToolAwaiting)]
+    assert awaiting.call_ids == ["call_0_t2"]
+    assert refusal(session.receive(result("call_0"), 3.5)).code == "duplicate_tool_result"
+    (next_turn,) = [a for a in session.receive(result("call_0_t2"), 4.0) if isinstance(a, NextTurn)]
+    ids = [c["id"] for m in next_turn.request.messages if m.tool_calls for c in m.tool_calls]
+    assert ids == ["call_0", "call_0_t2"]
+
+
+def test_a_malformed_call_in_a_turn_the_loop_does_not_answer_finishes_as_tool_calls():
+    parser = ScriptedParser(
+        [[ev.ToolCallFailed("c1", "not json", "{", "x"), ev.Finish("tool_calls")]]
+    )
+    session = make_session(Turns([parser]))
+    output = first_turn(session, {"server_tools": ["search"]})
+    assert output.frames[-1].reason == "tool_calls"
+
+
+def test_final_json_parses_only_the_last_turns_answer():
+    turn_one = ScriptedParser(
+        [[ev.TextDelta("{}"), ev.ToolCallStart("c1", 0, "t"), ev.ToolCallEnd("c1", "t", {}),
+          ev.Finish("tool_calls")]]
+    )  # fmt: skip
+    turn_two = ScriptedParser([[ev.TextDelta('{"a": 1}'), ev.Finish("stop")]])
+    session = make_session(Turns([turn_one, turn_two]))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    options = {"agent": {"client_tools": True}, "structured": {"mode": "final_json"}}
+    frame = {"type": "start", "stream_id": "s1", "request": body, "options": options}
+    session.receive(orjson.dumps(frame), 0.0)
+    one = session.upstream_data("s1", b"x", 1.0)
+    assert not [f for f in one.frames if isinstance(f, StructuredFrame)]
+    session.receive(result("c1"), 2.0)
+    two = session.upstream_data("s1", b"x", 3.0)
+    assert [f.value for f in two.frames if isinstance(f, StructuredFrame)] == [{"a": 1}]
+
+
+def test_a_result_sent_while_a_resume_pends_is_forwarded_once_it_attaches():
+    session = make_session(Turns([]))
+    resume = {"type": "resume", "stream_id": "f1", "message_id": "msg_9", "last_seq": 0}
+    session.receive(orjson.dumps(resume), 0.0)
+    assert session.receive(result("c1", sid="f1"), 0.5) == []
+    (action,) = session.attach("f1", "msg_9")
+    assert isinstance(action, ForwardToolResult)
+    assert (action.message_id, action.frame.call_id) == ("msg_9", "c1")
+
+
+def test_content_nested_too_deeply_is_a_bad_frame_not_a_crash():
+    session = make_session(Turns([calls_turn(("c1", "t", {}))]))
+    first_turn(session, {"client_tools": True})
+    deep: object = 1
+    for _ in range(65):
+        deep = [deep]
+    assert refusal(session.receive(result("c1", deep), 2.0)).code == "bad_frame"
+    shallow: object = 1
+    for _ in range(63):
+        shallow = [shallow]
+    assert any(isinstance(a, NextTurn) for a in session.receive(result("c1", shallow), 2.0))

@@ -189,3 +189,33 @@ async def test_a_followers_result_for_a_generation_that_ended_is_refused(app):
         await conn.send(result("r1", "call_x", 1))
         refusal = (await conn.until(lambda f: f["type"] == "error" and "seq" not in f))[-1]
     assert refusal["code"] in {"unknown_tool_call", "unknown_stream"}
+
+
+async def test_a_keyed_retry_that_sends_its_result_at_once_continues_the_generation(app):
+    script = {"turns": [{"text": "A.", "tool_calls": [{"name": "t"}]}, {"text": "B."}]}
+    options = {**LOOP, "on_disconnect": "continue", "idempotency_key": "k-tools"}
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request(script), options)
+        (*_, awaiting) = await conn.until(lambda f: f["type"] == "tool.awaiting")
+        drop(conn)
+    async with raw_connect(app.url) as conn:
+        await conn.start("s2", mock_request(script), options)  # attaches: same key, request
+        await conn.send(result("s2", awaiting["call_ids"][0], "x"))  # before any frame of it
+        frames = (await conn.finishes({"s2"}))["s2"]
+    assert stream_text(frames) == "A.B."
+    assert frames[-1]["reason"] == "stop"
+    assert [f for f in conn.received if f["type"] == "error"] == []
+
+
+async def test_a_turn_whose_end_comes_with_the_end_of_the_body_still_awaits_results(app):
+    script = {
+        "turns": [{"text": "A.", "tool_calls": [{"name": "t"}], "done": False}, {"text": "B."}]
+    }  # no `data: [DONE]`: the turn ends when the body does
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request(script), LOOP)
+        (*_, awaiting) = await conn.until(lambda f: f["type"] == "tool.awaiting")
+        await conn.send(result("s1", awaiting["call_ids"][0], "x"))
+        frames = (await conn.finishes({"s1"}))["s1"]
+    assert_gapless(frames)
+    assert of_type(frames, "error") == []
+    assert stream_text(frames) == "A.B."

@@ -24,8 +24,11 @@ Rules:
 5. A forced `tool_choice` (`required`, or a named function) applies to the first turn only;
    later turns are `auto`, so a forced call cannot loop until `max_steps`.
 6. When the turn's calls include one to a tool the stream neither runs (server) nor lets
-   the client answer (`client_tools: false`), the loop stops: the stream finishes
-   `tool_calls` as it would without the loop, and the client acts on the calls.
+   the client answer (`client_tools: false`), or one that did not parse while the client
+   answers none, the loop stops: the stream finishes `tool_calls` as it would without the
+   loop, and the client acts on the calls.
+7. Call ids are unique over the stream: a call whose id an earlier turn used (a provider
+   that gives none gets `call_<index>` per turn) is shown and sent back as `<id>_t<turn>`.
 """
 
 from __future__ import annotations
@@ -111,12 +114,14 @@ class ToolLoop:
         "_answered",
         "_calls",
         "_failed",
+        "_ids",
         "_messages",
         "_pending",
         "_request",
         "_result_bytes",
         "_results",
         "_text",
+        "_used",
         "policy",
         "turn",
     )
@@ -132,6 +137,8 @@ class ToolLoop:
         self._pending: dict[str, ToolCall] = {}  # the ended turn's calls without a result
         self._results: dict[str, str] = {}  # call id -> the text the model receives
         self._answered: set[str] = set()  # every call id that took a result, all turns
+        self._ids: dict[str, str] = {}  # the running turn's renamed call ids (rule 7)
+        self._used: set[str] = set()  # the call ids of the earlier turns
         self._result_bytes = 0
 
     @property
@@ -148,6 +155,19 @@ class ToolLoop:
     def pending(self) -> tuple[str, ...]:
         """The call ids still without a result, in call order."""
         return tuple(self._pending)
+
+    def call_id(self, given: str) -> str:
+        """The call id the stream shows for `given` in the running turn (rule 7)."""
+        shown = self._ids.get(given)
+        if shown is None:
+            shown = given
+            if given in self._used:
+                suffix = self.turn
+                while f"{given}_t{suffix}" in self._used:
+                    suffix += 1
+                shown = f"{given}_t{suffix}"
+            self._ids[given] = shown
+        return shown
 
     def text(self, text: str) -> None:
         """Answer text of the running turn (it goes back to the model with the calls)."""
@@ -169,13 +189,15 @@ class ToolLoop:
         """The provider finished the turn (not with an error): what the loop does now."""
         if not self._calls and not self._failed:
             return LoopStops()
+        if not self.policy.client_tools and (
+            self._failed or not all(call.server for call in self._calls)
+        ):
+            return LoopStops()  # rule 6: the client acts on this turn's calls itself
         if self._failed:
             return LoopFails(
                 "tool_calls_invalid",
                 "a tool call of the turn has arguments that are not a JSON object",
             )
-        if not self.policy.client_tools and not all(call.server for call in self._calls):
-            return LoopStops()
         if self.turn >= self.policy.max_steps:
             return LoopFails(
                 "max_steps_exceeded",
@@ -239,7 +261,8 @@ class ToolLoop:
                 Message(role="tool", tool_call_id=call.call_id, content=self._results[call.call_id])
             )
         self.turn += 1
-        self._text, self._calls, self._results = [], [], {}
+        self._used.update(self._ids.values())
+        self._text, self._calls, self._results, self._ids = [], [], {}, {}
         choice = self._request.tool_choice
         forced = isinstance(choice, dict) or choice in FORCED_CHOICES
         return msgspec.structs.replace(
@@ -247,6 +270,21 @@ class ToolLoop:
             messages=list(self._messages),
             tool_choice=None if forced else choice,
         )
+
+
+MAX_RESULT_DEPTH = 64
+"""How deeply a `tool_result`'s content may nest (arrays and objects)."""
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether `value` has arrays or objects nested more than `limit` levels (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def model_text(content: Any, error: ToolError | None) -> str:

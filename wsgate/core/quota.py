@@ -3,10 +3,12 @@
 Owns two decisions of the quota work: how many tokens a start is charged before anything
 is known (its prompt's characters / 4, the common rule of thumb for English text with
 OpenAI-style tokenizers, at least 1), and how many it really cost once it ended (the
-provider's `usage` frames when they came, summed over the turns of an agent loop;
-otherwise the estimate once per model turn, as each turn sends the prompt again, plus one
-token per text or reasoning delta). The gateway debits the difference after the stream ends, so a
-principal's balance may go negative and its next starts wait (GCRA, `core/ratelimit.py`).
+provider's `usage` frames when they came; otherwise the estimate plus one token per text
+or reasoning delta). An agent loop's stream is costed turn by turn, each turn by its own
+usage or else its own request's estimate plus its deltas, and each later turn's estimate
+is charged as the turn starts (`next_turn`), so a long loop spends the budget as it goes.
+The gateway debits the difference after the stream ends, so a principal's balance may go
+negative and its next starts wait (GCRA, `core/ratelimit.py`).
 Pure: no clock, no store.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsgate.core.frames import ChatRequest, DeltaReasoning, DeltaText, TurnStarted, UsageFrame
+from wsgate.core.frames import ChatRequest, DeltaReasoning, DeltaText, UsageFrame
 
 CHARS_PER_TOKEN = 4
 
@@ -37,10 +39,12 @@ def estimate_tokens(request: ChatRequest) -> int:
 class TokenTally:
     """What one stream cost, from its frames as they pass."""
 
-    estimate: int
-    deltas: int = 0
-    usage: int | None = None  # input + output tokens of every turn, when the provider said
-    turns: int = 1
+    estimate: int  # what the start was charged
+    deltas: int = 0  # of the running turn
+    usage: int | None = None  # input + output tokens of the running turn, when reported
+    prompt: int = -1  # the running turn's request estimate (-1: the start's)
+    settled: int = 0  # what the ended turns cost
+    charged: int = 0  # what later turns were charged as they started
 
     def observe(self, frames: list[object]) -> None:
         """Count a delivery's frames."""
@@ -49,12 +53,20 @@ class TokenTally:
                 self.deltas += 1
             elif isinstance(frame, UsageFrame):
                 self.usage = (self.usage or 0) + frame.input_tokens + frame.output_tokens
-            elif isinstance(frame, TurnStarted):
-                self.turns += 1
+
+    def next_turn(self, estimate: int) -> None:
+        """An agent loop's next turn starts with a request estimated at `estimate` tokens."""
+        self.settled += self._turn_cost()
+        self.deltas, self.usage, self.prompt = 0, None, estimate
+        self.charged += estimate
+
+    def _turn_cost(self) -> int:
+        if self.usage is not None:
+            return self.usage
+        return (self.estimate if self.prompt < 0 else self.prompt) + self.deltas
 
     @property
     def correction(self) -> int:
         """Tokens still to debit (negative: to refund) once the stream ended."""
-        guess = self.estimate * self.turns + self.deltas
-        actual = self.usage if self.usage is not None else guess
+        actual = self.settled + self._turn_cost() - self.charged
         return actual - self.estimate

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from wsgate.core.agent import LoopPolicy, Refused, ToolLoop
+from wsgate.core.agent import MAX_RESULT_DEPTH, LoopPolicy, Refused, ToolLoop, nests_deeper
 from wsgate.core.errors import (
     ERROR_CODES,
     AuthExpired,
@@ -283,6 +283,7 @@ class Session:
         "_log",
         "_new_message_id",
         "_resolve",
+        "_results_after",
         "_server_version",
         "_tools",
         "attached",
@@ -315,6 +316,7 @@ class Session:
         self.attached: dict[str, str | None] = {}
         """Follower streams: `stream_id` -> the followed `message_id` (None while pending)."""
         self._cancel_after: set[str] = set()  # cancelled while their claim or resume pends
+        self._results_after: dict[str, list[ToolResult]] = {}  # sent while those pend
         self._bad_frames = 0  # refused client frames so far (rule 4)
         self.principal = principal  # rule 5: None until an `auth` frame authenticates it
         self._greeted = False  # `ready` went out (`authenticated` was told once)
@@ -482,12 +484,21 @@ class Session:
         if (frame.content is msgspec.UNSET) == (frame.error is None):
             message = "a tool_result carries exactly one of content and error"
             return self._bad_frame(_refuse("bad_frame", message, sid))
-        if sid not in self.streams:
-            message_id = self.attached.get(sid)
-            if message_id is not None:
-                return [ForwardToolResult(sid, message_id, frame)]
-            return [_refuse("unknown_stream", "no running stream has this id", sid)]
-        return self.client_tool_result(frame, now)
+        if nests_deeper(frame.content, MAX_RESULT_DEPTH):
+            message = f"a tool_result's content nests deeper than {MAX_RESULT_DEPTH} levels"
+            return self._bad_frame(_refuse("bad_frame", message, sid))
+        if sid in self.streams or sid not in self.attached:
+            return self.client_tool_result(frame, now)  # (an unknown id: unknown_stream)
+        message_id = self.attached[sid]
+        if message_id is not None:
+            return [ForwardToolResult(sid, message_id, frame)]
+        # Its resume or keyed start is pending: the result goes where that one leads.
+        queued = self._results_after.setdefault(sid, [])
+        if len(queued) >= MAX_QUEUED_RESULTS:
+            message = f"{MAX_QUEUED_RESULTS} results wait for this stream's attach already"
+            return [_refuse("unknown_tool_call", message, sid)]
+        queued.append(frame)
+        return []
 
     def client_tool_result(self, frame: ToolResult, now: float) -> list[Action]:
         """A client's result for a call of a stream of this session (or a forwarded one).
@@ -636,6 +647,8 @@ class Session:
         actions = self._open(claim.start, claim.target, claim.message_id, claim.epoch, now)
         if cancelled:
             actions.extend(self.cancel(sid))
+        for frame in self._results_after.pop(sid, ()):  # (none can be for a new stream's
+            actions.extend(self.client_tool_result(frame, now))  # calls: each is refused)
         return actions
 
     def attach(self, stream_id: str, message_id: str) -> list[Action]:
@@ -645,8 +658,10 @@ class Session:
         self.attached[stream_id] = message_id
         if stream_id in self._cancel_after:
             self._cancel_after.discard(stream_id)
+            self._results_after.pop(stream_id, None)
             return [CancelMessage(message_id)]
-        return []
+        queued = self._results_after.pop(stream_id, ())
+        return [ForwardToolResult(stream_id, message_id, frame) for frame in queued]
 
     def refuse(self, stream_id: str | None, error: WsgateError) -> list[Action]:
         """A pending claim or resume failed (or a cancel by message_id): its refusal."""
@@ -658,6 +673,7 @@ class Session:
         """A follower stream sent its generation's `finish`, or its refusal: the id is free."""
         self.attached.pop(stream_id, None)
         self._cancel_after.discard(stream_id)
+        self._results_after.pop(stream_id, None)
 
     def connection_lost(self) -> list[Action]:
         """The client is gone: cancel its streams, or detach those that asked to continue."""
@@ -804,6 +820,10 @@ class Session:
         if output.closed:
             self.streams.pop(stream.stream_id, None)
         return output
+
+
+MAX_QUEUED_RESULTS = 64
+"""`tool_result` frames held for one stream while its resume or keyed start pends."""
 
 
 def _tool_name(tool: dict[str, Any]) -> object:

@@ -8,6 +8,7 @@ It does not queue or send anything; the session and the shells do.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,6 +182,11 @@ class Stream:
         return self.state is State.CLOSED
 
     @property
+    def awaiting_tools(self) -> bool:
+        """A turn ended in tool calls the agent loop answers; the next turn waits for them."""
+        return self.state is State.AWAITING_TOOLS
+
+    @property
     def last_seq(self) -> int:
         """The `seq` of the last frame produced (0 before `stream.started`)."""
         return self._seq
@@ -217,7 +223,7 @@ class Stream:
         except WsgateError as exc:
             events = [exc]
         out = self._translate(events, now)
-        if not self.closed and out.retry is None:
+        if not (self.closed or self.awaiting_tools) and out.retry is None:
             out.extend(self.fail(UpstreamProtocolError("upstream stream ended before it finished")))
         return out
 
@@ -400,10 +406,10 @@ class Stream:
             # Every `finish: error` is explained by an `error` frame before it.
             out.extend(self.fail(UpstreamError(PROVIDER_FAILED)))
         else:
-            out.extend(self._flush_text())
             looping = self.loop is not None and event.reason in {"tool_calls", "stop"}
             if looping and self._end_turn(out, now):
                 return
+            out.extend(self._flush_text())
             out.add(self._finish(Event.FINISH, event.reason))
 
     def _end_turn(self, out: StreamOutput, now: float) -> bool:
@@ -416,6 +422,11 @@ class Stream:
             return True
         if not isinstance(outcome, TurnEnded):
             return False
+        structured = self.options.structured
+        if structured is not None and structured.mode == "final_json":
+            out.extend(self._drain_text())  # only the last turn's answer is the JSON
+        else:
+            out.extend(self._flush_text())  # this turn's sections close (or are unclosed)
         sid = self.stream_id
         self._apply(Event.TOOLS)
         self._awaiting_since = now
@@ -450,10 +461,11 @@ class Stream:
         result = ToolResultFrame(
             self.stream_id, self._next(), call_id, call.name, "client" if client else "server"
         )
-        if error is not None:
-            result.error = error
-        else:
-            result.content = content
+        if not client:  # a client's own result is not echoed back (it has it)
+            if error is not None:
+                result.error = error
+            else:
+                result.content = content
         out.add(result)
         if verdict.request is not None:
             self._apply(Event.NEXT_TURN)
@@ -515,10 +527,12 @@ class Stream:
                 if self._first_token_at is None:
                     self._first_token_at = now
             loop = self.loop
-            if loop is not None and isinstance(event, ev.ToolCallEnd):
-                loop.call_ended(event.call_id, event.name, event.arguments)
-            elif loop is not None and isinstance(event, ev.ToolCallFailed):
-                loop.call_failed()
+            if loop is not None and not isinstance(event, ev.Usage):
+                event = dataclasses.replace(event, call_id=loop.call_id(event.call_id))
+                if isinstance(event, ev.ToolCallEnd):
+                    loop.call_ended(event.call_id, event.name, event.arguments)
+                elif isinstance(event, ev.ToolCallFailed):
+                    loop.call_failed()
             # Held text was written before this frame: it leaves first, order is kept.
             return [*self._text_frames(self._text.drain()), *self._content_frames(event)]
         return self._content_frames(event)

@@ -524,6 +524,9 @@ class Connection:
         """The agent loop ended a turn or readied the next: the stream's deadline moved."""
         if turn.request is not None:
             self.shared.accounting.agent_turns += 1
+            quotas = self._quotas
+            if quotas is not None:
+                quotas.turn_started(stream_id, turn.request)
         stream = self.session.streams.get(stream_id)
         if stream is not None:
             self._watch(stream.deadline())

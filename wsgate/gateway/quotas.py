@@ -129,6 +129,17 @@ class Quotas:
         if entry is not None and entry[1] is not None:
             entry[1].observe(frames)
 
+    def turn_started(self, stream_id: str, request: ChatRequest) -> None:
+        """An agent loop's next turn of an admitted stream: charge its request's estimate."""
+        entry = self._streams.get(stream_id)
+        per_minute = self.principal.quota.tokens_per_minute
+        if entry is None or entry[1] is None or not per_minute:
+            return
+        estimate = estimate_tokens(request)
+        entry[1].next_turn(estimate)
+        key = f"tokens:{self.principal.id}"
+        self._later(self._limiter.debit(key, per_minute, estimate))
+
     def tracks(self, stream_id: str) -> bool:
         """Whether the stream was admitted here and has not ended."""
         return stream_id in self._streams

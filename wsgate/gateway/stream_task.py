@@ -76,6 +76,9 @@ class StreamTasks:
         """Run a newly accepted stream."""
         sid = start.stream_id
         self._message_ids[sid] = start.message_id
+        stale = self._turns.pop(sid, None)  # an earlier stream's of this id: never shared
+        if stale is not None:
+            stale.cancel()
         task = asyncio.create_task(self._run(start), name=f"stream-{sid}")
         self.tasks[sid] = task
         # A done-callback, not a `finally`: a task cancelled before it first runs never
@@ -172,7 +175,7 @@ class StreamTasks:
         bind(stream_id=sid, message_id=start.message_id)
         try:
             turn = await self._attempts(start)
-            while turn is not None:  # the agent loop: this turn ended in tool calls
+            while turn is not None and self._waits(sid):  # this turn ended in tool calls
                 request = await self._between_turns(start, turn)
                 start = dataclasses.replace(start, request=request)
                 turn = await self._attempts(start)
@@ -182,6 +185,14 @@ class StreamTasks:
         except Exception:
             log.exception("stream_crashed")
             host.deliver(sid, host.session.upstream_failed(sid, WsgateError("internal error")))
+
+    def _waits(self, stream_id: str) -> bool:
+        """The stream is this task's and waits between two turns (not ended meanwhile)."""
+        stream = self.host.session.streams.get(stream_id)
+        return stream is not None and stream.awaiting_tools and self._mine(stream_id)
+
+    def _mine(self, stream_id: str) -> bool:
+        return self.tasks.get(stream_id) is asyncio.current_task()
 
     async def _between_turns(self, start: StartUpstream, turn: TurnChange) -> ChatRequest:
         """Run the turn's server tools, then wait for the next turn's request."""

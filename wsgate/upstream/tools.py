@@ -40,7 +40,7 @@ import aiohttp
 import msgspec
 
 from wsgate.core import events as ev
-from wsgate.core.agent import ToolCall
+from wsgate.core.agent import MAX_RESULT_DEPTH, ToolCall, nests_deeper
 from wsgate.core.errors import StoreUnavailable, WsgateError
 from wsgate.core.frames import ChatRequest, Message, StartOptions, ToolError
 from wsgate.core.store import Store
@@ -178,9 +178,13 @@ class ToolRunner:
             message = f"the tool could not be reached ({type(exc).__name__})"
             return None, ToolError("tool_unavailable", message)
         try:
-            return msgspec.json.decode(bytes(data)), None
+            content = msgspec.json.decode(bytes(data))
         except msgspec.DecodeError:
             return None, ToolError("tool_invalid_response", "the tool's answer is not JSON")
+        if nests_deeper(content, MAX_RESULT_DEPTH):
+            message = f"the tool's answer nests deeper than {MAX_RESULT_DEPTH} levels"
+            return None, ToolError("tool_invalid_response", message)
+        return content, None
 
     async def _nested(self, spec: ModelTool, message_id: str, call: ToolCall) -> Outcome:
         """The model call, in a context of its own: its logs name the internal id only."""
