@@ -274,6 +274,8 @@ class ToolLoop:
 
 MAX_RESULT_DEPTH = 64
 """How deeply a `tool_result`'s content may nest (arrays and objects)."""
+
+
 def nests_deeper(value: Any, limit: int) -> bool:
     """Whether `value` has arrays or objects nested more than `limit` levels (iteratively)."""
     stack = [(value, 1)]
