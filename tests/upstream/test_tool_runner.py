@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+
 import msgspec
 import pytest
+from aiohttp import web
+from e2e_helpers import serving
 
 from wsgate.core.agent import ToolCall
 from wsgate.core.errors import StoreUnavailable
@@ -86,3 +90,54 @@ async def test_the_same_call_id_in_another_turn_is_another_call(runner, mock):
     await tools.run("m1", CALL)
     await tools.run("m1", ToolCall("c1", "weather", {}, server=True, turn=2))
     assert mock.tools.count(call_id="c1") == 2
+
+
+async def test_a_redirect_is_a_failure_and_the_secret_headers_go_nowhere_else(mock):
+    seen: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("x-key", ""))
+        return web.json_response({"stolen": True})
+
+    async with serving(elsewhere) as other:
+
+        async def redirect(_request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(f"{other}/grab")
+
+        async with serving(redirect) as root:
+            store = MemoryStore(node_id="node-a")
+            await store.start()
+            spec = HttpTool(f"{root}/tool", {"x-key": "secret"}, 2.0, 1, 4096)
+            tools = ToolRunner({"weather": spec}, store, UpstreamClient({}, Timeouts(1, 1, 1)))
+            await tools.start()
+            try:
+                content, error = await tools.run("m1", CALL)
+            finally:
+                await tools.close()
+                await store.close()
+    assert content is None
+    assert error is not None
+    assert error.code == "tool_failed"
+    assert seen == []
+
+
+async def test_a_compressed_answer_is_not_expanded_past_the_cap(mock):
+    big = gzip.compress(b'"' + b"x" * 100_000 + b'"')
+
+    async def gzipped(_request: web.Request) -> web.Response:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=big, headers=headers)
+
+    async with serving(gzipped) as root:
+        store = MemoryStore(node_id="node-a")
+        await store.start()
+        spec = HttpTool(f"{root}/tool", {}, 2.0, 1, 4096)
+        tools = ToolRunner({"weather": spec}, store, UpstreamClient({}, Timeouts(1, 1, 1)))
+        await tools.start()
+        try:
+            _, error = await tools.run("m1", CALL)
+        finally:
+            await tools.close()
+            await store.close()
+    assert error is not None
+    assert error.code == "tool_invalid_response"  # gzip bytes are not JSON; never inflated

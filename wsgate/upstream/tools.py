@@ -101,8 +101,12 @@ class ToolRunner:
     async def start(self) -> None:
         """Open the HTTP pool the `http` tools share."""
         if any(isinstance(slot.spec, HttpTool) for slot in self._slots.values()):
+            # No redirects (a tool's headers carry its secrets; a 3xx is a failure) and no
+            # decompression (the size cap is on the bytes that arrive: no expansion).
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False
+                timeout=aiohttp.ClientTimeout(total=None),
+                raise_for_status=False,
+                auto_decompress=False,
             )
 
     async def close(self) -> None:
@@ -160,11 +164,13 @@ class ToolRunner:
             "content-type": "application/json",
             "x-wsgate-call-id": call.call_id,
             "idempotency-key": key,
+            "accept-encoding": "identity",
         }
         body = msgspec.json.encode(call.arguments)
         try:
-            async with self._session.post(spec.url, data=body, headers=headers) as response:
-                if response.status >= 400:
+            post = self._session.post(spec.url, data=body, headers=headers, allow_redirects=False)
+            async with post as response:
+                if response.status >= 300:
                     message = f"the tool answered HTTP {response.status}"
                     return None, ToolError("tool_failed", message)
                 data = bytearray()
