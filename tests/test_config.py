@@ -601,6 +601,8 @@ def test_a_tool_of_kind_http_needs_a_url_and_a_model_tool_its_model_and_prompt(t
         '[tools.t]\nurl = "http://x"\nparameters = { type = "array" }\n': "type",
         '[tools.t]\nurl = "http://x"\nprompt = "p"\n': "for kind model",
         '[tools."bad name"]\nurl = "http://x"\n': "tools",
+        '[tools.t]\nurl = "http://x"\nheaders = { "Bad Header" = "v" }\n': "header name",
+        '[tools.t]\nurl = "http://x"\nheaders = { A = "v\\nX: 1" }\n': "control character",
     }
     for text, message in cases.items():
         path = tmp_path / "tools.toml"
@@ -625,3 +627,5 @@ def test_a_tools_headers_come_from_the_environment_and_files_and_an_unset_one_is
     assert "lit" not in repr(tool)
     with pytest.raises(ConfigError, match="TOOL_B is unset"):
         tool.resolve_headers({})
+    with pytest.raises(ConfigError, match="control character"):
+        tool.resolve_headers({"TOOL_B": "two\nlines"})

@@ -26,6 +26,7 @@ import difflib
 import hmac
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args, get_origin
@@ -358,6 +359,8 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 
 
 _ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_HEADER_BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -390,6 +393,9 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     def __post_init__(self) -> None:
         if self.parameters.get("type") != "object":
             raise ConfigError('tools: parameters must be a JSON Schema with "type": "object"')
+        for source in ("headers", "headers_env", "headers_file"):
+            self._check_headers(dict.fromkeys(getattr(self, source), ""), source)
+        self._check_headers({k: v.get() for k, v in self.headers.items()}, "headers")
         if self.kind == "http":
             if self.url is None:
                 raise ConfigError("tools: a tool of kind http needs url")
@@ -400,6 +406,13 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
                 raise ConfigError("tools: a tool of kind model needs model and prompt")
             if self.url is not None or self.headers or self.headers_env or self.headers_file:
                 raise ConfigError("tools: url and headers are for kind http")
+
+    def _check_headers(self, headers: Mapping[str, str], source: str) -> None:
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(f"tools: {source}: {name!r} is not an HTTP header name")
+            if _HEADER_BAD_VALUE.search(value):
+                raise ConfigError(f"tools: {source}.{name}: a control character in the value")
 
     def definition(self, name: str) -> dict[str, Any]:
         """The tool as the model sees it (OpenAI chat `tools` shape)."""
@@ -424,6 +437,7 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
                 reason = getattr(exc, "strerror", None) or type(exc).__name__
                 message = f"tools: headers_file.{header}: cannot read {path}: {reason}"
                 raise ConfigError(message) from None
+        self._check_headers(out, "headers")
         return out
 
 
@@ -533,6 +547,9 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
     for provider in summary["providers"].values():
         provider["base_url"] = _mask_userinfo(provider["base_url"])
     summary["store"]["url"] = _mask_userinfo(summary["store"]["url"])  # a Redis password
+    for tool in summary["tools"].values():
+        if tool["url"] is not None:
+            tool["url"] = _mask_userinfo(tool["url"])
     summary["exposure"] = {
         "authentication": settings.auth.enabled,
         "anonymous_clients": settings.open_to_anonymous,

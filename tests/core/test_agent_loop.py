@@ -18,6 +18,7 @@ from wsgate.core.frames import (
     Message,
     StructuredFrame,
     ToolAwaiting,
+    ToolError,
     ToolExecuting,
     ToolResultFrame,
     TurnStarted,
@@ -180,6 +181,7 @@ def test_a_result_for_an_unknown_call_is_refused_and_starts_no_turn():
     first_turn(session, {"client_tools": True})
     error = refusal(session.receive(result("c9"), 2.0))
     assert (error.code, error.stream_id, error.retryable) == ("unknown_tool_call", "s1", False)
+    assert error.call_id == "c9"
     assert session.streams["s1"].state is State.AWAITING_TOOLS
 
 
@@ -227,7 +229,7 @@ def test_an_error_result_reaches_the_model_as_an_error_object():
     actions = session.receive(result("c1", content=None, error=error), 2.0)
     (frame, _) = frames_of(actions)
     assert frame.source == "client"
-    assert (frame.content, frame.error) == (msgspec.UNSET, None)  # not echoed to its sender
+    assert frame.error == ToolError("not_found", "no such city")
     (next_turn,) = [a for a in actions if isinstance(a, NextTurn)]
     assert orjson.loads(next_turn.request.messages[-1].content) == {"error": error}
 

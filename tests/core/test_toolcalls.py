@@ -211,6 +211,19 @@ def test_calls_without_provider_ids_get_stable_synthesized_ids_that_do_not_colli
     ]
 
 
+def test_two_calls_the_provider_gave_one_id_get_distinct_ids():
+    out = run(
+        [frag(0, "dup", "f", "{}"), frag(1, "dup", "g", "{}")],
+        stream_arguments=False,
+    )
+    assert out == [
+        Started("dup", 0, "f"),
+        Started("dup_2", 1, "g"),
+        Ended("dup", "f", {}),
+        Ended("dup_2", "g", {}),
+    ]
+
+
 def test_an_id_that_arrives_after_the_start_does_not_rename_the_call():
     out = run([frag(0, None, "f", "{"), frag(0, "late", None, "}")])
     assert out[0] == Started("call_0", 0, "f")

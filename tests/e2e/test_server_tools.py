@@ -239,6 +239,10 @@ async def test_a_nested_model_call_is_the_tools_result_and_never_on_the_users_st
     assert all(r.get("stream_id") != "s1" for r in nested)
     assert len({r["internal_stream_id"] for r in nested}) == 1
     assert not any(r["internal_stream_id"] == "s1" for r in nested)
+    (called,) = [r for r in records if r["event"] == "tool_called"]  # the user's line links it
+    assert called["stream_id"] == "s1"
+    assert called["nested_call"] == nested[0]["internal_stream_id"]
+    assert {r["call_id"] for r in nested} == {called["call_id"]}
 
 
 async def test_a_nested_model_call_with_an_argument_the_prompt_lacks_is_a_typed_result(
@@ -274,3 +278,23 @@ async def test_parallel_streams_share_a_tools_concurrency_cap(tool_app, mock):
     for first, second in itertools.pairwise(records):
         assert second.started_at >= first.completed_at - 0.01  # one at a time
     assert elapsed >= 0.8
+
+
+@pytest.mark.parametrize("prompt", ["n={hours[0]}", "{hours:>3}", "{hours.real.x}"])
+async def test_a_prompt_the_arguments_do_not_fit_is_tool_bad_arguments(tool_app, prompt):
+    app = await tool_app(
+        summarise={"kind": "model", "model": "mock", "prompt": prompt, "parameters": None}
+    )
+    script = two_turns([{"name": "summarise", "arguments": '{"hours": [1]}'}], "No.")
+    if prompt != "n={hours[0]}":
+        script["turns"][0]["tool_calls"][0]["arguments"] = '{"hours": {"a": 1}}'
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", mock_request(script), loop("summarise"))
+        frames = (await conn.finishes({"s1"}))["s1"]
+    if prompt == "n={hours[0]}":
+        (result,) = of_type(frames, "tool.result")
+        assert "error" not in result  # a list indexes: it fits
+    else:
+        (result,) = of_type(frames, "tool.result")
+        assert result["error"]["code"] == "tool_bad_arguments"
+    assert frames[-1]["reason"] == "stop"

@@ -341,3 +341,11 @@ async def test_the_tool_ledger_forgets_a_call_after_the_run_ttl(pair: Pair) -> N
     assert await pair.here.tool_claim("m1:1:c1") is None
     await asyncio.sleep(LIMITS.run_ttl_s + 0.2)
     assert await pair.there.tool_claim("m1:1:c1") is None
+
+
+async def test_a_done_tool_call_is_forgotten_at_its_claims_run_ttl_too(pair: Pair) -> None:
+    assert await pair.here.tool_claim("m1:1:c1") is None
+    await asyncio.sleep(LIMITS.run_ttl_s / 2)
+    await pair.here.tool_done("m1:1:c1", b"{}")
+    await asyncio.sleep(LIMITS.run_ttl_s / 2 + 0.2)
+    assert await pair.there.tool_claim("m1:1:c1") is None

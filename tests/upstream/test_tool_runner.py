@@ -141,3 +141,45 @@ async def test_a_compressed_answer_is_not_expanded_past_the_cap(mock):
             await store.close()
     assert error is not None
     assert error.code == "tool_invalid_response"  # gzip bytes are not JSON; never inflated
+
+
+async def test_a_call_id_with_control_characters_reaches_the_tool_percent_encoded(runner, mock):
+    tools, _ = runner
+    call = ToolCall("a\r\nX-Evil: 1", "weather", {}, server=True, turn=1)
+    assert await tools.run("m1", call) == ({"t": 1}, None)
+    (record,) = mock.tools.records.values()
+    assert record.call_id == "a%0D%0AX-Evil%3A%201"
+
+
+async def test_a_failure_inside_the_runner_is_a_typed_result_and_is_recorded(
+    runner, mock, monkeypatch
+):
+    tools, store = runner
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tools, "_http", broken)
+    _, error = await tools.run("m1", CALL)
+    assert error is not None
+    assert error.code == "tool_failed"
+    assert (await store.tool_claim(KEY) or b"").startswith(b"done ")
+
+
+async def test_a_large_result_is_recorded_as_done_without_it(mock):
+    store = MemoryStore(node_id="node-a")
+    await store.start()
+    spec = HttpTool(mock.tool_url("weather", body_bytes=20_000), {}, 2.0, 1, 1 << 20)
+    tools = ToolRunner({"weather": spec}, store, UpstreamClient({}, Timeouts(1, 1, 1)))
+    await tools.start()
+    try:
+        content, _ = await tools.run("m1", CALL)
+        assert len(content) == 20_000 - 2
+        again, error = await tools.run("m1", CALL)
+    finally:
+        await tools.close()
+        await store.close()
+    assert again is None
+    assert error is not None
+    assert error.code == "tool_outcome_unknown"
+    assert mock.tools.count("weather") == 1

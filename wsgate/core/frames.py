@@ -438,6 +438,7 @@ class ErrorFrame(_Frame, tag="error"):
     stream_id: str | None = None
     seq: Seq | None = None
     retry_after_ms: int | None = None
+    call_id: str | None = None  # a refused `tool_result`: the call it named
 
 
 class Telemetry(_Frame, tag="telemetry"):

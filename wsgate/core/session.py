@@ -483,10 +483,10 @@ class Session:
         sid = frame.stream_id
         if (frame.content is msgspec.UNSET) == (frame.error is None):
             message = "a tool_result carries exactly one of content and error"
-            return self._bad_frame(_refuse("bad_frame", message, sid))
+            return self._bad_frame(_refuse("bad_frame", message, sid, call_id=frame.call_id))
         if nests_deeper(frame.content, MAX_RESULT_DEPTH):
             message = f"a tool_result's content nests deeper than {MAX_RESULT_DEPTH} levels"
-            return self._bad_frame(_refuse("bad_frame", message, sid))
+            return self._bad_frame(_refuse("bad_frame", message, sid, call_id=frame.call_id))
         if sid in self.streams or sid not in self.attached:
             return self.client_tool_result(frame, now)  # (an unknown id: unknown_stream)
         message_id = self.attached[sid]
@@ -496,7 +496,7 @@ class Session:
         queued = self._results_after.setdefault(sid, [])
         if len(queued) >= MAX_QUEUED_RESULTS:
             message = f"{MAX_QUEUED_RESULTS} results wait for this stream's attach already"
-            return [_refuse("unknown_tool_call", message, sid)]
+            return [_refuse("unknown_tool_call", message, sid, call_id=frame.call_id)]
         queued.append(frame)
         return []
 
@@ -506,16 +506,16 @@ class Session:
         Its refusal is a `SendControl`; the shell that forwarded it sends that to the
         follower's client.
         """
-        sid = frame.stream_id
+        sid, call = frame.stream_id, frame.call_id
         stream = self.streams.get(sid)
         if stream is None or stream.loop is None or not stream.loop.policy.client_tools:
             message = "this stream takes no tool results (agent.client_tools is not on)"
             if stream is None:
-                return [_refuse("unknown_stream", "no running stream has this id", sid)]
-            return [_refuse("unknown_tool_call", message, sid)]
+                return [_refuse("unknown_stream", "no running stream has this id", sid, None, call)]
+            return [_refuse("unknown_tool_call", message, sid, call_id=frame.call_id)]
         output = stream.tool_result(frame.call_id, frame.content, frame.error, client=True, now=now)
         if isinstance(output, Refused):
-            return [_refuse(output.code, output.message, sid)]
+            return [_refuse(output.code, output.message, sid, call_id=frame.call_id)]
         actions: list[Action] = [SendStream(sid, output)]
         if output.turn is not None and output.turn.request is not None:
             actions.append(NextTurn(sid, output.turn.request))
@@ -838,7 +838,11 @@ def frame_type(frame: object) -> str:
 
 
 def _refuse(
-    code: str, message: str, stream_id: str | None = None, retry_after_ms: int | None = None
+    code: str,
+    message: str,
+    stream_id: str | None = None,
+    retry_after_ms: int | None = None,
+    call_id: str | None = None,
 ) -> SendControl:
     return SendControl(
         ErrorFrame(
@@ -847,6 +851,7 @@ def _refuse(
             retryable=ERROR_CODES[code].retryable,
             stream_id=stream_id,
             retry_after_ms=retry_after_ms,
+            call_id=call_id,
         )
     )
 

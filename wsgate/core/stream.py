@@ -461,11 +461,10 @@ class Stream:
         result = ToolResultFrame(
             self.stream_id, self._next(), call_id, call.name, "client" if client else "server"
         )
-        if not client:  # a client's own result is not echoed back (it has it)
-            if error is not None:
-                result.error = error
-            else:
-                result.content = content
+        if error is not None:
+            result.error = error
+        else:
+            result.content = content
         out.add(result)
         if verdict.request is not None:
             self._apply(Event.NEXT_TURN)

@@ -262,15 +262,17 @@ class ToolCallAccumulator:
 
     def _assign_id(self, call: _Call) -> str:
         if not call.call_id:
-            if call.provider_id:
-                call.call_id = call.provider_id
-            else:
-                base = candidate = f"call_{call.index}"
-                suffix = 1
-                while candidate in self._by_id:
-                    suffix += 1
-                    candidate = f"{base}_{suffix}"
-                call.call_id = candidate
+            # A provider id another call of the turn already shows (a provider that repeats
+            # one) gets a suffix too: a call id names one call.
+            base = candidate = call.provider_id or f"call_{call.index}"
+            taken = {c.call_id for c in self._calls if c is not call and c.call_id}
+            suffix = 1
+            while candidate in taken or (
+                candidate != call.provider_id and candidate in self._by_id
+            ):
+                suffix += 1
+                candidate = f"{base}_{suffix}"
+            call.call_id = candidate
         return call.call_id
 
     def _append(self, call: _Call, text: str, out: list[ToolCallOutput]) -> None:

@@ -449,7 +449,11 @@ class Connection:
             refusals = [
                 SendControl(
                     ErrorFrame(
-                        "unknown_tool_call", message, retryable=False, stream_id=action.stream_id
+                        "unknown_tool_call",
+                        message,
+                        retryable=False,
+                        stream_id=action.stream_id,
+                        call_id=action.frame.call_id,
                     )
                 )
             ]

@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import random
 import time
+from typing import Any
 
 from wsgate.core.agent import ToolCall
 from wsgate.core.errors import WsgateError
@@ -199,7 +200,10 @@ class StreamTasks:
         sid = start.stream_id
         request: ChatRequest | None = None
         if turn.run:
-            outcomes = await asyncio.gather(*(self._run_tool(start, call) for call in turn.run))
+            owner = asyncio.current_task()  # (gather runs each call in a task of its own)
+            outcomes = await asyncio.gather(
+                *(self._run_tool(start, call, owner) for call in turn.run)
+            )
             request = next((r for r in outcomes if r is not None), None)
         if request is None:
             waiting = self._turns.get(sid)
@@ -209,10 +213,16 @@ class StreamTasks:
         self._turns.pop(sid, None)
         return request
 
-    async def _run_tool(self, start: StartUpstream, call: ToolCall) -> ChatRequest | None:
+    async def _run_tool(
+        self, start: StartUpstream, call: ToolCall, owner: asyncio.Task[Any] | None
+    ) -> ChatRequest | None:
         """One server tool's call, its outcome delivered; the next turn's request if it was last."""
         host, sid = self.host, start.stream_id
         content, error = await host.run_tool(sid, start.message_id, call)
+        stream = host.session.streams.get(sid)
+        mine = owner is not None and self.tasks.get(sid) is owner
+        if not mine or stream is None or stream.message_id != start.message_id:
+            return None  # the stream ended meanwhile (its id may name another one now)
         output = host.session.tool_finished(sid, call.call_id, content, error, time.monotonic())
         host.deliver(sid, output)
         return output.turn.request if output.turn is not None else None

@@ -157,6 +157,7 @@ class UpstreamClient:
             auto_decompress=False,
             raise_for_status=False,
             read_bufsize=READ_BUFSIZE,
+            cookie_jar=aiohttp.DummyCookieJar(),  # one pool for every principal: no cookies
         )
 
     async def close(self) -> None:

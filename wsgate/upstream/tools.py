@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import secrets
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,13 +52,17 @@ log = get_logger("wsgate.tools")
 
 Outcome = tuple[Any, ToolError | None]
 
+LEDGER_RESULT_BYTES = 16 * 1024
+"""A result up to this size is kept in the ledger for whoever asks again; a larger one is
+recorded as done without it (the ledger stays small: it is asked again only rarely)."""
+
 
 @dataclass(frozen=True, slots=True)
 class HttpTool:
     """A tool of kind `http`, its headers resolved."""
 
     url: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)  # secrets
     timeout: float
     max_concurrency: int
     max_response_bytes: int
@@ -103,10 +108,12 @@ class ToolRunner:
         if any(isinstance(slot.spec, HttpTool) for slot in self._slots.values()):
             # No redirects (a tool's headers carry its secrets; a 3xx is a failure) and no
             # decompression (the size cap is on the bytes that arrive: no expansion).
+            # No cookies either: one session serves every principal's calls.
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None),
                 raise_for_status=False,
                 auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
 
     async def close(self) -> None:
@@ -128,31 +135,42 @@ class ToolRunner:
             return None, ToolError("tool_unavailable", "the tool ledger is unavailable; not run")
         if held is not None:
             return _recorded(held, call)
-        outcome = await self._call(slot, message_id, key, call)
+        try:
+            outcome = await self._call(slot, message_id, key, call)
+        except Exception:  # a bug here must not end the stream nor leave siblings running
+            log.exception("tool_crashed", tool=call.name, call_id=call.call_id)
+            outcome = None, ToolError("tool_failed", "the tool call failed inside the gateway")
         content, error = outcome
         record = {"error": msgspec.to_builtins(error)} if error else {"content": content}
+        encoded = msgspec.json.encode(record)
+        if len(encoded) > LEDGER_RESULT_BYTES:
+            encoded = b'{"kept":false}'
         try:
-            await self._store.tool_done(key, msgspec.json.encode(record))
+            await self._store.tool_done(key, encoded)
         except StoreUnavailable:  # the result still goes to the model; a re-ask finds `running`
             log.warning("tool_result_unrecorded", tool=call.name, call_id=call.call_id)
         return outcome
 
     async def _call(self, slot: _Slot, message_id: str, key: str, call: ToolCall) -> Outcome:
         spec = slot.spec
+        internal = None if isinstance(spec, HttpTool) else f"int_{secrets.token_urlsafe(9)}"
         try:
             async with asyncio.timeout(spec.timeout), slot.gate:
                 if isinstance(spec, HttpTool):
                     outcome = await self._http(spec, key, call)
                 else:
-                    outcome = await self._nested(spec, message_id, call)
+                    assert internal is not None  # noqa: S101 - a model tool's id, above
+                    outcome = await self._nested(spec, message_id, internal, call)
         except TimeoutError:
-            outcome = None, ToolError("tool_timeout", f"no answer within {spec.timeout:g} s")
+            message = f"no answer within {spec.timeout:g} s (the tool may have acted)"
+            outcome = None, ToolError("tool_timeout", message)
         error = outcome[1]
         log.info(
             "tool_called",
             tool=call.name,
             call_id=call.call_id,
             turn=call.turn,
+            nested_call=internal,  # the nested call's internal_stream_id (its own lines')
             outcome="ok" if error is None else error.code,
         )
         return outcome
@@ -162,8 +180,9 @@ class ToolRunner:
         headers = {
             **spec.headers,
             "content-type": "application/json",
-            "x-wsgate-call-id": call.call_id,
-            "idempotency-key": key,
+            # Call ids come from the provider: percent-encoded, so no byte can break a header.
+            "x-wsgate-call-id": urllib.parse.quote(call.call_id, safe=""),
+            "idempotency-key": urllib.parse.quote(key, safe=":"),
             "accept-encoding": "identity",
         }
         body = msgspec.json.encode(call.arguments)
@@ -185,19 +204,20 @@ class ToolRunner:
             return None, ToolError("tool_unavailable", message)
         try:
             content = msgspec.json.decode(bytes(data))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None, ToolError("tool_invalid_response", "the tool's answer is not JSON")
         if nests_deeper(content, MAX_RESULT_DEPTH):
             message = f"the tool's answer nests deeper than {MAX_RESULT_DEPTH} levels"
             return None, ToolError("tool_invalid_response", message)
         return content, None
 
-    async def _nested(self, spec: ModelTool, message_id: str, call: ToolCall) -> Outcome:
+    async def _nested(
+        self, spec: ModelTool, message_id: str, internal: str, call: ToolCall
+    ) -> Outcome:
         """The model call, in a context of its own: its logs name the internal id only."""
-        internal = f"int_{secrets.token_urlsafe(9)}"
         context = contextvars.copy_context()
         context.run(unbind, "stream_id")
-        context.run(bind, internal_stream_id=internal, message_id=message_id)
+        context.run(bind, internal_stream_id=internal, message_id=message_id, call_id=call.call_id)
         task = asyncio.get_running_loop().create_task(
             self._model_call(spec, internal, call), context=context
         )
@@ -210,8 +230,9 @@ class ToolRunner:
     async def _model_call(self, spec: ModelTool, internal: str, call: ToolCall) -> Outcome:
         try:
             prompt = spec.prompt.format_map(call.arguments)
-        except (KeyError, IndexError, ValueError, AttributeError) as exc:
-            return None, ToolError("tool_bad_arguments", f"the prompt cannot be filled: {exc!r}")
+        except Exception as exc:
+            message = f"the prompt cannot be filled ({type(exc).__name__})"
+            return None, ToolError("tool_bad_arguments", message)
         request = ChatRequest(
             model=spec.model,
             messages=[Message(role="user", content=prompt)],
@@ -277,12 +298,17 @@ def _recorded(held: bytes, call: ToolCall) -> Outcome:
     if state == b"done":
         try:
             kept = msgspec.json.decode(record)
-            log.info("tool_result_from_ledger", tool=call.name, call_id=call.call_id)
-            if "error" in kept:
+            if isinstance(kept, dict) and "error" in kept:
+                log.info("tool_result_from_ledger", tool=call.name, call_id=call.call_id)
                 return None, msgspec.convert(kept["error"], ToolError)
-            return kept.get("content"), None
-        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+            if isinstance(kept, dict) and "content" in kept:
+                log.info("tool_result_from_ledger", tool=call.name, call_id=call.call_id)
+                return kept["content"], None
+        except (msgspec.DecodeError, msgspec.ValidationError):
             pass
+        message = "the call ran before and its result was not kept; it is not run twice"
+        log.warning("tool_result_not_kept", tool=call.name, call_id=call.call_id)
+        return None, ToolError("tool_outcome_unknown", message)
     log.warning("tool_outcome_unknown", tool=call.name, call_id=call.call_id, record=state)
     message = "the call was started before and its outcome is unknown; it is not run twice"
     return None, ToolError("tool_outcome_unknown", message)

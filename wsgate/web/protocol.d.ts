@@ -345,6 +345,7 @@ export interface ErrorFrame {
   code: string;
   message: string;
   retryable: boolean;
+  call_id?: string | null;
   retry_after_ms?: number | null;
   /**
    * Gapless per-stream sequence number, from 1.
