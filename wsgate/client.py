@@ -19,11 +19,23 @@ Rules of the resume:
    open stream ends with `ConnectionClosedError` at the drop.
 3. The caller sees every `seq` once, in order: a frame whose `seq` is at most the highest
    received is a replayed duplicate and is dropped; `stream.resumed` is counted, not yielded.
+
+Rules of tool results (the agent loop, PROTOCOL.md §4.5, §8.5):
+4. A refusal of a `tool_result` (`unknown_tool_call`, `duplicate_tool_result`,
+   `tool_result_too_large`, or a `bad_frame` naming the stream while a result is in flight:
+   content the gateway cannot take) names no call, so a stream has one result in flight at a
+   time and a refusal answers that one; it never ends the stream (it is yielded all the same).
+5. Results are written only while the stream is live on the connection: acknowledged
+   (`stream.started`, or `stream.resumed` and its replay up to `top_seq` received), so that a
+   result taken before a drop is seen in the replay (its `tool.result`) rather than written
+   twice; one still unanswered is written again on the new connection, under the stream's
+   id (a resume keeps it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import random
@@ -59,6 +71,11 @@ from wsgate.core.frames import (
     StreamResumed,
     StreamStarted,
     Telemetry,
+    ToolAwaiting,
+    ToolError,
+    ToolResult,
+    ToolResultFrame,
+    TurnStarted,
     decode_server_frame,
     encode_frame,
 )
@@ -81,6 +98,10 @@ _SUCCESS: Final = frozenset({"stop", "length", "tool_calls"})
 # PROTOCOL.md §12.3, "Client should": reconnect after these; 4000-4499 are added below.
 _RECONNECT_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _MAX_BACKOFF_EXPONENT: Final = 32  # 2**32 * base is past any cap; keeps the float finite
+# Refusals of a tool_result (PROTOCOL.md §4.5): the stream goes on (rule 4).
+TOOL_REFUSALS: Final = frozenset(
+    {"unknown_tool_call", "duplicate_tool_result", "tool_result_too_large"}
+)
 
 
 class GatewayError(Exception):
@@ -102,6 +123,18 @@ class ConnectionClosedError(GatewayError):
         super().__init__(f"connection closed with code {code}{detail}")
         self.code = code
         self.reason = reason
+
+
+class ToolResultRefusedError(GatewayError):
+    """The gateway refused a tool result (`code`: one of `TOOL_REFUSALS`, or `bad_frame`).
+
+    The stream goes on.
+    """
+
+    def __init__(self, frame: ErrorFrame) -> None:
+        super().__init__(f"tool result refused: {frame.code}: {frame.message}")
+        self.frame = frame
+        self.code = frame.code
 
 
 class _ViolationError(Exception):
@@ -138,6 +171,28 @@ class _Broken:
     cause: BaseException | None = None
 
 
+class _PendingResult:
+    """A tool result not taken yet: its frame, its caller's future, where it was written."""
+
+    __slots__ = ("call_id", "data", "future", "sends", "sent_at_seq", "sent_gen")
+
+    def __init__(self, call_id: str, data: bytes, future: asyncio.Future[ToolResultFrame]) -> None:
+        self.call_id = call_id
+        self.data = data
+        self.future = future
+        self.sent_gen: int | None = None  # the connection it was last written to
+        self.sent_at_seq = 0  # the stream's highest seq when first written: its answer is later
+        self.sends = 0
+
+    def settle(self, outcome: ToolResultFrame | BaseException) -> None:
+        if self.future.done():
+            return  # its caller stopped waiting
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
+
+
 def _close_info(exc: ConnectionClosed) -> tuple[int, str]:
     if exc.rcvd is not None:
         return exc.rcvd.code, exc.rcvd.reason
@@ -171,10 +226,13 @@ class _Route:
     nothing to that: nothing arrives while disconnected, and replayed duplicates are dropped
     before they are queued, so only `seq`s never queued before get in. The rest of the route
     is fixed-size: its start frame (at most `max_frame_bytes`), the last frame it sent to
-    attach (a `resume` or that start) and a few counters.
+    attach (a `resume` or that start) and a few counters; plus the tool results the app
+    sent that were not taken yet (each at most `max_frame_bytes`).
     """
 
     __slots__ = (
+        "acked_gen",
+        "echoes",
         "epoch",
         "final",
         "follower",
@@ -183,6 +241,9 @@ class _Route:
         "last_seq",
         "message_id",
         "queue",
+        "replay_to",
+        "result_refusals",
+        "results",
         "resumed",
         "resumes",
         "retries",
@@ -210,6 +271,11 @@ class _Route:
         self.resumes = 0
         self.resumed: StreamResumed | None = None
         self.retries = 0
+        self.acked_gen: int | None = None  # the connection that acknowledged it (rule 5)
+        self.replay_to = 0  # a resume's top_seq: live once last_seq reaches it
+        self.results: collections.deque[_PendingResult] = collections.deque()  # rule 4
+        self.echoes: dict[str, _PendingResult] = {}  # written again, taken before: answer due
+        self.result_refusals: set[int] = set()  # id() of queued refusals that answered one
 
     def can_continue(self) -> bool:
         """Whether the stream may go on after a drop (rule 2)."""
@@ -241,9 +307,13 @@ class _Route:
         self.resumes += 1
         self.resumed = frame
         self.retries = 0
+        self.acked_gen, self.replay_to = self.gen, frame.top_seq
 
-    def push(self, frame: StreamFrame) -> bool:
-        """Queue a frame unless it is a replayed duplicate; True when it is the stream's last."""
+    def push(self, frame: StreamFrame, *, of_result: bool = False) -> bool:
+        """Queue a frame unless it is a replayed duplicate; True when it is the stream's last.
+
+        `of_result`: a refusal that answered a tool result (rule 4); it ends nothing.
+        """
         span = _seq_span(frame)
         if span is not None:
             first, last = span
@@ -255,13 +325,70 @@ class _Route:
         if isinstance(frame, StreamStarted):
             self.started = True
             self.message_id, self.epoch = frame.message_id, frame.epoch
+            self.acked_gen, self.replay_to = self.gen, 0
+        elif isinstance(frame, ToolResultFrame):
+            self.took(frame)
         self.queue.put_nowait(frame)
-        # A refusal (error without seq) ends a stream the gateway never started, and a follower.
-        refused = isinstance(frame, ErrorFrame) and frame.seq is None
+        # A refusal (error without seq) ends a stream the gateway never started, and a follower;
+        # a refusal of a tool result ends none (rule 4).
+        if of_result:
+            self.result_refusals.add(id(frame))
+        refused = (
+            isinstance(frame, ErrorFrame)
+            and frame.seq is None
+            and frame.code not in TOOL_REFUSALS
+            and not of_result
+        )
         if isinstance(frame, FinishFrame) or (refused and (self.follower or not self.started)):
             self.final = frame
             return True
         return False
+
+    def took(self, frame: ToolResultFrame) -> None:
+        """A `tool.result`: the answer to the result in flight for its call, if one is."""
+        head = self.results[0] if self.results else None
+        # Written before this frame was logged (`sent_at_seq`): then this is its answer.
+        sent = head is not None and head.sent_gen is not None and frame.seq > head.sent_at_seq
+        if sent and head is not None and head.call_id == frame.call_id:
+            self.results.popleft()
+            head.settle(frame)
+        echo = self.echoes.get(frame.call_id)
+        if echo is not None and frame.seq > echo.sent_at_seq:
+            del self.echoes[frame.call_id]
+            echo.settle(frame)
+
+    def result_refused(self, frame: ErrorFrame, gen: int) -> bool:
+        """Whether a refusal answers the tool result in flight on connection `gen` (rule 4)."""
+        if frame.code not in TOOL_REFUSALS and frame.code != "bad_frame":
+            return False
+        head = self.results[0] if self.results else None
+        if head is None or head.sent_gen != gen:
+            return False  # none in flight: not one of ours (it is yielded all the same)
+        self.results.popleft()
+        if frame.code == "duplicate_tool_result" and head.sends > 1:
+            # Written again after a drop, but the first was taken: its tool.result follows.
+            self.echoes[head.call_id] = head
+        else:
+            head.settle(ToolResultRefusedError(frame))
+        return True
+
+    def refused_a_result(self, frame: ErrorFrame) -> bool:
+        """Whether a refusal being yielded was about a tool result, not about the stream."""
+        if id(frame) in self.result_refusals:
+            self.result_refusals.discard(id(frame))
+            return True
+        return frame.code in TOOL_REFUSALS
+
+    def abandon(self, error: GatewayError) -> None:
+        """The stream ended: its tool results not taken fail with `error`."""
+        for pending in (*self.results, *self.echoes.values()):
+            pending.settle(error)
+        self.results.clear()
+        self.echoes.clear()
+
+
+def _ended(stream_id: str) -> GatewayError:
+    return GatewayError(f"stream {stream_id!r} ended before the gateway took the tool result")
 
 
 class _Mux:
@@ -291,6 +418,7 @@ class _Mux:
         self._deadline = 0.0  # loop time when the current recovery gives up
         self._cause: BaseException | None = None  # why the last recovery failed
         self._retries: set[asyncio.Task[None]] = set()  # at most one per route
+        self._writes: set[asyncio.Task[None]] = set()  # tool results: one per route at most
 
     def add(self, stream_id: str, route: _Route) -> None:
         if self.closed is not None:
@@ -360,24 +488,26 @@ class _Mux:
             raise
         finally:
             self.closed, self.live = closed, False
-            for task in self._retries:
+            for task in (*self._retries, *self._writes):
                 task.cancel()
             if self.ws.state is State.OPEN:  # cancelled while carrying streams over
                 self.ws.transport.abort()
             for route in self.routes.values():
                 route.queue.put_nowait(_Broken(*closed, cause))
+                route.abandon(ConnectionClosedError(*closed))
             self.routes.clear()
             self._changed()
 
     async def _recover(self, closed: tuple[int, str]) -> bool:
         """After a drop: reconnect and carry the streams over; False when the reader ends."""
         self.live = False
-        for task in self._retries:
-            task.cancel()  # their refusal came on the old connection: the resume is resent
+        for task in (*self._retries, *self._writes):
+            task.cancel()  # for the old connection: the resume (and a result) is written again
         resuming = self.dial is not None and not self.stopping and _may_reconnect(closed[0])
         for sid, route in list(self.routes.items()):
             if not (resuming and route.can_continue()):
                 route.queue.put_nowait(_Broken(*closed))
+                route.abandon(ConnectionClosedError(*closed))
                 del self.routes[sid]
         if not self.routes:
             return False
@@ -444,6 +574,32 @@ class _Mux:
             with contextlib.suppress(ConnectionClosed):
                 await self.ws.send(data, text=True)
 
+    def send_result(self, route: _Route) -> None:
+        """Write a route's oldest tool result not taken yet, if it may go now (rules 4, 5)."""
+        results = route.results
+        while results and results[0].sent_gen is None and results[0].future.cancelled():
+            results.popleft()  # its caller stopped waiting before it was written
+        if not results or not self.live or self.routes.get(route.stream_id) is not route:
+            return
+        if route.acked_gen != self.gen or route.last_seq < route.replay_to:
+            return  # not live on this connection yet; its ack, or the replay's end, calls again
+        head = results[0]
+        if head.sent_gen == self.gen:
+            return  # in flight
+        if head.sends == 0:
+            head.sent_at_seq = route.last_seq
+        head.sent_gen = self.gen
+        head.sends += 1
+        task = asyncio.get_running_loop().create_task(self._write(self.ws, head.data))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, ws: ClientConnection, data: bytes) -> None:
+        # A drop cancels this task or fails the send: the reader recovers, the result is
+        # written again on the next connection (rule 5).
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(data, text=True)
+
     async def _pump(self) -> tuple[int, str]:
         while True:
             try:
@@ -488,11 +644,18 @@ class _Mux:
             return
         if isinstance(frame, StreamResumed):
             route.on_resumed(frame)
+            self.send_result(route)
             return
-        if isinstance(frame, ErrorFrame) and frame.seq is None and self._retry(route, frame):
-            return
-        if route.push(frame):
+        of_result = False
+        if isinstance(frame, ErrorFrame) and frame.seq is None:
+            if self._retry(route, frame):
+                return
+            of_result = route.result_refused(frame, self.gen)
+        if route.push(frame, of_result=of_result):
             del self.routes[sid]
+            route.abandon(_ended(sid))
+        else:
+            self.send_result(route)
 
 
 class StreamHandle:
@@ -505,7 +668,9 @@ class StreamHandle:
     the stream cannot be resumed, the frames that arrived are yielded, then
     `ConnectionClosedError` is raised. A resumed stream yields one gapless sequence across
     connections: no `seq` twice, no `stream.resumed` (`resumes` counts them). The attributes
-    (`text`, `events`, `finish_reason`, ...) reflect the frames yielded so far.
+    (`text`, `events`, `finish_reason`, `awaiting`, ...) reflect the frames yielded so far.
+    In the agent loop, `send_tool_result` answers the calls of a `tool.awaiting`; a refusal
+    of a result is yielded too (an `ErrorFrame` without `seq`) but does not end the stream.
     """
 
     def __init__(self, mux: _Mux, start: Start, encoded: bytes) -> None:
@@ -516,6 +681,7 @@ class StreamHandle:
         self.model: str | None = None
         self.finish_reason: FinishReason | None = None
         self.error: ErrorFrame | None = None
+        self.awaiting: ToolAwaiting | None = None  # the last tool.awaiting, until turn.started
         self.events: list[StreamFrame] = []
         self._mux = mux
         self._route = _Route(start.stream_id, encoded, start.options.idempotency_key)
@@ -587,6 +753,56 @@ class StreamHandle:
         with contextlib.suppress(ConnectionClosedError):
             await self._mux.send(encode_frame(Cancel(stream_id=self.stream_id)), self._route)
 
+    async def send_tool_result(
+        self,
+        call_id: str,
+        content: Any = msgspec.UNSET,
+        *,
+        error: ToolError | dict[str, str] | None = None,
+    ) -> ToolResultFrame:
+        """Answer a call of the stream's `tool.awaiting` with `content` (any JSON) or `error`.
+
+        Returns the `tool.result` that took it. The result waits its turn (one in flight per
+        stream) and for the stream to be live on the connection, and is written again after
+        a reconnect until it is taken (module rules 4 and 5); the reader answers it, so the
+        stream need not be iterated meanwhile. Raises `ValueError` for an invalid result
+        (neither or both of `content` and `error`, a bad code, a frame over
+        `max_frame_bytes`), `ToolResultRefusedError` when the gateway refuses it (the stream
+        goes on), `ConnectionClosedError` or `GatewayError` when the stream ends first.
+        Cancelled before it was written, it is not written.
+        """
+        encoded = self._tool_result(call_id, content, error)
+        if not self._start_sent:
+            raise ValueError(f"stream {self.stream_id!r} has not started")
+        if self._mux.routes.get(self.stream_id) is not self._route:
+            if self._mux.closed is not None and not self._route.final:
+                raise ConnectionClosedError(*self._mux.closed)
+            raise _ended(self.stream_id)
+        future: asyncio.Future[ToolResultFrame] = asyncio.get_running_loop().create_future()
+        self._route.results.append(_PendingResult(call_id, encoded, future))
+        self._mux.send_result(self._route)
+        return await future
+
+    def _tool_result(
+        self, call_id: str, content: Any, error: ToolError | dict[str, str] | None
+    ) -> bytes:
+        if (content is msgspec.UNSET) == (error is None):
+            raise ValueError("a tool result carries exactly one of content and error")
+        try:
+            if error is not None and not isinstance(error, ToolError):
+                error = msgspec.convert(error, ToolError)
+            frame = ToolResult(
+                stream_id=self.stream_id, call_id=call_id, content=content, error=error
+            )
+            encoded = encode_frame(frame)
+            msgspec.json.decode(encoded, type=ToolResult)  # the constraints, as the gateway's
+        except (msgspec.MsgspecError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid tool_result frame: {exc}") from exc
+        limit = self._mux.ready.limits.max_frame_bytes
+        if len(encoded) > limit:
+            raise ValueError(f"tool_result frame of {len(encoded)} bytes exceeds max {limit}")
+        return encoded
+
     async def collect(self) -> Self:
         """Iterate to the end of the stream and return this handle."""
         async for _ in self:
@@ -616,8 +832,13 @@ class StreamHandle:
             self.message_id, self.model = frame.message_id, frame.model
         elif isinstance(frame, DeltaText):
             self._texts.append(frame.text)
+        elif isinstance(frame, ToolAwaiting):
+            self.awaiting = frame
+        elif isinstance(frame, TurnStarted):
+            self.awaiting = None
         elif isinstance(frame, ErrorFrame):
-            self.error = frame
+            if frame.seq is not None or not self._route.refused_a_result(frame):
+                self.error = frame  # a refused tool result is no error of the stream
         elif isinstance(frame, FinishFrame):
             self.finish_reason = frame.reason
 

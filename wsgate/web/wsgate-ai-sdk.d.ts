@@ -6,8 +6,8 @@
 // pinned `ai`). Wire types come from protocol.d.ts (generated from the JSON Schemas), the
 // Gateway from wsgate.d.ts.
 
-import type { ChatRequest, ServerFrame, StartOptions } from "./protocol.js";
-import type { ConnectOptions, Gateway } from "./wsgate.js";
+import type { ChatRequest, ServerFrame, StartOptions, ToolError } from "./protocol.js";
+import type { ConnectOptions, Gateway, ToolHandler } from "./wsgate.js";
 
 /** AI SDK finish reasons (ai 7 `FinishReason`). */
 export type UIFinishReason =
@@ -49,13 +49,20 @@ export type WsgateUIMessageChunk =
   | { type: "reasoning-start"; id: string }
   | { type: "reasoning-delta"; id: string; delta: string }
   | { type: "reasoning-end"; id: string }
-  | { type: "tool-input-start"; toolCallId: string; toolName: string; dynamic?: boolean }
+  | {
+      type: "tool-input-start";
+      toolCallId: string;
+      toolName: string;
+      providerExecuted?: boolean;
+      dynamic?: boolean;
+    }
   | { type: "tool-input-delta"; toolCallId: string; inputTextDelta: string }
   | {
       type: "tool-input-available";
       toolCallId: string;
       toolName: string;
       input: unknown;
+      providerExecuted?: boolean;
       dynamic?: boolean;
     }
   | {
@@ -64,6 +71,21 @@ export type WsgateUIMessageChunk =
       toolName: string;
       input: unknown;
       errorText: string;
+      providerExecuted?: boolean;
+      dynamic?: boolean;
+    }
+  | {
+      type: "tool-output-available";
+      toolCallId: string;
+      output: unknown;
+      providerExecuted?: boolean;
+      dynamic?: boolean;
+    }
+  | {
+      type: "tool-output-error";
+      toolCallId: string;
+      errorText: string;
+      providerExecuted?: boolean;
       dynamic?: boolean;
     }
   | { type: "data-structured"; data: unknown }
@@ -123,6 +145,12 @@ export interface WsgateChatTransportInit<UI_MESSAGE extends UIMessageLike = UIMe
     | { request?: ChatRequest; options?: StartOptions }
     | undefined
     | PromiseLike<{ request?: ChatRequest; options?: StartOptions } | undefined>;
+  /** The agent loop (PROTOCOL.md §8.5): handlers by tool name, run by wsgate.js once per
+   * awaited call, their results sent on the same stream (the start's
+   * `options.agent.client_tools` defaults to true). Each `tool.result` is the tool part's
+   * output; the next turn is a new step of the same assistant message. Answer a call here or
+   * in the chat's `onToolCall`, not both. */
+  tools?: Record<string, ToolHandler>;
   /** Mark tool parts `dynamic` (for apps that declare no tools). Default false. */
   dynamicTools?: boolean;
   /** The metadata of `start` and `finish`; `false` for none. Default: WsgateMessageMetadata. */
@@ -180,6 +208,11 @@ export declare function defaultMessageMetadata(info: WsgateMetadataInfo): Wsgate
 export declare function createChunkMapper(init: {
   idPrefix: string;
   dynamicTools?: boolean;
+  /** Tools the gateway runs (`options.agent.server_tools`): their calls are providerExecuted. */
+  serverTools?: Iterable<string>;
+  /** The client's own result of a call (wsgate.js `Stream.sentResults`), for a `tool.result`
+   * that does not repeat it. */
+  resultOf?: (callId: string) => { content?: unknown; error?: ToolError } | undefined;
   messageMetadata?: false | ((info: WsgateMetadataInfo) => unknown);
 }): {
   frame(frame: ServerFrame): { chunks: WsgateUIMessageChunk[]; terminal: boolean };

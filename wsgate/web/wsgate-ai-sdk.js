@@ -7,19 +7,27 @@
  * the `ChatTransport` methods onto a `Gateway` of `./wsgate.js` (`WsgateChatTransport`):
  * `sendMessages` is a `start`, the abort signal a `cancel`, `reconnectToStream` a `resume`
  * by `message_id`. It must not speak the wire itself (framing, reconnects, backoff, seq
- * dedup and resuming across socket drops belong to wsgate.js), must not import `ai` (it only
- * produces plain chunk objects, so it runs with any AI SDK that has the chunk protocol of
- * ai 5 and later), and runs no tools: the app does, in `onToolCall` / `addToolOutput`, and the
- * results go back to the model in the next request's messages.
+ * dedup and resuming across socket drops belong to wsgate.js), and must not import `ai` (it
+ * only produces plain chunk objects, so it runs with any AI SDK that has the chunk protocol
+ * of ai 5 and later). Tools: without the agent loop the app runs them, in `onToolCall` /
+ * `addToolOutput`, and the results go back to the model in the next request's messages.
+ * With it (PROTOCOL.md §8.5; the `tools` option, handlers by name, which wsgate.js runs once
+ * per call and whose results it sends as `tool_result`), one stream holds every turn: each
+ * `tool.result` becomes the tool part's output and the next turn's text continues in the
+ * same assistant message, a step per turn.
  *
  * Chunk protocol (ai 7, `UIMessageChunk`): `start`, `start-step`; `text-start`/`-delta`/`-end`
  * per run of `delta.text`; `reasoning-start`/`-delta`/`-end` per run of `delta.reasoning`;
  * `tool-input-start`/`-delta`/`-available` from `tool_call.start`/`arguments_chunk`/`end`;
- * `tool-input-error` from `tool_call.error`; `data-structured` / `data-structured-error` from
- * `structured` / `structured.error`; `finish-step` and `finish` (with `finishReason` and,
- * by default, `messageMetadata.wsgate` holding the usage and the wsgate finish reason, so a
- * cancel from elsewhere is `finishReason: "other"` with `finishReason: "cancelled"` there);
- * `error`; `abort` only for the chat's own stop (its abort signal) and for `close()`.
+ * `tool-input-error` from `tool_call.error`; `tool-output-available` / `tool-output-error`
+ * from `tool.result` (its content, or its error as `code: message`; `providerExecuted` when a
+ * server-side tool answered, and on the input chunks of `options.agent.server_tools`);
+ * `finish-step` then `start-step` from `turn.started`; `data-structured` /
+ * `data-structured-error` from `structured` / `structured.error`; `finish-step` and `finish`
+ * (with `finishReason` and, by default, `messageMetadata.wsgate` holding the usage and the
+ * wsgate finish reason, so a cancel from elsewhere is `finishReason: "other"` with
+ * `finishReason: "cancelled"` there); `error`; `abort` only for the chat's own stop (its
+ * abort signal) and for `close()`.
  *
  * Resume (PROTOCOL.md §11.2): wsgate.js already resumes every open stream after a dropped
  * socket, so a chat's stream survives drops with no help from here. `reconnectToStream`
@@ -157,12 +165,20 @@ export function toWireMessages(messages) {
  * `frame(f)` returns `{chunks, terminal}`: the chunks `f` stands for, and whether the stream
  * is over for the chat (its `finish`, or an `error` frame with `seq`: the chat stops at the
  * error, so the `finish` `error` that follows is not waited for). Other frames (`delta.role`,
- * `tool_call.snapshot`, `telemetry`, refusals, types this file predates) give no chunk. State:
- * the open text and reasoning part, the names of the calls, the usage: O(calls) per stream.
+ * `tool_call.snapshot`, `tool.awaiting`, `tool.executing`, `telemetry`, refusals, types this
+ * file predates) give no chunk. State: the open text and reasoning part, the names of the
+ * calls, the usage: O(calls) per stream. `serverTools`: the names the gateway runs
+ * (`options.agent.server_tools`): their calls are `providerExecuted`. `resultOf(callId)`:
+ * the client's own result (`{content}` or `{error}`, wsgate.js `sentResults`), for a
+ * `tool.result` that does not repeat it; one known nowhere (a replay of another page's
+ * result) gives no chunk: the part keeps its input, and no invented output reaches the
+ * next request's history.
  *
- * @param {{idPrefix: string, dynamicTools?: boolean, messageMetadata?: false | Function}} init
+ * @param {{idPrefix: string, dynamicTools?: boolean, messageMetadata?: false | Function,
+ *   serverTools?: Iterable<string>, resultOf?: Function}} init
  */
-export function createChunkMapper({ idPrefix, dynamicTools = false, messageMetadata }) {
+export function createChunkMapper(init) {
+  const { idPrefix, dynamicTools = false, messageMetadata, serverTools, resultOf } = init;
   const metadataOf =
     messageMetadata === false ? () => undefined : (messageMetadata ?? defaultMessageMetadata);
   const names = new Map();
@@ -191,6 +207,8 @@ export function createChunkMapper({ idPrefix, dynamicTools = false, messageMetad
   };
   const nextId = (kind) => `${idPrefix}-${kind}-${parts++}`;
   const dynamic = dynamicTools ? { dynamic: true } : {};
+  const server = new Set(serverTools ?? []);
+  const executed = (name) => (server.has(name) ? { providerExecuted: true } : {});
 
   const handlers = {
     "stream.started"(f, out) {
@@ -224,7 +242,8 @@ export function createChunkMapper({ idPrefix, dynamicTools = false, messageMetad
       closeText(out);
       closeReasoning(out);
       names.set(f.call_id, f.name);
-      out.push({ type: "tool-input-start", toolCallId: f.call_id, toolName: f.name, ...dynamic });
+      const chunk = { type: "tool-input-start", toolCallId: f.call_id, toolName: f.name };
+      out.push({ ...chunk, ...executed(f.name), ...dynamic });
     },
     "tool_call.arguments_chunk"(f, out) {
       if (names.has(f.call_id)) {
@@ -238,20 +257,49 @@ export function createChunkMapper({ idPrefix, dynamicTools = false, messageMetad
         toolCallId: f.call_id,
         toolName: f.name,
         input: f.arguments,
+        ...executed(f.name),
         ...dynamic,
       });
     },
     "tool_call.error"(f, out) {
       begin(out);
       closeText(out);
+      const toolName = f.name ?? names.get(f.call_id) ?? "unknown";
       out.push({
         type: "tool-input-error",
         toolCallId: f.call_id,
-        toolName: f.name ?? names.get(f.call_id) ?? "unknown",
+        toolName,
         input: f.raw,
         errorText: `${f.code}: ${f.message}`,
+        ...executed(toolName),
         ...dynamic,
       });
+    },
+    // The agent loop (§8.5): a call's result, taken for the next turn, is the tool's output.
+    "tool.result"(f, out) {
+      const toolCallId = f.call_id;
+      if (!names.has(toolCallId)) return; // no tool part to put it in (the chat would throw)
+      begin(out);
+      closeText(out);
+      closeReasoning(out);
+      const by = f.source === "server" ? { providerExecuted: true } : {};
+      const echoed = f.error != null || Object.hasOwn(f, "content");
+      const result = echoed ? f : f.source === "client" ? resultOf?.(toolCallId) : undefined;
+      if (result == null) return;
+      if (result.error != null) {
+        const errorText = `${result.error.code}: ${result.error.message}`;
+        out.push({ type: "tool-output-error", toolCallId, errorText, ...by, ...dynamic });
+      } else {
+        const output = result.content ?? null;
+        out.push({ type: "tool-output-available", toolCallId, output, ...by, ...dynamic });
+      }
+    },
+    // The next turn of the same stream: a new step of the same assistant message.
+    "turn.started"(f, out) {
+      begin(out);
+      closeText(out);
+      closeReasoning(out);
+      out.push({ type: "finish-step" }, { type: "start-step" });
     },
     // A section ends the text before it: the text after it is a new part, so `parts` keep
     // the answer's order (text, section, text).
@@ -334,7 +382,11 @@ const CONNECTION_LOST = new Set(["stream_lost", "connect_failed", "connection_lo
  * (wire `StartOptions`, `on_disconnect: "continue"` unless given) are the defaults of every
  * request; a request's `body` overrides them (`body.model`, `body.options`, any other key a
  * request field). `prepareRequest(ctx)` may return `{request, options}` to replace what was
- * built. `dynamicTools` marks tool parts `dynamic` (for apps that declare no tools).
+ * built. `tools` (handlers by name, wsgate.js's StreamOptions.tools) runs the agent loop:
+ * the start's `options.agent.client_tools` defaults to true, and each awaited call to one
+ * of them runs once and is answered on the same stream (answer the calls either there or in
+ * the chat's `onToolCall`, not both). `dynamicTools` marks tool parts `dynamic` (for apps
+ * that declare no tools).
  * `messageMetadata(info)` (or `false`) replaces the default metadata of `start`/`finish`.
  * `resumeStore` (a Map by default; any object with `get`/`set`/`delete` of plain objects,
  * e.g. over `sessionStorage`) keeps each chat's unfinished generation, `{messageId, epoch}`,
@@ -349,6 +401,7 @@ export class WsgateChatTransport {
   #defaults;
   #prepareRequest;
   #mapperOptions;
+  #tools;
   #resumeStore;
   #live = new Map();
   #count = 0;
@@ -372,6 +425,7 @@ export class WsgateChatTransport {
       dynamicTools: init.dynamicTools ?? false,
       messageMetadata: init.messageMetadata,
     };
+    this.#tools = init.tools;
     this.#resumeStore = init.resumeStore ?? new Map();
   }
 
@@ -421,8 +475,11 @@ export class WsgateChatTransport {
       throw new TypeError("WsgateChatTransport: no `model` for the request");
     }
     const gw = await this.#ready(abortSignal);
-    return this.#pipe(chatId, abortSignal, (handlers) =>
-      gw.stream(request, { options: startOptions, signal: abortSignal, ...handlers }),
+    const serverTools = startOptions?.agent?.server_tools;
+    const tools = this.#tools === undefined ? {} : { tools: this.#tools };
+    const stream = { options: startOptions, signal: abortSignal, ...tools };
+    return this.#pipe(chatId, abortSignal, serverTools, (handlers) =>
+      gw.stream(request, { ...stream, ...handlers }),
     );
   }
 
@@ -432,8 +489,9 @@ export class WsgateChatTransport {
     if (kept === undefined || typeof kept.messageId !== "string") return null;
     const gw = await this.#ready(abortSignal);
     const generation = { messageId: kept.messageId, epoch: kept.epoch, lastSeq: 0, snapshot: true };
-    return this.#pipe(chatId, abortSignal, (handlers) =>
-      gw.resume(generation, { signal: abortSignal, ...handlers }),
+    const tools = this.#tools === undefined ? {} : { tools: this.#tools };
+    return this.#pipe(chatId, abortSignal, undefined, (handlers) =>
+      gw.resume(generation, { signal: abortSignal, ...tools, ...handlers }),
     );
   }
 
@@ -497,13 +555,15 @@ export class WsgateChatTransport {
    * frame: a refusal becomes an `error` chunk, `gw.close()` an `abort`, and a lost connection
    * errors the stream with a `TypeError` and keeps the generation for `reconnectToStream`.
    */
-  #pipe(chatId, abortSignal, open) {
-    const mapper = createChunkMapper({ idPrefix: `wsg${++this.#count}`, ...this.#mapperOptions });
+  #pipe(chatId, abortSignal, serverTools, open) {
+    const idPrefix = `wsg${++this.#count}`;
+    let handle;
+    const resultOf = (callId) => handle?.sentResults?.get(callId);
+    const mapper = createChunkMapper({ idPrefix, serverTools, resultOf, ...this.#mapperOptions });
     const live = { messageId: undefined, epoch: undefined, lastSeq: 0 };
     let controller;
     let closed = false;
     let ended = false;
-    let handle;
     const readable = new ReadableStream({
       start: (c) => {
         controller = c;

@@ -3,6 +3,7 @@
 // which `wsgate schema` generates from the protocol's JSON Schemas.
 
 import type {
+  AgentOptions,
   AuthRefreshed,
   ChatRequest,
   DeltaText,
@@ -14,7 +15,10 @@ import type {
   ServerFrame,
   StartOptions,
   StructuredFrame,
+  ToolAwaiting,
   ToolCallEndFrame,
+  ToolError,
+  ToolResultFrame,
   UsageFrame,
 } from "./protocol.js";
 
@@ -33,7 +37,9 @@ export type LocalErrorCode =
   | "auth_unavailable" // the auth option threw, rejected or took over authTimeoutMs
   | "ticket_unavailable" // the ticket option threw, rejected or took over authTimeoutMs
   | "stream_exists" // stream() with the streamId of an open stream
-  | "bad_frame"; // a coalesced frame repeated seqs already seen: its text cannot be cut by seq
+  | "bad_frame" // a coalesced frame repeated seqs already seen: its text cannot be cut by seq
+  | "stream_ended" // toolResult()/toolError(): the stream ended before the gateway took it
+  | "frame_too_large"; // toolResult(): the frame would pass ready.limits.max_frame_bytes
 
 export declare class WsgateError extends Error {
   constructor(
@@ -144,9 +150,34 @@ export type GatewayState = "connecting" | "open" | "draining" | "reconnecting" |
  * detached: its socket dropped, a resume follows the next ready; resuming: resume sent. */
 export type StreamPhase = "queued" | "starting" | "running" | "detached" | "resuming" | "ended";
 
+/** What a `tools` handler is told besides the call's arguments. */
+export interface ToolContext {
+  callId: string;
+  name: string;
+  stream: Stream;
+  /** Aborted when the stream ends (finish, cancel, loss, gw.close()). */
+  signal: AbortSignal;
+}
+
+/**
+ * Runs one client-side tool call (the agent loop, PROTOCOL.md §8.5): `args` are the call's
+ * `tool_call.end` arguments (a JSON object). What it returns (or resolves to) is sent as the
+ * call's result (`undefined` as null); a throw or rejection as an `error` result with code
+ * `tool_error` and the error's message.
+ */
+export type ToolHandler = (args: any, context: ToolContext) => unknown;
+
 export interface StreamOptions {
   /** The wire `options` of the `start` frame. */
   options?: StartOptions;
+  /** The wire `options.agent` (merged over `options.agent`). With `tools`, `client_tools`
+   * defaults to true. */
+  agent?: AgentOptions;
+  /** Handlers by tool name: at each `tool.awaiting`, every awaited call to one of them runs
+   * once (per Stream object, across reconnects) and its result is sent. Calls to tools
+   * without a handler are left to `toolResult()` / `toolError()`. Declare the tools in the
+   * request (`request.tools`): the model needs their schemas. */
+  tools?: Record<string, ToolHandler>;
   /** @defaultValue "s1", "s2", ... unique per Gateway */
   streamId?: string;
   /** Aborting it cancels the stream. */
@@ -163,8 +194,14 @@ export interface StreamOptions {
   onStructured?(frame: StructuredFrame): void;
   onFinish?(finish: FinishFrame): void;
   /** An `error` frame of the stream (a failure, before its finish; or a refusal, which ends
-   * it), or a WsgateError (`stream_lost`, or the Gateway's end). */
+   * it), or a WsgateError (`stream_lost`, or the Gateway's end). Refusals of tool results
+   * are not: they go to onToolResultRefused and the stream goes on. */
   onError?(error: ErrorFrame | WsgateError): void;
+  /** A tool result was refused (`unknown_tool_call`, `duplicate_tool_result`,
+   * `tool_result_too_large`; `bad_frame` while one is in flight): `callId` is the result's
+   * call (null when no result was in flight); its promise rejects with the same error. The
+   * stream goes on. */
+  onToolResultRefused?(error: WsgateError, callId: string | null): void;
 }
 
 /** A generation to follow with `gw.resume()`, as its `stream.started` named it. */
@@ -211,8 +248,17 @@ export declare class Stream implements AsyncIterable<StreamEvent> {
   readonly epoch: string | null;
   readonly text: string;
   readonly reasoning: string;
-  /** The `tool_call.end` frames, in order. */
+  /** The `tool_call.end` frames, in order (of every turn). */
   readonly toolCalls: ToolCallEndFrame[];
+  /** The `tool.result` frames, in order (of every turn). */
+  readonly toolResults: ToolResultFrame[];
+  /** The results this Stream object sent that the gateway took, by call id: what the model
+   * got (a `tool.result` answering the client's own result need not repeat it). */
+  readonly sentResults: ReadonlyMap<string, { content?: unknown; error?: ToolError }>;
+  /** The model turn (1, then each `turn.started`'s). */
+  readonly turn: number;
+  /** The last `tool.awaiting`, until the next `turn.started` (or the end); else null. */
+  readonly awaiting: ToolAwaiting | null;
   readonly usage: UsageFrame | null;
   readonly finish: FinishFrame | null;
   readonly error: ErrorFrame | WsgateError | null;
@@ -223,6 +269,20 @@ export declare class Stream implements AsyncIterable<StreamEvent> {
   readonly done: Promise<StreamResult>;
   /** Sends `cancel` (or, not sent yet, drops the start); returns `done`. */
   cancel(): Promise<StreamResult>;
+  /**
+   * Answers a call of the stream's `tool.awaiting` (PROTOCOL.md §4.5) with `content` (any
+   * JSON; undefined is null). Results go out one at a time, in the order they were given,
+   * only while the stream is live (after a resume: once its replay is complete), and again
+   * after a reconnect until one is taken. Resolves with the `tool.result` that took it (what
+   * was sent is in `sentResults`); rejects with a WsgateError (a refusal: `unknown_tool_call`,
+   * `duplicate_tool_result`, `tool_result_too_large`, or a `bad_frame` for it, the stream
+   * going on; `frame_too_large`; `stream_ended`) or a TypeError (no valid result: a lone
+   * surrogate, a BigInt, a bad call id). An unhandled rejection is not reported.
+   */
+  toolResult(callId: string, content: unknown): Promise<ToolResultFrame>;
+  /** Answers a call with an error (`code` matches `^[a-z][a-z0-9_]{0,63}$`; `message` is cut
+   * to 4096 characters): the model reads `{"error": {"code", "message"}}`. As toolResult. */
+  toolError(callId: string, code: string, message: string): Promise<ToolResultFrame>;
   /** Text events and every other frame; ends after the finish, a refusal or a loss.
    * Leaving the loop early cancels the stream. */
   [Symbol.asyncIterator](): AsyncIterator<StreamEvent>;
@@ -244,7 +304,7 @@ export declare class Gateway {
   /** Follow a generation this Gateway did not start (a reloaded page, another tab) by its
    * message id: a `resume` from `lastSeq`, as soon as a connection may send it. The Stream
    * then behaves as one from `stream()` (a refusal such as `unknown_message` ends it). */
-  resume(generation: Generation, options?: Omit<StreamOptions, "options">): Stream;
+  resume(generation: Generation, options?: Omit<StreamOptions, "options" | "agent">): Stream;
   /** Close with 1000 for good: open streams end with reason "cancelled", no finish, no error. */
   close(): Promise<void>;
 }

@@ -63,10 +63,27 @@
  *   (auth_*, slow_consumer, rate_limited, ...) also becomes the WsgateError of that close.
  * - A callback that throws does not disturb the client: the exception is rethrown in a
  *   microtask (the host reports it as uncaught).
+ * - The agent loop (§8.5): `stream.toolResult()` / `toolError()` queue a `tool_result` and
+ *   return a promise of the `tool.result` that took it (`sentResults` keeps what was sent:
+ *   the gateway need not repeat a client's own result). A refusal (`unknown_tool_call`,
+ *   `duplicate_tool_result`, `tool_result_too_large`: an error without `seq`) names no call
+ *   (§4.5), so a stream has ONE result in flight at a time and a refusal answers that one
+ *   (a `bad_frame` naming the stream then too: content the gateway cannot take):
+ *   its promise rejects, `onToolResultRefused` fires, and the stream goes on. Results are
+ *   sent only while the stream is live on its socket: acknowledged, and after a resume once
+ *   the replay reached `stream.resumed.top_seq`, so a result the gateway took before a drop
+ *   is seen (its `tool.result` in the replay) instead of sent twice; one still unanswered is
+ *   sent again on the new socket (same `stream_id`: a resume keeps the stream's id). The
+ *   `tools` option runs a handler once per call of each `tool.awaiting` (per Stream object,
+ *   across reconnects) with the call's `tool_call.end` arguments and sends what it returns,
+ *   a throw as an `error` result `tool_error`. A stream waiting for results is quiet but
+ *   the connection is not: heartbeats feed the watchdog (§5.18), so nothing times out here;
+ *   the gateway's `tool_timeout_ms` does (`tool_timeout`).
  *
  * Memory, bounded by what the application keeps: per open stream its `start` frame (the
  * request, until `stream.started`, or for good with an idempotency key: a re-send), its
- * answer text, its reasoning text, its `tool_call.end` frames and their call ids, the last
+ * answer text, its reasoning text, its `tool_call.end` frames and their call ids, its
+ * `tool.result` frames, the tool results it sent (until taken, and `sentResults`), the last
  * usage/finish/error frame, and the text received since the last animation frame; per async
  * iterator the events its consumer has not read yet (at most the stream's frames). A finished
  * stream is forgotten by the Gateway (only the Stream object the application holds keeps its
@@ -89,6 +106,15 @@ const HIDDEN_FRAME_FALLBACK_MS = 250; // requestAnimationFrame does not run in a
 const REFRESH_AT = 0.8; // refresh credentials at 80% of their announced life
 const ERROR_CLOSE_GRACE_MS = 200; // after a socket error, how long its close may take to come
 const MAX_TIMEOUT_MS = 2 ** 31 - 1; // setTimeout fires at once beyond this (~24.8 days)
+// Refusals of a `tool_result` (§4.5): the stream goes on; the result's promise rejects.
+const TOOL_REFUSALS = new Set([
+  "unknown_tool_call",
+  "duplicate_tool_result",
+  "tool_result_too_large",
+]);
+const TOOL_ERROR_CODE = /^[a-z][a-z0-9_]{0,63}$/; // tool_result.error.code (§4.5)
+const MAX_TOOL_MESSAGE = 4096; // code points of tool_result.error.message
+const MAX_CALL_ID = 256; // code points of tool_result.call_id
 // Connection-level errors that the gateway sends just before it closes (§9.2, §12.3).
 const CLOSING_ERRORS = new Set([
   "auth_required",
@@ -177,6 +203,44 @@ function reconnectPolicy(option) {
   return { ...RECONNECT_DEFAULTS, ...option };
 }
 
+/** A start's wire `options`: `options` with `agent` merged in (`tools`: client_tools on). */
+function startOptions({ options, agent, tools }) {
+  if (agent === undefined && tools === undefined) return options;
+  const base = tools === undefined ? {} : { client_tools: true };
+  return { ...options, agent: { ...base, ...options?.agent, ...agent } };
+}
+
+const codePoints = (text) => {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+};
+
+/** A `tool_result` frame's text; a TypeError for what the gateway would refuse as bad_frame. */
+function toolResultText(streamId, callId, body) {
+  if (typeof callId !== "string" || callId === "" || codePoints(callId) > MAX_CALL_ID) {
+    throw new TypeError(`wsgate: a call id is a string of 1 to ${MAX_CALL_ID} characters`);
+  }
+  const frame = { type: "tool_result", stream_id: streamId, call_id: callId, ...body };
+  // A lone surrogate is refused (§3): say so here rather than lose the result to a bad_frame.
+  return JSON.stringify(frame, (key, value) => {
+    if ((typeof value === "string" && !wellFormed(value)) || !wellFormed(key)) {
+      throw new TypeError("wsgate: a tool result holds a lone surrogate");
+    }
+    return value;
+  });
+}
+
+const wellFormed = (text) => typeof text.isWellFormed !== "function" || text.isWellFormed();
+
+/** A thrown value as a tool error's message: well formed, at most MAX_TOOL_MESSAGE code points. */
+function toolMessage(error) {
+  let text = String(error instanceof Error ? error.message || error.name : error);
+  if (typeof text.toWellFormed === "function") text = text.toWellFormed();
+  if (codePoints(text) <= MAX_TOOL_MESSAGE) return text;
+  return Array.from(text).slice(0, MAX_TOOL_MESSAGE).join("");
+}
+
 function defaultScheduleFrame() {
   const raf = globalThis.requestAnimationFrame;
   if (typeof raf !== "function") return (cb) => setTimeout(cb, 16);
@@ -234,6 +298,10 @@ class Stream {
     this.text = "";
     this.reasoning = "";
     this.toolCalls = [];
+    this.toolResults = [];
+    this.sentResults = new Map(); // call_id -> {content} or {error}: this Stream's, taken
+    this.turn = 1;
+    this.awaiting = null; // the last tool.awaiting, until its turn.started
     this.usage = null;
     this.finish = null;
     this.error = null;
@@ -244,12 +312,19 @@ class Stream {
     });
     this._gateway = gateway;
     this._frame = request === null ? null : { type: "start", stream_id: id, request };
-    if (this._frame !== null && options.options !== undefined) {
-      this._frame.options = options.options;
-    }
+    const wire = startOptions(options);
+    if (this._frame !== null && wire !== undefined) this._frame.options = wire;
     this._snapshot = false; // resume with `snapshot` (gw.resume's option)
     this._callbacks = options;
-    this._callIds = new Set();
+    this._callIds = new Set(); // "turn:call_id" of the tool_call.end frames (ids may recur)
+    this._turnCalls = new Map(); // call_id -> tool_call.end of the last turn that ended
+    this._turnAnswered = new Set(); // call_ids of that turn with their tool.result
+    this._tools = options.tools ?? null;
+    this._handled = new Set(); // "turn:call_id" whose handler ran
+    this._toolAbort = null; // aborted at the end: the handlers' signal
+    this._results = []; // tool results not yet taken, oldest first; the first may be in flight
+    this._echoes = new Map(); // call_id -> a result resent after a drop, taken before it
+    this._replayTo = 0; // a resume's top_seq: the stream is live once lastSeq reaches it
     this._pendingText = [];
     this._pendingReasoning = [];
     this._iterators = new Set();
@@ -280,6 +355,27 @@ class Stream {
       }
     }
     return this.done;
+  }
+
+  /**
+   * Answer a call of the stream's `tool.awaiting` with `content` (any JSON; undefined is
+   * null), §4.5. Resolves with the `tool.result` that took it; rejects with a WsgateError:
+   * the gateway's refusal (`unknown_tool_call`, `duplicate_tool_result`,
+   * `tool_result_too_large`; the stream goes on), `frame_too_large` (not sent), or
+   * `stream_ended`; with a TypeError for what is no valid result (a lone surrogate, a
+   * BigInt). A rejection nobody handles is not reported as unhandled.
+   */
+  toolResult(callId, content) {
+    return this._queueResult(callId, { content: content === undefined ? null : content });
+  }
+
+  /** Answer a call with an error: the model reads `{"error": {"code", "message"}}`. */
+  toolError(callId, code, message) {
+    if (typeof code !== "string" || !TOOL_ERROR_CODE.test(code)) {
+      const error = new TypeError(`wsgate: a tool error code matches ${TOOL_ERROR_CODE}`);
+      return Promise.reject(error);
+    }
+    return this._queueResult(callId, { error: { code, message: toolMessage(message) } });
   }
 
   [Symbol.asyncIterator]() {
@@ -317,6 +413,13 @@ class Stream {
   // --- what the Gateway calls -------------------------------------------------------------
 
   _receive(frame) {
+    this._take(frame);
+    if (this.phase === ENDED) return;
+    this._pumpResults();
+    this._runTools();
+  }
+
+  _take(frame) {
     if (this.phase === ENDED) return;
     if (typeof frame.seq === "number") {
       if (frame.seq <= this.lastSeq) return; // already seen: a resume's replay, a re-attach (§8)
@@ -325,6 +428,7 @@ class Stream {
       }
       this.lastSeq = frame.seq;
     }
+    if (frame.type === "tool.result") this._took(frame); // sentResults, before onFrame reads it
     call(this._callbacks.onFrame, frame);
     switch (frame.type) {
       case "stream.started":
@@ -332,12 +436,14 @@ class Stream {
         this.epoch = frame.epoch ?? null;
         // Only a keyed start is ever sent again (§11.3): drop the request and its history.
         if (this._frame?.options?.idempotency_key == null) this._frame = null;
+        this._replayTo = 0;
         this._move("started");
         return this._iterPush(frame);
       case "stream.resumed":
         this.messageId = frame.message_id;
         this.epoch = frame.epoch;
         this._resumeRetries = 0;
+        this._replayTo = frame.top_seq; // tool results wait for the replay (module header)
         this._move("resumed");
         this._iterPush(frame);
         if (frame.state === "ended" && frame.last_seq >= frame.top_seq) {
@@ -355,12 +461,26 @@ class Stream {
         this._pendingReasoning.push(frame.text);
         this._gateway._dirty(this);
         return this._iterPush(frame);
-      case "tool_call.end":
-        if (this._callIds.has(frame.call_id)) return undefined;
-        this._callIds.add(frame.call_id);
+      case "tool_call.end": {
+        const key = `${this.turn}:${frame.call_id}`;
+        if (this._callIds.has(key)) return undefined;
+        this._callIds.add(key);
+        this._turnCalls.set(frame.call_id, frame);
         this.toolCalls.push(frame);
         this._iterPush(frame);
         return call(this._callbacks.onToolCall, frame);
+      }
+      case "tool.awaiting":
+        this.awaiting = frame;
+        return this._iterPush(frame);
+      case "tool.result":
+        return this._iterPush(frame);
+      case "turn.started":
+        this.turn = frame.turn;
+        this.awaiting = null;
+        this._turnCalls.clear();
+        this._turnAnswered.clear();
+        return this._iterPush(frame);
       case "structured":
         this._iterPush(frame);
         return call(this._callbacks.onStructured, frame);
@@ -373,7 +493,7 @@ class Stream {
         this.finish = frame;
         this._iterPush(frame);
         return this._end(frame.reason, { finish: frame });
-      default: // delta.role, tool_call.start/arguments_chunk/snapshot/error, telemetry, ...
+      default: // delta.role, tool_call.start/.../error, tool.executing, telemetry, ...
         return this._iterPush(frame);
     }
   }
@@ -388,6 +508,10 @@ class Stream {
 
   /** An error without `seq` naming this stream: a refusal of its start, resume or cancel. */
   _refused(frame) {
+    // A tool result's refusal; a bad_frame while one is in flight is its too (content the
+    // gateway cannot take, e.g. nested too deeply). The stream goes on.
+    const ofResult = this._results[0]?.sentOn === this._record && frame.code === "bad_frame";
+    if (TOOL_REFUSALS.has(frame.code) || ofResult) return this._toolRefused(frame);
     if (frame.code === "unknown_stream") return; // a cancel that crossed the finish (§11)
     if (frame.code === "shutting_down") {
       // This socket starts nothing more (§5.17), goaway or not.
@@ -415,6 +539,136 @@ class Stream {
     this.error = frame;
     this._iterPush(frame);
     this._end("error", { error: frame });
+  }
+
+  // --- the agent loop's results (§4.5, §8.5) ---------------------------------------------
+
+  _queueResult(callId, body) {
+    let text;
+    try {
+      text = toolResultText(this.id, callId, body);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const limit = this._gateway.readyFrame?.limits?.max_frame_bytes;
+    let promise;
+    if (this.phase === ENDED) {
+      promise = Promise.reject(this._endedError(callId));
+    } else if (typeof limit === "number" && new TextEncoder().encode(text).length > limit) {
+      // The gateway would refuse it without naming the stream: it would stay in flight.
+      const message = `the tool result for ${callId} exceeds max_frame_bytes (${limit})`;
+      promise = Promise.reject(new WsgateError("frame_too_large", message, { streamId: this.id }));
+    } else {
+      promise = new Promise((resolve, reject) => {
+        const sent = { sentOn: null, sentAtSeq: 0, sends: 0 }; // where and when it went out
+        this._results.push({ callId, body, text, resolve, reject, ...sent });
+      });
+      this._pumpResults();
+    }
+    promise.catch(() => {}); // fire and forget is fine: the caller's own chain still rejects
+    return promise;
+  }
+
+  _endedError(callId) {
+    const message = `stream ${this.id} ended before the gateway took the result for ${callId}`;
+    return new WsgateError("stream_ended", message, { streamId: this.id });
+  }
+
+  /** Its frames are live on its socket: acknowledged, and a resume's replay is complete. */
+  _live() {
+    return this.phase === RUNNING && this._record !== null && this.lastSeq >= this._replayTo;
+  }
+
+  /** Send the oldest result not taken yet, unless it is in flight on this socket already. */
+  _pumpResults() {
+    const head = this._results[0];
+    if (head === undefined || !this._live() || head.sentOn === this._record) return;
+    if (head.sends === 0) head.sentAtSeq = this.lastSeq; // its tool.result comes after this
+    head.sentOn = this._record;
+    head.sends += 1;
+    this._gateway._send(head.text, this._record);
+  }
+
+  /**
+   * A `tool.result`: the answer to the result in flight for its call, if one is. (The
+   * gateway may not repeat a client's own result in it: `sentResults` keeps what was sent.)
+   */
+  _took(frame) {
+    this.toolResults.push(frame);
+    this._turnAnswered.add(frame.call_id);
+    let taken = null;
+    const head = this._results[0];
+    if (head?.sentOn != null && head.callId === frame.call_id && frame.seq > head.sentAtSeq) {
+      taken = this._results.shift();
+    }
+    const echo = this._echoes.get(frame.call_id);
+    if (echo !== undefined && frame.seq > echo.sentAtSeq) {
+      this._echoes.delete(frame.call_id);
+      taken = echo;
+    }
+    if (taken !== null) {
+      this.sentResults.set(frame.call_id, taken.body);
+      taken.resolve(frame);
+    }
+  }
+
+  /** A refusal answers the result in flight (one at a time: refusals name no call). */
+  _toolRefused(frame) {
+    const error = WsgateError.fromFrame(frame);
+    const head = this._results[0];
+    if (head === undefined || head.sentOn !== this._record) {
+      call(this._callbacks.onToolResultRefused, error, null); // none in flight: not ours
+      return;
+    }
+    this._results.shift();
+    if (frame.code === "duplicate_tool_result" && head.sends > 1) {
+      // Sent again after a drop, but the gateway took the first: its tool.result follows.
+      this._echoes.set(head.callId, head);
+      return;
+    }
+    call(this._callbacks.onToolResultRefused, error, head.callId);
+    head.reject(error);
+  }
+
+  /** The `tools` option: run each call of the awaited turn once, when the stream is live. */
+  _runTools() {
+    const awaiting = this.awaiting;
+    if (this._tools === null || awaiting === null || !this._live()) return;
+    for (const callId of awaiting.call_ids) {
+      const key = `${awaiting.turn}:${callId}`;
+      const end = this._turnCalls.get(callId);
+      if (end === undefined || this._handled.has(key) || this._turnAnswered.has(callId)) continue;
+      const handler = Object.hasOwn(this._tools, end.name) ? this._tools[end.name] : undefined;
+      if (typeof handler !== "function") continue; // the application answers it
+      if (this._results.some((r) => r.callId === callId)) continue; // it did already
+      this._handled.add(key);
+      this._runTool(handler, end);
+    }
+  }
+
+  _runTool(handler, end) {
+    this._toolAbort ??= new AbortController();
+    const { call_id: callId, name } = end;
+    const context = { callId, name, stream: this, signal: this._toolAbort.signal };
+    const fallback = (code, message) => this.toolError(callId, code, message).catch(() => {});
+    Promise.resolve()
+      .then(() => handler(end.arguments, context))
+      .then(
+        (output) => this.toolResult(callId, output),
+        (error) => this.toolError(callId, "tool_error", toolMessage(error)),
+      )
+      .catch((error) => {
+        // What cannot go back as it is goes back as an error: the model is not left waiting.
+        // (A refusal such as duplicate_tool_result reached onToolResultRefused.)
+        if (error instanceof TypeError) return fallback("tool_error", toolMessage(error));
+        if (error?.code === "frame_too_large" || error?.code === "tool_result_too_large") {
+          return fallback("tool_result_too_large", "the tool's result was too large to send");
+        }
+        if (error?.code === "bad_frame") {
+          return fallback("tool_error", "the gateway could not take the tool's result");
+        }
+        return undefined;
+      });
   }
 
   /** Apply one event of TRANSITIONS; an illegal one is reported and changes nothing. */
@@ -540,6 +794,12 @@ class Stream {
     }
     this._iterators.clear();
     this._signal?.removeEventListener("abort", this._onAbort);
+    for (const result of [...this._results, ...this._echoes.values()]) {
+      result.reject(this._endedError(result.callId));
+    }
+    this._results = [];
+    this._echoes.clear();
+    this._toolAbort?.abort();
     this._gateway._forget(this);
     this._resolveDone({ reason, text: this.text, finish: this.finish, error: this.error });
   }
@@ -1013,7 +1273,7 @@ class Gateway {
   _send(frame, record = this._conn) {
     if (record === null || record.ws === null) return;
     try {
-      record.ws.send(JSON.stringify(frame));
+      record.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
     } catch {
       // a socket that is closing: its close event comes next
     }
