@@ -284,7 +284,8 @@ class App:
         )
         if settings.tools:
             specs = build_tools(settings.tools, self.environ, self.upstream)
-            self.tools = ToolRunner(specs, store, self.upstream)
+            nested = shared.accounting.nested_call
+            self.tools = ToolRunner(specs, store, self.upstream, on_nested=nested)
             await self.tools.start()
             shared.run_tool = self.tools.run
         ssl_context = None if self.tls is None else self.tls.context

@@ -239,6 +239,8 @@ async def test_a_nested_model_call_is_the_tools_result_and_never_on_the_users_st
     assert all(r.get("stream_id") != "s1" for r in nested)
     assert len({r["internal_stream_id"] for r in nested}) == 1
     assert not any(r["internal_stream_id"] == "s1" for r in nested)
+    accounting = app.gateway.shared.accounting
+    assert (accounting.nested_calls, accounting.streams_started) == ({"ok": 1}, 1)
     (called,) = [r for r in records if r["event"] == "tool_called"]  # the user's line links it
     assert called["stream_id"] == "s1"
     assert called["nested_call"] == nested[0]["internal_stream_id"]

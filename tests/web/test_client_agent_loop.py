@@ -20,7 +20,7 @@ from web_helpers import (
     JS_DIR,
     WEB_DIR,
     assert_passed,
-    register_drop,
+    run_after_one_drop,
     run_gateway_test,
     run_node_test,
     tsc_binary,
@@ -81,25 +81,23 @@ async def test_a_stream_waiting_for_results_keeps_its_socket(start_app):
 
 
 async def test_a_reconnect_while_results_are_awaited_answers_each_call_once(start_app, control):
-    app = await start_app()
-    register_drop(control, app)
-    run = await run_agent_test(
+    run = await run_after_one_drop(
+        AGENT_TESTS,
         "a reconnect while results are awaited answers each call once and finishes exact",
-        app,
+        start_app,
         control,
     )
-    assert control.calls == ["drop"]
     assert run.sockets() == 2
     assert [f["call_id"] for f in tool_results(run)] == ["call_mock_0_0", "call_mock_0_1"]
 
 
 async def test_a_result_lost_with_the_socket_is_sent_again(start_app, control):
-    app = await start_app()
-    register_drop(control, app)
-    run = await run_agent_test(
-        "a result lost with the socket is sent again after the resume", app, control
+    run = await run_after_one_drop(
+        AGENT_TESTS,
+        "a result lost with the socket is sent again after the resume",
+        start_app,
+        control,
     )
-    assert control.calls == ["drop"]
     # Recorded are the frames that reached a socket: the lost one is not among them.
     assert [f["call_id"] for f in tool_results(run)] == ["call_mock_0_0", "call_mock_0_1"]
 

@@ -309,3 +309,16 @@ def register_drop(control: Any, app: Any) -> None:
     @control.action("drop")
     async def drop() -> Any:
         return drop_connections(app)
+
+
+async def run_after_one_drop(
+    tests: Path, name: str, start_app: Any, control: Any, **env: str
+) -> NodeRun:
+    """Start a gateway (`start_app()`, the defaults), run the Node test `name` of `tests`
+    against it (`run_gateway_test`) with the control action `drop` (`register_drop`), and
+    check the test called it exactly once; `env` is added to Node's environ."""
+    app = await start_app()
+    register_drop(control, app)
+    run = await run_gateway_test(tests, name, app, control, **env)
+    assert control.calls == ["drop"], f"control calls: {control.calls}"
+    return run

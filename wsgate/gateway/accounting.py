@@ -45,9 +45,14 @@ class Accounting:
     rate_limited: Counter[str] = field(default_factory=Counter)  # by what was refused
     tool_calls: Counter[str] = field(default_factory=Counter)  # server tools, by outcome code
     agent_turns: int = 0  # model turns after the first (turn.started), agent loops
+    nested_calls: Counter[str] = field(default_factory=Counter)  # `model` tools, by outcome
     cancel_latency_count: int = 0
     cancel_latency_max_s: float = 0.0
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def nested_call(self, outcome: str) -> None:
+        """Count one nested model call (a `model` tool) by its outcome: `ok` or a code."""
+        self.nested_calls[outcome] += 1
 
     def cancel_latency(self, seconds: float) -> None:
         """Record the time from a cancel decision to the upstream connection's close."""
@@ -82,6 +87,7 @@ class Accounting:
             "rate_limited": dict(self.rate_limited),
             "tool_calls": dict(self.tool_calls),
             "agent_turns": self.agent_turns,
+            "nested_calls": dict(self.nested_calls),
             "cancel_to_upstream_close_ms": {
                 "count": self.cancel_latency_count,
                 "p50": _percentile(samples, 0.50),

@@ -33,7 +33,7 @@ import asyncio
 import contextvars
 import secrets
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,10 +97,12 @@ class ToolRunner:
         tools: Mapping[str, HttpTool | ModelTool],
         store: Store,
         upstream: UpstreamClient,
+        on_nested: Callable[[str], None] | None = None,
     ) -> None:
         self._slots = {name: _Slot(spec) for name, spec in tools.items()}
         self._store = store
         self._upstream = upstream
+        self._on_nested = on_nested  # counts each nested model call by outcome (/stats)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -165,6 +167,8 @@ class ToolRunner:
             message = f"no answer within {spec.timeout:g} s (the tool may have acted)"
             outcome = None, ToolError("tool_timeout", message)
         error = outcome[1]
+        if internal is not None and self._on_nested is not None:
+            self._on_nested("ok" if error is None else error.code)
         log.info(
             "tool_called",
             tool=call.name,

@@ -9,85 +9,22 @@
 // script a gateway by hand and run without one.
 
 import assert from "node:assert/strict";
-import { appendFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { WsgateError, connect } from "../../../wsgate/web/wsgate.js";
 
-import { control, sleep, until } from "./helpers.mjs";
+import { CLOCK, TOOLS, WEATHER, control, recorder, sleep, until, weatherScript } from "./helpers.mjs";
 
 const URL_ = process.env.WSGATE_URL;
 const FAST = { minDelayMs: 10, maxDelayMs: 100 };
 const TIMEOUT = { timeout: 20000 };
-const WEATHER = "call_mock_0_0";
-const CLOCK = "call_mock_0_1";
 const ANSWER = "Let me look.Sunny, 21 °C at noon.";
-const TOOLS = ["weather", "clock"].map((name) => ({
-  type: "function",
-  function: { name, parameters: { type: "object" } },
-}));
 
-/** Turn 0 calls weather and clock in parallel; turn 1 answers once it has both results. */
+/** The weather script (helpers.mjs) as a request; turn 1 expects what the handlers answer. */
 function weatherRequest() {
-  const script = {
-    turns: [
-      {
-        text: "Let me look.",
-        tool_calls: [
-          { name: "weather", arguments: '{"city": "Paris"}' },
-          { name: "clock", arguments: "{}" },
-        ],
-      },
-      {
-        text: "Sunny, 21 °C at noon.",
-        expect_tool_results: { [WEATHER]: { temp_c: 21 }, [CLOCK]: "12:00" },
-      },
-    ],
-  };
+  const script = weatherScript({ [WEATHER]: { temp_c: 21 }, [CLOCK]: "12:00" });
   const content = JSON.stringify({ mock: script });
   return { model: "mock", messages: [{ role: "user", content }], tools: TOOLS };
-}
-
-/**
- * A WebSocket class that records every message (WSGATE_FRAMES, for the schemas) and lets a
- * test act on each frame the client sends: `onSend(frame, socket)` returns false to lose it
- * (it never reaches the gateway), and a socket with `swallow` set drops what it receives.
- */
-function recorder() {
-  const sockets = [];
-  const hooks = { onSend: null };
-  class RecordingWebSocket extends WebSocket {
-    constructor(url, protocols) {
-      super(url, protocols);
-      this.index = sockets.length;
-      this.swallow = false;
-      this.sentFrames = [];
-      sockets.push(this);
-    }
-
-    send(data) {
-      const frame = JSON.parse(data);
-      if (hooks.onSend?.(frame, this) === false) return;
-      appendFileSync(process.env.WSGATE_FRAMES, JSON.stringify({ socket: this.index, dir: "out", data }) + "\n");
-      this.sentFrames.push(frame);
-      super.send(data);
-    }
-
-    addEventListener(type, listener, options) {
-      if (type !== "message") return super.addEventListener(type, listener, options);
-      return super.addEventListener(
-        type,
-        (event) => {
-          const line = JSON.stringify({ socket: this.index, dir: "in", data: event.data });
-          appendFileSync(process.env.WSGATE_FRAMES, line + "\n");
-          if (!this.swallow) listener(event);
-        },
-        options,
-      );
-    }
-  }
-  const results = () => sockets.flatMap((s) => s.sentFrames.filter((f) => f.type === "tool_result"));
-  return { WebSocket: RecordingWebSocket, sockets, hooks, results };
 }
 
 const FAKE_URL = "ws://fake.invalid/v1/ws";

@@ -10,10 +10,7 @@
 
 import assert from "node:assert/strict";
 import { appendFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { join } from "node:path";
 import { test } from "node:test";
-import { pathToFileURL } from "node:url";
 
 import {
   WsgateChatTransport,
@@ -22,12 +19,8 @@ import {
   toWireMessages,
 } from "../../../wsgate/web/wsgate-ai-sdk.js";
 
+import { TestChat, ai, assistant, chunkSchema } from "./ai_helpers.mjs";
 import { control, sleep, until } from "./helpers.mjs";
-
-const ai = await import(
-  pathToFileURL(createRequire(join(process.env.WSGATE_AI_SDK, "package.json")).resolve("ai")).href
-);
-const chunkSchema = ai.uiMessageChunkSchema();
 
 // --- helpers ------------------------------------------------------------------------------
 
@@ -108,40 +101,6 @@ function closing(t, transport) {
   return transport;
 }
 
-/** The state @ai-sdk/react keeps in React, as plain arrays (snapshots, as React's does). */
-class ArrayState {
-  constructor(messages = []) {
-    this.status = "ready";
-    this.error = undefined;
-    this.messages = messages;
-  }
-
-  pushMessage(message) {
-    this.messages = [...this.messages, structuredClone(message)];
-  }
-
-  popMessage() {
-    this.messages = this.messages.slice(0, -1);
-  }
-
-  replaceMessage(index, message) {
-    const messages = [...this.messages];
-    messages[index] = structuredClone(message);
-    this.messages = messages;
-  }
-
-  snapshot(value) {
-    return structuredClone(value);
-  }
-}
-
-class TestChat extends ai.AbstractChat {
-  constructor({ messages, ...init }) {
-    super({ ...init, state: new ArrayState(messages) });
-  }
-}
-
-const assistant = (chat) => chat.messages.findLast((m) => m.role === "assistant");
 const textOf = (message) =>
   (message?.parts ?? [])
     .filter((p) => p.type === "text")

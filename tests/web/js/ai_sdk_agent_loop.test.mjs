@@ -8,10 +8,7 @@
 
 import assert from "node:assert/strict";
 import { appendFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { join } from "node:path";
 import { test } from "node:test";
-import { pathToFileURL } from "node:url";
 
 import {
   WsgateChatTransport,
@@ -19,35 +16,12 @@ import {
   toWireMessages,
 } from "../../../wsgate/web/wsgate-ai-sdk.js";
 
-import { until } from "./helpers.mjs";
-
-const ai = await import(
-  pathToFileURL(createRequire(join(process.env.WSGATE_AI_SDK, "package.json")).resolve("ai")).href
-);
-const chunkSchema = ai.uiMessageChunkSchema();
-
-const WEATHER = "call_mock_0_0";
-const CLOCK = "call_mock_0_1";
-const TOOLS = ["weather", "clock"].map((name) => ({
-  type: "function",
-  function: { name, parameters: { type: "object" } },
-}));
+import { TestChat, ai, assistant, chunkSchema } from "./ai_helpers.mjs";
+import { CLOCK, TOOLS, WEATHER, until, weatherScript } from "./helpers.mjs";
 
 /** The user message of a weather script whose second turn expects `results`. */
 function weatherAsk(results) {
-  const script = {
-    turns: [
-      {
-        text: "Let me look.",
-        tool_calls: [
-          { name: "weather", arguments: '{"city": "Paris"}' },
-          { name: "clock", arguments: "{}" },
-        ],
-      },
-      { text: "Sunny, 21 °C at noon.", expect_tool_results: results },
-    ],
-  };
-  return { text: JSON.stringify({ mock: script }) };
+  return { text: JSON.stringify({ mock: weatherScript(results) }) };
 }
 
 class RecordingWebSocket extends WebSocket {
@@ -105,40 +79,6 @@ function recordingTransport(t, init) {
     },
   };
 }
-
-class ArrayState {
-  constructor() {
-    this.status = "ready";
-    this.error = undefined;
-    this.messages = [];
-  }
-
-  pushMessage(message) {
-    this.messages = [...this.messages, structuredClone(message)];
-  }
-
-  popMessage() {
-    this.messages = this.messages.slice(0, -1);
-  }
-
-  replaceMessage(index, message) {
-    const messages = [...this.messages];
-    messages[index] = structuredClone(message);
-    this.messages = messages;
-  }
-
-  snapshot(value) {
-    return structuredClone(value);
-  }
-}
-
-class TestChat extends ai.AbstractChat {
-  constructor(init) {
-    super({ ...init, state: new ArrayState() });
-  }
-}
-
-const assistant = (chat) => chat.messages.findLast((m) => m.role === "assistant");
 
 // --- pure parts ---------------------------------------------------------------------------
 

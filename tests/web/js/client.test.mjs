@@ -2,18 +2,17 @@
 //
 // Run by tests/web/test_node_client.py, one test per pytest test (--test-name-pattern), with
 // WSGATE_URL, WSGATE_CONTROL and WSGATE_FRAMES in the environment (tests/web/web_helpers.py).
-// Every socket is a RecordingWebSocket: it appends each message, both ways, to WSGATE_FRAMES
-// for the Python side to validate against the protocol's schemas, and can swallow what it
-// receives (the frames in flight that die with a dropped connection) or refuse to reconnect
-// for a while (a gateway that is unreachable).
+// Every socket is a RecordingWebSocket (helpers.mjs `recorder`): it appends each message,
+// both ways, to WSGATE_FRAMES for the Python side to validate against the protocol's schemas,
+// and can swallow what it receives (the frames in flight that die with a dropped connection)
+// or refuse to reconnect for a while (a gateway that is unreachable).
 
 import assert from "node:assert/strict";
-import { appendFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { WsgateError, backoffDelay, closeAction, connect } from "../../../wsgate/web/wsgate.js";
 
-import { control, sleep, until } from "./helpers.mjs";
+import { control, recorder, sleep, until } from "./helpers.mjs";
 
 const URL_ = process.env.WSGATE_URL;
 const FAST = { minDelayMs: 10, maxDelayMs: 100 };
@@ -27,45 +26,6 @@ function mock(script) {
 
 function words(n, tag = "word") {
   return Array.from({ length: n }, (_, i) => `${tag}${i}`).join(" ") + ".";
-}
-
-/** A WebSocket class that records every message and can swallow or refuse, per test. */
-function recorder() {
-  const sockets = [];
-  const state = { refuse: false, redirect: null };
-  class RecordingWebSocket extends WebSocket {
-    constructor(url, protocols) {
-      // While refusing, connect to a closed port: the attempt fails as an unreachable one does.
-      // A redirect sends new connections to another gateway, as a load balancer does.
-      super(state.refuse ? "ws://127.0.0.1:9/" : (state.redirect ?? url), protocols);
-      this.index = sockets.length;
-      this.swallow = false;
-      this.received = [];
-      this.sentFrames = [];
-      sockets.push(this);
-    }
-
-    send(data) {
-      appendFileSync(process.env.WSGATE_FRAMES, JSON.stringify({ socket: this.index, dir: "out", data }) + "\n");
-      this.sentFrames.push(JSON.parse(data));
-      super.send(data);
-    }
-
-    addEventListener(type, listener, options) {
-      if (type !== "message") return super.addEventListener(type, listener, options);
-      return super.addEventListener(
-        type,
-        (event) => {
-          const line = JSON.stringify({ socket: this.index, dir: "in", data: event.data });
-          appendFileSync(process.env.WSGATE_FRAMES, line + "\n");
-          this.received.push(JSON.parse(event.data));
-          if (!this.swallow) listener(event);
-        },
-        options,
-      );
-    }
-  }
-  return { WebSocket: RecordingWebSocket, sockets, state, last: () => sockets.at(-1) };
 }
 
 /** connect(), closed when the test ends however it ends (an open Gateway keeps Node alive). */
