@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from proc_helpers import WSGATE, clean_env, run_wsgate, running, wait_for_log
 
+from wsgate import __version__
 from wsgate.cli import main
 from wsgate.config import load_settings
 
@@ -224,3 +225,25 @@ def test_hash_key_prints_the_sha256_the_api_keys_table_expects(capsys, monkeypat
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["hash-key"]) == 2
     assert "no key given" in capsys.readouterr().err
+
+
+def test_the_version_flag_prints_the_package_version_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wsgate {__version__}"
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2():
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_wsgate("serve", "--port", str(port), "--log-format", "json")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("wsgate: cannot listen:")
+    assert "address already in use" in line
+    assert str(port) in line

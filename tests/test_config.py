@@ -629,3 +629,8 @@ def test_a_tools_headers_come_from_the_environment_and_files_and_an_unset_one_is
         tool.resolve_headers({})
     with pytest.raises(ConfigError, match="control character"):
         tool.resolve_headers({"TOOL_B": "two\nlines"})
+
+
+def test_a_bracketed_ipv6_host_is_refused_with_the_bare_form():
+    with pytest.raises(ConfigError, match=r"without brackets \('::1'\)"):
+        load_settings(None, environ={}, overrides={"server.host": "[::1]"})

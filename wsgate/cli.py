@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgate", description="WebSocket gateway for LLM token streams."
     )
+    parser.add_argument("--version", action="version", version=f"wsgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -169,6 +172,10 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
     return _run(_serve(settings))
 
 
+LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+"""A listener that cannot bind: a setting to change (exit 2), never a traceback."""
+
+
 async def _serve(settings: Settings) -> int:
     from wsgate.app import App, JwksError, TlsError  # noqa: PLC0415 - imported where used
 
@@ -188,6 +195,13 @@ async def _serve(settings: Settings) -> int:
     except JwksError as exc:  # the message names the JWKS' source
         print(f"wsgate: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:
+        if exc.errno not in LISTEN_ERRORS and not isinstance(exc, socket.gaierror):
+            raise
+        # asyncio's text names the address: "error while attempting to bind on address
+        # ('127.0.0.1', 8080): address already in use"
+        print(f"wsgate: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

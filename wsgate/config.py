@@ -118,6 +118,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     tls_key: str | None = None  # PEM private key of tls_cert; both reloaded on SIGHUP
 
     def __post_init__(self) -> None:
+        if self.host.startswith("[") or self.host.endswith("]"):
+            bare = self.host.strip("[]")
+            raise ConfigError(f"server.host: write an IPv6 address without brackets ({bare!r})")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("server.tls_cert, server.tls_key: set both or neither")
 
