@@ -634,3 +634,22 @@ def test_a_tools_headers_come_from_the_environment_and_files_and_an_unset_one_is
 def test_a_bracketed_ipv6_host_is_refused_with_the_bare_form():
     with pytest.raises(ConfigError, match=r"without brackets \('::1'\)"):
         load_settings(None, environ={}, overrides={"server.host": "[::1]"})
+
+
+def test_a_providers_extra_headers_and_query_params_are_masked_and_checked(tmp_path):
+    path = tmp_path / "azure.toml"
+    path.write_text(
+        '[providers.azure]\nbase_url = "https://x.openai.azure.com/openai/deployments/d"\n'
+        'extra_headers = { api-key = "azure-secret" }\n'
+        'query_params = { api-version = "2025-01-01" }\n'
+        '[models.gpt]\nprovider = "azure"\n'
+    )
+    settings = load_settings(path, environ={})
+    summary = orjson.dumps(settings_summary(settings)).decode()
+    assert "azure-secret" not in summary
+    routes = build_routes(settings, {})
+    assert dict(routes["gpt"].extra_headers) == {"api-key": "azure-secret"}
+    assert dict(routes["gpt"].query_params) == {"api-version": "2025-01-01"}
+    path.write_text('[providers.p]\nbase_url = "https://x"\nextra_headers = { "a b" = "v" }\n')
+    with pytest.raises(ConfigError, match="not an HTTP header name"):
+        load_settings(path, environ={})

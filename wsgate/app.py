@@ -106,6 +106,8 @@ def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Ro
                 provider.idle_timeout_s or settings.upstream.idle_timeout_s,
             ),
             reader=provider.reader or settings.upstream.reader,
+            extra_headers={k: v.get() for k, v in provider.extra_headers.items()},
+            query_params={k: v.get() for k, v in provider.query_params.items()},
         )
     return routes
 

@@ -300,6 +300,19 @@ else:  # the allowed kinds are the registry's (msgspec checks the Literal at loa
     KindName = Literal[KIND_NAMES]
 
 
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_HEADER_BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_headers(headers: Mapping[str, str], source: str) -> None:
+    """Refuse a header name that is not a token, or a value with a control character."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(f"{source}: {name!r} is not an HTTP header name")
+        if _HEADER_BAD_VALUE.search(value):
+            raise ConfigError(f"{source}.{name}: a control character in the value")
+
+
 class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """One upstream provider; at most one of the three API key sources may be set."""
 
@@ -309,6 +322,9 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     api_key_env: _EnvName | None = None
     api_key_file: str | None = None
     max_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # calls in flight; 0: no cap
+    # Sent with every call (masked in output): Azure's `api-key`, `anthropic-beta`, ...
+    extra_headers: dict[str, Secret] = {}
+    query_params: dict[str, Secret] = {}  # e.g. Azure's api-version
     # None: the [upstream] setting of the same name.
     connect_timeout_s: _Seconds | None = None
     first_byte_timeout_s: _Seconds | None = None
@@ -318,6 +334,8 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     def __post_init__(self) -> None:
         if sum(getattr(self, name) is not None for name in API_KEY_FIELDS) > 1:
             raise ConfigError("providers: set at most one of api_key, api_key_env, api_key_file")
+        extra = {k: v.get() for k, v in self.extra_headers.items()}
+        check_headers(extra, "providers: extra_headers")
 
     def resolve_api_key(self, environ: Mapping[str, str]) -> str | None:
         """Return the API key from whichever source is set, or None when none is."""
@@ -362,8 +380,6 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 
 
 _ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
-_HEADER_BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -397,8 +413,8 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
         if self.parameters.get("type") != "object":
             raise ConfigError('tools: parameters must be a JSON Schema with "type": "object"')
         for source in ("headers", "headers_env", "headers_file"):
-            self._check_headers(dict.fromkeys(getattr(self, source), ""), source)
-        self._check_headers({k: v.get() for k, v in self.headers.items()}, "headers")
+            check_headers(dict.fromkeys(getattr(self, source), ""), f"tools: {source}")
+        check_headers({k: v.get() for k, v in self.headers.items()}, "tools: headers")
         if self.kind == "http":
             if self.url is None:
                 raise ConfigError("tools: a tool of kind http needs url")
@@ -409,13 +425,6 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
                 raise ConfigError("tools: a tool of kind model needs model and prompt")
             if self.url is not None or self.headers or self.headers_env or self.headers_file:
                 raise ConfigError("tools: url and headers are for kind http")
-
-    def _check_headers(self, headers: Mapping[str, str], source: str) -> None:
-        for name, value in headers.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ConfigError(f"tools: {source}: {name!r} is not an HTTP header name")
-            if _HEADER_BAD_VALUE.search(value):
-                raise ConfigError(f"tools: {source}.{name}: a control character in the value")
 
     def definition(self, name: str) -> dict[str, Any]:
         """The tool as the model sees it (OpenAI chat `tools` shape)."""
@@ -440,7 +449,7 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
                 reason = getattr(exc, "strerror", None) or type(exc).__name__
                 message = f"tools: headers_file.{header}: cannot read {path}: {reason}"
                 raise ConfigError(message) from None
-        self._check_headers(out, "headers")
+        check_headers(out, "tools: headers")
         return out
 
 

@@ -37,6 +37,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], dict]] = []
         self.answer = self.sse
+        self.queries: list[dict[str, str]] = []
         self.in_flight = 0
         self.peak = 0
         self.release = asyncio.Event()
@@ -45,6 +46,7 @@ class Recorder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.requests.append((request.path, dict(request.headers), body))
+        self.queries.append(dict(request.query))
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
@@ -112,6 +114,20 @@ async def test_anthropic_gets_its_key_header_and_api_version(provider):
     assert headers["x-api-key"] == "sk-ant"
     assert headers["anthropic-version"] == "2023-06-01"
     assert "Authorization" not in headers
+
+
+async def test_a_providers_extra_headers_and_query_params_go_with_every_call(provider):
+    recorder, root = provider
+    extras = {"api-key": "azure-key", "anthropic-beta": "b1"}
+    where = route(
+        "m", "p", "openai_chat", root + "/v1", "m",
+        extra_headers=extras, query_params={"api-version": "2025-01-01"},
+    )  # fmt: skip
+    await call(where)
+    headers = recorder.requests[0][1]
+    assert (headers["api-key"], headers["anthropic-beta"]) == ("azure-key", "b1")
+    assert recorder.queries[0] == {"api-version": "2025-01-01"}
+    assert "azure-key" not in repr(where)
 
 
 async def test_no_key_sends_no_credentials(provider):

@@ -83,6 +83,7 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = None
@@ -90,6 +91,8 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     response_format: dict[str, Any] | None = None
     reasoning_effort: str | None = None
     user: str | None = None
+    thinking: dict[str, Any] | None = None  # Anthropic's extended thinking (and Ollama's think)
+    extra_body: dict[str, Any] | None = None  # provider-specific fields, merged into the body
 
 
 class StructuredOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import aiohttp
@@ -85,6 +85,8 @@ class Route:
     max_concurrency: int = 0
     timeouts: Timeouts | None = None
     reader: Reader = "push"
+    extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may be keys
+    query_params: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,8 @@ class UpstreamClient:
                     response = await self._session.post(
                         route.base_url.rstrip("/") + http.path,
                         data=body,
-                        headers=_headers(http, route.api_key),
+                        headers={**_headers(http, route.api_key), **route.extra_headers},
+                        params=route.query_params or None,
                         timeout=_client_timeout(timeouts),
                     )
                     del body  # sent: not kept for the stream's life (it grows with the prompt)

@@ -82,7 +82,12 @@ export interface ChatRequest {
    * Schema: minItems `1`.
    */
   messages: Message[];
+  extra_body?: Record<string, unknown> | null;
   frequency_penalty?: number | null;
+  /**
+   * Schema: minimum `1`.
+   */
+  max_completion_tokens?: number | null;
   /**
    * Schema: minimum `1`.
    */
@@ -97,6 +102,7 @@ export interface ChatRequest {
    * Schema: minimum `0`, maximum `2`.
    */
   temperature?: number | null;
+  thinking?: Record<string, unknown> | null;
   tool_choice?: string | Record<string, unknown> | null;
   tools?: Record<string, unknown>[] | null;
   /**

@@ -301,7 +301,6 @@ def test_a_temperature_above_one_is_refused():
         ("seed", 7),
         ("presence_penalty", 0.5),
         ("frequency_penalty", 0.5),
-        ("reasoning_effort", "high"),
     ],
 )
 def test_fields_anthropic_cannot_take_are_refused_by_name(field, value):

@@ -6,9 +6,8 @@ streaming Messages body. It does no I/O and does not read the response stream (s
 
 Rules:
 1. Whatever Anthropic cannot express faithfully is a `BadRequest` naming the field, never a
-   silent drop. Refused: `seed`, `presence_penalty`, `frequency_penalty`,
-   `reasoning_effort`, a message `name`, a `json_object` response format, a temperature
-   above 1.
+   silent drop. Refused: `seed`, `presence_penalty`, `frequency_penalty`, a message
+   `name`, a `json_object` response format, a temperature above 1.
 2. Leading system/developer messages become `system` (texts joined by a blank line; one
    after the chat started is refused); runs of tool messages become one user message of
    `tool_result` blocks; assistant `tool_calls` become `tool_use` blocks (their arguments
@@ -19,6 +18,11 @@ Rules:
 4. Function tools become `name` + `input_schema` (an empty object schema unless given);
    `tool_choice` auto, required, none or one function becomes `auto`, `any`, `none` or
    `tool`, and `parallel_tool_calls: false` is `disable_parallel_tool_use`.
+5. Extended thinking: `thinking` (`budget_tokens` at least 1024), or `reasoning_effort`
+   mapped to a budget (`EFFORT_BUDGETS`), never both. `max_tokens` must exceed the budget
+   (without one it is the budget plus `DEFAULT_MAX_TOKENS`); with thinking on, a temperature
+   other than 1, a `top_p` below 0.95 and a forced `tool_choice` are refused (Anthropic
+   refuses them). `max_completion_tokens` is `max_tokens`; `extra_body` is merged last.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wsgate.core.errors import BadRequest
 from wsgate.core.jsonio import loads
-from wsgate.core.requests import check_message
+from wsgate.core.requests import check_message, merge_extra_body, output_cap, thinking_budget
 
 if TYPE_CHECKING:
     from wsgate.core.frames import ChatRequest, Message
@@ -36,40 +40,94 @@ if TYPE_CHECKING:
 DEFAULT_MAX_TOKENS: Final = 4096
 """`max_tokens` sent when the client gave none: Anthropic requires the field."""
 
-_UNSUPPORTED: Final = ("seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
+_UNSUPPORTED: Final = ("seed", "presence_penalty", "frequency_penalty")
+MIN_THINKING_BUDGET: Final = 1024
+"""Anthropic's smallest `thinking.budget_tokens`."""
+EFFORT_BUDGETS: Final[dict[str, int]] = {
+    "minimal": 1024,
+    "low": 2048,
+    "medium": 8192,
+    "high": 16384,
+    "xhigh": 32768,
+}
+"""`reasoning_effort` as an extended-thinking budget (tokens)."""
 _IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL: Final = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
 _TOOL_CHOICES: Final[dict[str, str]] = {"auto": "auto", "required": "any", "none": "none"}
 
 
 def anthropic_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
-    """The streaming Messages body for `request` (rules 1-4); `BadRequest` names the field."""
+    """The streaming Messages body for `request` (rules 1-5); `BadRequest` names the field."""
     for field in _UNSUPPORTED:
         if getattr(request, field) is not None:
             raise BadRequest(f"{field}: not supported by Anthropic")
     system, messages = _messages(request.messages)
+    budget = _thinking_budget(request)
+    cap = output_cap(request)
+    if budget and cap is not None and cap <= budget:
+        raise BadRequest(f"max_tokens: must exceed the thinking budget ({budget})")
     body: dict[str, Any] = {
         "model": upstream_model,
-        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        "max_tokens": cap or (budget or 0) + DEFAULT_MAX_TOKENS,
         "messages": messages,
         "stream": True,
     }
     if system:
         body["system"] = system
     _tools(request, body)
-    if request.temperature is not None:
-        if request.temperature > 1:
-            raise BadRequest("temperature: Anthropic accepts 0 to 1")
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
+    _sampling(request, body, budget)
     if request.stop:
         body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
     if request.user is not None:
         body["metadata"] = {"user_id": request.user}
     if request.response_format is not None:
         _response_format(request.response_format, body)
-    return body
+    return merge_extra_body(request, body)
+
+
+def _sampling(request: ChatRequest, body: dict[str, Any], budget: int | None) -> None:
+    """Extended thinking, temperature and top_p (rules 1 and 5)."""
+    if budget:
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        _check_with_thinking(request, body)
+    elif budget is not None:
+        body["thinking"] = {"type": "disabled"}
+    if request.temperature is not None:
+        if request.temperature > 1:
+            raise BadRequest("temperature: Anthropic accepts 0 to 1")
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+
+
+def _thinking_budget(request: ChatRequest) -> int | None:
+    """The extended-thinking budget (rule 5): None: not asked; 0: disabled."""
+    if request.thinking is not None and request.reasoning_effort is not None:
+        raise BadRequest("reasoning_effort, thinking: set one of the two")
+    if request.reasoning_effort is not None:
+        budget = EFFORT_BUDGETS.get(request.reasoning_effort)
+        if budget is None:
+            known = ", ".join(EFFORT_BUDGETS)
+            raise BadRequest(f"reasoning_effort: one of {known} for Anthropic")
+        return budget
+    if request.thinking is None:
+        return None
+    budget = thinking_budget(request.thinking)
+    if budget is None:
+        return 0
+    if budget < MIN_THINKING_BUDGET:
+        raise BadRequest(f"thinking.budget_tokens: Anthropic needs at least {MIN_THINKING_BUDGET}")
+    return budget
+
+
+def _check_with_thinking(request: ChatRequest, body: dict[str, Any]) -> None:
+    """What Anthropic refuses beside extended thinking (rule 5)."""
+    if request.temperature is not None and request.temperature != 1:
+        raise BadRequest("temperature: with thinking, Anthropic takes only 1")
+    if request.top_p is not None and request.top_p < 0.95:
+        raise BadRequest("top_p: with thinking, Anthropic takes 0.95 to 1")
+    if body.get("tool_choice", {}).get("type") in {"any", "tool"}:
+        raise BadRequest("tool_choice: with thinking, Anthropic takes only auto or none")
 
 
 def _messages(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:

@@ -35,7 +35,7 @@ from typing import Any, Final
 from wsgate.core.errors import BadRequest
 from wsgate.core.frames import ChatRequest, Message
 from wsgate.core.jsonio import loads
-from wsgate.core.requests import check_message
+from wsgate.core.requests import check_message, merge_extra_body, output_cap, thinking_budget
 
 _OPTIONS: Final = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 _REASONING_EFFORTS: Final = frozenset({"minimal", "low", "medium", "high", "xhigh"})
@@ -61,9 +61,13 @@ def ollama_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
         body["options"] = options
     if request.response_format is not None:
         body.update(_format(request.response_format))
+    if request.reasoning_effort is not None and request.thinking is not None:
+        raise BadRequest("reasoning_effort, thinking: set one of the two")
     if request.reasoning_effort is not None:
         body["think"] = _think(request.reasoning_effort)
-    return body
+    if request.thinking is not None:
+        body["think"] = thinking_budget(request.thinking) is not None
+    return merge_extra_body(request, body)
 
 
 def _options(request: ChatRequest) -> dict[str, Any]:
@@ -74,8 +78,9 @@ def _options(request: ChatRequest) -> dict[str, Any]:
             options[key] = value
     if request.stop is not None:
         options["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
-    if request.max_tokens is not None:
-        options["num_predict"] = request.max_tokens
+    cap = output_cap(request)
+    if cap is not None:
+        options["num_predict"] = cap
     return options
 
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from wsgate.core.errors import UpstreamProtocolError
+from wsgate.core.errors import BadRequest, UpstreamProtocolError
 from wsgate.core.events import (
     Finish,
     FinishReason,
@@ -54,6 +54,7 @@ from wsgate.core.events import (
 from wsgate.core.frames import ChatRequest
 from wsgate.core.payloads import DeltaText, error_from, json_object, string, tool_events
 from wsgate.core.providers.base import ProviderHTTP, ProviderKind, translating
+from wsgate.core.requests import merge_extra_body, output_cap
 from wsgate.core.sse import SSEDecoder
 from wsgate.core.toolcalls import (
     ToolCallAccumulator,
@@ -296,11 +297,15 @@ def _usage(usage: dict[str, Any]) -> Usage:
 
 def openai_chat_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
     """The chat-completions body: the client's request, streamed, with usage requested."""
+    if request.thinking is not None:
+        raise BadRequest("thinking: not supported by OpenAI chat (use reasoning_effort)")
+    output_cap(request)  # one of max_tokens and max_completion_tokens, sent as given
     body: dict[str, Any] = msgspec.to_builtins(request)
+    body.pop("extra_body", None)
     body["model"] = upstream_model
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
-    return body
+    return merge_extra_body(request, body)
 
 
 KIND = ProviderKind(

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from wsgate.core.errors import BadRequest
-from wsgate.core.requests import check_message
+from wsgate.core.requests import check_message, merge_extra_body, output_cap
 
 if TYPE_CHECKING:
     from wsgate.core.frames import ChatRequest, Message
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 _UNSUPPORTED: Final = ("stop", "seed", "presence_penalty", "frequency_penalty")
 _KEPT: Final = (
     ("parallel_tool_calls", "parallel_tool_calls"),
-    ("max_tokens", "max_output_tokens"),
     ("temperature", "temperature"),
     ("top_p", "top_p"),
     ("user", "user"),
@@ -50,9 +49,8 @@ def openai_responses_body(request: ChatRequest, upstream_model: str) -> dict[str
     for field in _UNSUPPORTED:
         if getattr(request, field) is not None:
             raise BadRequest(f"{field}: not supported by OpenAI Responses")
-    if request.max_tokens is not None and request.max_tokens < MIN_OUTPUT_TOKENS:
-        raise BadRequest(f"max_tokens: OpenAI Responses needs at least {MIN_OUTPUT_TOKENS}")
     body: dict[str, Any] = {"model": upstream_model, "input": _input(request.messages)}
+    _output(request, body)
     if request.tools is not None:
         body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
     if request.tool_choice is not None:
@@ -67,7 +65,18 @@ def openai_responses_body(request: ChatRequest, upstream_model: str) -> dict[str
             body[key] = value
     body["stream"] = True
     body["store"] = False
-    return body
+    return merge_extra_body(request, body)
+
+
+def _output(request: ChatRequest, body: dict[str, Any]) -> None:
+    """The output cap (either name; at least `MIN_OUTPUT_TOKENS`); no `thinking` here."""
+    if request.thinking is not None:
+        raise BadRequest("thinking: not supported by OpenAI Responses (use reasoning_effort)")
+    cap = output_cap(request)
+    if cap is not None and cap < MIN_OUTPUT_TOKENS:
+        raise BadRequest(f"max_tokens: OpenAI Responses needs at least {MIN_OUTPUT_TOKENS}")
+    if cap is not None:
+        body["max_output_tokens"] = cap
 
 
 def _input(messages: list[Message]) -> list[dict[str, Any]]:
