@@ -247,3 +247,51 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2():
     assert line.startswith("wsgate: cannot listen:")
     assert "address already in use" in line
     assert str(port) in line
+
+
+def test_check_config_says_which_referenced_keys_are_unset_and_still_exits_0():
+    example = str(Path(__file__).resolve().parents[1] / "wsgate.example.toml")
+    result = run_wsgate("check-config", "--config", example)
+    assert result.returncode == 0
+    summary = json.loads(result.stdout)
+    assert (
+        "providers.openai.api_key_env: environment variable OPENAI_API_KEY is unset"
+        in (summary["unresolved"])
+    )
+    assert "OPENAI_API_KEY is unset" in result.stderr
+    with_key = run_wsgate("check-config", "--config", example, OPENAI_API_KEY="k")
+    assert "OPENAI_API_KEY" not in with_key.stderr
+
+
+def test_chat_shows_tool_calls_and_a_length_finish_on_stderr_and_passes_options(served):
+    _proc, url = served
+    tools = {"mock": {"text": "", "tool_calls": [{"name": "get_time", "arguments": "{}"}]}}
+    called = run_wsgate("chat", "--url", url, json.dumps(tools))
+    assert called.returncode == 0, called.stderr
+    assert "[tool call call_mock_0: get_time({})]" in called.stderr
+    cut = run_wsgate(
+        "chat", "--url", url, "--option", "buffering=sentence", "--option", "telemetry=true",
+        json.dumps({"mock": {"text": "one two three four five six"}}),
+    )  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+    assert cut.stdout == "one two three four five six\n"
+    bad = run_wsgate("chat", "--url", url, "--option", "buffering=shouting", "hi")
+    assert bad.returncode == 1
+    assert "buffering" in bad.stderr  # refused by name before anything is sent
+
+
+def test_chat_help_shows_its_defaults_and_that_a_prompt_may_be_a_mock_script():
+    result = run_wsgate("chat", "--help")
+    assert "(default: ws://127.0.0.1:8080/v1/ws)" in result.stdout
+    assert "(default: mock)" in result.stdout
+    assert "mock script" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command", ["serve", "check-config", "mock-upstream", "chat", "schema", "hash-key", "version"]
+)
+def test_every_subcommands_help_has_a_description(command):
+    result = run_wsgate(command, "--help")
+    assert result.returncode == 0
+    _usage, _, rest = result.stdout.partition("\n\n")
+    assert rest.strip().split("\n")[0][:1].isupper()  # a sentence before the arguments

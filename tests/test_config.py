@@ -276,7 +276,8 @@ def test_hand_built_settings_are_checked_too():
 
 def test_secret_never_appears_in_repr_str_or_summary(write_toml):
     path = write_toml(
-        "[providers.a]\nbase_url = 'https://user:pw@x.example/v1'\napi_key = 'sk-top'\n"
+        "[providers.a]\nbase_url = 'https://x.example/v1'\napi_key = 'sk-top'\n"
+        "[providers.b]\nbase_url = 'https://user:pw@x.example/v1'\n"
     )
     settings = load_settings(path, environ={})
     secret = settings.providers["a"].api_key
@@ -289,7 +290,7 @@ def test_secret_never_appears_in_repr_str_or_summary(write_toml):
     dumped = orjson.dumps(summary).decode()
     assert "sk-top" not in dumped
     assert summary["providers"]["a"]["api_key"] == "**********"
-    assert summary["providers"]["a"]["base_url"] == "https://**********@x.example/v1"
+    assert summary["providers"]["b"]["base_url"] == "https://**********@x.example/v1"
     assert summary["server"] == {
         "host": "127.0.0.1",
         "port": 8080,
@@ -653,3 +654,15 @@ def test_a_providers_extra_headers_and_query_params_are_masked_and_checked(tmp_p
     path.write_text('[providers.p]\nbase_url = "https://x"\nextra_headers = { "a b" = "v" }\n')
     with pytest.raises(ConfigError, match="not an HTTP header name"):
         load_settings(path, environ={})
+
+
+def test_a_base_url_with_userinfo_and_an_api_key_is_refused_at_load():
+    with pytest.raises(ConfigError, match="user:password@ and an api key"):
+        load_settings(
+            None,
+            environ={},
+            overrides={
+                "providers.p.base_url": "https://u:pw@example.com/v1",
+                "providers.p.api_key": "sk-x",
+            },
+        )

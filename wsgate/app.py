@@ -106,6 +106,7 @@ def build_routes(settings: Settings, environ: Mapping[str, str]) -> dict[str, Ro
                 provider.idle_timeout_s or settings.upstream.idle_timeout_s,
             ),
             reader=provider.reader or settings.upstream.reader,
+            expose_errors=bool(settings.upstream.expose_provider_errors),
             extra_headers={k: v.get() for k, v in provider.extra_headers.items()},
             query_params={k: v.get() for k, v in provider.query_params.items()},
         )
@@ -256,7 +257,10 @@ class App:
             await self.mock.start("127.0.0.1", 0)
             root = f"http://127.0.0.1:{self.mock.port}"
             for alias, (kind, path) in MOCK_ROUTES.items():
-                route = Route(alias, "mock", kind, root + path, alias, reader=up.reader)
+                expose = up.expose_provider_errors is not False
+                route = Route(
+                    alias, "mock", kind, root + path, alias, reader=up.reader, expose_errors=expose
+                )
                 routes.setdefault(alias, route)
         self.upstream = UpstreamClient(
             routes,

@@ -21,7 +21,8 @@ import orjson
 import uvloop
 
 from wsgate import __version__
-from wsgate.config import ConfigError, Settings, load_settings, settings_summary
+from wsgate.asyncapi import asyncapi_document
+from wsgate.config import ConfigError, Settings, load_settings, settings_summary, unresolved
 from wsgate.core.frames import json_schemas
 from wsgate.core.store import StoreUnavailable
 from wsgate.log import configure, get_logger
@@ -48,8 +49,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         p.add_argument("--log-format", choices=["json", "console"])
 
-    serve = sub.add_parser("serve", help="run the gateway")
-    check = sub.add_parser("check-config", help="validate the settings and print them")
+    def command(
+        name: str, summary: str, description: str, **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}. {description}",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            **kwargs,
+        )
+
+    serve = command(
+        "serve",
+        "run the gateway",
+        "Serves the WebSocket endpoint, the client library and the demo page; with no"
+        " provider configured, on the built-in mock. SIGTERM drains, SIGHUP reloads.",
+    )
+    check = command(
+        "check-config",
+        "validate the settings and print them",
+        "Prints the layered settings with secrets masked, and lists what `serve` would"
+        " stop on (unset key variables, unreadable files). Exit 2 on a bad setting.",
+    )
     for p in (serve, check):
         add_config_flags(p)
         p.add_argument(
@@ -58,45 +80,69 @@ def _parser() -> argparse.ArgumentParser:
             help="UNSAFE: listen beyond 127.0.0.1 with a real provider and no authentication",
         )
 
-    mock = sub.add_parser("mock-upstream", help="run the mock OpenAI-compatible provider")
+    mock = command(
+        "mock-upstream",
+        "run the mock provider on its own",
+        "Speaks OpenAI chat and Responses, Anthropic and Ollama, scripted per request"
+        " (protocol/MOCK.md), with its tool backend at /tools/NAME.",
+    )
     add_config_flags(mock)
 
-    chat = sub.add_parser("chat", help="stream one answer from a gateway to the terminal")
-    chat.add_argument("prompt")
-    chat.add_argument("--url", default="ws://127.0.0.1:8080/v1/ws")
-    chat.add_argument("--model", default="mock")
-    chat.add_argument("--system", help="system prompt")
+    chat = command(
+        "chat",
+        "stream one answer from a gateway to the terminal",
+        "The answer text goes to stdout as it arrives; tool calls and a `length` finish"
+        ' to stderr. Against the mock, the prompt may be a script: \'{"mock": {"text":'
+        ' "hi", "tokens_per_s": 20}}\'. Exit 0 on stop, length or tool_calls.',
+    )
+    chat.add_argument("prompt", help="the user message (or, for the mock, a mock script)")
+    chat.add_argument("--url", default="ws://127.0.0.1:8080/v1/ws", help="the gateway")
+    chat.add_argument("--model", default="mock", help="a model alias the gateway routes")
+    chat.add_argument("--system", help="a system prompt")
+    chat.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a stream option (PROTOCOL.md §4.1), VALUE as JSON or a plain string;"
+        " repeatable: --option buffering=sentence --option telemetry=true",
+    )
 
     # Everything after `loadtest` goes verbatim to the load generator's own parser, where its
     # flags and --help live: with no usable prefix character, nothing here reads as a flag.
     loadtest = sub.add_parser(
         "loadtest",
         help="load-test a gateway with scripted mock streams",
+        description="Load-test a gateway with scripted mock streams (`wsgate loadtest --help`).",
         add_help=False,
         prefix_chars="\0",
     )
     loadtest.add_argument("argv", nargs=argparse.REMAINDER)
 
-    schema = sub.add_parser(
-        "schema", help="write the protocol's JSON Schemas and their TypeScript declarations"
+    schema = command(
+        "schema",
+        "write the protocol's JSON Schemas and their TypeScript declarations",
+        "Generated from the frame types in wsgate/core/frames.py; --check fails on drift.",
     )
     schema.add_argument("--out", default="protocol/schema", help="output directory")
     schema.add_argument(
         "--ts",
         default=str(TS_DECLARATIONS),
         metavar="FILE",
-        help="the generated TypeScript declarations (default: the served wsgate/web/protocol.d.ts)",
+        help="the generated TypeScript declarations (the served wsgate/web/protocol.d.ts)",
     )
     schema.add_argument("--check", action="store_true", help="fail if the files differ")
 
-    hash_key = sub.add_parser(
-        "hash-key", help="print the sha256 of an API key, for [[auth.api_keys]].sha256"
+    hash_key = command(
+        "hash-key",
+        "print the sha256 of an API key, for [[auth.api_keys]].sha256",
+        "The key itself is never stored in the settings, only this digest.",
     )
     hash_key.add_argument(
         "key", nargs="?", help="the key (default: read from stdin, which keeps it out of ps)"
     )
 
-    sub.add_parser("version", help="print the version")
+    command("version", "print the version", "The same as `wsgate --version`.")
     return parser
 
 
@@ -110,6 +156,20 @@ def _overrides(args: argparse.Namespace, *, mock: bool = False) -> dict[str, Any
         "server.allow_anonymous": "true" if getattr(args, "allow_anonymous", False) else None,
     }
     return {key: value for key, value in pairs.items() if value is not None}
+
+
+def _stream_options(pairs: list[str]) -> dict[str, Any]:
+    """`--option KEY=VALUE` pairs: each value JSON when it parses, else the string."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"chat --option {pair!r}: write KEY=VALUE")
+        try:
+            options[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _settings(args: argparse.Namespace, *, mock: bool = False) -> Settings:
@@ -150,7 +210,10 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
     if command == "chat":
         from wsgate.client import chat  # noqa: PLC0415 - keep server start-up lean
 
-        return _run(chat(args.url, args.prompt, model=args.model, system=args.system))
+        options = _stream_options(args.option)
+        return _run(
+            chat(args.url, args.prompt, model=args.model, system=args.system, options=options)
+        )
     if command == "loadtest":
         from wsgate.loadgen.command import main as loadtest  # noqa: PLC0415 - lean start-up
 
@@ -158,7 +221,11 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
     if command == "check-config":
         settings = _settings(args)
         settings.check_exposure()
-        print(orjson.dumps(settings_summary(settings), option=orjson.OPT_INDENT_2).decode())
+        summary = settings_summary(settings)
+        summary["unresolved"] = problems = unresolved(settings, os.environ)
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        for problem in problems:  # loads, but `serve` would stop on it
+            print(f"wsgate: check-config: {problem}", file=sys.stderr)
         return EXIT_OK
     if command == "mock-upstream":
         settings = _settings(args, mock=True)
@@ -249,6 +316,10 @@ def _schema(out: Path, ts: Path, *, check: bool) -> int:
         for name, schema in schemas.items()
     }
     files[ts] = typescript_declarations(schemas["client"], schemas["server"]).encode()
+    document = asyncapi_document(schemas["client"], schemas["server"])
+    files[out / "asyncapi.json"] = (
+        orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    )
     stale = []
     for path, text in files.items():
         if check:

@@ -72,6 +72,7 @@ from wsgate.core.frames import (
     StreamStarted,
     Telemetry,
     ToolAwaiting,
+    ToolCallEndFrame,
     ToolError,
     ToolResult,
     ToolResultFrame,
@@ -81,7 +82,7 @@ from wsgate.core.frames import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
     from ssl import SSLContext
 
     from websockets.asyncio.client import ClientConnection
@@ -1064,15 +1065,21 @@ async def connect(  # noqa: PLR0913 - the connection's options, keyword-only
         await gateway.close()
 
 
-async def chat(
+async def chat(  # noqa: PLR0913 - the chat command's flags, all keywords
     url: str,
     prompt: str,
     *,
     model: str = "mock",
     out: TextIO | None = None,
     system: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Stream one answer to `out` (stdout by default) as it arrives; return an exit code.
+
+    `options` are the stream's start options (`on_disconnect` defaults to `continue`). Tool
+    calls and a `length` finish are reported on `err` (stderr by default), one line each,
+    so `out` holds the answer text alone.
 
     The connection resumes after a drop (`connect`'s default), and the stream asks the
     gateway to keep generating meanwhile (`on_disconnect: continue`): when the gateway logs
@@ -1085,6 +1092,7 @@ async def chat(
     cancel and re-raises; the runner then raises KeyboardInterrupt, which the CLI maps to 130.
     """
     out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     messages = [{"role": "user", "content": prompt}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
@@ -1093,13 +1101,11 @@ async def chat(
         async with connect(url) as gateway:
             # `continue`: a drop must not cancel the generation the resume is about to follow;
             # Ctrl-C still cancels it (below).
-            options = {"on_disconnect": "continue"}
-            stream = gateway.stream({"model": model, "messages": messages}, options)
+            chosen = {"on_disconnect": "continue", **(options or {})}
+            stream = gateway.stream({"model": model, "messages": messages}, chosen)
             try:
                 async for event in stream:
-                    if isinstance(event, DeltaText):
-                        out.write(event.text)
-                        out.flush()
+                    _show(event, out, err)
             except (KeyboardInterrupt, asyncio.CancelledError):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1):  # a stuck socket must not hold Ctrl-C
@@ -1117,6 +1123,20 @@ async def chat(
     except GatewayError as exc:
         code = "connection_closed" if isinstance(exc, ConnectionClosedError) else "connect_failed"
         return _fail(out, stream, code, str(exc))
+
+
+def _show(event: object, out: TextIO, err: TextIO) -> None:
+    """One event of `chat`: answer text to `out`; tool calls and a `length` finish to `err`."""
+    if isinstance(event, DeltaText):
+        out.write(event.text)
+        out.flush()
+    elif isinstance(event, ToolCallEndFrame):
+        arguments = msgspec.json.encode(event.arguments).decode()
+        err.write(f"[tool call {event.call_id}: {event.name}({arguments})]\n")
+        err.flush()
+    elif isinstance(event, FinishFrame) and event.reason == "length":
+        err.write("[finish: length: the answer was cut at max_tokens]\n")
+        err.flush()
 
 
 def _outcome(out: TextIO, stream: StreamHandle) -> int:

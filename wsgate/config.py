@@ -292,6 +292,10 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     retry_budget_s: _Rate = 15.0  # no retry whose wait ends later than this after the request
     # How provider bodies are read: in the socket's callback (push) or by a task (pull).
     reader: Literal["push", "pull"] = "push"
+    # The provider's error message in the client's `error.message` too (cut to 300
+    # characters, credentials scrubbed). None: on for the built-in mock only (its script
+    # errors reach the client), off for real providers (their text may name accounts).
+    expose_provider_errors: bool | None = None
 
 
 if TYPE_CHECKING:
@@ -336,6 +340,12 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
             raise ConfigError("providers: set at most one of api_key, api_key_env, api_key_file")
         extra = {k: v.get() for k, v in self.extra_headers.items()}
         check_headers(extra, "providers: extra_headers")
+        keyed = any(getattr(self, name) is not None for name in API_KEY_FIELDS)
+        if keyed and "@" in urlsplit(self.base_url).netloc:
+            raise ConfigError(
+                "providers: base_url carries user:password@ and an api key is set too; "
+                "keep one of the two (every call would fail)"
+            )
 
     def resolve_api_key(self, environ: Mapping[str, str]) -> str | None:
         """Return the API key from whichever source is set, or None when none is."""
@@ -551,6 +561,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a hostname other than localhost may resolve anywhere
+
+
+def unresolved(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """What the settings name but the environment or the files do not hold (one line each).
+
+    Provider keys and tool headers are read when the gateway starts, so `serve` would stop
+    on the first of these; `check-config` lists them all.
+    """
+    problems: list[str] = []
+    for name, provider in settings.providers.items():
+        try:
+            provider.resolve_api_key(environ)
+        except ConfigError as exc:
+            problems.append(f"providers.{name}.{exc}")
+    for name, tool in settings.tools.items():
+        try:
+            tool.resolve_headers(environ)
+        except ConfigError as exc:
+            problems.append(f"tools.{name}: {str(exc).removeprefix('tools: ')}")
+    return problems
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:

@@ -34,6 +34,7 @@ __all__ = [
     "configure",
     "get_logger",
     "reset",
+    "scrub",
     "unbind",
 ]
 
@@ -85,6 +86,11 @@ class _Redactor:
         if isinstance(value, list | tuple):
             return [self._scrub(item, depth + 1) for item in value]
         return value
+
+
+def scrub(text: str) -> str:
+    """`text` with what looks like a credential (a bearer token, an `sk-` key, a JWT) redacted."""
+    return _SECRET_VALUE.sub(REDACTED, text)
 
 
 def _names_secret(key: str) -> bool:

@@ -234,35 +234,36 @@ def cache_root() -> Path:
     return Path(base) / "wsgate-tests"
 
 
-def _installed(prefix: Path) -> bool:
+def _installed(prefix: Path, packages: tuple[str, ...]) -> bool:
     marker = prefix / "installed.json"
-    return marker.is_file() and json.loads(marker.read_text()) == list(PACKAGES)
+    return marker.is_file() and json.loads(marker.read_text()) == list(packages)
 
 
-def install_npm_packages() -> Path:
-    """The npm prefix holding PACKAGES: installed once (under a file lock), then reused."""
+def install_npm_packages(packages: tuple[str, ...] = PACKAGES) -> Path:
+    """The npm prefix holding `packages`: installed once (under a file lock), then reused."""
     node_binary()  # skips (fails under WSGATE_REQUIRE_ALL=1) without Node 20+
     npm = shutil.which("npm")
     require("npm", npm is not None, "install Debian's npm (.ci/run does)")
     assert npm is not None
-    prefix = cache_root() / f"npm-ai-{AI_VERSION}-typescript-{TYPESCRIPT_VERSION}"
+    name = "-".join(p.lstrip("@").replace("/", "-").replace("@", "-") for p in packages)
+    prefix = cache_root() / f"npm-{name}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with (prefix.parent / f"{prefix.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest process may be installing it
-        if not _installed(prefix):
+        if not _installed(prefix, packages):
             shutil.rmtree(prefix, ignore_errors=True)
             prefix.mkdir()
             argv = [npm, "install", "--no-audit", "--no-fund", "--save-exact", "--prefix"]
             done = subprocess.run(
-                [*argv, str(prefix), *PACKAGES],
+                [*argv, str(prefix), *packages],
                 capture_output=True,
                 text=True,
                 timeout=INSTALL_TIMEOUT_S,
                 check=False,
             )
-            why = f"`npm install {' '.join(PACKAGES)}` failed:\n{done.stdout}{done.stderr}"
-            require(f"{' '.join(PACKAGES)} from the npm registry", done.returncode == 0, why)
-            (prefix / "installed.json").write_text(json.dumps(list(PACKAGES)))
+            why = f"`npm install {' '.join(packages)}` failed:\n{done.stdout}{done.stderr}"
+            require(f"{' '.join(packages)} from the npm registry", done.returncode == 0, why)
+            (prefix / "installed.json").write_text(json.dumps(list(packages)))
     return prefix
 
 

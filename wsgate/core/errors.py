@@ -192,6 +192,8 @@ class WsgateError(Exception):
         super().__init__(public_message)
         self.public_message = public_message
         self.retry_after_ms = retry_after_ms
+        self.log_fields: dict[str, object] = {}
+        """What the operator's log line adds (a provider's name, status, request id...)."""
 
     @property
     def retryable(self) -> bool:

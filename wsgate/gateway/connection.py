@@ -548,12 +548,14 @@ class Connection:
         last = output.frames[-1] if output.frames else None
         if isinstance(last, FinishFrame):
             self.shared.accounting.finishes[last.reason] += 1
+            error = output.frames[-2] if len(output.frames) > 1 else None
             log.info(
                 "stream_finished",
                 stream_id=last.stream_id,
                 message_id=self.stream_tasks.message_id(last.stream_id),
                 reason=last.reason,
                 last_seq=last.seq,
+                error_code=error.code if isinstance(error, ErrorFrame) else None,
             )
 
     def _transport_buffered(self) -> int:

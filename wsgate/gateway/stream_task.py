@@ -181,7 +181,7 @@ class StreamTasks:
                 start = dataclasses.replace(start, request=request)
                 turn = await self._attempts(start)
         except WsgateError as exc:
-            log.info("upstream_failed", code=exc.code)
+            log.info("upstream_failed", code=exc.code, **exc.log_fields)
             host.deliver(sid, host.session.upstream_failed(sid, exc))
         except Exception:
             log.exception("stream_crashed")

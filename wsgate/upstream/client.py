@@ -47,6 +47,7 @@ from wsgate.core.payloads import error_labels
 from wsgate.core.providers import ProviderHTTP, kind, make_parser
 from wsgate.core.session import Target
 from wsgate.core.stream import UpstreamParser
+from wsgate.log import scrub
 from wsgate.upstream.base import READ_BUFSIZE, Body
 from wsgate.upstream.pull import PullBody
 from wsgate.upstream.push import PushBody, install
@@ -87,6 +88,7 @@ class Route:
     reader: Reader = "push"
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may be keys
     query_params: Mapping[str, str] = field(default_factory=dict, repr=False)
+    expose_errors: bool = False  # the provider's error message goes into the client's too
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,16 +204,19 @@ class UpstreamClient:
                     )
                     del body  # sent: not kept for the stream's life (it grows with the prompt)
                     if response.status != 200:
-                        raise await _status_error(response)
+                        raise await _status_error(response, route)
                     if response.content_type == "application/json":
-                        raise await _json_error(response)
+                        raise await _json_error(response, route)
                     _forget_headers(response)
                 reading = True
                 yield BODIES[route.reader](response, first_byte_deadline, timeouts.idle)
             except TimeoutError as exc:
-                raise UpstreamTimeout("the provider did not answer in time") from exc
+                raise _named(UpstreamTimeout("the provider did not answer in time"), route) from exc
             except aiohttp.ClientError as exc:
-                raise _client_error(exc, reading=reading) from exc
+                raise _named(_client_error(exc, reading=reading), route) from exc
+            except UpstreamError as exc:  # a status, a JSON error, a broken or stalled body
+                _named(exc, route)
+                raise
             finally:
                 if response is not None:
                     response.close()
@@ -280,33 +285,78 @@ def _client_error(exc: aiohttp.ClientError, *, reading: bool) -> UpstreamError:
     return UpstreamError("the provider call failed")
 
 
-async def _status_error(response: aiohttp.ClientResponse) -> UpstreamError:
+async def _status_error(response: aiohttp.ClientResponse, route: Route) -> UpstreamError:
     status = response.status
-    label = await _error_label(response)
+    label, text = await _error_info(response)
     detail = f"HTTP {status}, {label}" if label else f"HTTP {status}"
     retry_after_ms = _retry_after_ms(response)
+    error: UpstreamError
     if status == 429 or label in RATE_LIMIT_TYPES:
-        return UpstreamRateLimited(
+        error = UpstreamRateLimited(
             f"the provider rate-limited the request ({detail})", retry_after_ms=retry_after_ms
         )
-    if 400 <= status < 500 and status not in TRANSIENT_4XX:
-        return UpstreamRejected(f"the provider refused the request ({detail})")
-    # 5xx, Anthropic's 529 (overloaded), 408 and 409: worth another try before any token.
-    return UpstreamError(f"the provider failed ({detail})", retry_after_ms=retry_after_ms)
+    elif 400 <= status < 500 and status not in TRANSIENT_4XX:
+        error = UpstreamRejected(f"the provider refused the request ({detail})")
+    else:  # 5xx, Anthropic's 529 (overloaded), 408 and 409: worth another try before any token
+        error = UpstreamError(f"the provider failed ({detail})", retry_after_ms=retry_after_ms)
+    return _described(error, response, route, label, text)
 
 
-async def _json_error(response: aiohttp.ClientResponse) -> UpstreamError:
+async def _json_error(response: aiohttp.ClientResponse, route: Route) -> UpstreamError:
     """HTTP 200 with a JSON body where a stream was asked for: the body is an error."""
-    label = await _error_label(response)
+    label, text = await _error_info(response)
     detail = f" ({label})" if label else ""
+    error: UpstreamError
     if label in RATE_LIMIT_TYPES:
-        return UpstreamRateLimited(
+        error = UpstreamRateLimited(
             f"the provider rate-limited the request{detail}",
             retry_after_ms=_retry_after_ms(response),
         )
-    if label in REJECTION_TYPES:
-        return UpstreamRejected(f"the provider refused the request{detail}")
-    return UpstreamError(f"the provider answered with an error instead of a stream{detail}")
+    elif label in REJECTION_TYPES:
+        error = UpstreamRejected(f"the provider refused the request{detail}")
+    else:
+        error = UpstreamError(f"the provider answered with an error instead of a stream{detail}")
+    return _described(error, response, route, label, text)
+
+
+MAX_PROVIDER_MESSAGE = 300
+"""How much of a provider's error message the log line (and, if exposed, the client) gets."""
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id")
+"""Where providers put the id their support asks for (OpenAI, Anthropic, Bedrock, Azure)."""
+
+
+def _described(
+    error: UpstreamError,
+    response: aiohttp.ClientResponse,
+    route: Route,
+    label: str | None,
+    text: str | None,
+) -> UpstreamError:
+    """What the operator's log line says of a provider's error answer.
+
+    The client's message says it too when the route exposes provider errors (the message
+    cut and scrubbed of secrets).
+    """
+    message = None if text is None else scrub(text[:MAX_PROVIDER_MESSAGE])
+    request_id = next(
+        (response.headers[h] for h in REQUEST_ID_HEADERS if h in response.headers), None
+    )
+    error.log_fields.update(
+        status=response.status,
+        error_type=label,
+        provider_message=message,
+        request_id=request_id,
+    )
+    if route.expose_errors and message:
+        error.public_message = f"{error.public_message}: {message}"
+    return error
+
+
+def _named(error: UpstreamError, route: Route) -> UpstreamError:
+    """The provider and model go into every upstream failure's log line."""
+    error.log_fields.setdefault("provider", route.provider)
+    error.log_fields.setdefault("model", route.upstream_model)
+    return error
 
 
 RATE_LIMIT_TYPES = frozenset({"rate_limit_error", "rate_limit_exceeded", "requests"})
@@ -326,12 +376,13 @@ REJECTION_TYPES = frozenset(
 TRANSIENT_4XX = frozenset({408, 409})
 
 
-async def _error_label(response: aiohttp.ClientResponse) -> str | None:
-    """The provider's error `type` or `code` from an error body, if it is a short identifier.
+async def _error_info(response: aiohttp.ClientResponse) -> tuple[str | None, str | None]:
+    """The provider's error `type` or `code` (a short identifier) and its message text.
 
-    OpenAI: `{"error": {"type", "code"}}`; Anthropic: `{"type": "error", "error": {"type"}}`;
-    Ollama: `{"error": "text"}` (text is never shown). Nothing else of the body is kept.
-    The body is read to its end (or `MAX_ERROR_BODY`), however many TCP segments it takes.
+    OpenAI: `{"error": {"type", "code", "message"}}`; Anthropic: `{"type": "error", "error":
+    {"type", "message"}}`; Ollama: `{"error": "text"}`. The text goes to the operator's log
+    (and to the client only where the route exposes provider errors). The body is read to
+    its end (or `MAX_ERROR_BODY`), however many TCP segments it takes.
     """
     try:
         raw = bytearray()
@@ -342,9 +393,12 @@ async def _error_label(response: aiohttp.ClientResponse) -> str | None:
             raw += piece
         error = orjson.loads(raw).get("error")
     except (aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
-        return None
+        return None, None
     labels = error_labels(error)
-    return labels[0] if labels else None
+    text = error if isinstance(error, str) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        text = error["message"]
+    return (labels[0] if labels else None), text
 
 
 def _retry_after_ms(response: aiohttp.ClientResponse) -> int | None:
