@@ -244,7 +244,7 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2():
         result = run_wsgate("serve", "--port", str(port), "--log-format", "json")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("wsgate: cannot listen:")
+    assert line.startswith("wsgate: server.host, server.port: cannot listen on 127.0.0.1:")
     assert "address already in use" in line
     assert str(port) in line
 
@@ -295,3 +295,33 @@ def test_every_subcommands_help_has_a_description(command):
     assert result.returncode == 0
     _usage, _, rest = result.stdout.partition("\n\n")
     assert rest.strip().split("\n")[0][:1].isupper()  # a sentence before the arguments
+
+
+def test_mock_upstream_on_a_port_in_use_is_one_line_and_exit_2():
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_wsgate("mock-upstream", "--port", str(port), "--log-format", "json")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"wsgate: mock.host, mock.port: cannot listen on 127.0.0.1:{port}")
+
+
+def test_check_config_strict_exits_2_on_a_missing_file_it_names(tmp_path):
+    config = tmp_path / "tls.toml"
+    config.write_text(f'[server]\ntls_cert = "{tmp_path}/nope.pem"\ntls_key = "{tmp_path}/k"\n')
+    relaxed = run_wsgate("check-config", "--config", str(config))
+    assert relaxed.returncode == 0
+    assert "server.tls_cert: cannot read" in relaxed.stderr
+    strict = run_wsgate("check-config", "--strict", "--config", str(config))
+    assert strict.returncode == 2
+
+
+def test_a_chat_option_that_is_text_stays_text():
+    from wsgate.cli import _stream_options  # noqa: PLC0415
+
+    options = _stream_options(["idempotency_key=20261208", "telemetry=true", "debounce_ms=80"])
+    assert options == {"idempotency_key": "20261208", "telemetry": True, "debounce_ms": 80}

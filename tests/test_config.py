@@ -657,7 +657,7 @@ def test_a_providers_extra_headers_and_query_params_are_masked_and_checked(tmp_p
 
 
 def test_a_base_url_with_userinfo_and_an_api_key_is_refused_at_load():
-    with pytest.raises(ConfigError, match="user:password@ and an api key"):
+    with pytest.raises(ConfigError, match="user:password@ and an Authorization header"):
         load_settings(
             None,
             environ={},

@@ -12,7 +12,7 @@ import gc
 import os
 import secrets
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from wsgate import __version__
 from wsgate.config import ConfigError, Settings, ToolSettings, is_loopback
@@ -56,6 +56,21 @@ __all__ = [
     "gateway_options",
     "tune_gc",
 ]
+
+
+class ListenError(Exception):
+    """A listener could not bind its address: the setting to change, in one line."""
+
+
+async def listening(start: Awaitable[object], section: str, host: str, port: int) -> None:
+    """Run a listener's `start`; a bind that fails is a `ListenError` naming the setting."""
+    try:
+        await start
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ListenError(
+            f"{section}.host, {section}.port: cannot listen on {host}:{port}: {reason}"
+        ) from exc
 
 
 def build_tools(
@@ -305,11 +320,11 @@ class App:
             shared=shared,
             credentials=credentials,
         )
-        await self.gateway.start()
+        await listening(self.gateway.start(), "server", settings.server.host, settings.server.port)
         if settings.api_enabled:
             api = settings.api
             self.api = TicketApi(credentials, api.host, api.port, ssl_context)
-            await self.api.start()
+            await listening(self.api.start(), "api", api.host, api.port)
 
     @property
     def url(self) -> str:

@@ -1,7 +1,7 @@
 """The AsyncAPI 3 document of wsgate.v1, made from the protocol's two JSON Schemas.
 
 Owns the one mapping from the committed schemas (`protocol/schema/*.schema.json`, made by
-`core.frames.json_schemas`) to `protocol/asyncapi.json`: one channel (the WebSocket
+`core.frames.json_schemas`) to `protocol/schema/asyncapi.json`: one channel (the WebSocket
 endpoint), one message per frame type, named by its `type`, whose payload is that frame's
 schema, and two operations seen from the gateway: it receives the client's frames and sends
 its own. The schemas' `$defs` become `components.schemas` (their `#/$defs/` references
@@ -23,7 +23,9 @@ def asyncapi_document(client: Mapping[str, Any], server: Mapping[str, Any]) -> d
     schemas: dict[str, Any] = {}
     for side in (client, server):
         for name, schema in side["$defs"].items():
-            schemas[name] = _rewritten(schema)
+            rewritten = _rewritten(schema)
+            if schemas.setdefault(name, rewritten) != rewritten:
+                raise ValueError(f"the client and server schemas define {name} differently")
     messages: dict[str, Any] = {}
     received, sent = _messages(client, messages), _messages(server, messages)
     return {
@@ -42,7 +44,6 @@ def asyncapi_document(client: Mapping[str, Any], server: Mapping[str, Any]) -> d
             "local": {
                 "host": "127.0.0.1:8080",
                 "protocol": "ws",
-                "pathname": "/v1/ws",
                 "description": "`wsgate serve` with its defaults (wss:// with server.tls_cert).",
             }
         },

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import os
-import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -42,10 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_config_flags(p: argparse.ArgumentParser) -> None:
+    def add_config_flags(p: argparse.ArgumentParser, section: str = "server") -> None:
         p.add_argument("--config", metavar="FILE", help="TOML settings file")
-        p.add_argument("--host", help="listen address (server.host)")
-        p.add_argument("--port", type=int, help="listen port (server.port)")
+        p.add_argument("--host", help=f"listen address ({section}.host)")
+        p.add_argument("--port", type=int, help=f"listen port ({section}.port)")
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         p.add_argument("--log-format", choices=["json", "console"])
 
@@ -56,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
             name,
             help=summary,
             description=f"{summary[0].upper()}{summary[1:]}. {description}",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
             **kwargs,
         )
 
@@ -72,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         "Prints the layered settings with secrets masked, and lists what `serve` would"
         " stop on (unset key variables, unreadable files). Exit 2 on a bad setting.",
     )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 when something the settings name is missing (a key variable, a file)",
+    )
     for p in (serve, check):
         add_config_flags(p)
         p.add_argument(
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "Speaks OpenAI chat and Responses, Anthropic and Ollama, scripted per request"
         " (protocol/MOCK.md), with its tool backend at /tools/NAME.",
     )
-    add_config_flags(mock)
+    add_config_flags(mock, "mock")
 
     chat = command(
         "chat",
@@ -165,11 +168,27 @@ def _stream_options(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"chat --option {pair!r}: write KEY=VALUE")
+        if key in STRING_OPTIONS:
+            options[key] = value
+            continue
         try:
             options[key] = orjson.loads(value)
         except orjson.JSONDecodeError:
             options[key] = value
     return options
+
+
+STRING_OPTIONS = frozenset({"buffering", "on_disconnect", "idempotency_key"})
+"""Stream options whose value is a string, whatever it looks like (`20261208` stays text)."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one (not `None`, not an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == [] or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _settings(args: argparse.Namespace, *, mock: bool = False) -> Settings:
@@ -226,7 +245,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         for problem in problems:  # loads, but `serve` would stop on it
             print(f"wsgate: check-config: {problem}", file=sys.stderr)
-        return EXIT_OK
+        return EXIT_USAGE if problems and args.strict else EXIT_OK
     if command == "mock-upstream":
         settings = _settings(args, mock=True)
         configure(
@@ -239,12 +258,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
     return _run(_serve(settings))
 
 
-LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
-"""A listener that cannot bind: a setting to change (exit 2), never a traceback."""
-
-
 async def _serve(settings: Settings) -> int:
-    from wsgate.app import App, JwksError, TlsError  # noqa: PLC0415 - imported where used
+    from wsgate.app import App, JwksError, ListenError, TlsError  # noqa: PLC0415 - where used
 
     logger = get_logger("wsgate.cli")
     logger.info("settings", **settings_summary(settings))
@@ -262,12 +277,8 @@ async def _serve(settings: Settings) -> int:
     except JwksError as exc:  # the message names the JWKS' source
         print(f"wsgate: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except OSError as exc:
-        if exc.errno not in LISTEN_ERRORS and not isinstance(exc, socket.gaierror):
-            raise
-        # asyncio's text names the address: "error while attempting to bind on address
-        # ('127.0.0.1', 8080): address already in use"
-        print(f"wsgate: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:  # a port in use, an address not here: a setting to change
+        print(f"wsgate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 
@@ -280,7 +291,15 @@ async def _mock_upstream(settings: Settings) -> int:
     mock = MockProvider(
         default_ttft_ms=settings.mock.ttft_ms, default_tokens_per_s=settings.mock.tokens_per_s
     )
-    base_url = await mock.start(settings.mock.host, settings.mock.port)
+    from wsgate.app import ListenError, listening  # noqa: PLC0415 - imported where used
+
+    where = settings.mock
+    try:
+        await listening(mock.start(where.host, where.port), "mock", where.host, where.port)
+    except ListenError as exc:
+        print(f"wsgate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    base_url = mock.base_url
     get_logger("wsgate.mock").info("mock_listening", base_url=base_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -36,6 +36,7 @@ import msgspec
 import orjson
 
 from wsgate.core.providers import KIND_NAMES
+from wsgate.core.providers import kind as provider_kind
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -94,6 +95,13 @@ _HttpUrl = Annotated[str, msgspec.Meta(pattern=_URL_PATTERN)]
 _EnvName = Annotated[str, msgspec.Meta(pattern=_ENV_NAME_PATTERN)]
 
 
+def check_host(host: str, setting: str) -> None:
+    """A listen address as the socket layer takes it: an IPv6 one without brackets."""
+    if host.startswith("[") or host.endswith("]"):
+        bare = host.strip("[]")
+        raise ConfigError(f"{setting}: write an IPv6 address without brackets ({bare!r})")
+
+
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The WebSocket listener."""
 
@@ -118,9 +126,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     tls_key: str | None = None  # PEM private key of tls_cert; both reloaded on SIGHUP
 
     def __post_init__(self) -> None:
-        if self.host.startswith("[") or self.host.endswith("]"):
-            bare = self.host.strip("[]")
-            raise ConfigError(f"server.host: write an IPv6 address without brackets ({bare!r})")
+        check_host(self.host, "server.host")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("server.tls_cert, server.tls_key: set both or neither")
 
@@ -275,6 +281,9 @@ class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     host: str = "127.0.0.1"
     port: _Port = 8081
 
+    def __post_init__(self) -> None:
+        check_host(self.host, "api.host")
+
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The provider HTTP client."""
@@ -340,11 +349,15 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
             raise ConfigError("providers: set at most one of api_key, api_key_env, api_key_file")
         extra = {k: v.get() for k, v in self.extra_headers.items()}
         check_headers(extra, "providers: extra_headers")
+        # A URL's user:password@ is sent as Authorization: Basic, which cannot go with an
+        # Authorization header (a bearer key, or one of extra_headers): every call would fail.
         keyed = any(getattr(self, name) is not None for name in API_KEY_FIELDS)
-        if keyed and "@" in urlsplit(self.base_url).netloc:
+        bearer = keyed and provider_kind(self.kind).http.key_header == "authorization"
+        header = any(name.lower() == "authorization" for name in self.extra_headers)
+        if (bearer or header) and "@" in urlsplit(self.base_url).netloc:
             raise ConfigError(
-                "providers: base_url carries user:password@ and an api key is set too; "
-                "keep one of the two (every call would fail)"
+                "providers: base_url carries user:password@ and an Authorization header is "
+                "sent too (an api key, or extra_headers); keep one of the two"
             )
 
     def resolve_api_key(self, environ: Mapping[str, str]) -> str | None:
@@ -387,6 +400,9 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     port: _Port = 8090
     ttft_ms: _Rate = 150.0
     tokens_per_s: _Rate = 40.0
+
+    def __post_init__(self) -> None:
+        check_host(self.host, "mock.host")
 
 
 _ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -566,8 +582,8 @@ def is_loopback(host: str) -> bool:
 def unresolved(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     """What the settings name but the environment or the files do not hold (one line each).
 
-    Provider keys and tool headers are read when the gateway starts, so `serve` would stop
-    on the first of these; `check-config` lists them all.
+    Provider keys, tool headers, TLS, key and JWKS files are read when the gateway starts,
+    so `serve` would stop on the first of these; `check-config` lists them all.
     """
     problems: list[str] = []
     for name, provider in settings.providers.items():
@@ -580,6 +596,20 @@ def unresolved(settings: Settings, environ: Mapping[str, str]) -> list[str]:
             tool.resolve_headers(environ)
         except ConfigError as exc:
             problems.append(f"tools.{name}: {str(exc).removeprefix('tools: ')}")
+    jwt = settings.auth.jwt
+    files = {
+        "server.tls_cert": settings.server.tls_cert,
+        "server.tls_key": settings.server.tls_key,
+        "auth.api_keys_file": settings.auth.api_keys_file,
+        "auth.jwt.public_key_file": None if jwt is None else jwt.public_key_file,
+        "auth.jwt.jwks_file": None if jwt is None else jwt.jwks_file,
+    }
+    for setting, where in files.items():
+        if where is not None and not os.access(Path(where).expanduser(), os.R_OK):
+            problems.append(f"{setting}: cannot read {where}")
+    server, api = settings.server, settings.api
+    if settings.api_enabled and api.port and (api.host, api.port) == (server.host, server.port):
+        problems.append(f"api.port: {api.port} is server.port too (one listener per port)")
     return problems
 
 

@@ -53,6 +53,9 @@ _SECRET_VALUE = re.compile(
     r"(?i:bearer)\s+[A-Za-z0-9\-._~+/]+=*"  # RFC 6750 b64token
     r"|\bsk-[A-Za-z0-9_\-]{8,}"  # OpenAI / Anthropic style keys (sk-, sk-proj-, sk-ant-)
     r"|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"  # JWT
+    r"|(?i:basic)\s+[A-Za-z0-9+/]{8,}=*"  # HTTP Basic credentials
+    r"|\b(?:gsk_|xai-|hf_|AIza|ghp_|github_pat_)[A-Za-z0-9_\-]{8,}"  # Groq, xAI, HF, Google, GitHub
+    r"|(?<=[?&])(?i:key|api[-_]?key|token|access_token|sig)=[^&\s]+"  # a secret in a query
 )
 _HEAD_KEYS: Final = ("timestamp", "level", "event")
 _MAX_DEPTH: Final = 8  # deeper values are replaced: a log line is not a data dump

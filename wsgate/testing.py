@@ -47,6 +47,10 @@ class ParserTarget:
         """The next parser `make` gives."""
         return self.make()
 
+    def describe(self) -> dict[str, object]:
+        """No route: nothing to name."""
+        return {}
+
 
 def resolver(make: Callable[[], UpstreamParser]) -> Resolver:
     """A `Session` resolver for tests: every start resolves to a `ParserTarget` over `make`."""

@@ -117,3 +117,55 @@ async def test_a_mock_script_error_reaches_the_client(app):
     assert error["code"] == "upstream_rejected"
     assert "bad mock script" in error["message"]
     assert "txet" in error["message"]
+
+
+async def test_the_routes_own_secrets_never_reach_the_log_or_the_client(start_app):
+    key, token = "gsk_4fJ9kQ2mXw8zR1tY6uP3aB7cD0eF", "QPSECRET123"
+
+    async def echo(request: web.Request) -> web.Response:
+        text = f"Invalid API Key: {request.headers['Authorization']} for {request.url}"
+        return web.json_response({"error": {"message": text, "type": "auth"}}, status=401)
+
+    async with serving(echo) as root:
+        toml = provider_toml(root, expose_provider_errors=True).replace(
+            'upstream_model = "acme-large"',
+            'upstream_model = "acme-large"\n',
+        )
+        toml = toml.replace(
+            'kind = "openai_chat"',
+            f'kind = "openai_chat"\napi_key = "{key}"\nquery_params = {{ key = "{token}" }}',
+        )
+        app = await start_app(toml)
+        lines = io.StringIO()
+        wsgate_log.configure(stream=lines)
+        frames = await run_one(
+            app.url, {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
+        )
+    error = frames[-2]
+    assert "Invalid API Key" in error["message"]
+    for secret in (key, token):
+        assert secret not in error["message"]
+        assert secret not in lines.getvalue()
+
+
+async def test_a_failure_the_provider_reports_inside_its_stream_is_logged_with_its_names(app):
+    lines = io.StringIO()
+    wsgate_log.configure(stream=lines)
+    script = {"text": "one two three four", "error_after": 2}
+    frames = await run_one(app.url, mock_request(script, model="mock-anthropic"))
+    assert frames[-1]["reason"] == "error"
+    (failed,) = logged(lines, "upstream_failed")
+    assert (failed["provider"], failed["model"], failed["in_band"]) == (
+        "mock",
+        "mock-anthropic",
+        True,
+    )
+
+
+async def test_extended_thinking_with_the_agent_loop_on_anthropic_is_refused_at_start(app):
+    request = mock_request({"text": "x"}, model="mock-anthropic", reasoning_effort="low")
+    async with raw_connect(app.url) as conn:
+        await conn.start("s1", request, {"agent": {"client_tools": True}})
+        (refusal,) = await conn.until(lambda f: f.get("stream_id") == "s1")
+    assert refusal["code"] == "bad_request"
+    assert "thinking" in refusal["message"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from wsgate.core.frames import ChatRequest, DeltaReasoning, DeltaText, UsageFrame
 
 CHARS_PER_TOKEN = 4
@@ -32,6 +34,8 @@ def estimate_tokens(request: ChatRequest) -> int:
             for part in content:
                 text = part.get("text")
                 chars += len(text) if isinstance(text, str) else 0
+    if request.extra_body:  # provider fields may carry prompt text too
+        chars += len(msgspec.json.encode(request.extra_body))
     return max(1, chars // CHARS_PER_TOKEN)
 
 

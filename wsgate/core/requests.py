@@ -9,8 +9,10 @@ the provider, so that no builder drops a field the others refuse:
 3. `thinking` is Anthropic's shape, `{"type": "enabled", "budget_tokens": N}` or
    `{"type": "disabled"}`; only Anthropic (the budget) and Ollama (`think`) take it.
 4. `extra_body` is the per-provider pass-through: its members are added to the body the
-   builder made, as they are; a member the builder set itself (`model`, `messages`,
-   `stream`, ...) is `bad_request`, so nothing the gateway relies on is overridden.
+   builder made, as they are. A member any builder may set (`RESERVED_BODY_KEYS`: the
+   model, the conversation, tools and tool choice, sampling, caps, thinking, system
+   prompts, streaming, server-side state) is `bad_request`, whatever the provider: it
+   goes through the request's own fields and their checks, or not at all.
 """
 
 from __future__ import annotations
@@ -38,10 +40,27 @@ def output_cap(request: ChatRequest) -> int | None:
     return request.max_tokens if request.max_tokens is not None else request.max_completion_tokens
 
 
+RESERVED_BODY_KEYS = frozenset(
+    {
+        # what a chat request names itself (and every builder translates)
+        "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "temperature",
+        "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "seed",
+        "presence_penalty", "frequency_penalty", "response_format", "reasoning_effort",
+        "user", "thinking", "n",
+        # what the builders write in each provider's own words
+        "stream", "stream_options", "system", "instructions", "input", "max_output_tokens",
+        "stop_sequences", "metadata", "output_config", "reasoning", "text", "store",
+        "background", "previous_response_id", "conversation", "prompt", "include",
+        "options", "think", "format", "tool_resources",
+    }
+)  # fmt: skip
+"""`extra_body` members refused for every provider kind (rule 4)."""
+
+
 def merge_extra_body(request: ChatRequest, body: dict[str, Any]) -> dict[str, Any]:
     """The body with the request's `extra_body` members added (rule 4)."""
     for key, value in (request.extra_body or {}).items():
-        if key in body:
+        if key in RESERVED_BODY_KEYS or key in body:
             raise BadRequest(f"extra_body.{key}: the gateway sets this field itself")
         body[key] = value
     return body

@@ -138,6 +138,9 @@ class Target(Protocol):
     def parser(self) -> UpstreamParser:
         """A fresh parser for this start's provider."""
 
+    def describe(self) -> dict[str, object]:
+        """What the operator's log lines name of it (the provider, the model)."""
+
 
 Resolver = Callable[[ChatRequest, StartOptions], Target]
 """Resolves a start's request to its `Target`; raises `WsgateError` for an unknown model."""

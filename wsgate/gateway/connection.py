@@ -548,7 +548,7 @@ class Connection:
         last = output.frames[-1] if output.frames else None
         if isinstance(last, FinishFrame):
             self.shared.accounting.finishes[last.reason] += 1
-            error = output.frames[-2] if len(output.frames) > 1 else None
+            error = next((f for f in reversed(output.frames) if type(f) is ErrorFrame), None)
             log.info(
                 "stream_finished",
                 stream_id=last.stream_id,

@@ -35,9 +35,9 @@ from typing import Any
 
 from wsgate.core.agent import ToolCall
 from wsgate.core.errors import WsgateError
-from wsgate.core.frames import ChatRequest
+from wsgate.core.frames import ChatRequest, ErrorFrame
 from wsgate.core.session import StartUpstream
-from wsgate.core.stream import TurnChange
+from wsgate.core.stream import StreamOutput, TurnChange
 from wsgate.gateway.ports import Body, StreamHost, Upstream
 from wsgate.log import bind, get_logger
 
@@ -181,7 +181,9 @@ class StreamTasks:
                 start = dataclasses.replace(start, request=request)
                 turn = await self._attempts(start)
         except WsgateError as exc:
-            log.info("upstream_failed", code=exc.code, **exc.log_fields)
+            log.info(
+                "upstream_failed", code=exc.code, **{**start.target.describe(), **exc.log_fields}
+            )
             host.deliver(sid, host.session.upstream_failed(sid, exc))
         except Exception:
             log.exception("stream_crashed")
@@ -252,6 +254,7 @@ class StreamTasks:
                     attempt=attempt,
                     code=exc.code,
                     delay_ms=round(delay * 1000, 1),
+                    **{**start.target.describe(), **exc.log_fields},
                 )
                 self.host.retried()
                 await asyncio.sleep(delay)
@@ -267,13 +270,24 @@ class StreamTasks:
                 host.release(sid)
         if feed.retry is not None:
             raise feed.retry  # after the provider call was closed
+        if feed.failed is not None:  # the provider reported it in its stream
+            fields = start.target.describe()
+            log.info("upstream_failed", code=feed.failed.code, in_band=True, **fields)
         if feed.ended:
             return feed.turn
         output = host.session.upstream_eof(sid, time.monotonic())
         host.deliver(sid, output)
         if output.retry is not None:
             raise output.retry
+        failed = _error_of(output) if output.closed else None
+        if failed is not None:  # cut short: the body ended before the provider finished
+            log.info("upstream_failed", code=failed.code, **start.target.describe())
         return output.turn
+
+
+def _error_of(output: StreamOutput) -> ErrorFrame | None:
+    """The error that ended a stream's output (with `seq`), if one did."""
+    return next((f for f in output.frames if type(f) is ErrorFrame and f.seq is not None), None)
 
 
 class _Feed:
@@ -283,7 +297,7 @@ class _Feed:
     per-token path. A plain object, so nothing of a chunk's output is kept past the call.
     """
 
-    __slots__ = ("body", "ended", "host", "retry", "stream_id", "turn")
+    __slots__ = ("body", "ended", "failed", "host", "retry", "stream_id", "turn")
 
     def __init__(self, host: StreamHost, stream_id: str, body: Body) -> None:
         self.host = host
@@ -292,6 +306,7 @@ class _Feed:
         self.retry: WsgateError | None = None
         self.ended = False
         self.turn: TurnChange | None = None  # the turn ended in tool calls (agent loop)
+        self.failed: ErrorFrame | None = None  # the stream's error, when its body said it
 
     def data(self, chunk: bytes) -> bool:
         """Hand one chunk to the session and deliver its frames; True once reading must stop.
@@ -307,6 +322,8 @@ class _Feed:
         if output.closed or output.turn is not None:
             self.ended = True
             self.turn = output.turn
+            if output.closed:
+                self.failed = _error_of(output)
             return True
         host.hold(sid, self.body)
         return False

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -34,6 +35,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from wsgate.core.errors import (
+    BadRequest,
     UnknownModel,
     UpstreamBroken,
     UpstreamError,
@@ -103,6 +105,10 @@ class Call:
     max_line_bytes: int
     tool_snapshots: bool = False
 
+    def describe(self) -> dict[str, object]:
+        """The provider and the model, for the operator's log lines."""
+        return {"provider": self.route.provider, "model": self.route.upstream_model}
+
     def parser(self) -> UpstreamParser:
         """A fresh parser for the route's provider kind."""
         return make_parser(self.route.kind, self.max_line_bytes, tool_snapshots=self.tool_snapshots)
@@ -143,8 +149,21 @@ class UpstreamClient:
             raise UnknownModel(f"no provider serves model {model!r}") from None
 
     def resolve(self, request: ChatRequest, options: StartOptions) -> Call:
-        """The call a start makes (the core's resolver); `UnknownModel` if no route serves it."""
-        return Call(self.route(request.model), self.max_line_bytes, options.tool_snapshots)
+        """The call a start makes (the core's resolver); `UnknownModel` if no route serves it.
+
+        Anthropic's extended thinking with the agent loop is `BadRequest`: each later turn
+        must carry the earlier turns' signed thinking blocks, which wsgate does not keep.
+        """
+        route = self.route(request.model)
+        thinking = request.reasoning_effort not in {None, "none"} or (
+            request.thinking is not None and request.thinking.get("type") != "disabled"
+        )
+        if options.agent is not None and thinking and route.kind == "anthropic":
+            raise BadRequest(
+                "thinking: not with options.agent on Anthropic (its tool turns need the "
+                "signed thinking blocks, which the loop does not carry)"
+            )
+        return Call(route, self.max_line_bytes, options.tool_snapshots)
 
     async def start(self) -> None:
         """Create the shared connection pool (inside the running loop)."""
@@ -337,10 +356,13 @@ def _described(
     The client's message says it too when the route exposes provider errors (the message
     cut and scrubbed of secrets).
     """
-    message = None if text is None else scrub(text[:MAX_PROVIDER_MESSAGE])
+    message = None if text is None else _scrubbed(text, route)[:MAX_PROVIDER_MESSAGE]
     request_id = next(
         (response.headers[h] for h in REQUEST_ID_HEADERS if h in response.headers), None
     )
+    if request_id is not None:
+        kept = _scrubbed(request_id, route)[:MAX_REQUEST_ID]
+        request_id = kept.encode("ascii", "replace").decode()
     error.log_fields.update(
         status=response.status,
         error_type=label,
@@ -350,6 +372,21 @@ def _described(
     if route.expose_errors and message:
         error.public_message = f"{error.public_message}: {message}"
     return error
+
+
+MAX_REQUEST_ID = 128
+
+
+def _scrubbed(text: str, route: Route) -> str:
+    """`text` without the route's own secrets, then anything else that looks like one.
+
+    The route's: its key, its extra header and query values, a password in its URL.
+    """
+    secrets = [route.api_key, *route.extra_headers.values(), *route.query_params.values()]
+    password = urlsplit(route.base_url).password
+    for secret in sorted((s for s in [*secrets, password] if s and len(s) >= 4), key=len)[::-1]:
+        text = text.replace(secret, "[redacted]")
+    return scrub(text)
 
 
 def _named(error: UpstreamError, route: Route) -> UpstreamError:

@@ -108,3 +108,16 @@ def test_extra_body_members_reach_the_body_as_they_are(kind):
 def test_extra_body_cannot_override_what_the_gateway_sets(kind):
     with pytest.raises(BadRequest, match=r"extra_body\.stream"):
         body(kind, extra_body={"stream": False})
+
+
+@pytest.mark.parametrize("key", ["tools", "system", "thinking", "tool_choice", "max_tokens", "n"])
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_extra_body_cannot_smuggle_what_the_request_has_fields_and_checks_for(kind, key):
+    with pytest.raises(BadRequest, match=rf"extra_body\.{key}"):
+        body(kind, extra_body={key: 1})
+
+
+def test_anthropic_reasoning_effort_none_turns_thinking_off_and_a_budget_is_required():
+    assert body("anthropic", reasoning_effort="none")["thinking"] == {"type": "disabled"}
+    with pytest.raises(BadRequest, match="budget_tokens: required"):
+        body("anthropic", thinking={"type": "enabled"})

@@ -65,7 +65,8 @@ def anthropic_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
     budget = _thinking_budget(request)
     cap = output_cap(request)
     if budget and cap is not None and cap <= budget:
-        raise BadRequest(f"max_tokens: must exceed the thinking budget ({budget})")
+        name = "max_tokens" if request.max_tokens is not None else "max_completion_tokens"
+        raise BadRequest(f"{name}: must exceed the thinking budget ({budget})")
     body: dict[str, Any] = {
         "model": upstream_model,
         "max_tokens": cap or (budget or 0) + DEFAULT_MAX_TOKENS,
@@ -104,10 +105,12 @@ def _thinking_budget(request: ChatRequest) -> int | None:
     """The extended-thinking budget (rule 5): None: not asked; 0: disabled."""
     if request.thinking is not None and request.reasoning_effort is not None:
         raise BadRequest("reasoning_effort, thinking: set one of the two")
+    if request.reasoning_effort == "none":
+        return 0  # thinking off
     if request.reasoning_effort is not None:
         budget = EFFORT_BUDGETS.get(request.reasoning_effort)
         if budget is None:
-            known = ", ".join(EFFORT_BUDGETS)
+            known = ", ".join(["none", *EFFORT_BUDGETS])
             raise BadRequest(f"reasoning_effort: one of {known} for Anthropic")
         return budget
     if request.thinking is None:
@@ -115,6 +118,8 @@ def _thinking_budget(request: ChatRequest) -> int | None:
     budget = thinking_budget(request.thinking)
     if budget is None:
         return 0
+    if "budget_tokens" not in request.thinking:
+        raise BadRequest("thinking.budget_tokens: required by Anthropic")
     if budget < MIN_THINKING_BUDGET:
         raise BadRequest(f"thinking.budget_tokens: Anthropic needs at least {MIN_THINKING_BUDGET}")
     return budget
