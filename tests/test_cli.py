@@ -234,19 +234,22 @@ def test_the_version_flag_prints_the_package_version_and_exits_0(capsys):
     assert capsys.readouterr().out.strip() == f"wsgate {__version__}"
 
 
-def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2():
+@pytest.mark.parametrize(("command", "section"), [("serve", "server"), ("mock-upstream", "mock")])
+def test_a_listener_on_a_port_in_use_says_so_in_one_line_naming_the_setting_and_exits_2(
+    command, section
+):
     import socket  # noqa: PLC0415
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_wsgate("serve", "--port", str(port), "--log-format", "json")
+        result = run_wsgate(command, "--port", str(port), "--log-format", "json")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("wsgate: server.host, server.port: cannot listen on 127.0.0.1:")
+    prefix = f"wsgate: {section}.host, {section}.port: cannot listen on 127.0.0.1:{port}"
+    assert line.startswith(prefix)
     assert "address already in use" in line
-    assert str(port) in line
 
 
 def test_check_config_says_which_referenced_keys_are_unset_and_still_exits_0():
@@ -295,19 +298,6 @@ def test_every_subcommands_help_has_a_description(command):
     assert result.returncode == 0
     _usage, _, rest = result.stdout.partition("\n\n")
     assert rest.strip().split("\n")[0][:1].isupper()  # a sentence before the arguments
-
-
-def test_mock_upstream_on_a_port_in_use_is_one_line_and_exit_2():
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run_wsgate("mock-upstream", "--port", str(port), "--log-format", "json")
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"wsgate: mock.host, mock.port: cannot listen on 127.0.0.1:{port}")
 
 
 def test_check_config_strict_exits_2_on_a_missing_file_it_names(tmp_path):
