@@ -317,6 +317,19 @@ _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 
 _HEADER_BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def read_secret_file(where: str, setting: str) -> str:
+    """A secret kept in a file (`~` expanded), stripped; a `ConfigError` naming `setting`."""
+    path = Path(where).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{setting}: cannot read {path}: {reason}") from None
+    except UnicodeDecodeError:
+        # from None: the decode error holds the file's bytes, i.e. the secret.
+        raise ConfigError(f"{setting}: {path} is not UTF-8 text") from None
+
+
 def check_headers(headers: Mapping[str, str], source: str) -> None:
     """Refuse a header name that is not a token, or a value with a control character."""
     for name, value in headers.items():
@@ -371,17 +384,9 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
             return value
         if self.api_key_file is None:
             return None
-        path = Path(self.api_key_file).expanduser()
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise ConfigError(f"api_key_file: cannot read {path}: {reason}") from None
-        except UnicodeDecodeError:
-            # from None: the decode error holds the file's bytes, i.e. the key.
-            raise ConfigError(f"api_key_file: {path} is not UTF-8 text") from None
+        value = read_secret_file(self.api_key_file, "api_key_file")
         if not value:
-            raise ConfigError(f"api_key_file: {path} is empty")
+            raise ConfigError(f"api_key_file: {Path(self.api_key_file).expanduser()} is empty")
         return value
 
 
@@ -468,13 +473,7 @@ class ToolSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
                 raise ConfigError(f"tools: headers_env.{header}: {variable} is unset")
             out[header] = value
         for header, where in self.headers_file.items():
-            path = Path(where).expanduser()
-            try:
-                out[header] = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
-                message = f"tools: headers_file.{header}: cannot read {path}: {reason}"
-                raise ConfigError(message) from None
+            out[header] = read_secret_file(where, f"tools: headers_file.{header}")
         check_headers(out, "tools: headers")
         return out
 

@@ -511,14 +511,14 @@ class Session:
         """
         sid, call = frame.stream_id, frame.call_id
         stream = self.streams.get(sid)
-        if stream is None or stream.loop is None or not stream.loop.policy.client_tools:
+        if stream is None:
+            return [_refuse("unknown_stream", "no running stream has this id", sid, call_id=call)]
+        if stream.loop is None or not stream.loop.policy.client_tools:
             message = "this stream takes no tool results (agent.client_tools is not on)"
-            if stream is None:
-                return [_refuse("unknown_stream", "no running stream has this id", sid, None, call)]
-            return [_refuse("unknown_tool_call", message, sid, call_id=frame.call_id)]
+            return [_refuse("unknown_tool_call", message, sid, call_id=call)]
         output = stream.tool_result(frame.call_id, frame.content, frame.error, client=True, now=now)
         if isinstance(output, Refused):
-            return [_refuse(output.code, output.message, sid, call_id=frame.call_id)]
+            return [_refuse(output.code, output.message, sid, call_id=call)]
         actions: list[Action] = [SendStream(sid, output)]
         if output.turn is not None and output.turn.request is not None:
             actions.append(NextTurn(sid, output.turn.request))

@@ -380,9 +380,7 @@ class Stream:
         if self.state is not State.STREAMING:
             self._apply(Event.CONTENT)
         if not self._turn_content:
-            self._turn_content = True
-            if self._first_token_at is None:
-                self._first_token_at = now
+            self._content_began(now)
         if self.loop is not None:
             self.loop.text(text)
         self._tokens += 1
@@ -394,6 +392,12 @@ class Stream:
             out.data.append(encode_frame(frame))
             return True
         return self._add_all(out, self._text_frames(pieces))
+
+    def _content_began(self, now: float) -> None:
+        """The turn's first text or tool-call delta (the stream's first one: its TTFT)."""
+        self._turn_content = True
+        if self._first_token_at is None:
+            self._first_token_at = now
 
     def _end(self, event: WsgateError | ev.Finish, out: StreamOutput, now: float) -> None:
         """The provider's turn ended: a finish, a failure, or a failure worth a retry."""
@@ -522,12 +526,12 @@ class Stream:
             return [DeltaRole(sid, self._next(), event.role)]
         if isinstance(event, ORDERED_AFTER_TEXT):
             if isinstance(event, ev.ToolCallStart) and not self._turn_content:
-                self._turn_content = True  # a tool call is the answer's first token too
-                if self._first_token_at is None:
-                    self._first_token_at = now
+                self._content_began(now)  # a tool call is the answer's first token too
             loop = self.loop
             if loop is not None and not isinstance(event, ev.Usage):
-                event = dataclasses.replace(event, call_id=loop.call_id(event.call_id))
+                shown = loop.call_id(event.call_id)
+                if shown != event.call_id:
+                    event = dataclasses.replace(event, call_id=shown)
                 if isinstance(event, ev.ToolCallEnd):
                     loop.call_ended(event.call_id, event.name, event.arguments)
                 elif isinstance(event, ev.ToolCallFailed):

@@ -90,9 +90,7 @@ class StreamTasks:
         """The client's results completed a turn of `stream_id`: its task opens `request`."""
         if stream_id not in self.tasks:
             return
-        turn = self._turns.get(stream_id)
-        if turn is None:
-            turn = self._turns[stream_id] = asyncio.get_running_loop().create_future()
+        turn = self._turn(stream_id)
         if not turn.done():
             turn.set_result(request)
 
@@ -192,10 +190,22 @@ class StreamTasks:
     def _waits(self, stream_id: str) -> bool:
         """The stream is this task's and waits between two turns (not ended meanwhile)."""
         stream = self.host.session.streams.get(stream_id)
-        return stream is not None and stream.awaiting_tools and self._mine(stream_id)
+        return (
+            stream is not None
+            and stream.awaiting_tools
+            and self._owned_by(stream_id, asyncio.current_task())
+        )
 
-    def _mine(self, stream_id: str) -> bool:
-        return self.tasks.get(stream_id) is asyncio.current_task()
+    def _owned_by(self, stream_id: str, task: asyncio.Task[Any] | None) -> bool:
+        """Whether `task` is the stream's (a reused id may name a newer stream's)."""
+        return task is not None and self.tasks.get(stream_id) is task
+
+    def _turn(self, stream_id: str) -> asyncio.Future[ChatRequest]:
+        """The future the stream's next-turn request arrives on (made by whoever comes first)."""
+        turn = self._turns.get(stream_id)
+        if turn is None:
+            turn = self._turns[stream_id] = asyncio.get_running_loop().create_future()
+        return turn
 
     async def _between_turns(self, start: StartUpstream, turn: TurnChange) -> ChatRequest:
         """Run the turn's server tools, then wait for the next turn's request."""
@@ -208,10 +218,7 @@ class StreamTasks:
             )
             request = next((r for r in outcomes if r is not None), None)
         if request is None:
-            waiting = self._turns.get(sid)
-            if waiting is None:
-                waiting = self._turns[sid] = asyncio.get_running_loop().create_future()
-            request = await waiting
+            request = await self._turn(sid)
         self._turns.pop(sid, None)
         return request
 
@@ -222,7 +229,7 @@ class StreamTasks:
         host, sid = self.host, start.stream_id
         content, error = await host.run_tool(sid, start.message_id, call)
         stream = host.session.streams.get(sid)
-        mine = owner is not None and self.tasks.get(sid) is owner
+        mine = self._owned_by(sid, owner)
         if not mine or stream is None or stream.message_id != start.message_id:
             return None  # the stream ended meanwhile (its id may name another one now)
         output = host.session.tool_finished(sid, call.call_id, content, error, time.monotonic())
