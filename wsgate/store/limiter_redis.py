@@ -166,11 +166,7 @@ class RedisLimiter:
     async def close(self) -> None:
         """Stop refreshing and release this node's holds (best effort)."""
         refresher, self._refresher = self._refresher, None
-        for task in (refresher, self._sender):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks([t for t in (refresher, self._sender) if t is not None], "limiter")
         for _, waiter in self._queue:
             waiter.cancel()
         self._queue = []
@@ -321,3 +317,24 @@ def _verdict(reply: Any) -> Verdict:
     return Verdict(
         allowed=bool(allowed), retry_after_ms=int(retry_after_ms), remaining=int(remaining)
     )
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], owner: str, grace: float = 2.0) -> None:
+    """Cancel `tasks` and wait for them, a bounded time: a close never hangs on one.
+
+    A task whose cancel was swallowed somewhere below it (a client library that turns the
+    cancel into a connection error its loop retries) is cancelled again; the stores' loops
+    also end by themselves once closed. What still runs after three tries is logged.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(3):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=grace)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failed task is the close's to forget
+    if pending:
+        log.warning("tasks_not_stopping", owner=owner, tasks=sorted(t.get_name() for t in pending))

@@ -104,7 +104,7 @@ from wsgate.core.store import (
     ticket_digest,
 )
 from wsgate.log import get_logger
-from wsgate.store.limiter_redis import RedisLimiter
+from wsgate.store.limiter_redis import RedisLimiter, stop_tasks
 
 log = get_logger("wsgate.store")
 
@@ -433,9 +433,7 @@ class RedisStore:
         self._closed = True  # writes from now on are dropped
         await self.flush()
         tasks = [*self._tasks, *(t for t in (self._probe, self._drainer) if t is not None)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks, "redis store")
         await self._limiter.close()
         if self._resend:
             log.warning("store_unsent_at_close", backend="redis", messages=len(self._resend))
@@ -468,7 +466,7 @@ class RedisStore:
     async def _hold_lease(self) -> None:
         """Refresh this node's lease; forget messages nobody ended past their run TTL."""
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._limits.lease_s / 3)
             self._forget_expired(loop.time() - self._limits.run_ttl_s)
             try:
@@ -497,7 +495,7 @@ class RedisStore:
 
     async def _probe_until_healthy(self) -> None:
         try:
-            while True:
+            while not self._closed:
                 await asyncio.sleep(PROBE_INTERVAL_S)
                 with contextlib.suppress(*_ERRORS):
                     await self._client.ping()
@@ -1069,7 +1067,7 @@ class RedisStore:
 
     async def _sync_subscriptions(self) -> None:
         """Subscribe to what `watch` asked for, unsubscribe what `unwatch` let go."""
-        while True:
+        while not self._closed:
             await self._sub_changed.wait()
             self._sub_changed.clear()
             async with self._sub_lock:
@@ -1095,7 +1093,7 @@ class RedisStore:
     async def _listen(self) -> None:
         """Read the pub/sub connection; re-make it (and resubscribe) when it breaks."""
         lost = False
-        while True:
+        while not self._closed:
             try:
                 pubsub = self._pubsub
                 if pubsub is None:
